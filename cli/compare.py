@@ -1,0 +1,140 @@
+"""``polylens compare``: which ground-truth directions does each method recover on a toy?
+
+The Python equivalent is ``cli.compare.compare`` (it lives here because it is
+the place where ``polylens`` and ``sae`` meet).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+# Setup-specific options: CLI flag -> (config field, setups it applies to).
+OPTIONS = {
+    "hidden": ("n_hidden", ("x2", "superposition")),
+    "inputs": ("n_inputs", ("x2",)),
+    "no_bias": ("bias", ("x2",)),
+    "features": ("n_features", ("superposition",)),
+    "p_active": ("p_active", ("superposition",)),
+    "importance_decay": ("importance_decay", ("superposition",)),
+    "steps": ("steps", ("x2", "superposition")),
+}
+
+
+@dataclass
+class CompareResult:
+    """Scores of every method against a toy's ground truth (serialises to the documented JSON)."""
+
+    setup: str
+    seed: int
+    ground_truth: dict
+    methods: dict[str, dict]
+    toy: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"setup": self.setup, "seed": self.seed, "ground_truth": self.ground_truth, "methods": self.methods, "toy": self.toy}
+
+
+def method_directions(toy, n_directions: int, seed: int) -> dict:
+    """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``."""
+    from polylens.directions import ActivationPCA, GradientPCA
+
+    acts = toy.activations()
+    grads = toy.gradients()
+    return {
+        "activation_pca": ActivationPCA(n_directions).fit(acts).components_,
+        "gradient_pca": GradientPCA(n_directions).fit(grads).components_,
+    }
+
+
+def compare(setup: str, seed: int = 0, threshold: float = 0.9, **options):
+    """Train toy ``setup`` (options: fields of its config) and score every method.
+
+    Returns ``(CompareResult, toy, directions)``. Each PCA proposes as many
+    directions as there are ground-truth directions (at most the layer width).
+    """
+    from polylens.directions import score_directions
+    from polylens.toys import make_toy
+
+    toy = make_toy(setup, seed=seed, **options)
+    n_truth, dim = toy.truth.shape
+    directions = method_directions(toy, min(n_truth, dim), seed)
+    methods = {}
+    for name, found in directions.items():
+        scores = score_directions(toy.truth, found, threshold=threshold)
+        methods[name] = {
+            "mmcs": scores.mmcs,
+            "hungarian_mean_cos": scores.hungarian_mean_cos,
+            f"frac_recovered_{threshold:g}": scores.frac_recovered,
+            "subspace_overlap": scores.subspace_overlap,
+            "n_directions": scores.n_directions,
+        }
+    result = CompareResult(setup, seed, {"n_directions": n_truth, "dim": dim}, methods, toy.describe())
+    return result, toy, directions
+
+
+def format_table(result: CompareResult) -> str:
+    rows = list(result.methods.items())
+    keys = [k for k in rows[0][1] if k != "n_directions"] + ["n_directions"]
+    head = f"{'method':<16}" + "".join(f"{k:>20}" for k in keys)
+    lines = [
+        f"setup={result.setup} seed={result.seed}: {result.ground_truth['n_directions']} ground-truth directions in {result.ground_truth['dim']} dims",
+        head,
+        "-" * len(head),
+    ]
+    for name, scores in rows:
+        lines.append(f"{name:<16}" + "".join(f"{scores[k]:>20.4f}" if isinstance(scores[k], float) else f"{scores[k]:>20}" for k in keys))
+    return "\n".join(lines)
+
+
+def _options_from_args(args) -> dict:
+    options = {}
+    for flag, (fld, setups) in OPTIONS.items():
+        value = getattr(args, flag)
+        if value is None or value is False:
+            continue
+        if args.setup not in setups:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --setup {' or '.join(setups)}, not {args.setup}")
+        options[fld] = (not value) if flag == "no_bias" else value
+    return options
+
+
+def run(args) -> int:
+    from cli.output import check_outputs, write_json, write_with
+
+    if args.setup not in ("x2", "superposition"):
+        raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
+    options = _options_from_args(args)
+    check_outputs(args.force, json=args.json, plot=args.plot)
+    result, toy, directions = compare(args.setup, seed=args.seed, **options)
+    # Keep stdout parseable when the JSON goes there.
+    print(format_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.plot:
+        from polylens.report import plot_direction_recovery
+
+        title = f"polylens compare --setup {args.setup} --seed {args.seed}"
+        write_with(args.plot, lambda tmp: plot_direction_recovery(toy.truth, directions, tmp, title))
+    write_json(result.to_json(), args.json)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="which ground-truth directions do activation PCA, gradient PCA (and SAEs) recover on a toy",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--setup", required=True, help="toy: x2 (read-out of an x² fit) or superposition (TMS autoencoder)")
+    p.add_argument("--seed", type=int, default=0, help="seed for training and data (default 0)")
+    p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of ground-truth vs recovered directions")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g = p.add_argument_group("toy options (defaults: see polylens.toys)")
+    g.add_argument("--hidden", type=int, help="hidden width (x2: ReLU units, default 64; superposition: d, default 10)")
+    g.add_argument("--inputs", type=int, help="x2: input dimension k (y_i = x_i^2), default 1")
+    g.add_argument("--no-bias", action="store_true", help="x2: no bias in the hidden layer and read-out")
+    g.add_argument("--features", type=int, help="superposition: number of sparse features n, default 40")
+    g.add_argument("--p-active", type=float, help="superposition: probability a feature is active, default 0.05")
+    g.add_argument("--importance-decay", type=float, help="superposition: importance of feature i is decay**i, default 1")
+    g.add_argument("--steps", type=int, help="training steps (default 3000)")
+    p.set_defaults(handler=run)

@@ -1,0 +1,56 @@
+"""Entry point of the ``polylens`` console script."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, each with ``register(subparsers)``. Adding a command touches this list only.
+COMMANDS = ["cli.compare"]
+
+
+class UsageError(Exception):
+    """Bad command-line usage; reported as one line with exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit code 2."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="polylens", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.description = (
+        "Polytope-lens analysis, activation vs gradient PCA, and sparse autoencoders. "
+        "Run 'polylens COMMAND --help' for each command."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return 2
+        return args.handler(args) or 0
+    except UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as err:
+        print(f"polylens: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("polylens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

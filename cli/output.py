@@ -1,0 +1,84 @@
+"""Safe output for every command: check paths before work, write atomically, never clobber.
+
+Usage in a handler: call ``check_outputs`` with every path the command will
+write *before* computing anything, then ``write_json`` / ``write_with`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def check_output(path: str | None, force: bool, *, kind: str = "output") -> None:
+    """Raise a one-line error if ``path`` exists (without force) or cannot be written."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{kind} path {path} is a directory; give a file name")
+    if p.exists() and not force:
+        raise FileExistsError(f"{kind} file {path} already exists; pass --force to overwrite it")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"folder {parent} for {kind} file {path} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write {kind} file {path}: folder {parent} is not writable")
+
+
+def check_outputs(force: bool, **paths: str | None) -> None:
+    """``check_output`` for each keyword (the keyword names the kind in messages)."""
+    seen = {}
+    for kind, path in paths.items():
+        check_output(path, force, kind=kind)
+        if path not in (None, "-"):
+            if os.path.abspath(path) in seen:
+                raise ValueError(f"--{kind} and --{seen[os.path.abspath(path)]} name the same file {path}; give different paths")
+            seen[os.path.abspath(path)] = kind
+
+
+def write_with(path: str, writer: Callable[[str], None]) -> None:
+    """Call ``writer(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent if str(p.parent) else ".")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(obj, path: str | None) -> None:
+    """Write ``obj`` as JSON to ``path`` (``-`` for stdout; None: nothing)."""
+    if path is None:
+        return
+    text = json.dumps(_finite(obj), indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+
+    write_with(path, dump)

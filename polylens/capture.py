@@ -1,0 +1,236 @@
+"""Capture named activations (and, on request, gradients) from any torch module.
+
+This is the one way polylens reads a model. Layers are named by module path
+(``blocks.6.mlp.hook_pre`` in TransformerLens, ``mixed4a`` in the Lucid
+InceptionV1, ``features.3`` in a torchvision model) and selected by an exact
+name, a shell-style wildcard (``blocks.*.mlp.hook_pre``) or a predicate
+``(name, module) -> bool``. Hooks are attached only inside ``recording`` and
+always removed on exit.
+
+What is captured is a module's output, or its input with ``site="input"``
+(use that to read the pre-activation of a ``nn.ReLU`` module).
+
+Gradients: ``capture(..., target=fn)`` with ``fn(output) -> [batch]`` or
+``[batch, k]``. The gradient of each target column with respect to each
+captured activation is returned as ``[batch, k, *act_shape]`` (k = 1 for a
+scalar target), i.e. the rows of the Jacobian. Per-sample gradients come from
+differentiating the batch sum, which is exact as long as samples do not
+interact in the forward pass (eval mode: no batch-norm statistics updates).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import torch
+from torch import Tensor, nn
+
+LayerSpec = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
+Target = Callable[[Any], Tensor]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Every capturable module path of ``model``, in registration order."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def _listing(names: Sequence[str], limit: int = 40) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def resolve_layers(model: nn.Module, spec: LayerSpec) -> list[str]:
+    """Turn an exact name, wildcard, list of those, or predicate into module paths.
+
+    Raises ``ValueError`` naming the available layers when nothing matches.
+    """
+    modules = dict(model.named_modules())
+    available = [n for n in modules if n]
+    if callable(spec) and not isinstance(spec, str):
+        found = [n for n in available if spec(n, modules[n])]
+        if not found:
+            raise ValueError(f"no layer satisfies the predicate; available layers: {_listing(available)}")
+        return found
+    patterns = [spec] if isinstance(spec, str) else list(spec)
+    if not patterns:
+        raise ValueError("no layer given; available layers: " + _listing(available))
+    found: list[str] = []
+    for pattern in patterns:
+        if pattern in modules and pattern:
+            matches = [pattern]
+        else:
+            matches = [n for n in available if fnmatch.fnmatchcase(n, pattern)]
+        if not matches:
+            raise ValueError(f"unknown layer {pattern!r}; available layers: {_listing(available)}")
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+class _StopForward(Exception):
+    """Raised inside a hook once every requested layer has been seen."""
+
+
+@dataclass
+class Recorder:
+    """What ``recording`` collects during forward passes: name -> tensor (last pass)."""
+
+    activations: dict[str, Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def recording(
+    model: nn.Module,
+    layers: LayerSpec,
+    *,
+    site: Literal["output", "input"] = "output",
+    keep_graph: bool = False,
+    patch: Mapping[str, Tensor | Callable[[Tensor], Tensor]] | None = None,
+    stop_early: bool = False,
+) -> Iterator[Recorder]:
+    """Attach hooks that record ``layers`` during any forward pass inside the block.
+
+    keep_graph: keep recorded tensors attached to autograd (for gradients); a
+        recorded output that does not require grad is replaced by a leaf that
+        does, so gradients reach it even when the model's weights are frozen.
+    patch: name -> replacement tensor (or function of the original) applied to
+        that module's output; the recorded value is the replacement.
+    stop_early: abort the forward pass (caught by ``capture``) once all layers
+        were recorded, so nothing past them is computed.
+    """
+    names = resolve_layers(model, layers)
+    patch = dict(patch or {})
+    for name in patch:
+        resolve_layers(model, name)
+    modules = dict(model.named_modules())
+    rec = Recorder()
+    wanted = set(names)
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, args, output):
+            value = args[0] if site == "input" else output
+            if name in patch:
+                if site == "input":
+                    raise ValueError("patching is only supported with site='output'")
+                replacement = patch[name]
+                value = replacement(value) if callable(replacement) else replacement
+            if not isinstance(value, Tensor):
+                raise ValueError(f"layer {name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one")
+            if keep_graph and site == "output" and not value.requires_grad:
+                value = value.detach().requires_grad_(True)
+            if name in wanted:
+                rec.activations[name] = value if keep_graph else value.detach()
+            if stop_early and wanted.issubset(rec.activations):
+                raise _StopForward
+            if site == "output" and (name in patch or value is not output):
+                return value
+            return None
+
+        return hook
+
+    try:
+        for name in dict.fromkeys(names + list(patch)):
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
+        yield rec
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class Captured:
+    """Activations (and gradients) captured over a whole input set.
+
+    activations: name -> ``[n, *act_shape]``
+    gradients: name -> ``[n, k, *act_shape]`` (empty unless a target was given)
+    output: the model output ``[n, ...]`` when the forward pass ran to the end, else None
+    """
+
+    activations: dict[str, Tensor]
+    gradients: dict[str, Tensor]
+    output: Tensor | None
+
+
+def _batches(inputs: Tensor | Sequence[Tensor], batch_size: int | None) -> Iterator[tuple[Tensor, ...]]:
+    parts = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    n = parts[0].shape[0]
+    if any(p.shape[0] != n for p in parts):
+        raise ValueError("all input tensors must share the batch dimension")
+    step = n if not batch_size else batch_size
+    for start in range(0, n, step):
+        yield tuple(p[start : start + step] for p in parts)
+
+
+def capture(
+    model: nn.Module,
+    inputs: Tensor | Sequence[Tensor],
+    layers: LayerSpec,
+    *,
+    target: Target | None = None,
+    site: Literal["output", "input"] = "output",
+    batch_size: int | None = None,
+    stop_early: bool = True,
+    patch: Mapping[str, Tensor | Callable[[Tensor], Tensor]] | None = None,
+    device: torch.device | str | None = None,
+) -> Captured:
+    """Run ``model`` on ``inputs`` (batched) and collect ``layers``.
+
+    inputs: a tensor ``[n, ...]`` or a tuple of such tensors passed positionally.
+    target: ``fn(model_output) -> [batch]`` or ``[batch, k]``; when given, the
+        gradients of every target column w.r.t. each layer are returned too.
+    stop_early: without a target, stop each forward pass once the layers are
+        recorded (then ``output`` is None).
+    device: where to keep the results (default: where they were computed).
+    """
+    if batch_size is not None and batch_size <= 0:
+        raise ValueError(f"batch_size={batch_size} must be a positive integer")
+    acts: dict[str, list[Tensor]] = {}
+    grads: dict[str, list[Tensor]] = {}
+    outs: list[Tensor] = []
+    want_grad = target is not None
+    if want_grad and site != "output":
+        raise ValueError("gradients are only captured at module outputs (site='output')")
+    stop = stop_early and not want_grad and patch is None
+    for batch in _batches(inputs, batch_size):
+        with recording(model, layers, site=site, keep_graph=want_grad, patch=patch, stop_early=stop) as rec:
+            with torch.enable_grad() if want_grad else torch.no_grad():
+                try:
+                    out = model(*batch)
+                except _StopForward:
+                    out = None
+                if want_grad:
+                    _collect_gradients(target(out), rec.activations, grads, device)
+        for name, value in rec.activations.items():
+            acts.setdefault(name, []).append(_store(value.detach(), device))
+        if out is not None and isinstance(out, Tensor):
+            outs.append(_store(out.detach(), device))
+    return Captured(
+        activations={k: torch.cat(v) for k, v in acts.items()},
+        gradients={k: torch.cat(v) for k, v in grads.items()},
+        output=torch.cat(outs) if outs else None,
+    )
+
+
+def _store(t: Tensor, device) -> Tensor:
+    return t if device is None else t.to(device)
+
+
+def _collect_gradients(value: Tensor, acts: dict[str, Tensor], grads: dict[str, list[Tensor]], device) -> None:
+    if not isinstance(value, Tensor) or value.dim() not in (1, 2):
+        raise ValueError("target must return a tensor of shape [batch] or [batch, k]")
+    columns = value.unsqueeze(1) if value.dim() == 1 else value  # [batch, k]
+    names = list(acts)
+    tensors = [acts[n] for n in names]
+    rows: list[list[Tensor]] = [[] for _ in names]
+    k = columns.shape[1]
+    for j in range(k):
+        # Sum over the batch: sample i's target depends only on sample i's activations.
+        got = torch.autograd.grad(columns[:, j].sum(), tensors, retain_graph=j < k - 1, allow_unused=True)
+        for i, g in enumerate(got):
+            rows[i].append(torch.zeros_like(tensors[i]) if g is None else g.detach())
+    for i, name in enumerate(names):
+        grads.setdefault(name, []).append(_store(torch.stack(rows[i], dim=1), device))

@@ -1,0 +1,161 @@
+"""Direction finders (activation PCA, gradient PCA) and the one direction scorer.
+
+Both finders eigendecompose a second-moment matrix of rows ``X: [n, dim]``:
+
+* ``ActivationPCA`` — the covariance of activations (centred, as usual).
+* ``GradientPCA`` — E[g gᵀ] of gradients of a downstream quantity with respect
+  to the activations (the "active subspace" matrix), **uncentred by default**.
+  For a vector output the rows are the Jacobian rows, so E[g gᵀ] = E[JᵀJ].
+  Centring is wrong here: in a model whose read-out is linear in the layer
+  (the x² toy), ∂y/∂h = w_out for every input, so the centred covariance of the
+  gradients is identically zero while E[g gᵀ] = w_out w_outᵀ has w_out as its
+  only eigenvector.
+
+Both follow the scikit-learn estimator contract: ``fit`` returns ``self``;
+``components_: [n_components, dim]`` (unit rows), ``explained_variance_``,
+``explained_variance_ratio_`` (share of the trace), ``mean_``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+
+def _as_rows(X, name: str = "X") -> np.ndarray:
+    """[n, dim] (or [n, k, dim], flattened to rows) as float64 numpy; rejects NaN/inf."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu().numpy()
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 3:
+        X = X.reshape(-1, X.shape[-1])
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n_samples, n_features] (or [n, k, n_features]); got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape}); pass at least one sample and one feature")
+    if not np.isfinite(X).all():
+        bad = int((~np.isfinite(X)).any(axis=1).sum())
+        raise ValueError(f"{name} contains NaN or inf in {bad} of {X.shape[0]} rows; clean or drop those rows first")
+    return X
+
+
+class _SecondMomentPCA:
+    def __init__(self, n_components: int | None = None, *, center: bool):
+        self.n_components = n_components
+        self.center = center
+
+    def fit(self, X, y=None):
+        # [n, k, dim] Jacobian rows: E over the n samples of Σ_k g_k g_kᵀ = E[JᵀJ].
+        n = X.shape[0] if getattr(X, "ndim", 2) == 3 else None
+        X = _as_rows(X)
+        n = n or X.shape[0]
+        dim = X.shape[1]
+        k = dim if self.n_components is None else self.n_components
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
+            raise ValueError(f"n_components={self.n_components} must be between 1 and n_features={dim}")
+        self.mean_ = X.mean(axis=0) if self.center else np.zeros(dim)
+        Xc = X - self.mean_
+        moment = Xc.T @ Xc / n  # [dim, dim]
+        evals, evecs = np.linalg.eigh(moment)
+        order = np.argsort(evals)[::-1][:k]
+        evals = np.clip(evals[order], 0.0, None)
+        comps = evecs[:, order].T  # [k, dim]
+        # Deterministic sign: the largest-magnitude entry of each component is positive.
+        signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
+        comps = comps * np.where(signs == 0, 1.0, signs)[:, None]
+        total = float(np.trace(moment))
+        self.components_ = comps
+        self.explained_variance_ = evals
+        self.explained_variance_ratio_ = evals / total if total > 0 else np.zeros_like(evals)
+        self.n_features_in_ = dim
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "components_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
+
+    def transform(self, X) -> np.ndarray:
+        """Coordinates of ``X`` along the components: ``[n, n_components]``."""
+        self._check_fitted()
+        X = _as_rows(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}")
+        return (X - self.mean_) @ self.components_.T
+
+    def fit_transform(self, X, y=None) -> np.ndarray:
+        return self.fit(X).transform(X)
+
+
+class ActivationPCA(_SecondMomentPCA):
+    """PCA of a layer's activations ``[n, dim]``: eigenvectors of Cov(a) (``center=True``)."""
+
+    def __init__(self, n_components: int | None = None, *, center: bool = True):
+        super().__init__(n_components, center=center)
+
+
+class GradientPCA(_SecondMomentPCA):
+    """PCA of gradients ``[n, dim]`` or Jacobian rows ``[n, k, dim]``: eigenvectors of E[g gᵀ].
+
+    Uncentred by default (see the module docstring for why); ``center=True``
+    gives the covariance of the gradients instead.
+    """
+
+    def __init__(self, n_components: int | None = None, *, center: bool = False):
+        super().__init__(n_components, center=center)
+
+
+class DirectionScores(NamedTuple):
+    """How well ``found`` directions recover ``truth`` directions (all sign-invariant).
+
+    mmcs: mean over truth of the best |cos| with any found direction.
+    hungarian_mean_cos: mean |cos| over the optimal one-to-one matching
+        (unmatched truth directions, when fewer are found, count as 0).
+    frac_recovered: share of truth directions whose best |cos| >= threshold.
+    subspace_overlap: mean over truth of ‖P u‖ for unit u, P the projector
+        onto span(found): 1 when every truth vector lies in that span.
+    n_directions: how many directions were found.
+    """
+
+    mmcs: float
+    hungarian_mean_cos: float
+    frac_recovered: float
+    subspace_overlap: float
+    n_directions: int
+
+
+def abs_cosines(truth, found) -> np.ndarray:
+    """|cos| between every truth row and every found row: ``[n_truth, n_found]``."""
+    T = _unit_rows(_as_rows(truth, "truth"))
+    F = _unit_rows(_as_rows(found, "found"))
+    if T.shape[1] != F.shape[1]:
+        raise ValueError(f"truth has dimension {T.shape[1]} but found has {F.shape[1]}; they must live in the same space")
+    return np.abs(T @ F.T)
+
+
+def _unit_rows(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def score_directions(truth, found, threshold: float = 0.9) -> DirectionScores:
+    """Score ``found: [m, dim]`` against ``truth: [g, dim]`` (rows are directions)."""
+    cos = abs_cosines(truth, found)
+    best = cos.max(axis=1)
+    rows, cols = linear_sum_assignment(-cos)
+    hungarian = float(cos[rows, cols].sum() / cos.shape[0])
+    T = _unit_rows(_as_rows(truth, "truth"))
+    F = _as_rows(found, "found")
+    # Orthonormal basis of span(found) via SVD (rank-revealing, tolerant of duplicates).
+    _, s, vt = np.linalg.svd(F, full_matrices=False)
+    basis = vt[s > s.max() * 1e-10] if s.size and s.max() > 0 else np.zeros((0, F.shape[1]))
+    overlap = float(np.linalg.norm(T @ basis.T, axis=1).mean())
+    return DirectionScores(
+        mmcs=float(best.mean()),
+        hungarian_mean_cos=hungarian,
+        frac_recovered=float((best >= threshold).mean()),
+        subspace_overlap=overlap,
+        n_directions=int(F.shape[0]),
+    )

@@ -1,0 +1,66 @@
+import json
+
+import pytest
+
+from cli.main import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_compare_x2_meets_the_published_contrast(capsys, tmp_path):
+    plot = tmp_path / "x2.png"
+    code, out, err = run(capsys, "compare", "--setup", "x2", "--json", "-", "--plot", str(plot))
+    assert code == 0
+    res = json.loads(out)
+    assert res["setup"] == "x2" and res["seed"] == 0
+    assert res["ground_truth"] == {"n_directions": 1, "dim": 64}
+    grad, act = res["methods"]["gradient_pca"], res["methods"]["activation_pca"]
+    for m in (grad, act):
+        assert set(m) >= {"mmcs", "hungarian_mean_cos", "frac_recovered_0.9", "subspace_overlap", "n_directions"}
+    assert grad["mmcs"] >= 0.99 and grad["frac_recovered_0.9"] == 1.0
+    assert act["mmcs"] < 0.2
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gradient_pca" in err  # the table goes to stderr when JSON goes to stdout
+
+
+def test_compare_superposition_pca_is_capped_by_width(capsys, tmp_path):
+    out_json = tmp_path / "s.json"
+    code, out, _ = run(capsys, "compare", "--setup", "superposition", "--json", str(out_json), "--steps", "1500")
+    assert code == 0 and "activation_pca" in out
+    res = json.loads(out_json.read_text())
+    n, d = res["ground_truth"]["n_directions"], res["ground_truth"]["dim"]
+    assert d == 10 and n > d
+    for m in res["methods"].values():
+        assert m["n_directions"] == d
+        # At most d of the n directions can be matched one-to-one.
+        assert m["frac_recovered_0.9"] <= d / n + 1e-9
+        assert m["hungarian_mean_cos"] <= d / n + 1e-9
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["compare", "--setup", "cube"], "unknown setup"),
+        (["compare", "--setup", "x2", "--hidden", "0"], "must be a positive integer"),
+        (["compare", "--setup", "x2", "--features", "5"], "applies to --setup superposition"),
+        (["compare"], "required"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_existing_output_needs_force_and_is_untouched(capsys, tmp_path):
+    target = tmp_path / "r.json"
+    target.write_text("keep me")
+    code, _, err = run(capsys, "compare", "--setup", "x2", "--json", str(target))
+    assert code == 2 and "--force" in err
+    assert target.read_text() == "keep me"
+    code, _, err = run(capsys, "compare", "--setup", "x2", "--json", str(tmp_path / "missing" / "r.json"))
+    assert code == 2 and "does not exist" in err

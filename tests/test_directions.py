@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from polylens.directions import ActivationPCA, GradientPCA, abs_cosines, score_directions
+
+
+def test_gradient_pca_of_linear_map_recovers_row_space_exactly():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(3, 12))  # f(h) = A h: the Jacobian rows are A's rows for every input
+    J = np.broadcast_to(A, (50, 3, 12))
+    pca = GradientPCA(3).fit(J)
+    # span(components) == row space of A: projecting A's rows onto it loses nothing.
+    P = pca.components_.T @ pca.components_
+    assert np.allclose(A @ P, A, atol=1e-10)
+    assert np.allclose(pca.explained_variance_ratio_.sum(), 1.0)
+    # Eigenvalues are those of AᵀA.
+    assert np.allclose(np.sort(pca.explained_variance_), np.sort(np.linalg.eigvalsh(A @ A.T)), atol=1e-9)
+
+
+def test_centred_pca_of_constant_gradients_is_zero_uncentred_finds_direction():
+    w = np.array([3.0, -4.0, 0.0, 0.0])
+    G = np.tile(w, (100, 1))
+    unc = GradientPCA(1).fit(G)
+    assert abs(abs(unc.components_[0] @ w) / 5.0 - 1.0) < 1e-12
+    cen = GradientPCA(1, center=True).fit(G)
+    assert np.allclose(cen.explained_variance_, 0.0)
+    assert np.allclose(cen.explained_variance_ratio_, 0.0)
+
+
+def test_activation_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    X = np.random.default_rng(1).normal(size=(200, 6)) @ np.diag([5, 3, 2, 1, 0.5, 0.1])
+    ours = ActivationPCA(4).fit(X)
+    ref = PCA(4).fit(X)
+    assert np.allclose(np.abs(ours.components_ @ ref.components_.T), np.eye(4), atol=1e-8)
+    assert np.allclose(ours.explained_variance_ratio_, ref.explained_variance_ratio_, atol=1e-10)
+    assert np.allclose(np.abs(ours.transform(X)), np.abs(ref.transform(X)), atol=1e-8)
+
+
+def test_estimator_contract_and_errors():
+    X = torch.randn(20, 5)
+    X_before = X.clone()
+    pca = ActivationPCA(2)
+    with pytest.raises(ValueError, match="not fitted"):
+        pca.transform(X)
+    assert pca.fit(X) is pca
+    assert torch.equal(X, X_before)
+    with pytest.raises(ValueError, match=r"n_components=9 must be between 1 and n_features=5"):
+        ActivationPCA(9).fit(X)
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        GradientPCA(2).fit(bad)
+
+
+def test_hungarian_of_permuted_sign_flipped_copy_is_one():
+    rng = np.random.default_rng(2)
+    T = rng.normal(size=(7, 16))
+    F = -T[rng.permutation(7)] * rng.uniform(0.5, 2, size=(7, 1))
+    s = score_directions(T, F)
+    assert s.hungarian_mean_cos == pytest.approx(1.0)
+    assert s.mmcs == pytest.approx(1.0)
+    assert s.frac_recovered == 1.0
+    assert s.subspace_overlap == pytest.approx(1.0)
+
+
+def test_scores_against_brute_force():
+    rng = np.random.default_rng(3)
+    T = rng.normal(size=(4, 6))
+    F = rng.normal(size=(3, 6))
+    cos = abs_cosines(T, F)
+    import itertools
+
+    best_assign = max(
+        sum(cos[r, c] for r, c in zip(rows, perm)) for rows in itertools.combinations(range(4), 3) for perm in itertools.permutations(range(3))
+    )
+    s = score_directions(T, F)
+    assert s.hungarian_mean_cos == pytest.approx(best_assign / 4)
+    assert s.mmcs == pytest.approx(cos.max(axis=1).mean())
+    # Subspace overlap: projection onto span(F) computed by least squares.
+    Tn = T / np.linalg.norm(T, axis=1, keepdims=True)
+    coef, *_ = np.linalg.lstsq(F.T, Tn.T, rcond=None)
+    assert s.subspace_overlap == pytest.approx(np.linalg.norm(F.T @ coef, axis=0).mean())
+
+
+def test_full_basis_covers_everything_but_is_not_recovery():
+    T = np.random.default_rng(4).normal(size=(10, 4))
+    s = score_directions(T, np.eye(4))
+    assert s.subspace_overlap == pytest.approx(1.0)
+    assert s.frac_recovered < 1.0
