@@ -95,6 +95,8 @@ def _options_from_args(args) -> dict:
             continue
         if args.setup not in setups:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --setup {' or '.join(setups)}, not {args.setup}")
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')}={value} must be a positive integer")
         options[fld] = (not value) if flag == "no_bias" else value
     return options
 
