@@ -103,9 +103,11 @@ def recording(
     """
     names = resolve_layers(model, layers)
     patch = dict(patch or {})
-    for name in patch:
-        resolve_layers(model, name)
     modules = dict(model.named_modules())
+    for name in patch:
+        if name not in modules or not name:
+            resolve_layers(model, name)  # raises, listing the available layers
+            raise ValueError(f"patch takes exact layer names, not patterns; got {name!r}")
     rec = Recorder()
     wanted = set(names)
     handles = []

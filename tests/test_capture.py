@@ -93,3 +93,11 @@ def test_recording_removes_hooks_on_error():
         with recording(m, "fc1"):
             raise RuntimeError("boom")
     assert len(m.fc1._forward_hooks) == 0
+
+
+def test_patch_needs_exact_names():
+    m = mlp()
+    with pytest.raises(ValueError, match="exact layer names"):
+        capture(m, torch.randn(2, 5), "out", patch={"act*": torch.zeros(2, 6)})
+    with pytest.raises(ValueError, match="unknown layer"):
+        capture(m, torch.randn(2, 5), "out", patch={"nope": torch.zeros(2, 6)})
