@@ -1,0 +1,272 @@
+"""Spline codes: which neurons are on, per input, bit-packed, with the layer map kept.
+
+Hard code of a unit with pre-activation z: ``1[z > 0]`` (the polytope an input lies in).
+Soft (probabilistic) code for smooth activations: ``Φ(z)`` for GELU (the tanh form
+``0.5·(1 + tanh(√(2/π)(z + 0.044715 z³)))`` for ``gelu_tanh``, as GPT-2 uses), ``σ(βz)``
+for SiLU/Swish; the hard code is their β → ∞ limit. Because Φ, σ > 0, GELU/SiLU outputs
+are positive exactly when z > 0, so the hard code also equals ``post-activation > 0``.
+
+There is one code type, ``SplineCodes``: hard bits packed 64 units to a ``uint64`` word
+(``[n, ceil(n_units/64)]``), the unit count, the layer map (name, kind, offset, size,
+unit shape) and provenance; optionally the soft codes ``[n, n_units]`` beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SOFT_KINDS = ("relu", "identity", "gelu", "gelu_tanh", "silu")
+
+
+def hard_code(z: Tensor) -> Tensor:
+    """``1[z > 0]`` as bool, same shape as ``z``."""
+    return z > 0
+
+
+def soft_code(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
+    """Probability that each unit is on, same shape as ``z`` (float).
+
+    kind: ``gelu`` → Φ(z); ``gelu_tanh`` → the tanh approximation of Φ; ``silu`` → σ(βz);
+    ``relu``/``identity`` → the hard code as 0./1. (piecewise-linear: no softness).
+    """
+    z = z.double() if z.dtype == torch.float64 else z.float()
+    if kind == "gelu":
+        return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+    if kind == "gelu_tanh":
+        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+    if kind == "silu":
+        if not beta > 0:
+            raise ValueError(f"beta={beta} must be > 0 for the SiLU/Swish soft code σ(βz)")
+        return torch.sigmoid(beta * z)
+    if kind in ("relu", "identity"):
+        return (z > 0).to(z.dtype)
+    raise ValueError(f"unknown activation kind {kind!r}; expected one of {', '.join(SOFT_KINDS)}")
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """``[n, n_units]`` bool → ``[n, ceil(n_units/64)]`` uint64 (unit i is bit i%64 of word i//64)."""
+    bits = np.asarray(bits, dtype=bool)
+    if bits.ndim != 2:
+        raise ValueError(f"bits must be 2-D [n, n_units], got shape {bits.shape}")
+    n, units = bits.shape
+    n_words = max(1, -(-units // 64))
+    padded = np.zeros((n, n_words * 64), dtype=bool)
+    padded[:, :units] = bits
+    return np.packbits(padded, axis=1, bitorder="little").view("<u8").reshape(n, n_words).astype(np.uint64)
+
+
+def unpack_bits(words: np.ndarray, n_units: int) -> np.ndarray:
+    """Inverse of ``pack_bits``: ``[n, n_words]`` uint64 → ``[n, n_units]`` bool."""
+    words = np.ascontiguousarray(words, dtype="<u8")
+    as_bytes = words.view(np.uint8).reshape(words.shape[0], -1)
+    return np.unpackbits(as_bytes, axis=1, bitorder="little", count=n_units).astype(bool)
+
+
+@dataclass(frozen=True)
+class LayerSlot:
+    """Where one layer's units sit in the concatenated code."""
+
+    name: str
+    kind: str
+    offset: int
+    size: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class SplineCodes:
+    """Hard spline codes of ``n`` inputs over one or more layers (concatenated in order).
+
+    words: ``[n, n_words]`` uint64, packed by ``pack_bits``.
+    n_units: total units over all layers; layers: the layer map.
+    soft: ``[n, n_units]`` float32 probabilities, or None (hard codes only).
+    provenance: ``{"model": str, "input_ids": [str], ...}``.
+    """
+
+    words: np.ndarray
+    n_units: int
+    layers: tuple[LayerSlot, ...]
+    soft: np.ndarray | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.words.ndim != 2 or self.words.shape[1] != max(1, -(-self.n_units // 64)):
+            raise ValueError(f"words shape {self.words.shape} does not fit n_units={self.n_units}")
+        if sum(s.size for s in self.layers) != self.n_units:
+            raise ValueError(f"layer sizes sum to {sum(s.size for s in self.layers)}, not n_units={self.n_units}")
+
+    @classmethod
+    def from_preactivations(
+        cls, preacts: Mapping[str, Tensor], kinds: Mapping[str, str] | None = None, *, soft: bool = False, beta: float = 1.0, provenance: dict | None = None
+    ) -> SplineCodes:
+        """Codes from pre-activations ``name -> [n, *unit_shape]`` (concatenated in mapping order)."""
+        kinds = dict(kinds or {})
+        slots, bits, probs, offset, n = [], [], [], 0, None
+        for name, z in preacts.items():
+            if n is not None and z.shape[0] != n:
+                raise ValueError(f"layer {name!r} has {z.shape[0]} rows, the others {n}")
+            n = z.shape[0]
+            if torch.isnan(z).any():
+                raise ValueError(f"layer {name!r} has NaN pre-activations; check the model and inputs")
+            flat = z.detach().reshape(n, -1)
+            kind = kinds.get(name, "relu")
+            slots.append(LayerSlot(name, kind, offset, flat.shape[1], tuple(z.shape[1:])))
+            offset += flat.shape[1]
+            bits.append(hard_code(flat).cpu().numpy())
+            if soft:
+                probs.append(soft_code(flat, kind, beta).float().cpu().numpy())
+        if not slots:
+            raise ValueError("no layers given to build codes from")
+        allbits = np.concatenate(bits, axis=1)
+        return cls(pack_bits(allbits), offset, tuple(slots), np.concatenate(probs, axis=1) if soft else None, dict(provenance or {}))
+
+    def __len__(self) -> int:
+        return self.words.shape[0]
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [s.name for s in self.layers]
+
+    def unpack(self) -> np.ndarray:
+        """``[n, n_units]`` bool."""
+        return unpack_bits(self.words, self.n_units)
+
+    def _slot(self, name: str) -> LayerSlot:
+        for s in self.layers:
+            if s.name == name:
+                return s
+        raise ValueError(f"layer {name!r} is not in these codes; they hold {', '.join(self.layer_names)}")
+
+    def layer(self, name: str | Sequence[str]) -> SplineCodes:
+        """The codes of one layer (or several, in the given order) as a new ``SplineCodes``."""
+        names = [name] if isinstance(name, str) else list(name)
+        bits = self.unpack()
+        slots, parts, soft, offset = [], [], [], 0
+        for n in names:
+            s = self._slot(n)
+            parts.append(bits[:, s.offset : s.offset + s.size])
+            if self.soft is not None:
+                soft.append(self.soft[:, s.offset : s.offset + s.size])
+            slots.append(LayerSlot(s.name, s.kind, offset, s.size, s.shape))
+            offset += s.size
+        return SplineCodes(pack_bits(np.concatenate(parts, axis=1)), offset, tuple(slots), np.concatenate(soft, axis=1) if soft else None, dict(self.provenance))
+
+    def rows(self, index) -> SplineCodes:
+        """A subset of inputs (any numpy index over the first axis); provenance ids follow."""
+        idx = np.arange(len(self))[index]
+        prov = dict(self.provenance)
+        if "input_ids" in prov:
+            prov["input_ids"] = [prov["input_ids"][i] for i in np.atleast_1d(idx)]
+        soft = None if self.soft is None else self.soft[np.atleast_1d(idx)]
+        return SplineCodes(self.words[np.atleast_1d(idx)], self.n_units, self.layers, soft, prov)
+
+    def _check_compatible(self, other: SplineCodes) -> None:
+        if other.n_units != self.n_units or [s.size for s in other.layers] != [s.size for s in self.layers]:
+            raise ValueError(f"codes have different layouts: {self.n_units} units {self.layer_names} vs {other.n_units} units {other.layer_names}")
+
+    def hamming(self, other: SplineCodes) -> np.ndarray:
+        """Row-wise Hamming distance ``[n]`` to ``other`` (same n, or one row broadcast)."""
+        self._check_compatible(other)
+        return np.bitwise_count(self.words ^ other.words).sum(axis=1, dtype=np.int64)
+
+    def hamming_matrix(self, other: SplineCodes | None = None) -> np.ndarray:
+        """All pairwise Hamming distances ``[n, m]`` (``other`` defaults to self)."""
+        other = self if other is None else other
+        self._check_compatible(other)
+        out = np.empty((len(self), len(other)), dtype=np.int64)
+        for i in range(len(self)):  # one row at a time keeps memory at [m, n_words]
+            out[i] = np.bitwise_count(self.words[i] ^ other.words).sum(axis=1, dtype=np.int64)
+        return out
+
+    def consecutive_hamming(self) -> np.ndarray:
+        """Hamming distance between rows i and i+1: ``[n - 1]`` (the profile along a path)."""
+        return np.bitwise_count(self.words[1:] ^ self.words[:-1]).sum(axis=1, dtype=np.int64)
+
+    def expected_hamming(self, other: SplineCodes) -> np.ndarray:
+        """Soft-code distance ``Σ p(1−q) + q(1−p)`` row-wise ``[n]`` (needs soft codes)."""
+        self._check_compatible(other)
+        if self.soft is None or other.soft is None:
+            raise ValueError("expected_hamming needs soft codes; build them with soft=True")
+        p, q = self.soft.astype(np.float64), other.soft.astype(np.float64)
+        return (p * (1 - q) + q * (1 - p)).sum(axis=1)
+
+    def metadata(self) -> dict:
+        return {
+            "format": "polylens.spline_codes/1",
+            "n_units": self.n_units,
+            "layers": [{"name": s.name, "kind": s.kind, "offset": s.offset, "size": s.size, "shape": list(s.shape)} for s in self.layers],
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str) -> None:
+        """Write an ``.npz`` (arrays ``words``, optional ``soft``, JSON ``meta``); no pickle."""
+        arrays = {"words": self.words, "meta": np.array(json.dumps(self.metadata()))}
+        if self.soft is not None:
+            arrays["soft"] = self.soft
+        with open(path, "wb") as fh:  # a file object keeps numpy from appending ".npz"
+            np.savez_compressed(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> SplineCodes:
+        """Read a file written by ``save``."""
+        with np.load(path, allow_pickle=False) as data:
+            if "words" not in data or "meta" not in data:
+                raise ValueError(f"{path} is not a polylens spline-code file (needs arrays 'words' and 'meta')")
+            meta = json.loads(str(data["meta"]))
+            words = data["words"].astype(np.uint64)
+            soft = data["soft"] if "soft" in data else None
+        slots = tuple(LayerSlot(d["name"], d["kind"], d["offset"], d["size"], tuple(d["shape"])) for d in meta["layers"])
+        return cls(words, int(meta["n_units"]), slots, soft, meta.get("provenance", {}))
+
+
+def extract_codes(
+    adapter,
+    inputs: Tensor,
+    layers: str | Sequence[str] | None = None,
+    *,
+    soft: bool = False,
+    beta: float = 1.0,
+    batch_size: int = 64,
+    input_ids: Sequence[str] | None = None,
+    per_position: bool = False,
+) -> SplineCodes:
+    """Spline codes of ``inputs [n, ...]`` at activation ``layers`` of a ``ModelAdapter``.
+
+    Pre-activations are read through ``polylens.capture`` with the forward pass stopped after the
+    last layer. layers: names, wildcards, or None for all activation layers. per_position: treat
+    axis 1 of each pre-activation (tokens of ``[n, seq, d]``) as separate rows: ``[n·seq, d]``.
+    """
+    from polylens.capture import capture
+
+    available = list(adapter.activation_layers)
+    if layers is None:
+        names = available
+    else:
+        import fnmatch
+
+        names = []
+        for pat in [layers] if isinstance(layers, str) else list(layers):
+            hits = [n for n in available if n == pat or fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                adapter.check_layer(pat, allowed=available)
+            names.extend(h for h in hits if h not in names)
+        names = [n for n in available if n in names]  # forward order
+    got = capture(adapter.module, inputs, names, batch_size=batch_size)
+    preacts = {n: got.activations[n] for n in names}
+    ids = list(input_ids) if input_ids is not None else [str(i) for i in range(inputs.shape[0])]
+    if per_position:
+        seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
+        if len(seq) != 1 or any(z.dim() < 3 for z in preacts.values()):
+            raise ValueError("per_position needs every layer shaped [n, positions, units]")
+        (s,) = seq
+        preacts = {n: z.reshape(z.shape[0] * s, *z.shape[2:]) for n, z in preacts.items()}
+        ids = [f"{i}@{p}" for i in ids for p in range(s)]
+    prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta}
+    return SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta, provenance=prov)
