@@ -1,0 +1,273 @@
+"""Polytope boundary density along paths: exact for piecewise-linear networks, sampled otherwise.
+
+A *crossing* is a position t ∈ [0, 1] on a path (``polylens.paths``) where unit u of an
+activation layer changes its hard code 1[z > 0]. Crossings are counted at the activation
+layers at and after the path's layer (or a named subset); density = crossings / path length
+(Euclidean, in the path layer's space).
+
+Exact mode (ReLU/identity only): each segment is split into pieces on which every pre-activation
+up to the last counted layer is affine in s, and each unit's zero is solved analytically on its
+piece. A piece [a, b] is accepted when (i) the pre-activations at two interior points (midpoint
+and golden-section point) equal the linear interpolation of the ends within ``TOL`` × the
+layer's scale, and (ii) no unit of a non-final layer changes sign strictly inside (it would put a
+kink into every later layer; the piece is split at its analytic zero). Failing (i) first at layer
+f splits at the zeros of the layers before f, which are affine, or else at the check points.
+This is ExactLine-style layer-wise refinement done with forward passes (float64), so any torch
+module whose activations are declared works.
+
+Sampled mode (smooth activations, ``exact=False``): sign changes between ``n_samples`` evenly
+spaced points, each refined by bisection; flips within one step can be missed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from polylens.capture import capture
+from polylens.models.base import PIECEWISE_LINEAR, ModelAdapter
+from polylens.paths import ActivationPath, Evaluator
+
+# Relative linearity tolerance. float64 roundoff in a forward pass is ~fan_in · 2^-53 · scale
+# (≈1e-12 for fan-in 10^4), so 1e-9 leaves a 1000× margin against false kinks, while a real kink
+# whose effect at the check points is below 1e-9 of the layer's scale is numerically invisible
+# anyway; unit crossings in earlier layers are caught by rule (ii) whatever their size.
+TOL = 1e-9
+_GOLDEN = 0.3819660112501051  # second check point: no symmetric pair of kinks cancels at both
+_MIN_WIDTH = 1e-13  # narrower pieces mean the network is not piecewise-linear there
+_INSIDE = 1e-9  # a zero closer than this (relative to the piece) to an end is at that end
+
+
+@dataclass
+class DensityResult:
+    """Crossings along one path, with the Hamming profile and the outputs along it.
+
+    crossings: ``[{"t", "layer", "unit"}]`` sorted by t; unit = flat index in the layer's
+    pre-activation (``[*unit_shape]`` flattened). profile: ``{"t": [m+1], "hamming": [m],
+    "labels": [m+1]}`` on an even grid. peak_output_correlation: Pearson r between crossings per
+    grid step and "the output label changes in this step" (None when either is constant).
+    """
+
+    model: str
+    layers: list[str]
+    space_layer: str
+    path: dict
+    n_crossings: int
+    crossings: list[dict]
+    density_per_unit_length: float
+    exact: bool
+    crossings_per_layer: dict[str, int]
+    evaluations: int
+    profile: dict = field(default_factory=dict)
+    output_changes: list[float] = field(default_factory=list)
+    peak_output_correlation: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def downstream_layers(adapter: ModelAdapter, path: ActivationPath) -> list[str]:
+    """Activation layers at and after ``path.layer``, in forward order (one forward pass)."""
+    acts = list(adapter.activation_layers)
+    example = path.vertices[:1] if path.layer == "input" else path.base
+    names = acts + ([path.layer] if path.layer not in ("input", *acts) else [])
+    fired = list(capture(adapter.module, example, names, stop_early=False).activations)
+    if path.layer == "input":
+        return [n for n in fired if n in adapter.activation_layers]
+    after = fired[fired.index(path.layer) :]
+    return [n for n in after if n in adapter.activation_layers]
+
+
+def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[str], bool]:
+    below = downstream_layers(adapter, path)
+    if not below:
+        raise ValueError(f"no activation layer at or after {path.layer!r}; activation layers: {', '.join(adapter.activation_layers)}")
+    if count_layers is None:
+        counted = below
+    else:
+        counted = [count_layers] if isinstance(count_layers, str) else list(count_layers)
+        for name in counted:
+            if name not in below:
+                raise ValueError(f"count layer {name!r} is not an activation layer at or after {path.layer!r}; choose from: {', '.join(below)}")
+        counted = [n for n in below if n in counted]
+    checked = below[: below.index(counted[-1]) + 1]
+    smooth = [n for n in checked if adapter.activation_layers[n] not in PIECEWISE_LINEAR]
+    if exact is None:
+        exact = not smooth
+    if exact and smooth:
+        raise ValueError(
+            f"exact counting needs piecewise-linear activations, but {smooth[0]} is {adapter.activation_layers[smooth[0]]}; "
+            "use the smooth (sampled) mode: exact=False / --smooth"
+        )
+    return counted, (checked if exact else counted), exact
+
+
+def _layer_index(ev: Evaluator, counted: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    starts = np.array([off for _, off, _ in ev.offsets])
+    layer_id = np.concatenate([np.full(size, i) for i, (_, _, size) in enumerate(ev.offsets)])
+    count_mask = np.concatenate([np.full(size, name in counted) for name, _, size in ev.offsets])
+    return starts, layer_id, count_mask
+
+
+def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tuple[float, int]]:
+    """All (s, unit) zero crossings of counted units on the segment v0 → v1 (s ∈ [0, 1])."""
+    cache: dict[float, np.ndarray] = {}
+
+    def evaluate(ss):
+        new = sorted({s for s in ss if s not in cache})
+        if new:
+            s_t = torch.tensor(new, dtype=torch.float64).reshape(-1, *([1] * v0.dim()))
+            z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
+            for s, row in zip(new, z.numpy()):
+                cache[s] = row
+        if ev.evaluations > max_evaluations:
+            raise ValueError(f"exact counting needed more than max_evaluations={max_evaluations} forward evaluations; raise it or shorten the path")
+
+    evaluate([0.0, 1.0])
+    starts, layer_id, count_mask = _layer_index(ev, counted)
+    n_layers = len(starts)
+    pending, found = [(0.0, 1.0)], []
+    while pending:
+        checks = [(a, a + (b - a) * 0.5, a + (b - a) * _GOLDEN, b) for a, b in pending]
+        evaluate([s for c in checks for s in c])
+        pending = []
+        for a, m, g, b in checks:
+            za, zb = cache[a], cache[b]
+            dev = np.maximum(np.abs(cache[m] - (za + 0.5 * (zb - za))), np.abs(cache[g] - (za + _GOLDEN * (zb - za))))
+            scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
+            bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
+            first_bad = int(np.argmax(bad)) if bad.any() else n_layers
+            flips = (za > 0) != (zb > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s_star = a + (b - a) * za / (za - zb)
+            margin = _INSIDE * (b - a)
+            inside = flips & (s_star > a + margin) & (s_star < b - margin)
+            limit = first_bad if first_bad < n_layers else n_layers - 1
+            splits = np.unique(s_star[inside & (layer_id < limit)])
+            if first_bad < n_layers and splits.size == 0:
+                splits = np.array([g, m])
+            if splits.size == 0:  # affine piece: read off the counted crossings
+                units = np.nonzero(flips & count_mask)[0]
+                found.extend((float(np.clip(s_star[u], a, b)), int(u)) for u in units)
+                continue
+            if b - a < _MIN_WIDTH:
+                raise ValueError(
+                    f"pre-activations are not affine on any piece narrower than {_MIN_WIDTH:g} near s={a:.6g}: "
+                    "the network is not piecewise-linear here; declare its activations or use exact=False"
+                )
+            edges = [a, *splits.tolist(), b]
+            pending.extend(zip(edges[:-1], edges[1:]))
+    return found
+
+
+def _sampled_segment(ev: Evaluator, v0, v1, n_steps, counted, refine, iterations=30) -> list[tuple[float, int]]:
+    """Sign changes between n_steps+1 even samples, optionally bisected to the zero."""
+    s = np.linspace(0.0, 1.0, n_steps + 1)
+    brackets, prev_bits, prev_s = [], None, None
+    count_mask = None
+    for start in range(0, len(s), ev.batch_size):
+        part = s[start : start + ev.batch_size]
+        s_t = torch.from_numpy(part).reshape(-1, *([1] * v0.dim()))
+        z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
+        if count_mask is None:
+            count_mask = _layer_index(ev, counted)[2]
+        bits = z.numpy()[:, count_mask] > 0
+        allbits = bits if prev_bits is None else np.concatenate([prev_bits[None], bits])
+        alls = part if prev_s is None else np.concatenate([[prev_s], part])
+        step, unit = np.nonzero(allbits[1:] != allbits[:-1])
+        brackets.extend(zip(alls[step], alls[step + 1], unit, allbits[step, unit]))
+        prev_bits, prev_s = bits[-1], part[-1]
+    if not brackets:
+        return []
+    lo, hi = np.array([b[0] for b in brackets]), np.array([b[1] for b in brackets])
+    units, code_lo = np.array([b[2] for b in brackets]), np.array([b[3] for b in brackets])
+    cols = np.nonzero(count_mask)[0][units]
+    for _ in range(iterations if refine else 0):
+        mid = 0.5 * (lo + hi)
+        s_t = torch.from_numpy(mid).reshape(-1, *([1] * v0.dim()))
+        z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
+        same = (z.numpy()[np.arange(len(mid)), cols] > 0) == code_lo
+        lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
+    return list(zip((0.5 * (lo + hi)).tolist(), np.nonzero(count_mask)[0][units].tolist()))
+
+
+def boundary_density(
+    adapter: ModelAdapter,
+    path: ActivationPath,
+    *,
+    count_layers: str | list[str] | None = None,
+    exact: bool | None = None,
+    n_samples: int = 1000,
+    refine: bool = True,
+    n_profile: int = 200,
+    batch_size: int = 256,
+    max_evaluations: int = 2_000_000,
+) -> DensityResult:
+    """Count polytope boundary crossings along ``path``.
+
+    exact: None → exact when every checked layer is piecewise-linear; True on a smooth layer →
+    ValueError. n_samples: sampled mode's steps over the whole path. n_profile: grid steps for the
+    Hamming/output profile (0: none).
+    """
+    for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
+        if value < 1:
+            raise ValueError(f"{name}={value} must be a positive integer")
+    if n_profile < 0:
+        raise ValueError(f"n_profile={n_profile} must be >= 0")
+    counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
+    ev = Evaluator(adapter, path, checked, batch_size=batch_size)
+    verts = path.vertices.detach().double()
+    seg_len = path.segment_lengths
+    raw: list[tuple[float, int]] = []
+    for i in range(len(seg_len)):
+        if exact:
+            got = _exact_segment(ev, verts[i], verts[i + 1], counted, max_evaluations)
+        else:
+            steps = max(1, int(round(n_samples * seg_len[i] / seg_len.sum())))
+            got = _sampled_segment(ev, verts[i], verts[i + 1], steps, counted, refine)
+        raw.extend((float(path.to_t(i, s)), u) for s, u in got)
+    raw.sort()
+    evaluations = ev.evaluations
+    unit_layer = [(name, off, size) for name, off, size in ev.offsets]
+    crossings = []
+    for t, u in raw:
+        name, off, _ = next(x for x in unit_layer if x[1] <= u < x[1] + x[2])
+        crossings.append({"t": t, "layer": name, "unit": int(u - off)})
+    per_layer = {n: sum(c["layer"] == n for c in crossings) for n in counted}
+    profile, changes, corr = _profile(adapter, path, counted, crossings, n_profile, batch_size) if n_profile else ({}, [], None)
+    meta = {k: v for k, v in path.meta.items()}
+    return DensityResult(
+        model=adapter.name,
+        layers=counted,
+        space_layer=path.layer,
+        path={"kind": path.kind, "length": path.length, "layer": path.layer, "n_vertices": int(path.vertices.shape[0]), **meta},
+        n_crossings=len(crossings),
+        crossings=crossings,
+        density_per_unit_length=len(crossings) / path.length,
+        exact=exact,
+        crossings_per_layer=per_layer,
+        evaluations=evaluations,
+        profile=profile,
+        output_changes=changes,
+        peak_output_correlation=corr,
+    )
+
+
+def _profile(adapter, path, counted, crossings, n_profile, batch_size):
+    """Hamming distance between consecutive grid points, output labels, and their correlation."""
+    ev = Evaluator(adapter, path, counted, batch_size=batch_size)
+    t = np.linspace(0.0, 1.0, n_profile + 1)
+    z, out = ev(path.at(t), want_output=True)
+    bits = z.numpy() > 0
+    hamming = (bits[1:] != bits[:-1]).sum(axis=1)
+    labels = adapter.describe_output(out) if (out is not None and adapter.describe_output) else []
+    changes, corr = [], None
+    if labels:
+        changed = np.array([labels[k] != labels[k + 1] for k in range(n_profile)], dtype=float)
+        changes = [float(0.5 * (t[k] + t[k + 1])) for k in np.nonzero(changed)[0]]
+        counts = np.histogram([c["t"] for c in crossings], bins=t)[0].astype(float)
+        if changed.std() > 0 and counts.std() > 0:
+            corr = float(np.corrcoef(counts, changed)[0, 1])
+    return {"t": t.tolist(), "hamming": hamming.tolist(), "labels": list(labels)}, changes, corr

@@ -1,0 +1,210 @@
+"""The embedded default model: a small ReLU CNN on scikit-learn's bundled handwritten digits.
+
+Real data, fully offline: ``sklearn.datasets.load_digits`` (1797 8×8 images, 10 classes),
+split 80/20 with a fixed seed. The CNN is trained on first use (a few seconds on a CPU,
+seeded) and cached as safetensors in the user cache directory
+(``$POLYLENS_CACHE`` or ``$XDG_CACHE_HOME/polylens`` or ``~/.cache/polylens``), written
+atomically. Inputs are ``[n, 1, 8, 8]`` with pixel values in [0, 1].
+
+Layers (module paths): conv1 → relu1 → conv2 (stride 2) → relu2 → flatten → fc1 → relu3 → fc2.
+Pre-activations (activation layers): ``conv1``, ``conv2``, ``fc1``, all ReLU, so the whole
+network is piecewise-linear and exact boundary counting applies.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from polylens.models.base import ModelAdapter
+
+VERSION = 1
+CLASSES = [str(i) for i in range(10)]
+
+
+class DigitsCNN(nn.Module):
+    """``[n, 1, 8, 8]`` → logits ``[n, 10]``."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)  # [n, w, 8, 8]
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)  # [n, 2w, 4, 4]
+        self.relu2 = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(2 * width * 16, 64)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(64, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
+
+
+def cache_dir() -> Path:
+    """Where trained weights are cached."""
+    if os.environ.get("POLYLENS_CACHE"):
+        return Path(os.environ["POLYLENS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "polylens"
+
+
+def digits_data(seed: int = 0) -> dict[str, np.ndarray]:
+    """The sklearn digits split 80/20: ``x_*`` ``[n, 1, 8, 8]`` float32 in [0, 1], ``y_*`` ``[n]``."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = (data.images / 16.0).astype(np.float32)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, data.target, test_size=0.2, random_state=seed, stratify=data.target)
+    return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+
+
+def train_digits_cnn(seed: int = 0, epochs: int = 40, width: int = 16) -> tuple[DigitsCNN, dict]:
+    """Train the CNN (Adam, batch 64, seeded). Returns the model (eval mode) and facts about the run."""
+    data = digits_data(seed)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = DigitsCNN(width)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 64):
+            idx = order[i : i + 64]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(data["x_test"])).argmax(1).numpy()
+    facts = {"seed": seed, "epochs": epochs, "width": width, "train_seconds": round(seconds, 2), "test_accuracy": float((pred == data["y_test"]).mean())}
+    return model, facts
+
+
+def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata={k: str(v) for k, v in facts.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_state(model: nn.Module, path: str | Path) -> dict:
+    """Load safetensors weights into ``model``; missing/extra keys or shape mismatches → ValueError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"weights file {path} is not a readable safetensors file ({err})") from None
+    want = model.state_dict()
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or extra:
+        raise ValueError(f"weights file {path} does not fit {type(model).__name__}: missing keys {missing[:5]}, extra keys {extra[:5]}")
+    bad = [k for k in want if want[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(f"weights file {path}: shape mismatch for {bad[:5]}")
+    model.load_state_dict(state)
+    return meta
+
+
+def load(spec: str = "digits", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, epochs: int = 40, **_) -> ModelAdapter:
+    """The digits CNN: trained-and-cached (default), from a safetensors ``weights`` file, or random."""
+    if spec not in ("digits", None):
+        raise ValueError(f"unknown digits model {spec!r}; the spec is just 'digits'")
+    model = DigitsCNN()
+    if weights is not None:
+        facts = {"weights": str(weights), **load_state(model, weights)}
+        name = "digits-cnn"
+    elif random_weights:
+        torch.manual_seed(seed)
+        model = DigitsCNN()
+        facts, name = {"weights": "random", "seed": seed}, "digits-cnn (random weights)"
+    else:
+        path = cache_dir() / f"digits-cnn-v{VERSION}-seed{seed}-e{epochs}.safetensors"
+        if path.is_file():
+            facts = {"weights": str(path), "trained_now": False, **load_state(model, path)}
+        else:
+            model, facts = train_digits_cnn(seed, epochs)
+            _save_atomic(model, path, facts)
+            facts = {"weights": str(path), "trained_now": True, **facts}
+        name = "digits-cnn"
+    model = model.to(device).eval()
+    return _adapter(model, name, facts, seed, device)
+
+
+def _adapter(model: DigitsCNN, name: str, facts: dict, seed: int, device: str) -> ModelAdapter:
+    test = {}
+
+    def test_split() -> dict:
+        if not test:
+            test.update(digits_data(seed))
+        return test
+
+    def default_inputs(n: int) -> Tensor:
+        x = test_split()["x_test"]
+        if not 0 < n <= len(x):
+            raise ValueError(f"n={n} must be between 1 and the {len(x)} digits test images")
+        return torch.from_numpy(x[:n]).to(device)
+
+    def prepare(raw) -> Tensor:
+        """An index into the test split, an ``.npy`` array / image file, or an array → ``[1, 1, 8, 8]``."""
+        if isinstance(raw, str) and raw.lstrip("-").isdigit():
+            raw = int(raw)
+        if isinstance(raw, (int, np.integer)):
+            x = test_split()["x_test"]
+            if not 0 <= raw < len(x):
+                raise ValueError(f"input index {raw} must be between 0 and {len(x) - 1} (digits test split)")
+            return torch.from_numpy(x[raw : raw + 1]).to(device)
+        if isinstance(raw, (str, Path)):
+            raw = _read_file(Path(raw))
+        arr = np.asarray(raw, dtype=np.float32)
+        if arr.size != 64:
+            raise ValueError(f"a digits input must have 64 values (8×8), got shape {arr.shape}")
+        return torch.from_numpy(arr.reshape(1, 1, 8, 8).copy()).to(device)
+
+    layers = ["conv1", "relu1", "conv2", "relu2", "flatten", "fc1", "relu3", "fc2"]
+    return ModelAdapter(
+        name=name,
+        module=model,
+        activation_layers={"conv1": "relu", "conv2": "relu", "fc1": "relu"},
+        space_layers=layers,
+        prepare=prepare,
+        default_inputs=default_inputs,
+        describe_output=lambda out: [CLASSES[i] for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
+        provenance={"model": name, **facts},
+    )
+
+
+def _read_file(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {path} does not exist")
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    from PIL import Image
+
+    img = Image.open(path).convert("L").resize((8, 8))
+    return np.asarray(img, dtype=np.float32) / 255.0

@@ -1,0 +1,166 @@
+"""Paths through one layer's activation space, and the evaluator that pushes path points onward.
+
+A path lives in the output space of one layer (``"input"`` for input space) and is a polyline
+through ``vertices [k, *shape]``; the position along it is ``t ∈ [0, 1]`` (fraction of the
+Euclidean arc length). Each path point is pushed through the rest of the model by patching that
+layer's output (``polylens.capture``'s ``patch=``); everything else the model reads (other
+inputs, skip connections from earlier layers) stays at the path's ``base`` input.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from polylens.capture import capture
+from polylens.models.base import ModelAdapter
+
+
+
+@dataclass
+class ActivationPath:
+    """A polyline in one layer's output space.
+
+    kind: interp | scale | input | polyline; layer: the space (``"input"`` for input space);
+    vertices: ``[k, *shape]`` (k ≥ 2); base: model input ``[1, ...]`` the other parts of the
+    forward pass read (None in input space); meta: e.g. the scaling range.
+    """
+
+    kind: str
+    layer: str
+    vertices: Tensor
+    base: Tensor | None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.vertices.dim() < 2 or self.vertices.shape[0] < 2:
+            raise ValueError(f"a path needs at least 2 vertices [k, ...], got shape {tuple(self.vertices.shape)}")
+        v = self.vertices.detach().double().reshape(self.vertices.shape[0], -1)
+        if not torch.isfinite(v).all():
+            raise ValueError("path vertices contain NaN or inf; check the inputs and the model's activations")
+        lengths = (v[1:] - v[:-1]).norm(dim=1)
+        if (lengths == 0).any():
+            i = int((lengths == 0).nonzero()[0])
+            raise ValueError(f"path vertices {i} and {i + 1} coincide: a zero-length path segment has no crossings to count")
+
+    @property
+    def segment_lengths(self) -> np.ndarray:
+        v = self.vertices.detach().double().reshape(self.vertices.shape[0], -1)
+        return (v[1:] - v[:-1]).norm(dim=1).numpy()
+
+    @property
+    def length(self) -> float:
+        return float(self.segment_lengths.sum())
+
+    def at(self, t: np.ndarray) -> Tensor:
+        """Points at arc-length fractions ``t [m]`` → ``[m, *shape]`` (float64)."""
+        seg, s = self._locate(np.asarray(t, dtype=np.float64))
+        v = self.vertices.detach().double()
+        s_t = torch.from_numpy(s).reshape(-1, *([1] * (v.dim() - 1)))
+        return v[seg] + s_t * (v[seg + 1] - v[seg])
+
+    def _locate(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cum = np.concatenate([[0.0], np.cumsum(self.segment_lengths)]) / self.length
+        seg = np.clip(np.searchsorted(cum, t, side="right") - 1, 0, len(cum) - 2)
+        return seg, np.clip((t - cum[seg]) / (cum[seg + 1] - cum[seg]), 0.0, 1.0)
+
+    def to_t(self, seg: int, s: np.ndarray) -> np.ndarray:
+        """Position within segment ``seg`` (s ∈ [0, 1]) → global t."""
+        cum = np.concatenate([[0.0], np.cumsum(self.segment_lengths)])
+        return (cum[seg] + s * self.segment_lengths[seg]) / cum[-1]
+
+
+def _layer_value(adapter: ModelAdapter, x: Tensor, layer: str) -> Tensor:
+    if layer == "input":
+        return x
+    adapter.check_layer(layer)
+    return capture(adapter.module, x, [layer]).activations[layer]
+
+
+def _check_same_shape(a: Tensor, b: Tensor, what: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}; both ends must have the same shape")
+
+
+def interpolation_path(adapter: ModelAdapter, x0: Tensor, x1: Tensor, layer: str, via: list[Tensor] = ()) -> ActivationPath:
+    """Straight line(s) between the activations of inputs ``x0``, ``via…``, ``x1`` (each ``[1, ...]``) at ``layer``."""
+    xs = [x0, *via, x1]
+    for x in xs[1:]:
+        _check_same_shape(x0, x, "interpolation inputs")
+    acts = [_layer_value(adapter, x, layer) for x in xs]
+    if layer == "input" and not torch.is_floating_point(x0):
+        raise ValueError("interpolation in input space needs float inputs (these are token ids); pick an activation layer with --layer")
+    kind = "input" if layer == "input" else "interp"
+    return ActivationPath(kind, layer, torch.cat(acts).detach(), None if layer == "input" else x0, {"n_inputs": len(xs)})
+
+
+def scaling_path(adapter: ModelAdapter, x: Tensor, layer: str, alpha_max: float = 2.0, alpha_min: float = 0.0) -> ActivationPath:
+    """The ray α·a(x) for α ∈ [alpha_min, alpha_max], a(x) the activation of ``x [1, ...]`` at ``layer``."""
+    if not alpha_max > alpha_min:
+        raise ValueError(f"alpha_max={alpha_max} must be greater than alpha_min={alpha_min}")
+    a = _layer_value(adapter, x, layer).detach()
+    if layer == "input" and not torch.is_floating_point(a):
+        raise ValueError("scaling in input space needs float inputs (these are token ids); pick an activation layer with --layer")
+    norm = float(a.double().norm())
+    if norm == 0:
+        raise ValueError(f"the activation at {layer} is all zeros, so its scaling path has zero length; pick another input or layer")
+    verts = torch.cat([alpha_min * a, alpha_max * a])
+    return ActivationPath("scale", layer, verts, None if layer == "input" else x, {"alpha_min": alpha_min, "alpha_max": alpha_max, "norm": norm})
+
+
+def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Tensor | None = None) -> ActivationPath:
+    """An arbitrary polyline ``[k, *shape]`` in ``layer``'s space (``base [1, ...]`` feeds the forward pass)."""
+    if layer != "input":
+        adapter.check_layer(layer)
+        if base is None:
+            raise ValueError("a polyline in an activation layer needs a base input for the forward pass")
+        _check_same_shape(_layer_value(adapter, base, layer)[0], vertices[0], "polyline vertices vs the layer's activation")
+    return ActivationPath("polyline", layer, vertices.detach(), base)
+
+
+class Evaluator:
+    """Pre-activations of the counted layers at path points (float64), counting evaluations.
+
+    ``__call__(points [m, *shape], want_output)`` → ``(z [m, n_units] float64, output [m, ...] | None)``.
+    """
+
+    def __init__(self, adapter: ModelAdapter, path: ActivationPath, layers: list[str], batch_size: int = 256, float64: bool = True):
+        self.module = adapter.module
+        self.dtype = torch.float64 if float64 else torch.float32
+        if float64:
+            self.module = copy.deepcopy(adapter.module).double()
+        self.path, self.layers, self.batch_size = path, layers, batch_size
+        self.base = path.base
+        if self.base is not None and torch.is_floating_point(self.base):
+            self.base = self.base.to(self.dtype)
+        self.evaluations = 0
+        self.offsets: list[tuple[str, int, int]] = []
+
+    def __call__(self, points: Tensor, want_output: bool = False) -> tuple[Tensor, Tensor | None]:
+        zs, outs = [], []
+        for start in range(0, points.shape[0], self.batch_size):
+            chunk = points[start : start + self.batch_size].to(self.dtype)
+            m = chunk.shape[0]
+            if self.path.layer == "input":
+                got = capture(self.module, chunk, self.layers, stop_early=not want_output)
+            else:
+                base = self.base.expand(m, *self.base.shape[1:])
+                got = capture(self.module, base, self.layers, patch={self.path.layer: chunk})
+            flat = [got.activations[n].reshape(m, -1).double() for n in self.layers]
+            if not self.offsets:
+                off = 0
+                for n, f in zip(self.layers, flat):
+                    self.offsets.append((n, off, f.shape[1]))
+                    off += f.shape[1]
+            z = torch.cat(flat, dim=1)
+            if not torch.isfinite(z).all():
+                raise ValueError("the model produced NaN/inf pre-activations along the path; check the inputs and the scaling range")
+            zs.append(z)
+            if want_output and got.output is not None:
+                outs.append(got.output)
+            self.evaluations += m
+        return torch.cat(zs), (torch.cat(outs) if outs else None)
