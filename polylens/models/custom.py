@@ -1,0 +1,184 @@
+"""Any ``nn.Module``: ``--model FILE.py:FUNCTION`` where ``FUNCTION()`` returns the module.
+
+Layers are module paths (``features.3``, ``fc1``). Activation layers (whose output is a
+pre-activation) are found three ways, later ones winning:
+
+1. **Module activations inside ``nn.Sequential``**: a ``ReLU``/``GELU``/``SiLU`` child makes its
+   preceding sibling's output a pre-activation (``Sequential(Linear, ReLU)`` → ``"0": "relu"``).
+2. **Module activations anywhere**, when the file also defines ``example_inputs(n) -> [n, ...]``:
+   one forward pass matches each activation module's input tensor to the module that produced it.
+3. **Functional activations** (``F.relu(self.fc1(x))``, ``torch.tanh``…) leave no module to hook,
+   so name them: ``activations={"fc1": "relu"}`` (CLI: ``--activation fc1=relu``) says that the
+   output of module ``fc1`` is the pre-activation of a ReLU. Kinds: relu, gelu, gelu_tanh, silu,
+   identity.
+
+``example_inputs(n)``, when defined, also gives the default inputs (``--from 3`` is row 3).
+Weights: a safetensors file or a ``torch.save`` state dict read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from polylens.models.base import Activation, ModelAdapter
+
+KINDS = get_args(Activation)
+
+
+def _kind_of(module: nn.Module) -> str | None:
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, nn.GELU):
+        return "gelu_tanh" if module.approximate == "tanh" else "gelu"
+    if isinstance(module, nn.SiLU):
+        return "silu"
+    return None
+
+
+def import_function(spec: str):
+    """``"path/file.py:fn"`` → the function object (the file is imported as a fresh module)."""
+    file, _, fn = spec.rpartition(":") if ".py:" in spec else (spec, "", "")
+    if not fn:
+        raise ValueError(f"model spec {spec!r} must be FILE.py:FUNCTION (a function returning an nn.Module)")
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {file} does not exist")
+    name = f"polylens_user_{abs(hash(str(path.resolve())))}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = module
+    mod_spec.loader.exec_module(module)
+    if not callable(getattr(module, fn, None)):
+        found = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == name]
+        raise ValueError(f"{file} has no function {fn!r}; functions defined there: {', '.join(found) or 'none'}")
+    return getattr(module, fn), module
+
+
+def static_activations(model: nn.Module) -> dict[str, str]:
+    """Rule 1: pre-activation sites implied by ``nn.Sequential`` order."""
+    found = {}
+    for path, mod in model.named_modules():
+        if isinstance(mod, nn.Sequential):
+            children = list(mod.named_children())
+            for (prev, _), (_, act) in zip(children[:-1], children[1:]):
+                kind = _kind_of(act)
+                if kind:
+                    found[f"{path}.{prev}" if path else prev] = kind
+    return found
+
+
+def traced_activations(model: nn.Module, example: Tensor) -> tuple[dict[str, str], list[str]]:
+    """Rule 2: match activation modules' inputs to producing modules; also the modules' forward order."""
+    produced: dict[int, str] = {}
+    keep, order, found, handles = [], [], {}, []
+
+    def hook(name, module):
+        def fn(_, args, output):
+            kind = _kind_of(module)
+            if kind and args and isinstance(args[0], Tensor) and id(args[0]) in produced:
+                found[produced[id(args[0])]] = kind
+            if isinstance(output, Tensor):
+                keep.append(output)  # keep it alive so its id is not reused during the pass
+                produced.setdefault(id(output), name)  # the innermost module wins
+            order.append(name)
+
+        return fn
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(hook(name, module)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return found, list(dict.fromkeys(order))
+
+
+def _load_weights(model: nn.Module, weights) -> None:
+    path = Path(weights)
+    if path.suffix == ".safetensors":
+        from polylens.models.digits import load_state
+
+        load_state(model, path)
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} must hold a state dict")
+    missing, extra = model.load_state_dict(state, strict=False)
+    if missing or extra:
+        raise ValueError(f"weights file {path} does not fit the model: missing keys {list(missing)[:5]}, extra keys {list(extra)[:5]}")
+
+
+def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None, **_) -> ModelAdapter:
+    """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
+    fn, user_module = import_function(spec)
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        _load_weights(model, weights)
+    model = model.to(device).eval()
+    example_fn = getattr(user_module, "example_inputs", None)
+    names = [n for n, _ in model.named_modules() if n]
+    found = static_activations(model)
+    order = names
+    if callable(example_fn):
+        traced, fired = traced_activations(model, example_fn(1).to(device))
+        found.update(traced)
+        order = fired + [n for n in names if n not in fired]
+    for layer, kind in (activations or {}).items():
+        if layer not in names:
+            raise ValueError(f"activation layer {layer!r} is not a module of {spec}; available layers: {', '.join(names[:40])}")
+        if kind not in KINDS:
+            raise ValueError(f"activation kind {kind!r} for {layer!r} must be one of {', '.join(KINDS)}")
+        found[layer] = kind
+    ordered = {n: found[n] for n in order if n in found}
+
+    def default_inputs(n: int) -> Tensor:
+        return example_fn(n).to(device)
+
+    def prepare(raw) -> Tensor:
+        if isinstance(raw, str) and raw.lstrip("-").isdigit():
+            raw = int(raw)
+        if isinstance(raw, (int, np.integer)):
+            if not callable(example_fn):
+                raise ValueError(f"input index {raw} needs example_inputs(n) defined in the model file")
+            if raw < 0:
+                raise ValueError(f"input index {raw} must be >= 0")
+            return example_fn(raw + 1)[raw : raw + 1].to(device)
+        if isinstance(raw, (str, Path)):
+            if not Path(raw).is_file():
+                raise FileNotFoundError(f"input file {raw} does not exist")
+            if Path(raw).suffix != ".npy":
+                raise ValueError(f"input file {raw}: custom models read .npy arrays")
+            raw = np.load(raw, allow_pickle=False)
+        x = torch.as_tensor(np.asarray(raw)).to(device)
+        if callable(example_fn) and tuple(x.shape) == tuple(example_fn(1).shape[1:]):
+            x = x.unsqueeze(0)
+        return x
+
+    def describe(out: Tensor) -> list[str]:
+        return [str(i) for i in out.reshape(out.shape[0], -1).argmax(1).tolist()]
+
+    name = Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]
+    return ModelAdapter(
+        name=name,
+        module=model,
+        activation_layers=ordered,
+        space_layers=names,
+        prepare=prepare,
+        default_inputs=default_inputs if callable(example_fn) else None,
+        describe_output=describe,
+        provenance={"model": name, "spec": spec, "weights": str(weights) if weights else f"as built by {spec}"},
+    )
