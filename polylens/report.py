@@ -67,3 +67,77 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_density_path(result, path: str, title: str = "") -> None:
+    """Crossings along a path (histogram over t, per counted layer) with the output label under it.
+
+    result: a ``polylens.density.DensityResult`` (or its JSON dict).
+    """
+    plt = _pyplot()
+    res = result if isinstance(result, dict) else result.to_json()
+    prof = res.get("profile") or {}
+    t_grid = np.asarray(prof.get("t") or np.linspace(0, 1, 101))
+    fig, (ax, lab) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True, height_ratios=[4, 1], layout="constrained")
+    bottom = np.zeros(len(t_grid) - 1)
+    for name in res["layers"]:
+        ts = [c["t"] for c in res["crossings"] if c["layer"] == name]
+        counts = np.histogram(ts, bins=t_grid)[0]
+        ax.bar(t_grid[:-1], counts, width=np.diff(t_grid), bottom=bottom, align="edge", label=name)
+        bottom += counts
+    if prof.get("hamming"):
+        ax.plot(0.5 * (t_grid[1:] + t_grid[:-1]), prof["hamming"], color="k", lw=0.8, label="Hamming, consecutive points")
+    for t in res.get("output_changes", []):
+        ax.axvline(t, color="r", lw=0.8, ls="--")
+    kind = "exact" if res["exact"] else "sampled"
+    ax.set(ylabel="crossings per step", title=title or f"{res['model']}: {res['n_crossings']} crossings ({kind}), path in {res['space_layer']}")
+    ax.legend(fontsize=7, loc="upper right")
+    labels = prof.get("labels") or []
+    if labels:
+        names = sorted(set(labels), key=labels.index)
+        colours = plt.get_cmap("tab10")
+        for k in range(len(labels) - 1):
+            lab.axvspan(t_grid[k], t_grid[k + 1], color=colours(names.index(labels[k]) % 10), lw=0)
+        start = 0
+        for k in range(1, len(labels) + 1):
+            if k == len(labels) or labels[k] != labels[start]:
+                lab.text(0.5 * (t_grid[start] + t_grid[min(k, len(t_grid) - 1)]), 0.5, labels[start], ha="center", va="center", fontsize=9)
+                start = k
+    lab.set(yticks=[], xlabel="position along the path t", ylabel="output")
+    lab.set_xlim(0, 1)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def plot_shell_profile(profile, path: str, title: str = "") -> None:
+    """Crossings per unit radius vs radius, with the histogram of real activation norms.
+
+    profile: a ``polylens.shell.ShellProfile`` (or its JSON dict).
+    """
+    plt = _pyplot()
+    prof = profile if isinstance(profile, dict) else profile.to_json()
+    edges = np.asarray(prof["bin_edges"])
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    density = np.array([np.nan if d is None else d for d in prof["density"]], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax.plot(centres, density, marker="o", ms=3, color="C0", label="boundary crossings per unit radius")
+    ax.set(xlabel=f"radius ‖α·a‖ in {prof['layer']}", ylabel="crossings per unit radius per path")
+    twin = ax.twinx()
+    twin.hist(prof["norms"], bins=edges, color="C1", alpha=0.3, label="‖a‖ of the data")
+    twin.set_ylabel("data points")
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
+    kind = "exact" if prof["exact"] else "sampled"
+    ax.set_title(title or f"{prof['model']}: shell profile over {prof['n_paths']} scaling paths ({kind})", fontsize=10)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
