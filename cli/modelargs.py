@@ -1,0 +1,55 @@
+"""Model and input flags shared by the polytope commands (``codes``, ``density``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def add_model_args(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", metavar="SPEC", default=None, help="digits (default, embedded), gpt2[-medium…], inceptionv1, torchvision:NAME or FILE.py:FUNCTION")
+    g.add_argument("--weights", metavar="PATH", help="weights file or directory for the model")
+    g.add_argument("--random-weights", action="store_true", help="use random weights (offline tests; never reported under a pretrained name)")
+    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    g.add_argument(
+        "--activation",
+        metavar="LAYER=KIND",
+        action="append",
+        default=[],
+        help="FILE.py models: module LAYER's output is the pre-activation of a functional activation KIND (relu, gelu, gelu_tanh, silu); repeatable",
+    )
+
+
+def load_from_args(args):
+    """The ``ModelAdapter`` the flags name."""
+    from polylens.models import load_model
+
+    options = {"weights": args.weights, "random_weights": args.random_weights, "device": args.device}
+    if args.activation:
+        acts = {}
+        for item in args.activation:
+            layer, sep, kind = item.partition("=")
+            if not sep or not layer or not kind:
+                raise ValueError(f"--activation {item!r} must be LAYER=KIND, e.g. fc1=relu")
+            acts[layer] = kind
+        if not (args.model or "").count(".py"):
+            raise ValueError("--activation applies to FILE.py:FUNCTION models only")
+        options["activations"] = acts
+    return load_model(args.model, **options)
+
+
+def prepare_inputs(adapter, raws: list[str], flag: str) -> torch.Tensor:
+    """Each raw input (file, index into the default inputs, or text) → one batch ``[n, ...]``."""
+    xs = [adapter.prepare(raw) for raw in raws]
+    for raw, x in zip(raws[1:], xs[1:]):
+        if x.shape != xs[0].shape:
+            raise ValueError(f"{flag} {raw!r} gives shape {tuple(x.shape)} but {flag} {raws[0]!r} gives {tuple(xs[0].shape)}; inputs must have the same shape")
+    return torch.cat(xs)
+
+
+def default_batch(adapter, n: int, flag: str = "--n") -> torch.Tensor:
+    if n < 1:
+        raise ValueError(f"{flag}={n} must be a positive integer")
+    if adapter.default_inputs is None:
+        raise ValueError(f"model {adapter.name} has no bundled inputs; give them with --input")
+    return adapter.default_inputs(n)
