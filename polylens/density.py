@@ -98,8 +98,8 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
         exact = not smooth
     if exact and smooth:
         raise ValueError(
-            f"exact counting needs piecewise-linear activations, but {smooth[0]} is {adapter.activation_layers[smooth[0]]}; "
-            "use the smooth (sampled) mode: exact=False / --smooth"
+            f"layer {smooth[0]!r} uses {adapter.activation_layers[smooth[0]]}, which is not piecewise-linear, so exact counting "
+            "does not apply; use the smooth (sampled) mode: exact=False / --smooth"
         )
     return counted, (checked if exact else counted), exact
 
