@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from polylens.codes import extract_codes
+from polylens.density import boundary_density
+from polylens.models import load_model
+from polylens.paths import interpolation_path
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("POLYLENS_CACHE", str(cache))
+    yield load_model(None), cache, mp
+    mp.undo()
+
+
+def test_trains_once_caches_and_reloads_identically(digits):
+    adapter, cache, _ = digits
+    assert adapter.name == "digits-cnn" and adapter.provenance["trained_now"] is True
+    assert adapter.provenance["test_accuracy"] >= 0.9
+    files = list(cache.glob("*.safetensors"))
+    assert len(files) == 1 and not list(cache.glob(".*"))  # atomic write leaves no temp file
+    again = load_model("digits")
+    assert again.provenance["trained_now"] is False
+    for (k, v), (k2, v2) in zip(adapter.module.state_dict().items(), again.module.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_layers_inputs_and_outputs(digits):
+    adapter = digits[0]
+    assert adapter.piecewise_linear and list(adapter.activation_layers) == ["conv1", "conv2", "fc1"]
+    x = adapter.default_inputs(5)
+    assert x.shape == (5, 1, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert torch.equal(adapter.prepare(3), x[3:4]) and torch.equal(adapter.prepare("3"), x[3:4])
+    labels = adapter.describe_output(adapter.module(x))
+    assert len(labels) == 5 and all(lab in "0123456789" for lab in labels)
+    codes = extract_codes(adapter, x)
+    assert [s.size for s in codes.layers] == [16 * 64, 32 * 16, 64]
+    with pytest.raises(ValueError, match="between 0 and 359"):
+        adapter.prepare(1000)
+    with pytest.raises(ValueError, match="64 values"):
+        adapter.prepare(np.zeros(10))
+
+
+def test_input_files(digits, tmp_path):
+    adapter = digits[0]
+    arr = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arr)
+    assert torch.allclose(adapter.prepare(str(tmp_path / "x.npy")).flatten(), torch.from_numpy(arr).flatten())
+    from PIL import Image
+
+    Image.fromarray((arr * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    assert torch.allclose(adapter.prepare(str(tmp_path / "x.png")).flatten(), torch.from_numpy(arr).flatten(), atol=1 / 255)
+    with pytest.raises(FileNotFoundError):
+        adapter.prepare(str(tmp_path / "missing.npy"))
+
+
+def test_weights_file_round_trip_and_bad_keys(digits, tmp_path):
+    adapter = digits[0]
+    good = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in adapter.module.state_dict().items()}, str(good))
+    loaded = load_model("digits", weights=str(good))
+    x = adapter.default_inputs(4)
+    assert torch.equal(loaded.module(x), adapter.module(x))
+    state = dict(adapter.module.state_dict())
+    state.pop("fc2.bias")
+    state["extra.weight"] = torch.zeros(1)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(ValueError, match=r"missing keys \['fc2.bias'\], extra keys \['extra.weight'\]"):
+        load_model("digits", weights=str(tmp_path / "bad.safetensors"))
+    rnd = load_model("digits", random_weights=True)
+    assert "random" in rnd.name
+
+
+def test_interpolation_between_classes_changes_the_output(digits):
+    adapter = digits[0]
+    x = adapter.default_inputs(40)
+    labels = adapter.describe_output(adapter.module(x))
+    i = 0
+    j = next(k for k in range(40) if labels[k] != labels[i])
+    res = boundary_density(adapter, interpolation_path(adapter, x[i : i + 1], x[j : j + 1], "relu2"), n_profile=50)
+    assert res.exact and res.layers == ["fc1"] and res.n_crossings > 0
+    assert res.profile["labels"][0] == labels[i] and res.profile["labels"][-1] == labels[j]
+    assert len(res.output_changes) >= 1
