@@ -7,13 +7,14 @@ layers at and after the path's layer (or a named subset); density = crossings / 
 
 Exact mode (ReLU/identity only): each segment is split into pieces on which every pre-activation
 up to the last counted layer is affine in s, and each unit's zero is solved analytically on its
-piece. A piece [a, b] is accepted when (i) the pre-activations at two interior points (midpoint
-and golden-section point) equal the linear interpolation of the ends within ``TOL`` × the
-layer's scale, and (ii) no unit of a non-final layer changes sign strictly inside (it would put a
-kink into every later layer; the piece is split at its analytic zero). Failing (i) first at layer
-f splits at the zeros of the layers before f, which are affine, or else at the check points.
-This is ExactLine-style layer-wise refinement done with forward passes (float64), so any torch
-module whose activations are declared works.
+piece. A piece [a, b] is accepted when (i) the pre-activations at every evaluated interior point
+(at least one: points inherited from the parent piece, else the golden-section point) equal the
+linear interpolation of the ends within ``TOL`` × the layer's scale, and (ii) no unit of a
+non-final layer changes sign strictly inside (it would put a kink into every later layer; the
+piece is split at its analytic zero). Failing (i) first at layer f splits at the zeros of the
+layers before f, which are affine, or else at the check points. This is ExactLine-style
+layer-wise refinement done with forward passes (float64), so any torch module works; kinks from
+undeclared piecewise-linear ops (max-pool, functional ReLUs) are found by rule (i).
 
 Sampled mode (smooth activations, ``exact=False``): sign changes between ``n_samples`` evenly
 spaced points, each refined by bisection; flips within one step can be missed.
@@ -21,6 +22,7 @@ spaced points, each refined by bisection; flips within one step can be missed.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -35,7 +37,9 @@ from polylens.paths import ActivationPath, Evaluator
 # whose effect at the check points is below 1e-9 of the layer's scale is numerically invisible
 # anyway; unit crossings in earlier layers are caught by rule (ii) whatever their size.
 TOL = 1e-9
-_GOLDEN = 0.3819660112501051  # second check point: no symmetric pair of kinks cancels at both
+_GOLDEN = 0.3819660112501051  # check point off the midpoint: symmetric kink pairs do not cancel there
+_CHECKS = 1  # interior points at which each piece must be linear (reused from parents where possible)
+_MAX_CHECKS = 8
 _MIN_WIDTH = 1e-13  # narrower pieces mean the network is not piecewise-linear there
 _INSIDE = 1e-9  # a zero closer than this (relative to the piece) to an end is at that end
 
@@ -130,12 +134,23 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
     n_layers = len(starts)
     pending, found = [(0.0, 1.0)], []
     while pending:
-        checks = [(a, a + (b - a) * 0.5, a + (b - a) * _GOLDEN, b) for a, b in pending]
-        evaluate([s for c in checks for s in c])
-        pending = []
-        for a, m, g, b in checks:
+        evaluate([s for piece in pending for s in piece])  # new split points
+        keys = sorted(cache)
+
+        def interior(a, b):  # evaluated points well inside (a, b), at most _MAX_CHECKS of them
+            pts = keys[bisect.bisect_right(keys, a + 0.01 * (b - a)) : bisect.bisect_left(keys, b - 0.01 * (b - a))]
+            return pts[:: max(1, len(pts) // _MAX_CHECKS)][:_MAX_CHECKS]
+
+        # Points already evaluated (parents' check points) serve as checks; add the golden-section
+        # points only where a piece has fewer than _CHECKS of them.
+        evaluate([a + (b - a) * (_GOLDEN if k == 0 else 0.5) for a, b in pending for k in range(len(interior(a, b)), _CHECKS)])
+        keys = sorted(cache)
+        queue, pending = pending, []
+        for a, b in queue:
             za, zb = cache[a], cache[b]
-            dev = np.maximum(np.abs(cache[m] - (za + 0.5 * (zb - za))), np.abs(cache[g] - (za + _GOLDEN * (zb - za))))
+            pts = np.array(interior(a, b))
+            frac = (pts - a) / (b - a)
+            dev = np.abs(np.stack([cache[p] for p in pts]) - (za[None] + frac[:, None] * (zb - za)[None])).max(axis=0)
             scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
             bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
             first_bad = int(np.argmax(bad)) if bad.any() else n_layers
@@ -147,7 +162,7 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
             limit = first_bad if first_bad < n_layers else n_layers - 1
             splits = np.unique(s_star[inside & (layer_id < limit)])
             if first_bad < n_layers and splits.size == 0:
-                splits = np.array([g, m])
+                splits = pts  # a kink from no counted unit (e.g. max-pool): split at the evaluated checks
             if splits.size == 0:  # affine piece: read off the counted crossings
                 units = np.nonzero(flips & count_mask)[0]
                 found.extend((float(np.clip(s_star[u], a, b)), int(u)) for u in units)
