@@ -232,7 +232,7 @@ def boundary_density(
     if n_profile < 0:
         raise ValueError(f"n_profile={n_profile} must be >= 0")
     counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
-    ev = Evaluator(adapter, path, checked, batch_size=batch_size)
+    ev = Evaluator(adapter, path, checked, batch_size=batch_size, float64=exact)  # float64 only where exactness needs it
     verts = path.vertices.detach().double()
     seg_len = path.segment_lengths
     raw: list[tuple[float, int]] = []
@@ -251,7 +251,7 @@ def boundary_density(
         name, off, _ = next(x for x in unit_layer if x[1] <= u < x[1] + x[2])
         crossings.append({"t": t, "layer": name, "unit": int(u - off)})
     per_layer = {n: sum(c["layer"] == n for c in crossings) for n in counted}
-    profile, changes, corr = _profile(adapter, path, counted, crossings, n_profile, batch_size) if n_profile else ({}, [], None)
+    profile, changes, corr = _profile(adapter, ev, path, counted, crossings, n_profile) if n_profile else ({}, [], None)
     meta = {k: v for k, v in path.meta.items()}
     return DensityResult(
         model=adapter.name,
@@ -270,12 +270,11 @@ def boundary_density(
     )
 
 
-def _profile(adapter, path, counted, crossings, n_profile, batch_size):
+def _profile(adapter, ev, path, counted, crossings, n_profile):
     """Hamming distance between consecutive grid points, output labels, and their correlation."""
-    ev = Evaluator(adapter, path, counted, batch_size=batch_size)
     t = np.linspace(0.0, 1.0, n_profile + 1)
     z, out = ev(path.at(t), want_output=True)
-    bits = z.numpy() > 0
+    bits = z.numpy()[:, _layer_index(ev, counted)[2]] > 0
     hamming = (bits[1:] != bits[:-1]).sum(axis=1)
     labels = adapter.describe_output(out) if (out is not None and adapter.describe_output) else []
     changes, corr = [], None

@@ -20,7 +20,6 @@ from polylens.capture import capture
 from polylens.models.base import ModelAdapter
 
 
-
 @dataclass
 class ActivationPath:
     """A polyline in one layer's output space.
@@ -123,14 +122,16 @@ def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Ten
 
 
 class Evaluator:
-    """Pre-activations of the counted layers at path points (float64), counting evaluations.
+    """Pre-activations of ``layers`` at path points, counting evaluations (a float64 copy of the model if asked).
 
-    ``__call__(points [m, *shape], want_output)`` → ``(z [m, n_units] float64, output [m, ...] | None)``.
+    ``__call__(points [m, *shape], want_output)`` → ``(z [m, n_units], output [m, ...] | None)``;
+    ``offsets``: (layer, offset, size) of each layer in z's columns.
     """
 
     def __init__(self, adapter: ModelAdapter, path: ActivationPath, layers: list[str], batch_size: int = 256, float64: bool = True):
         self.module = adapter.module
-        self.dtype = torch.float64 if float64 else torch.float32
+        param = next(adapter.module.parameters(), None)
+        self.dtype = torch.float64 if float64 else (param.dtype if param is not None else torch.float32)
         if float64:
             self.module = copy.deepcopy(adapter.module).double()
         self.path, self.layers, self.batch_size = path, layers, batch_size
@@ -150,7 +151,7 @@ class Evaluator:
             else:
                 base = self.base.expand(m, *self.base.shape[1:])
                 got = capture(self.module, base, self.layers, patch={self.path.layer: chunk})
-            flat = [got.activations[n].reshape(m, -1).double() for n in self.layers]
+            flat = [got.activations[n].reshape(m, -1).to(self.dtype) for n in self.layers]
             if not self.offsets:
                 off = 0
                 for n, f in zip(self.layers, flat):
