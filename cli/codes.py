@@ -34,7 +34,17 @@ def run(args) -> int:
         inputs = default_batch(adapter, args.n)
         ids = [f"default:{i}" for i in range(inputs.shape[0])]
     layers = [part for item in args.layer for part in item.split(",") if part] or None
-    codes = extract_codes(adapter, inputs, layers, soft=args.soft, beta=args.beta, input_ids=ids, per_position=args.per_position, batch_size=args.batch_size)
+    position = None
+    if args.position:
+        try:
+            position = tuple(int(v) for v in args.position.split(","))
+        except ValueError:
+            position = ()
+        if len(position) != 2:
+            raise ValueError(f"--position {args.position!r} must be H,W (two integers), e.g. 3,3")
+    codes = extract_codes(
+        adapter, inputs, layers, soft=args.soft, beta=args.beta, input_ids=ids, per_position=args.per_position, position=position, batch_size=args.batch_size
+    )
     codes.provenance.update({k: v for k, v in adapter.provenance.items() if k not in codes.provenance})
     write_with(args.out, codes.save)
     info = summary(codes)
@@ -55,6 +65,7 @@ def register(sub) -> None:
     p.add_argument("--soft", action="store_true", help="also store probabilistic codes (Φ(z) for GELU, σ(βz) for SiLU)")
     p.add_argument("--beta", type=float, default=1.0, help="β of the SiLU/Swish soft code σ(βz) (default 1)")
     p.add_argument("--per-position", action="store_true", help="one code per token position ([n, seq, d] layers)")
+    p.add_argument("--position", metavar="H,W", help="conv layers: code only the channel vector at spatial position H,W")
     p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the codes")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary to PATH ('-' for stdout)")

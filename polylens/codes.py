@@ -236,12 +236,15 @@ def extract_codes(
     batch_size: int = 64,
     input_ids: Sequence[str] | None = None,
     per_position: bool = False,
+    position: tuple[int, int] | None = None,
 ) -> SplineCodes:
     """Spline codes of ``inputs [n, ...]`` at activation ``layers`` of a ``ModelAdapter``.
 
     Pre-activations are read through ``polylens.capture`` with the forward pass stopped after the
     last layer. layers: names, wildcards, or None for all activation layers. per_position: treat
     axis 1 of each pre-activation (tokens of ``[n, seq, d]``) as separate rows: ``[n·seq, d]``.
+    position: ``(h, w)``: keep only the channel vector at that spatial position of conv layers
+    ``[n, C, H, W]`` → ``[n, C]`` (the Polytope Lens paper's protocol for image models).
     """
     from polylens.capture import capture
 
@@ -260,6 +263,14 @@ def extract_codes(
         names = [n for n in available if n in names]  # forward order
     got = capture(adapter.module, inputs, names, batch_size=batch_size)
     preacts = {n: got.activations[n] for n in names}
+    if position is not None:
+        h, w = position
+        for n, z in preacts.items():
+            if z.dim() != 4:
+                raise ValueError(f"position=({h}, {w}) needs conv layers [n, C, H, W]; {n!r} has shape {tuple(z.shape)}")
+            if not (0 <= h < z.shape[2] and 0 <= w < z.shape[3]):
+                raise ValueError(f"position=({h}, {w}) is outside layer {n!r} of spatial size {z.shape[2]}x{z.shape[3]}")
+        preacts = {n: z[:, :, h, w] for n, z in preacts.items()}
     ids = list(input_ids) if input_ids is not None else [str(i) for i in range(inputs.shape[0])]
     if per_position:
         seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
@@ -268,5 +279,5 @@ def extract_codes(
         (s,) = seq
         preacts = {n: z.reshape(z.shape[0] * s, *z.shape[2:]) for n, z in preacts.items()}
         ids = [f"{i}@{p}" for i in ids for p in range(s)]
-    prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta}
+    prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta, "position": list(position) if position else None}
     return SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta, provenance=prov)

@@ -74,6 +74,11 @@ def test_codes_writes_packed_file_with_provenance(capsys, tmp_path):
     assert codes.provenance["model"] == "digits-cnn" and codes.provenance["input_ids"][0] == "default:0"
     code, _, err = run(capsys, "codes", "--n", 2, "--out", out)
     assert code == 2 and "--force" in err and SplineCodes.load(str(out)).n_units == 576
+    code, _, _ = run(capsys, "codes", "--layer", "conv*", "--position", "2,3", "--n", 4, "--out", tmp_path / "p.npz")
+    at = SplineCodes.load(str(tmp_path / "p.npz"))
+    full = SplineCodes.load(str(out)).layer("conv2").unpack()[:4].reshape(4, 32, 4, 4)
+    assert code == 0 and [s.size for s in at.layers] == [16, 32]
+    assert np.array_equal(at.layer("conv2").unpack(), full[:, :, 2, 3])
 
 
 def test_density_json_plot_and_summary(capsys, tmp_path):
@@ -123,6 +128,8 @@ def test_custom_module_functional_activation(capsys, tmp_path, model_file):
         (["density", "--layer", "input", "--from", 100000], "input index 100000"),
         (["codes", "--layer", "relu1", "--out", "{tmp}/c.npz"], "unknown layer 'relu1'"),
         (["codes", "--out", "{tmp}/c.txt"], "must end in .npz"),
+        (["codes", "--layer", "fc1", "--position", "1,1", "--out", "{tmp}/c.npz"], "needs conv layers"),
+        (["codes", "--position", "9,0", "--out", "{tmp}/c.npz"], "outside layer 'conv1'"),
         (["codes", "--model", "nosuch.py:f", "--out", "{tmp}/c.npz"], "does not exist"),
         (["codes", "--model", "{tmp}/net.py:nope", "--out", "{tmp}/c.npz"], "has no function 'nope'"),
         (["density", "--model", "{tmp}/net.py:gelu_net", "--layer", "input", "--exact"], "smooth"),
