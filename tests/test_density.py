@@ -181,3 +181,15 @@ def test_shell_profile_accounts_for_every_crossing():
     assert prof.n_crossings == sum(prof.crossings) == sum(singles)
     assert sum(prof.coverage) == pytest.approx(2.5 * sum(prof.norms))
     assert len(prof.density) == 12 and prof.exact
+
+
+def test_float64_copy_is_reused_until_weights_change():
+    from polylens.paths import float64_copy
+
+    adapter = relu_mlp(6)
+    first = float64_copy(adapter.module)
+    assert float64_copy(adapter.module) is first and first[0].weight.dtype == torch.float64
+    with torch.no_grad():
+        adapter.module[0].weight.add_(1.0)
+    second = float64_copy(adapter.module)
+    assert second is not first and torch.equal(second[0].weight, adapter.module[0].weight.double())
