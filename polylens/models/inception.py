@@ -1,0 +1,244 @@
+"""InceptionV1 (GoogLeNet as in TF's ``inception5h``) in the Lucid / Circuits layout, in plain torch.
+
+Layer names follow Lucid: ``conv2d0`` … ``maxpool1``, ``mixed3a`` … ``mixed5b``, ``softmax2`` (1008
+classes). Each convolution is the module ``{layer}_pre_relu_conv`` and its ReLU the module
+``{layer}`` (so ``mixed4a_3x3_pre_relu_conv`` is a pre-activation and ``mixed4a_3x3`` its ReLU); the
+block outputs ``mixed3a`` … are concatenation modules. Parameter names therefore equal those of the
+converted checkpoint that the ``torch-lucent`` package loads
+(``mixed3a_1x1_pre_relu_conv.weight``, …, ``softmax2_pre_activation_matmul.bias``).
+
+Inputs are images ``[n, 3, 224, 224]`` in [0, 1] (RGB). The TF model expects pixel values in
+[-117, 138]; lucent rescales outside the model (``x * 255 - 117``), we do it as the first step of
+``forward`` (``InceptionV1(scale_inputs=False)`` takes the raw range). ``forward`` returns the logits
+``softmax2_pre_activation_matmul`` ``[n, 1008]``; the module ``softmax2`` is not applied.
+Padding replicates TF's "SAME" padding: asymmetric (more at the bottom/right) for strided layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polylens.models.base import ModelAdapter
+
+WEIGHTS_URL = "https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/inception5h.pth"
+
+# name: (in, 1x1, 3x3 bottleneck, 3x3, 5x5 bottleneck, 5x5, pool reduce) — Szegedy et al. 2015,
+# Table 1, with inception5h's channel counts (mixed4a's 3x3 has 204 and its 5x5 48 channels).
+BLOCKS = {
+    "mixed3a": (192, 64, 96, 128, 16, 32, 32),
+    "mixed3b": (256, 128, 128, 192, 32, 96, 64),
+    "mixed4a": (480, 192, 96, 204, 16, 48, 64),
+    "mixed4b": (508, 160, 112, 224, 24, 64, 64),
+    "mixed4c": (512, 128, 128, 256, 24, 64, 64),
+    "mixed4d": (512, 112, 144, 288, 32, 64, 64),
+    "mixed4e": (528, 256, 160, 320, 32, 128, 128),
+    "mixed5a": (832, 256, 160, 320, 48, 128, 128),
+    "mixed5b": (832, 384, 192, 384, 48, 128, 128),
+}
+# Strided max-pools before these blocks (TF's "SAME" 3x3/2 pooling).
+POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
+BRANCHES = ("1x1", "3x3_bottleneck", "5x5_bottleneck", "pool_reduce", "3x3", "5x5")
+
+
+class Concat(nn.Module):
+    """Channel concatenation, a module so that a block's output is capturable by name."""
+
+    def forward(self, *parts: Tensor) -> Tensor:
+        return torch.cat(parts, dim=1)
+
+
+class MaxPool(nn.Module):
+    """3x3 max-pool with TF "SAME" padding: ``pad`` = (left, right, top, bottom) filled with -inf."""
+
+    def __init__(self, stride: int, pad: tuple[int, int, int, int]):
+        super().__init__()
+        self.stride, self.pad = stride, pad
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(F.pad(x, self.pad, value=float("-inf")), 3, stride=self.stride)
+
+
+class LRN(nn.Module):
+    """Local response normalisation as in inception5h (depth radius 4 → size 9, beta 0.5)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.local_response_norm(x, size=9, alpha=9.99999974738e-05, beta=0.5, k=1.0)
+
+
+class InceptionV1(nn.Module):
+    """``[n, 3, 224, 224]`` images in [0, 1] → logits ``[n, 1008]`` (Lucid layer and parameter names)."""
+
+    def __init__(self, scale_inputs: bool = True):
+        super().__init__()
+        self.scale_inputs = scale_inputs
+        self.conv2d0_pre_relu_conv = nn.Conv2d(3, 64, 7, stride=2)  # pad (2,3) → [n, 64, 112, 112]
+        self.conv2d0 = nn.ReLU()
+        self.maxpool0 = MaxPool(2, (0, 1, 0, 1))  # [n, 64, 56, 56]
+        self.localresponsenorm0 = LRN()
+        self.conv2d1_pre_relu_conv = nn.Conv2d(64, 64, 1)
+        self.conv2d1 = nn.ReLU()
+        self.conv2d2_pre_relu_conv = nn.Conv2d(64, 192, 3, padding=1)  # [n, 192, 56, 56]
+        self.conv2d2 = nn.ReLU()
+        self.localresponsenorm1 = LRN()
+        self.maxpool1 = MaxPool(2, (0, 1, 0, 1))  # [n, 192, 28, 28]
+        for name, (c_in, c1, c3r, c3, c5r, c5, cp) in BLOCKS.items():
+            if name in POOL_BEFORE:
+                setattr(self, POOL_BEFORE[name], MaxPool(2, (0, 1, 0, 1)))
+            setattr(self, f"{name}_pool", MaxPool(1, (1, 1, 1, 1)))
+            shapes = {"1x1": (c_in, c1, 1), "3x3_bottleneck": (c_in, c3r, 1), "5x5_bottleneck": (c_in, c5r, 1),
+                      "pool_reduce": (c_in, cp, 1), "3x3": (c3r, c3, 3), "5x5": (c5r, c5, 5)}
+            for branch in BRANCHES:
+                i, o, k = shapes[branch]
+                setattr(self, f"{name}_{branch}_pre_relu_conv", nn.Conv2d(i, o, k, padding=k // 2))
+                setattr(self, f"{name}_{branch}", nn.ReLU())
+            setattr(self, name, Concat())  # [n, c1 + c3 + c5 + cp, h, w]
+        self.softmax2_pre_activation_matmul = nn.Linear(1024, 1008)
+
+    def _conv(self, name: str, x: Tensor) -> Tensor:
+        """``{name}_pre_relu_conv`` then its ReLU ``{name}``."""
+        return getattr(self, name)(getattr(self, f"{name}_pre_relu_conv")(x))
+
+    def _block(self, name: str, x: Tensor) -> Tensor:
+        a = self._conv(f"{name}_1x1", x)
+        b = self._conv(f"{name}_3x3", self._conv(f"{name}_3x3_bottleneck", x))
+        c = self._conv(f"{name}_5x5", self._conv(f"{name}_5x5_bottleneck", x))
+        d = self._conv(f"{name}_pool_reduce", getattr(self, f"{name}_pool")(x))
+        return getattr(self, name)(a, b, c, d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.scale_inputs:
+            x = x * 255.0 - 117.0  # [0, 1] → inception5h's [-117, 138]; a new tensor
+        x = self._conv("conv2d0", F.pad(x, (2, 3, 2, 3)))  # TF SAME for 7x7/2
+        x = self.localresponsenorm0(self.maxpool0(x))
+        x = self._conv("conv2d2", self._conv("conv2d1", x))
+        x = self.maxpool1(self.localresponsenorm1(x))
+        for name in BLOCKS:
+            if name in POOL_BEFORE:
+                x = getattr(self, POOL_BEFORE[name])(x)
+            x = self._block(name, x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)  # [n, 1024] (7x7 average at 224 px)
+        return self.softmax2_pre_activation_matmul(x)
+
+
+def conv_layers() -> list[str]:
+    """Every convolution module path in forward order (each one's output is a ReLU pre-activation)."""
+    names = ["conv2d0_pre_relu_conv", "conv2d1_pre_relu_conv", "conv2d2_pre_relu_conv"]
+    order = ("1x1", "3x3_bottleneck", "3x3", "5x5_bottleneck", "5x5", "pool_reduce")
+    return names + [f"{block}_{branch}_pre_relu_conv" for block in BLOCKS for branch in order]
+
+
+def channel_vectors(acts: Tensor, position: tuple[int, int] | None = None) -> Tensor:
+    """The paper's InceptionV1 protocol: all channels at one fixed spatial position per image.
+
+    acts: ``[n, C, H, W]``; position: ``(row, col)``, default the centre ``(H // 2, W // 2)``.
+    Returns ``[n, C]`` (a copy).
+    """
+    if acts.dim() != 4:
+        raise ValueError(f"channel_vectors needs activations [n, C, H, W], got shape {tuple(acts.shape)}")
+    h, w = acts.shape[2:]
+    row, col = position if position is not None else (h // 2, w // 2)
+    if not (0 <= row < h and 0 <= col < w):
+        raise ValueError(f"position=({row}, {col}) must lie inside the {h}x{w} activation map")
+    return acts[:, :, row, col].clone()
+
+
+def read_state_dict(source: str | Path) -> dict[str, Tensor]:
+    """A state dict from a ``.safetensors`` file, a torch file (``weights_only=True``) or an http(s) URL."""
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        from polylens.models.digits import cache_dir
+
+        path = cache_dir() / ("inceptionv1-" + hashlib.sha256(source.encode()).hexdigest()[:12] + ".pth")
+        if not path.is_file():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(source, str(path), progress=False)
+            except Exception as err:  # network errors come in many types (URLError, HTTPError, OSError)
+                raise ValueError(f"weights={source!r}: download failed ({type(err).__name__}: {err}); "
+                                 "download the file elsewhere and pass weights=FILE") from None
+        source = str(path)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {source!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or pickled-object files: one line, not a traceback
+        raise ValueError(f"weights file {source!r} is not a readable safetensors/torch state dict ({str(err).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {source!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def load_weights(model: InceptionV1, source: str | Path) -> None:
+    """Load ``source`` into ``model``; missing/extra keys or shape mismatches → one-line ValueError."""
+    state = read_state_dict(source)
+    want = model.state_dict()
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or extra:
+        raise ValueError(f"weights {str(source)!r} do not fit InceptionV1 (Lucid layout): "
+                         f"{len(missing)} missing keys {missing[:4]}, {len(extra)} extra keys {extra[:4]}")
+    bad = [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise ValueError(f"weights {str(source)!r}: shape mismatch for {bad[:4]}")
+    model.load_state_dict(state)
+
+
+def load(spec: str = "inceptionv1", *, weights=None, random_weights: bool = False, device: str = "cpu",
+         seed: int = 0, **_) -> ModelAdapter:
+    """InceptionV1 from ``weights`` (file or URL; ``weights="url"`` is lucent's converted checkpoint) or random."""
+    if spec != "inceptionv1":
+        raise ValueError(f"unknown InceptionV1 model {spec!r}; the spec is just 'inceptionv1'")
+    if weights is None and not random_weights:
+        raise ValueError("inceptionv1 needs weights: --weights FILE (safetensors or torch state dict), "
+                         f"--weights url (downloads {WEIGHTS_URL}), or --random-weights")
+    torch.manual_seed(seed)
+    model = InceptionV1()
+    if weights is not None:
+        source = WEIGHTS_URL if str(weights) == "url" else weights
+        load_weights(model, source)
+        name, facts = "inceptionv1", {"weights": str(source)}
+    else:
+        name, facts = "inceptionv1 (random weights)", {"weights": "random", "seed": seed}
+    model = model.to(device).eval()
+    return _adapter(model, name, facts, device)
+
+
+def _adapter(model: InceptionV1, name: str, facts: dict, device: str) -> ModelAdapter:
+    from polylens.models import images
+
+    def prepare(raw) -> Tensor:
+        """An index into the sample images, an image file, or an array ``[3, 224, 224]`` → ``[1, 3, 224, 224]``."""
+        if isinstance(raw, str) and raw.isdigit():
+            raw = int(raw)
+        if isinstance(raw, int):
+            return images.sample_images(raw + 1)[raw : raw + 1].to(device)
+        if isinstance(raw, (str, Path)):
+            return images.load_image(raw)[None].to(device)
+        x = torch.as_tensor(raw, dtype=torch.float32)
+        if tuple(x.shape[-3:]) != (3, 224, 224):
+            raise ValueError(f"an InceptionV1 input must be [3, 224, 224] in [0, 1], got shape {tuple(x.shape)}")
+        return x.reshape(1, 3, 224, 224).to(device)
+
+    convs = conv_layers()
+    relus = [c[: -len("_pre_relu_conv")] for c in convs]
+    blocks = ["maxpool1", *BLOCKS]
+    return ModelAdapter(
+        name=name,
+        module=model,
+        activation_layers={c: "relu" for c in convs},
+        space_layers=[n for pair in zip(convs, relus) for n in pair] + blocks,
+        prepare=prepare,
+        default_inputs=lambda n: images.sample_images(n).to(device),
+        describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
+        provenance={"model": name, "layout": "lucid", "input_range": "[0, 1] RGB, 224x224", **facts},
+    )

@@ -1,0 +1,144 @@
+"""torchvision classifiers (``torchvision:NAME``, e.g. ``torchvision:googlenet``), an optional extra.
+
+torchvision is imported only here and only when such a model is asked for. When it cannot be
+imported (not installed, or — as on CPU-only machines with PyPI's CUDA wheel — its C++ operators
+fail to register: ``operator torchvision::nms does not exist``) ``load`` raises a one-line
+``ValueError`` saying why; ``import polylens`` never touches torchvision.
+
+Weights: ``weights=FILE`` (a safetensors or torch state dict, read with ``weights_only=True``),
+``random_weights=True``, or the default: torchvision's pretrained weights (``weights="DEFAULT"``),
+which needs download.pytorch.org or torch's hub cache.
+
+Activation layers: the module feeding each ReLU (a Conv2d, BatchNorm2d or Linear), found by
+tracing one forward pass (``polylens.models.custom.traced_activations``) plus the ``bn`` of each
+``BasicConv2d`` (GoogLeNet, Inception3: functional ReLU), mapped to ``"relu"``. ReLUs are made
+out-of-place so captured pre-activations stay intact. Inputs: ImageNet-normalised
+``[n, 3, 224, 224]`` images (``polylens.models.images`` with ``normalize=True``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from polylens.models.base import ModelAdapter
+
+
+def import_torchvision():
+    """Import torchvision, or raise a one-line ValueError saying why it is not usable here."""
+    try:
+        import torchvision  # noqa: F401
+        import torchvision.models  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"torchvision is not usable here: it is not installed or fails to import ({err}); "
+                         "install a torchvision build matching your torch (pip install torchvision) or use inceptionv1") from None
+    except RuntimeError as err:  # CUDA wheel against a CPU torch: "operator torchvision::nms does not exist"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"torchvision is not usable here: its compiled operators do not match the installed torch "
+                         f"({first}); install the torchvision build for this torch, or use inceptionv1") from None
+    return torchvision
+
+
+def torchvision_available() -> tuple[bool, str]:
+    """(True, "") when torchvision imports cleanly, else (False, the reason)."""
+    try:
+        import_torchvision()
+    except ValueError as err:
+        return False, str(err)
+    return True, ""
+
+
+def _out_of_place(model: nn.Module) -> dict[str, str]:
+    """Make every ReLU out-of-place and return the functional-ReLU sites of Inception-style blocks.
+
+    torchvision applies ReLUs in place (``nn.ReLU(inplace=True)``, and ``F.relu(x, inplace=True)``
+    inside GoogLeNet's / Inception3's ``BasicConv2d``), which would overwrite the pre-activation
+    that ``capture`` just recorded. ``BasicConv2d`` instances get an out-of-place forward, and
+    their ``bn`` output is the pre-activation of that ReLU.
+    """
+    import types
+
+    import torch.nn.functional as F
+
+    def basic_forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+    sites = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+        elif type(module).__name__ == "BasicConv2d" and hasattr(module, "bn") and hasattr(module, "conv"):
+            module.forward = types.MethodType(basic_forward, module)
+            sites[f"{name}.bn"] = "relu"
+    return sites
+
+
+def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, **_) -> ModelAdapter:
+    """``torchvision:NAME`` → a ``ModelAdapter`` (pretrained, from ``weights`` FILE, or random)."""
+    tv = import_torchvision()
+    _, _, arch = spec.partition(":")
+    available = tv.models.list_models(module=tv.models)
+    if arch not in available:
+        raise ValueError(f"unknown torchvision model {arch!r}; available: {', '.join(sorted(available)[:30])}, ...")
+    torch.manual_seed(seed)
+    extra = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
+    if weights is not None or random_weights:
+        model = tv.models.get_model(arch, weights=None, **extra)
+        if weights is not None:
+            from polylens.models.inception import read_state_dict
+
+            state = read_state_dict(Path(weights))
+            want = model.state_dict()
+            missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+            if missing or unexpected:
+                raise ValueError(f"weights {str(weights)!r} do not fit torchvision {arch}: missing keys {missing[:4]}, extra keys {unexpected[:4]}")
+            model.load_state_dict(state)
+            name, facts = f"torchvision:{arch}", {"weights": str(weights)}
+        else:
+            name, facts = f"torchvision:{arch} (random weights)", {"weights": "random", "seed": seed}
+    else:
+        try:
+            model = tv.models.get_model(arch, weights="DEFAULT")
+        except Exception as err:  # download errors come as URLError, HTTPError, OSError, RuntimeError
+            raise ValueError(f"torchvision:{arch}: pretrained weights unavailable ({type(err).__name__}); "
+                             "use --weights FILE or --random-weights") from None
+        name, facts = f"torchvision:{arch}", {"weights": "torchvision DEFAULT"}
+    model = model.to(device).eval()
+    example = torch.zeros(1, 3, 224, 224, device=device)
+    from polylens.models.custom import traced_activations
+
+    functional = _out_of_place(model)
+    traced, order = traced_activations(model, example)
+    found = {**traced, **functional}
+    sites = {n: found[n] for n in order if n in found}  # forward order
+    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+    def prepare(raw) -> Tensor:
+        """An image file, an index into the sample images, or an array ``[3, 224, 224]`` (normalised)."""
+        from polylens.models import images
+
+        if isinstance(raw, str) and raw.isdigit():
+            raw = int(raw)
+        if isinstance(raw, int):
+            return images.sample_images(raw + 1, normalize=True)[raw : raw + 1].to(device)
+        if isinstance(raw, (str, Path)):
+            return images.load_image(raw, normalize=True)[None].to(device)
+        return torch.as_tensor(raw, dtype=torch.float32).reshape(1, 3, 224, 224).to(device)
+
+    def default_inputs(n: int) -> Tensor:
+        from polylens.models import images
+
+        return images.sample_images(n, normalize=True).to(device)
+
+    return ModelAdapter(
+        name=name,
+        module=model,
+        activation_layers=sites,
+        space_layers=[n for n, _ in model.named_modules() if n and n not in relus or n in sites],
+        prepare=prepare,
+        default_inputs=default_inputs,
+        describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
+        provenance={"model": name, "torchvision": tv.__version__, **facts},
+    )
