@@ -33,6 +33,8 @@ import json
 import os
 import socket
 import threading
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,14 @@ def gpt2_config(spec: str = "gpt2", *, seed: int = 0, **overrides):
     fields.setdefault("d_head", fields["d_model"] // fields["n_heads"])
     fields.setdefault("d_mlp", 4 * fields["d_model"])
     return HookedTransformerConfig(**fields)
+
+
+@contextmanager
+def _quiet():
+    """TL 3.x warns that HookedTransformer is deprecated in favour of 4.x's TransformerBridge; we pin TL<4."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        yield
 
 
 def _hub_cached(name: str) -> bool:
@@ -152,7 +162,8 @@ def _from_hf_dir(path: Path, device: str, seed: int):
         hf_model = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True, use_safetensors=None)
     except (OSError, ValueError) as err:
         raise ValueError(f"weights={str(path)!r}: cannot read GPT-2 weights ({str(err).splitlines()[0]})") from None
-    model = HookedTransformer(cfg, move_to_device=False)
+    with _quiet():
+        model = HookedTransformer(cfg, move_to_device=False)
     model.load_and_process_state_dict(
         convert_gpt2_weights(hf_model, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
     )
@@ -182,14 +193,16 @@ def load(spec: str = "gpt2", *, weights=None, random_weights: bool = False, devi
     elif random_weights:
         from transformer_lens import HookedTransformer
 
-        model = HookedTransformer(gpt2_config(spec, seed=seed, **(config or {})), move_to_device=False)
+        with _quiet():
+            model = HookedTransformer(gpt2_config(spec, seed=seed, **(config or {})), move_to_device=False)
         model = _move(model, device)
         name, facts = f"{spec} (random weights)", {"weights": "random", "seed": seed, "config_overrides": dict(config or {})}
     else:
         check_pretrained_available(spec)
         from transformer_lens import HookedTransformer
 
-        model = HookedTransformer.from_pretrained(spec, device=device)
+        with _quiet():
+            model = HookedTransformer.from_pretrained(spec, device=device)
         name, facts = spec, {"weights": f"huggingface:{spec}", "processing": "transformer_lens from_pretrained defaults"}
     model.eval()
     return _adapter(model, name, facts, tokenizer, device)
