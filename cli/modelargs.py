@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 
 def add_model_args(p) -> None:
     g = p.add_argument_group("model")
@@ -38,8 +36,10 @@ def load_from_args(args):
     return load_model(args.model, **options)
 
 
-def prepare_inputs(adapter, raws: list[str], flag: str) -> torch.Tensor:
+def prepare_inputs(adapter, raws: list[str], flag: str):
     """Each raw input (file, index into the default inputs, or text) → one batch ``[n, ...]``."""
+    import torch
+
     xs = [adapter.prepare(raw) for raw in raws]
     for raw, x in zip(raws[1:], xs[1:]):
         if x.shape != xs[0].shape:
@@ -47,7 +47,7 @@ def prepare_inputs(adapter, raws: list[str], flag: str) -> torch.Tensor:
     return torch.cat(xs)
 
 
-def default_batch(adapter, n: int, flag: str = "--n") -> torch.Tensor:
+def default_batch(adapter, n: int, flag: str = "--n"):
     if n < 1:
         raise ValueError(f"{flag}={n} must be a positive integer")
     if adapter.default_inputs is None:

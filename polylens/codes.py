@@ -69,6 +69,17 @@ def unpack_bits(words: np.ndarray, n_units: int) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=1, bitorder="little", count=n_units).astype(bool)
 
 
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def popcount_rows(words: np.ndarray) -> np.ndarray:
+    """Set bits per row of ``[..., n_words]`` uint64 → ``[...]`` int64 (numpy ≥ 2: ``bitwise_count``)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
+    as_bytes = np.ascontiguousarray(words).view(np.uint8)  # numpy < 2: a byte lookup table
+    return _POP8[as_bytes].sum(axis=-1)
+
+
 @dataclass(frozen=True)
 class LayerSlot:
     """Where one layer's units sit in the concatenated code."""
@@ -174,7 +185,7 @@ class SplineCodes:
     def hamming(self, other: SplineCodes) -> np.ndarray:
         """Row-wise Hamming distance ``[n]`` to ``other`` (same n, or one row broadcast)."""
         self._check_compatible(other)
-        return np.bitwise_count(self.words ^ other.words).sum(axis=1, dtype=np.int64)
+        return popcount_rows(self.words ^ other.words)
 
     def hamming_matrix(self, other: SplineCodes | None = None) -> np.ndarray:
         """All pairwise Hamming distances ``[n, m]`` (``other`` defaults to self)."""
@@ -182,12 +193,12 @@ class SplineCodes:
         self._check_compatible(other)
         out = np.empty((len(self), len(other)), dtype=np.int64)
         for i in range(len(self)):  # one row at a time keeps memory at [m, n_words]
-            out[i] = np.bitwise_count(self.words[i] ^ other.words).sum(axis=1, dtype=np.int64)
+            out[i] = popcount_rows(self.words[i] ^ other.words)
         return out
 
     def consecutive_hamming(self) -> np.ndarray:
         """Hamming distance between rows i and i+1: ``[n - 1]`` (the profile along a path)."""
-        return np.bitwise_count(self.words[1:] ^ self.words[:-1]).sum(axis=1, dtype=np.int64)
+        return popcount_rows(self.words[1:] ^ self.words[:-1])
 
     def expected_hamming(self, other: SplineCodes) -> np.ndarray:
         """Soft-code distance ``Σ p(1−q) + q(1−p)`` row-wise ``[n]`` (needs soft codes)."""

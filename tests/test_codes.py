@@ -44,6 +44,16 @@ def test_hamming_matches_brute_force():
     assert np.all(np.diag(a.hamming_matrix()) == 0)
 
 
+def test_popcount_fallback_for_numpy_1(monkeypatch):
+    from polylens import codes as codes_module
+
+    words = pack_bits(np.random.default_rng(3).random((5, 150)) > 0.3)
+    fast = codes_module.popcount_rows(words)
+    monkeypatch.delattr(np, "bitwise_count")
+    assert np.array_equal(codes_module.popcount_rows(words), fast)
+    assert np.array_equal(fast, unpack_bits(words, 150).sum(axis=1))
+
+
 def test_save_load_round_trip(tmp_path):
     _, codes = _random_codes(soft=True)
     path = tmp_path / "c.npz"
