@@ -113,11 +113,21 @@ def test_tokenizer_round_trip_offline(tmp_path):
     assert gpt2_mod.build_tokenizer_dir(tmp_path / "tok") == folder  # cached: built once
 
 
-def test_offline_without_weights_fails_fast_with_one_line(cache):
+def test_offline_without_weights_fails_fast_with_one_line(cache, monkeypatch):
+    monkeypatch.setattr(gpt2_mod, "_hub_cached", lambda name: False)  # even where a hub cache exists
     with pytest.raises(ValueError) as err:
         load_model("gpt2-medium")
     msg = str(err.value)
-    assert "--random-weights" in msg and "--weights DIR" in msg and "\n" not in msg
+    assert "--random-weights" in msg and "--weights DIR" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # no hub: the 1 s probe must fail
+    monkeypatch.setattr(gpt2_mod.socket, "create_connection", _refuse)
+    with pytest.raises(ValueError, match="unreachable.*--random-weights.*--weights DIR"):
+        load_model("gpt2")
+
+
+def _refuse(*args, **kwargs):
+    raise ConnectionRefusedError("no network in tests")
 
 
 def test_bad_arguments():
