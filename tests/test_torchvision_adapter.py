@@ -54,3 +54,89 @@ def test_googlenet_random_weights_preactivations():
     assert adapter.module(x).shape == (2, 1000)
     with pytest.raises(ValueError, match="unknown torchvision model"):
         load_model("torchvision:nonet", random_weights=True)
+
+
+FAKE_TORCHVISION = '''
+"""A stand-in torchvision exposing the API the adapter uses, with torchvision's in-place ReLUs."""
+__version__ = "0.0-fake"
+'''
+
+FAKE_MODELS = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasicConv2d(nn.Module):  # as in torchvision's GoogLeNet: functional in-place ReLU
+    def __init__(self, i, o):
+        super().__init__()
+        self.conv = nn.Conv2d(i, o, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(o)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 4)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=4)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 1000)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.relu(self.conv2(self.conv1(x)))).flatten(1))
+
+
+def list_models(module=None):
+    return ["tinynet"]
+
+
+def get_model(name, weights=None, **kwargs):
+    if weights is not None:
+        raise RuntimeError("no network")
+    return TinyNet()
+'''
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch, tmp_path):
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(FAKE_TORCHVISION)
+    (pkg / "models.py").write_text(FAKE_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+
+
+def test_adapter_logic_on_a_stand_in_torchvision(fake_torchvision, tmp_path):
+    from safetensors.torch import save_file
+
+    from polylens.capture import capture
+
+    adapter = load_model("torchvision:tinynet", random_weights=True, seed=1)
+    assert adapter.name == "torchvision:tinynet (random weights)"
+    assert adapter.activation_layers == {"conv1.bn": "relu", "conv2": "relu"}  # forward order
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    got = capture(adapter.module, x, ["conv1.bn", "conv2"], stop_early=False)
+    for name in ("conv1.bn", "conv2"):
+        assert (got.activations[name] < 0).any()  # not overwritten by the (formerly) in-place ReLUs
+    with pytest.raises(ValueError, match="pretrained weights unavailable.*--random-weights"):
+        load_model("torchvision:tinynet")
+    with pytest.raises(ValueError, match="unknown torchvision model 'resnet9'"):
+        load_model("torchvision:resnet9", random_weights=True)
+    state = {k: v.contiguous() for k, v in adapter.module.state_dict().items()}
+    save_file(state, tmp_path / "w.safetensors")
+    again = load_model("torchvision:tinynet", weights=str(tmp_path / "w.safetensors"))
+    assert again.name == "torchvision:tinynet"
+    assert torch.equal(again.module(x), adapter.module(x))
+    state.pop("fc.bias")
+    save_file(state, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=r"missing keys \['fc.bias'\]"):
+        load_model("torchvision:tinynet", weights=str(tmp_path / "bad.safetensors"))

@@ -232,14 +232,18 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
         return torch.stack([r[:seq] for r in rows])
 
     def prepare(raw) -> Tensor:
-        """Text, a ``.txt`` file, an ``.npy`` of token ids, a sequence of ids, or an index into the bundled sentences → ``[1, seq]``."""
+        """Text, a text file, an ``.npy`` of token ids, a sequence of ids, or an index into the bundled sentences → ``[1, seq]``.
+
+        A string that names an existing file (or ends in .txt/.npy) is read as a file; a string of
+        digits that is not a file is an index; any other string is the text itself.
+        """
         if isinstance(raw, str) and raw.isdigit() and not os.path.exists(raw):
             raw = int(raw)
         if isinstance(raw, (int, np.integer)):
             if not 0 <= raw < len(SENTENCES):
                 raise ValueError(f"input index {raw} must be between 0 and {len(SENTENCES) - 1} (bundled sentences)")
             return encode(SENTENCES[raw])
-        if isinstance(raw, Path) or (isinstance(raw, str) and raw.endswith((".txt", ".npy")) and "\n" not in raw):
+        if isinstance(raw, Path) or (isinstance(raw, str) and "\n" not in raw and (raw.endswith((".txt", ".npy")) or os.path.isfile(raw))):
             path = Path(raw)
             if not path.is_file():
                 raise FileNotFoundError(f"input file {str(path)!r} does not exist")

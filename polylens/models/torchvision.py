@@ -113,7 +113,6 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
     traced, order = traced_activations(model, example)
     found = {**traced, **functional}
     sites = {n: found[n] for n in order if n in found}  # forward order
-    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
     def prepare(raw) -> Tensor:
         """An image file, an index into the sample images, or an array ``[3, 224, 224]`` (normalised)."""
@@ -136,7 +135,7 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
         name=name,
         module=model,
         activation_layers=sites,
-        space_layers=[n for n, _ in model.named_modules() if n and n not in relus or n in sites],
+        space_layers=[n for n in order if n],  # every module that ran, in forward order
         prepare=prepare,
         default_inputs=default_inputs,
         describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
