@@ -221,6 +221,8 @@ def _adapter(model: InceptionV1, name: str, facts: dict, device: str) -> ModelAd
         if isinstance(raw, str) and raw.isdigit():
             raw = int(raw)
         if isinstance(raw, int):
+            if not 0 <= raw < 6:
+                raise ValueError(f"input index {raw} must be between 0 and 5 (crops of the bundled sample photos)")
             return images.sample_images(raw + 1)[raw : raw + 1].to(device)
         if isinstance(raw, (str, Path)):
             return images.load_image(raw)[None].to(device)
