@@ -1,0 +1,94 @@
+"""Initialisation schemes, selected by name (``SAEConfig.init``).
+
+* ``kaiming``: encoder and decoder Kaiming-uniform, independently (PyTorch's Linear default).
+* ``orthogonal``: decoder rows (semi-)orthogonal (Sharkey replication); encoder Kaiming.
+* ``enc_dec_transpose``: Kaiming decoder, encoder = decoderᵀ (Anthropic Apr-2024, Gao et al.).
+* ``data``: decoder row i = p·(x_i − μ)/‖·‖ + (1 − p)·random unit direction, encoder = decoderᵀ
+  (Anthropic Jan-2025 datapoint init; p = ``init_blend``).
+* ``pca``: decoder rows = the data's top principal directions, cycled when n > d, plus Gaussian
+  noise of norm ≈ ``init_noise``; encoder = decoderᵀ.
+* ``unit``: decoder rows = standard-basis vectors (cycled) plus noise (privileged-basis guess).
+Decoder rows are unit-norm afterwards in ``decoder_norm="unit"`` mode (norm 0.1 in weighted-L1
+mode, as SAELens). ``b_dec`` = data mean when data is given, else 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+NEEDS_DATA = ("data", "pca")
+
+
+def _kaiming(rows: int, cols: int, gen: torch.Generator | None) -> Tensor:
+    """Kaiming-uniform with a = √5 (nn.Linear's default) for a [rows, cols] weight, fan_in = cols."""
+    bound = 1 / math.sqrt(cols)
+    return (torch.rand(rows, cols, generator=gen) * 2 - 1) * bound
+
+
+def _unit(W: Tensor) -> Tensor:
+    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _noise(n: int, d: int, scale: float, gen) -> Tensor:
+    """Gaussian noise rows of expected norm ≈ ``scale`` (per-coordinate sd scale/√d), so a copied
+    unit direction keeps cos ≈ 1/√(1 + scale²) with its source whatever d is."""
+    return torch.randn(n, d, generator=gen) * (scale / math.sqrt(d))
+
+
+def initial_decoder(init: str, n: int, d: int, data: Tensor | None, gen, blend: float, noise: float) -> Tensor:
+    """Decoder rows ``[n, d]`` (unit norm) for scheme ``init``; ``data [N, d]`` for 'data'/'pca'."""
+    if init in NEEDS_DATA and data is None:
+        raise ValueError(f"init={init!r} needs a data sample; pass data= to initialize (or use another init)")
+    if init in ("kaiming", "enc_dec_transpose"):
+        return _unit(_kaiming(n, d, gen))
+    if init == "orthogonal":
+        # QR of a Gaussian matrix: orthonormal rows when n <= d, orthonormal columns otherwise.
+        A = torch.randn(max(n, d), min(n, d), generator=gen)
+        Q, R = torch.linalg.qr(A)
+        Q = Q * torch.sign(torch.diagonal(R)).unsqueeze(0)
+        W = Q if n >= d else Q.T  # [n, d]
+        return _unit(W)
+    if init == "unit":
+        basis = torch.eye(d)[torch.arange(n) % d]
+        return _unit(basis + _noise(n, d, noise, gen))
+    X = data.detach().float().reshape(-1, d)
+    Xc = X - X.mean(0)
+    if init == "data":
+        idx = torch.randint(0, Xc.shape[0], (n,), generator=gen)
+        return _unit(blend * _unit(Xc[idx]) + (1 - blend) * _unit(torch.randn(n, d, generator=gen)))
+    # pca
+    _, _, Vh = torch.linalg.svd(Xc, full_matrices=False)  # rows of Vh: principal directions
+    rank = Vh.shape[0]
+    base = Vh[torch.arange(n) % rank]
+    return _unit(base + _noise(n, d, noise, gen))
+
+
+@torch.no_grad()
+def initialize(sae, data: Tensor | None = None, generator: torch.Generator | None = None, placeholder: bool = False) -> None:
+    """(Re-)initialise ``sae`` in place according to ``sae.config.init`` (a data sample for 'data'/'pca').
+
+    ``placeholder=True`` (used by the constructor) lets a data-dependent init start from Kaiming
+    weights until the trainer calls ``initialize(sae, data)``.
+    """
+    c = sae.config
+    if c.init in NEEDS_DATA and data is None and placeholder:
+        # Constructed without data: a placeholder until the trainer calls initialize(sae, data).
+        dec = _unit(_kaiming(c.dict_size, c.d_in, generator))
+    else:
+        dec = initial_decoder(c.init, c.dict_size, c.d_in, data, generator, c.init_blend, c.init_noise)
+    if c.decoder_norm == "weighted_l1":
+        dec = 0.1 * dec
+    if c.tied:
+        sae.W_enc.copy_(dec.T)
+    else:
+        sae.W_dec.copy_(dec)
+        if c.init in ("kaiming", "orthogonal"):
+            sae.W_enc.copy_(_kaiming(c.dict_size, c.d_in, generator).T)
+        else:
+            sae.W_enc.copy_(dec.T)
+    sae.b_enc.zero_()
+    sae.b_dec.copy_(data.detach().float().reshape(-1, c.d_in).mean(0) if data is not None else torch.zeros(c.d_in))
+    sae.threshold.zero_()

@@ -1,0 +1,154 @@
+"""Recovery and reconstruction metrics (pure functions; torch in, floats out).
+
+Cosines are between rows: ``truth [G, d]`` ground-truth directions, ``learned [n, d]`` decoder rows.
+MMCS uses the signed cosine (Sharkey et al.); the Hungarian match and the recovered fraction use
+|cos| (O'Neill et al. / SAELens "MCC"), so a sign-flipped latent counts as a match.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _unit(W: Tensor) -> Tensor:
+    W = torch.as_tensor(W).detach().float().cpu()
+    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def cosines(truth: Tensor, learned: Tensor) -> Tensor:
+    """Signed cosine matrix ``[G, n]``."""
+    return _unit(truth) @ _unit(learned).T
+
+
+def mmcs(truth: Tensor, learned: Tensor) -> float:
+    """Mean over ground-truth features of the max signed cosine with any learned row (GT → learned)."""
+    return float(cosines(truth, learned).max(dim=1).values.mean())
+
+
+def mmcs_learned(truth: Tensor, learned: Tensor, alive: Tensor | None = None) -> float:
+    """Mean over (alive) learned rows of the max signed cosine with a ground-truth feature (learned → GT)."""
+    cos = cosines(truth, learned).T  # [n, G]
+    if alive is not None:
+        cos = cos[torch.as_tensor(alive).cpu().bool()]
+    return float(cos.max(dim=1).values.mean()) if cos.shape[0] else float("nan")
+
+
+def hungarian(truth: Tensor, learned: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
+    """One-to-one match maximising Σ|cos| (SciPy); returns (truth idx, learned idx, mean matched |cos|)."""
+    from scipy.optimize import linear_sum_assignment
+
+    cos = cosines(truth, learned).abs().numpy()
+    rows, cols = linear_sum_assignment(-cos)
+    return rows, cols, float(cos[rows, cols].mean())
+
+
+def frac_recovered(truth: Tensor, learned: Tensor, threshold: float = 0.9) -> float:
+    """Share of ground-truth features whose best |cos| with a learned row is >= threshold."""
+    return float((cosines(truth, learned).abs().max(dim=1).values >= threshold).float().mean())
+
+
+def mean_l2_ratio(truth: Tensor, learned: Tensor, codes: Tensor | None = None, acts: Tensor | None = None) -> float:
+    """Mean L2 ratio of Hungarian-matched features (APD's shrinkage check against ground truth).
+
+    With the true coefficients ``codes [N, G]`` and the latent activations ``acts [N, n]`` on the
+    same samples: for each matched pair (g, j) whose feature fires, Σ_s a_j(s)·‖d_j‖ / Σ_s c_g(s)·‖f_g‖
+    (the size of the latent's contribution against the true one; < 1 is shrinkage), averaged over
+    pairs. Without them: ‖d_j‖ / ‖f_g‖ (only informative when decoder norms are free).
+    """
+    T = torch.as_tensor(truth).detach().float().cpu()
+    L = torch.as_tensor(learned).detach().float().cpu()
+    rows, cols, _ = hungarian(T, L)
+    rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    dn, tn = L[cols].norm(dim=1), T[rows].norm(dim=1).clamp_min(1e-12)
+    if codes is None or acts is None:
+        return float((dn / tn).mean())
+    C = torch.as_tensor(codes).detach().double().cpu()[:, rows]
+    A = torch.as_tensor(acts).detach().double().cpu()[:, cols]
+    true_mass = (C * tn.double()).sum(0)
+    fires = true_mass > 0
+    if not bool(fires.any()):
+        return float("nan")
+    ratio = (A * dn.double()).sum(0)[fires] / true_mass[fires]
+    return float(ratio.mean())
+
+
+def l0(acts: Tensor) -> float:
+    """Mean number of non-zero latents per sample."""
+    return float((acts != 0).float().sum(-1).mean())
+
+
+def explained_variance(x: Tensor, recon: Tensor) -> float:
+    """1 − Σ‖x − x̂‖² / Σ‖x − mean(x)‖² (about the mean, not about zero)."""
+    x, recon = x.detach().double(), recon.detach().double()
+    return float(1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
+
+
+def shrinkage(x: Tensor, recon: Tensor) -> float:
+    """Mean ‖x̂‖ / ‖x‖ over samples with x ≠ 0 (< 1: the L1 penalty shrinks reconstructions)."""
+    nx = x.detach().double().norm(dim=-1)
+    keep = nx > 0
+    return float((recon.detach().double().norm(dim=-1)[keep] / nx[keep]).mean())
+
+
+def dead_fraction(acts: Tensor) -> float:
+    """Share of latents that never fire on ``acts [N, n]``."""
+    return float(((acts != 0).sum(0) == 0).float().mean())
+
+
+class Evaluation(NamedTuple):
+    """Everything ``evaluate`` measures (ground-truth fields are NaN without ground truth)."""
+
+    mmcs: float
+    mmcs_learned: float
+    hungarian_mean_cos: float
+    frac_recovered_0_9: float
+    mean_l2_ratio: float
+    l0: float
+    explained_variance: float
+    mse: float
+    dead_fraction: float
+    shrinkage: float
+    n_samples: int
+
+
+@torch.no_grad()
+def evaluate(sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None = None, batch_size: int = 8192) -> Evaluation:
+    """Score ``sae`` (in eval mode) on ``x [N, d]`` and, when given, against ``truth [G, d]``
+    (``codes [N, G]``, the true coefficients of ``x``, make the mean L2 ratio activation-based)."""
+    was_training = sae.training
+    sae.eval()
+    try:
+        recons, acts_nz, acts_all = [], [], []
+        for i in range(0, x.shape[0], batch_size):
+            out = sae(x[i : i + batch_size].to(sae.b_dec.device, sae.b_dec.dtype))
+            recons.append(out.recon.float().cpu())
+            acts_nz.append((out.acts != 0).cpu())
+            if codes is not None:
+                acts_all.append(out.acts.float().cpu().to_sparse())
+    finally:
+        sae.train(was_training)
+    recon = torch.cat(recons)
+    fired = torch.cat(acts_nz)
+    xc = x.float().cpu()
+    alive = fired.any(0)
+    dec = sae.decoder.detach()
+    nan = float("nan")
+    if truth is not None:
+        acts = torch.cat(acts_all).to_dense() if codes is not None else None
+        l2 = mean_l2_ratio(truth, dec, codes, acts)
+        gt = (mmcs(truth, dec), mmcs_learned(truth, dec, alive), hungarian(truth, dec)[2], frac_recovered(truth, dec), l2)
+    else:
+        gt = (nan,) * 5
+    return Evaluation(
+        *gt,
+        l0=float(fired.float().sum(-1).mean()),
+        explained_variance=explained_variance(xc, recon),
+        mse=float((xc - recon).pow(2).sum(-1).mean()),
+        dead_fraction=float((~alive).float().mean()),
+        shrinkage=shrinkage(xc, recon),
+        n_samples=int(x.shape[0]),
+    )

@@ -1,0 +1,245 @@
+"""The sparse autoencoder: ReLU+L1 ("relu"), TopK and BatchTopK in one module.
+
+x̂ = f((x − b_dec) W_enc + b_enc) W_dec + b_dec, with f = ReLU (L1 penalty), the k largest
+ReLU pre-activations per sample (TopK, Gao et al. 2024) or the k·batch largest in the batch
+(BatchTopK, Bussmann et al. 2024; at inference a single threshold θ replaces the batch rule).
+Loss conventions follow SAELens/Anthropic: squared error summed over dimensions and averaged over
+the batch; L1 summed over latents (times ‖W_dec row‖ in ``decoder_norm="weighted_l1"`` mode).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+ARCHS = ("relu", "topk", "batchtopk")
+INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit")
+DECODER_NORMS = ("unit", "weighted_l1")
+
+
+@dataclass
+class SAEConfig:
+    """Shape and rule of a sparse autoencoder (saved as JSON beside every checkpoint)."""
+
+    d_in: int
+    """Input (activation) dimension d."""
+    dict_size: int
+    """Number of latents n."""
+    arch: Literal["relu", "topk", "batchtopk"] = "relu"
+    """Activation rule: ReLU + L1 penalty, per-sample TopK, or BatchTopK."""
+    l1: float = 5.0
+    """L1 coefficient (relu only), on Σ|a| summed over latents."""
+    k: int = 5
+    """Active latents per sample for topk / batchtopk (batchtopk: on average)."""
+    tied: bool = False
+    """Tie the decoder to the encoder (W_dec = W_encᵀ); no separate decoder parameter."""
+    decoder_norm: Literal["unit", "weighted_l1"] = "unit"
+    """'unit': decoder rows kept unit-norm, the gradient parallel to each row removed;
+    'weighted_l1': rows free, the L1 term weighs each latent by its row norm (Anthropic April 2024)."""
+    init: Literal["kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit"] = "kaiming"
+    """Initialisation scheme; 'data' and 'pca' need a data sample (see ``initialize``)."""
+    init_blend: float = 0.8
+    """'data' init: weight p of the centred data sample against a random direction (1 − p)."""
+    init_noise: float = 0.1
+    """'pca' / 'unit' init: expected norm of the Gaussian noise added to each copied (unit) direction."""
+    orth: float = 0.0
+    """Decoder orthogonality penalty weight λ (0: off)."""
+    orth_full: bool = False
+    """Use the O(n²) form (mean over all latents) instead of the O(m·n) active-latent form."""
+    aux_coef: float = 1 / 32
+    """AuxK loss coefficient for topk / batchtopk (Gao et al. 2024); 0 turns it off."""
+    aux_k: int = 0
+    """Dead latents used by AuxK per sample (0: d_in // 2)."""
+    threshold_decay: float = 0.99
+    """BatchTopK: EMA decay of the inference threshold θ (mean of the smallest kept activation)."""
+
+    def __post_init__(self):
+        for name in ("d_in", "dict_size", "k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch={self.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise ValueError(f"decoder_norm={self.decoder_norm!r} is unknown; choose one of {', '.join(DECODER_NORMS)}")
+        for name in ("l1", "orth", "aux_coef", "init_noise"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+        if not 0 <= self.init_blend <= 1:
+            raise ValueError(f"init_blend={self.init_blend} must be in [0, 1]")
+        if not 0 <= self.threshold_decay < 1:
+            raise ValueError(f"threshold_decay={self.threshold_decay} must be in [0, 1)")
+        if self.arch != "relu" and self.k > self.dict_size:
+            raise ValueError(f"k={self.k} must be <= dict_size={self.dict_size}")
+        if self.aux_k < 0:
+            raise ValueError(f"aux_k={self.aux_k} must be >= 0")
+
+
+class SAEOutput(NamedTuple):
+    """Result of a forward pass (losses are scalars; ``loss`` is what training minimises)."""
+
+    recon: Tensor  # [batch, d_in]
+    acts: Tensor  # [batch, dict_size]
+    pre_acts: Tensor  # [batch, dict_size]
+    loss: Tensor
+    mse: Tensor
+    sparsity: Tensor  # L1 term (relu) or 0
+    aux: Tensor  # AuxK term (topk/batchtopk with dead latents) or 0
+    orth: Tensor  # orthogonality penalty or 0
+
+
+def _unit_rows(W: Tensor) -> Tensor:
+    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+class SparseAutoencoder(nn.Module):
+    """One SAE. Parameters ``W_enc [d_in, n]``, ``b_enc [n]``, ``W_dec [n, d_in]`` (absent when
+    tied), ``b_dec [d_in]``; buffer ``threshold`` (BatchTopK inference θ, scalar)."""
+
+    def __init__(self, config: SAEConfig, generator: torch.Generator | None = None):
+        super().__init__()
+        c = self.config = config
+        self.W_enc = nn.Parameter(torch.empty(c.d_in, c.dict_size))
+        self.b_enc = nn.Parameter(torch.zeros(c.dict_size))
+        self.W_dec = None if c.tied else nn.Parameter(torch.empty(c.dict_size, c.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(c.d_in))
+        self.register_buffer("threshold", torch.zeros(()))
+        from sae.inits import initialize
+
+        initialize(self, None, generator, placeholder=True)
+
+    # ---- weights -------------------------------------------------------------------------------
+    @property
+    def decoder(self) -> Tensor:
+        """Decoder rows ``[n, d_in]`` (the dictionary's directions)."""
+        return self.W_enc.T if self.W_dec is None else self.W_dec
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale decoder rows to unit norm (in place; 'unit' mode only)."""
+        if self.config.decoder_norm == "unit":
+            W = self.W_enc if self.W_dec is None else self.W_dec
+            dim = 0 if self.W_dec is None else 1
+            W.div_(W.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the gradient component along each (unit) decoder row, so a step stays near the sphere."""
+        if self.config.decoder_norm != "unit":
+            return
+        W = self.W_enc if self.W_dec is None else self.W_dec
+        if W.grad is None:
+            return
+        dim = 0 if self.W_dec is None else 1
+        U = W / W.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+        W.grad.sub_((W.grad * U).sum(dim=dim, keepdim=True) * U)
+
+    # ---- forward -------------------------------------------------------------------------------
+    def encode_pre(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """Latent activations ``[batch, n]`` from pre-activations (training vs eval rule for BatchTopK)."""
+        c = self.config
+        post = torch.relu(pre)
+        if c.arch == "relu":
+            return post
+        if c.arch == "topk":
+            vals, idx = post.topk(c.k, dim=-1)
+            return torch.zeros_like(post).scatter(-1, idx, vals)
+        if self.training:
+            flat = post.reshape(-1)
+            kk = min(c.k * post.shape[0], flat.numel())
+            vals, idx = flat.topk(kk)
+            acts = torch.zeros_like(flat).scatter(0, idx, vals).reshape(post.shape)
+            with torch.no_grad():
+                kept = vals[vals > 0]
+                if kept.numel():
+                    m = kept.min().to(self.threshold.dtype)
+                    first = bool(self.threshold == 0)
+                    self.threshold.copy_(m if first else c.threshold_decay * self.threshold + (1 - c.threshold_decay) * m)
+            return acts
+        return post * (post > self.threshold)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.activate(self.encode_pre(x))
+
+    def decode(self, acts: Tensor) -> Tensor:
+        return acts @ self.decoder + self.b_dec
+
+    def forward(self, x: Tensor, dead: Tensor | None = None) -> SAEOutput:
+        """Reconstruct ``x [batch, d_in]``; ``dead [n]`` (bool) enables AuxK for topk/batchtopk."""
+        c = self.config
+        pre = self.encode_pre(x)
+        acts = self.activate(pre)
+        recon = self.decode(acts)
+        err = recon - x
+        mse = err.pow(2).sum(-1).mean()
+        zero = mse.new_zeros(())
+        sparsity = zero
+        if c.arch == "relu" and c.l1 > 0:
+            if c.decoder_norm == "weighted_l1":
+                sparsity = c.l1 * (acts * self.decoder.norm(dim=-1)).sum(-1).mean()
+            else:
+                sparsity = c.l1 * acts.abs().sum(-1).mean()
+        aux = zero
+        if c.arch != "relu" and c.aux_coef > 0 and dead is not None and bool(dead.any()):
+            aux = c.aux_coef * auxk_loss(self, pre, err.detach(), dead)
+        orth = zero
+        if c.orth > 0:
+            orth = c.orth * (orthogonality_full(self.decoder) if c.orth_full else orthogonality_active(self.decoder, acts))
+        return SAEOutput(recon, acts, pre, mse + sparsity + aux + orth, mse, sparsity, aux, orth)
+
+
+def auxk_loss(sae: SparseAutoencoder, pre: Tensor, residual: Tensor, dead: Tensor) -> Tensor:
+    """AuxK (Gao et al. 2024, App. A.2): the top-k_aux dead latents reconstruct the main residual
+    ``x − x̂`` (detached); normalised by the residual's variance so the scale is data-free."""
+    c = sae.config
+    k_aux = min(c.aux_k or max(1, c.d_in // 2), int(dead.sum()))
+    masked = torch.where(dead, torch.relu(pre), torch.zeros_like(pre))
+    vals, idx = masked.topk(k_aux, dim=-1)
+    aux_acts = torch.zeros_like(pre).scatter(-1, idx, vals)
+    aux_recon = aux_acts @ sae.decoder  # no bias: it models the residual
+    # The target is x − x̂, the prediction is +aux_recon: err = recon − x, so the target is −err.
+    num = (aux_recon + residual).pow(2).sum(-1).mean()
+    den = (residual - residual.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return num / den
+
+
+def orthogonality_active(decoder: Tensor, acts: Tensor) -> Tensor:
+    """Mean over latents active in the batch of |cos| to their closest other decoder row.
+
+    O(m·n) for m active latents (an [m, n] cosine block, not the [n, n] Gram matrix); the
+    gradient reaches both the active row and its nearest neighbour's row.
+    """
+    active = (acts != 0).any(0).nonzero().squeeze(-1)  # [m]
+    if active.numel() == 0:
+        return decoder.new_zeros(())
+    U = _unit_rows(decoder)
+    cos = (U[active] @ U.T).abs()  # [m, n]
+    cos = cos.scatter(1, active.unsqueeze(1), 0.0)  # drop each row's self-similarity
+    return cos.max(dim=1).values.mean()
+
+
+def orthogonality_full(decoder: Tensor) -> Tensor:
+    """Mean over all latents of |cos| to their closest other decoder row (O(n²); small dictionaries)."""
+    U = _unit_rows(decoder)
+    cos = (U @ U.T).abs()
+    cos = cos - torch.diag_embed(cos.diagonal())
+    return cos.max(dim=1).values.mean()
+
+
+def max_pairwise_cos(decoder: Tensor) -> float:
+    """Largest |cos| between two distinct decoder rows."""
+    with torch.no_grad():
+        U = _unit_rows(decoder.float())
+        cos = (U @ U.T).abs()
+        cos.fill_diagonal_(0)
+        return float(cos.max())

@@ -1,0 +1,300 @@
+"""Trainer: Adam with linear warm-up, dead-latent tracking, resampling / AuxK, atomic checkpoints.
+
+Every source of randomness is a function of (seed, step), and the checkpoint holds the weights,
+Adam's moments, the dead-latent counters and the BatchTopK threshold, so ``Trainer.resume`` ends
+with the same weights as an uninterrupted run with the same seed (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sae.inits import NEEDS_DATA, initialize
+from sae.model import SAEConfig, SparseAutoencoder
+from sae.store import CHECKPOINT, STATE, BatchSource, load_tensors, read_json, save_tensors_atomic, write_json_atomic
+
+
+@dataclass
+class TrainConfig:
+    """How to train (saved as JSON beside every checkpoint)."""
+
+    n_samples: int = 4_096_000
+    """Training samples in total (steps = n_samples // batch_size)."""
+    batch_size: int = 4096
+    """Samples per Adam step."""
+    lr: float = 1e-3
+    """Adam learning rate after warm-up."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from lr/warmup_steps to lr."""
+    seed: int = 0
+    """Seeds the initialisation, the batch order and resampling."""
+    dead_window: int = 1_000_000
+    """A latent is dead when it has not fired for this many samples."""
+    resample_every: int = 0
+    """ReLU SAEs: every this many steps re-initialise dead latents (Anthropic 2023); 0 = never."""
+    checkpoint_every: int = 0
+    """Write a checkpoint every this many steps (0: only at the end); needs an output folder."""
+    bf16: bool = False
+    """Run the forward pass under bfloat16 autocast."""
+    init_samples: int = 8192
+    """Samples drawn for the 'data'/'pca' inits and b_dec (the data mean)."""
+    log_every: int = 50
+    """Record loss / L0 / dead fraction in the history every this many steps."""
+    progress: bool = False
+    """Show a tqdm progress bar with live loss, L0 and dead fraction."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self):
+        for name in ("n_samples", "batch_size", "dead_window", "init_samples", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        for name in ("warmup_steps", "resample_every", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr} must be a finite number > 0")
+        if self.n_samples < self.batch_size:
+            raise ValueError(f"n_samples={self.n_samples} must be >= batch_size={self.batch_size}")
+
+    @property
+    def steps(self) -> int:
+        return self.n_samples // self.batch_size
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run returns."""
+
+    sae: SparseAutoencoder
+    steps: int
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+
+class Trainer:
+    """Train ``SparseAutoencoder(sae_config)`` on ``data`` (tensor, array, path, stream or iterable)."""
+
+    def __init__(self, sae_config: SAEConfig, config: TrainConfig, data, out_dir: str | Path | None = None):
+        self.sae_config, self.config = sae_config, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.source = BatchSource(data, config.batch_size, config.seed, config.device)
+        if self.source.d is not None and self.source.d != sae_config.d_in:
+            raise ValueError(f"data dimension {self.source.d} does not match the SAE's d_in={sae_config.d_in}")
+        gen = torch.Generator().manual_seed(config.seed)
+        self.sae = SparseAutoencoder(sae_config, generator=gen).to(config.device)
+        sample = self._init_sample()
+        initialize(self.sae, sample.cpu(), gen)
+        self.sae.to(config.device)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=config.lr, foreach=False)
+        self.since_fired = torch.zeros(sae_config.dict_size, dtype=torch.long, device=config.device)
+        self.step = 0
+        self.history: list[dict] = []
+        self.last_checkpoint: int | None = None
+
+    def _init_sample(self) -> Tensor:
+        c = self.config
+        if self.source.array is not None:
+            return self.source.array[: c.init_samples].float()
+        if self.source.stream is not None:
+            return self.source.stream.sample(c.init_samples, self.source.generator(0, salt=1)).float()
+        if self.sae_config.init in NEEDS_DATA:
+            raise ValueError(f"init={self.sae_config.init!r} needs array or stream data, not a plain iterator")
+        return self.source.batch(0).float()
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
+        t = {f"sae.{k}": v for k, v in self.sae.state_dict().items()}
+        names = dict(self.sae.named_parameters())
+        for name, p in names.items():
+            st = self.opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in st:
+                    t[f"adam.{name}.{key}"] = st[key]
+            if "step" in st:
+                t[f"adam.{name}.step"] = torch.as_tensor(st["step"]).reshape(1).float()
+        t["since_fired"] = self.since_fired
+        return t
+
+    def save_checkpoint(self) -> None:
+        """Tensors first, then the JSON naming the step: the pair on disk is always consistent."""
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        save_tensors_atomic(self.state_tensors(), self.out_dir / CHECKPOINT, {"step": str(self.step)})
+        state = {"step": self.step, "sae": asdict(self.sae_config), "train": asdict(self.config), "history": self.history}
+        write_json_atomic(state, self.out_dir / STATE)
+        self.last_checkpoint = self.step
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, data, n_samples: int | None = None, progress: bool | None = None) -> Trainer:
+        """Rebuild a trainer from ``out_dir`` (optionally with a larger ``n_samples``) to continue."""
+        out_dir = Path(out_dir)
+        state = read_json(out_dir / STATE)
+        try:
+            sae_cfg = SAEConfig(**state["sae"])
+            train = dict(state["train"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{out_dir / STATE} is not a polylens SAE checkpoint ({err})") from None
+        if n_samples is not None:
+            train["n_samples"] = n_samples
+        if progress is not None:
+            train["progress"] = progress
+        self = cls(sae_cfg, TrainConfig(**train), data, out_dir)
+        tensors, meta = load_tensors(out_dir / CHECKPOINT)
+        if meta.get("step") != str(state["step"]):
+            raise ValueError(f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state['step']}")
+        self.load_state(tensors)
+        self.step, self.history, self.last_checkpoint = state["step"], state.get("history", []), state["step"]
+        return self
+
+    def load_state(self, t: dict[str, Tensor]) -> None:
+        dev = self.config.device
+        try:
+            self.sae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("sae.")})
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint weights do not fit the SAE config: {str(err).splitlines()[0]}") from None
+        for name, p in self.sae.named_parameters():
+            if f"adam.{name}.exp_avg" in t:
+                self.opt.state[p] = {
+                    "step": t[f"adam.{name}.step"].reshape(()).clone(),
+                    "exp_avg": t[f"adam.{name}.exp_avg"].to(dev).clone(),
+                    "exp_avg_sq": t[f"adam.{name}.exp_avg_sq"].to(dev).clone(),
+                }
+        self.since_fired = t["since_fired"].to(dev).clone()
+
+    # ---- dead latents --------------------------------------------------------------------------
+    def dead_mask(self) -> Tensor:
+        return self.since_fired >= self.config.dead_window
+
+    @torch.no_grad()
+    def resample_dead(self, x: Tensor) -> int:
+        """Anthropic-style resampling: dead latents point at inputs drawn ∝ squared reconstruction
+        error; encoder rows scaled to 0.2 × mean alive encoder norm; their Adam moments reset."""
+        dead = self.dead_mask().nonzero().squeeze(-1)
+        if dead.numel() == 0:
+            return 0
+        sae = self.sae
+        sae.eval()
+        err = (sae(x).recon - x).pow(2).sum(-1)
+        sae.train()
+        g = self.source.generator(self.step, salt=2)
+        probs = err.double() + 1e-12
+        pick = torch.multinomial(probs, dead.numel(), replacement=True, generator=g)
+        v = x[pick] - sae.b_dec
+        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [n_dead, d]
+        alive = ~self.dead_mask()
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        if sae.W_dec is not None:
+            sae.W_dec[dead] = v
+            sae.W_enc[:, dead] = (v * 0.2 * enc_norm).T
+        else:
+            sae.W_enc[:, dead] = v.T
+        sae.b_enc[dead] = 0
+        for p, cols in ((sae.W_enc, (slice(None), dead)), (sae.b_enc, (dead,)), (sae.W_dec, (dead,))):
+            if p is not None and p in self.opt.state:
+                self.opt.state[p]["exp_avg"][cols] = 0
+                self.opt.state[p]["exp_avg_sq"][cols] = 0
+        self.since_fired[dead] = 0
+        return int(dead.numel())
+
+    # ---- loop ----------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        c, sae = self.config, self.sae
+        sae.train()
+        sae.normalize_decoder_()
+        bar = None
+        if c.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, unit="step", dynamic_ncols=True)
+        dev_type = torch.device(c.device).type
+        try:
+            while self.step < c.steps:
+                x = self.source.batch(self.step)
+                if x.shape[-1] != self.sae_config.d_in:
+                    raise ValueError(f"batch at step {self.step} has dimension {x.shape[-1]}, the SAE's d_in is {self.sae_config.d_in}")
+                if not bool(torch.isfinite(x).all()):
+                    self._stop(f"batch at step {self.step} contains NaN or inf")
+                for group in self.opt.param_groups:
+                    group["lr"] = lr_at(self.step, c)
+                with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=c.bf16):
+                    out = sae(x, dead=self.dead_mask())
+                loss = out.loss.float()
+                if not bool(torch.isfinite(loss)):
+                    self._stop(f"loss became {float(loss)} at step {self.step}")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                sae.remove_parallel_grad_()
+                self.opt.step()
+                sae.normalize_decoder_()
+                with torch.no_grad():
+                    fired = (out.acts != 0).any(0)
+                    self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0])
+                self.step += 1
+                if c.resample_every and self.sae_config.arch == "relu" and self.step % c.resample_every == 0 and self.step < c.steps:
+                    self.resample_dead(x)
+                if self.step % c.log_every == 0 or self.step == c.steps:
+                    rec = {
+                        "step": self.step,
+                        "loss": float(loss.detach()),
+                        "mse": float(out.mse),
+                        "l0": float((out.acts != 0).float().sum(-1).mean()),
+                        "dead_fraction": float(self.dead_mask().float().mean()),
+                    }
+                    self.history.append(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['loss']:.4g}", l0=f"{rec['l0']:.1f}", dead=f"{rec['dead_fraction']:.2f}")
+                if bar is not None:
+                    bar.update(1)
+                if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.last_checkpoint != self.step:
+            self.save_checkpoint()
+        sae.eval()
+        return TrainResult(sae, self.step, self.history)
+
+    def _stop(self, what: str) -> None:
+        where = f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.out_dir}" if self.last_checkpoint is not None else "no checkpoint was written"
+        raise ValueError(f"{what}; training stopped, {where}")
+
+
+def load_sae(out_dir: str | Path) -> SparseAutoencoder:
+    """The SAE stored in a training folder (checkpoint.safetensors + checkpoint.json), in eval mode."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise FileNotFoundError(f"SAE folder {out_dir} does not exist")
+    state = read_json(out_dir / STATE)
+    try:
+        cfg = SAEConfig(**state["sae"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{out_dir / STATE} is not a polylens SAE checkpoint ({err})") from None
+    sae = SparseAutoencoder(cfg)
+    tensors, _ = load_tensors(out_dir / CHECKPOINT)
+    try:
+        sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint weights in {out_dir} do not fit its config: {str(err).splitlines()[0]}") from None
+    return sae.eval()
+
+
+def train(sae_config: SAEConfig, config: TrainConfig, data, out_dir=None) -> TrainResult:
+    """One call: build a Trainer and fit."""
+    return Trainer(sae_config, config, data, out_dir).fit()
+
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "load_sae", "train"]
