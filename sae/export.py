@@ -1,0 +1,222 @@
+"""SAELens 6.x on-disk format: ``export_saelens`` writes what ``sae_lens.SAE.load_from_disk`` loads,
+``import_saelens`` reads it back (ours, or an SAE that SAELens itself trained).
+
+A SAELens folder holds ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``,
+``b_enc [d_sae]``, ``b_dec [d_in]``, and ``threshold [d_sae]`` for JumpReLU) and ``cfg.json`` (flat
+keys ``architecture``, ``d_in``, ``d_sae``, ``dtype``, ``device``, ``apply_b_dec_to_input``,
+``normalize_activations``, ``reshape_activations``, ``k`` for TopK, and a ``metadata`` dict).
+Both libraries compute ``f((x − b_dec) W_enc + b_enc) W_dec + b_dec``, so weights are written as
+they are, nothing folded; the export is ours exactly. Architectures (checked against sae-lens 6.54):
+
+* ``relu`` → ``"standard"`` (ReLU). SAELens itself trains with the decoder-norm-weighted L1 and
+  saves without folding the norms, so a ``weighted_l1`` SAE goes out unchanged too.
+* ``topk`` → ``"topk"`` with ``k`` and ``rescale_acts_by_decoder_norm: false``: SAELens's TopK
+  trainer writes ``true`` (its TopK ranks pre-activations × ‖W_dec row‖) after folding the norms
+  into the weights; ``false`` ranks the raw pre-activations, which is our rule whatever the norms.
+* ``batchtopk`` → ``"jumprelu"`` with ``threshold`` = θ for every latent: SAELens has no
+  inference-time BatchTopK and saves its own BatchTopK SAEs this way; k goes in
+  ``metadata.training_architecture_details``, as SAELens writes it.
+* tied SAEs get an explicit ``W_dec = W_encᵀ`` (SAELens has no tied mode).
+
+``metadata.sae_lens_version`` must be >= 6 or SAELens reads the file as a pre-6 config; our full
+``SAEConfig`` goes in ``metadata.polylens`` so a round trip restores it (tied, l1, init, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sae.model import SAEConfig, SparseAutoencoder
+from sae.store import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CONFIG_FILE = "cfg.json"
+FORMAT_VERSION = "6.54.12"
+"""The sae-lens version whose format this module was checked against (written as sae_lens_version)."""
+
+_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_IGNORED_KEYS = {"scaling_factor", "finetuning_scaling_factor"}  # all-ones ones only (checked below)
+
+
+def export_saelens(
+    sae: SparseAutoencoder,
+    folder: str | Path,
+    hook_name: str | None = None,
+    model_name: str | None = None,
+    hook_head_index: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``sae`` as a SAELens 6.x folder (``sae_weights.safetensors`` + ``cfg.json``); returns it.
+
+    ``hook_name``/``model_name`` say where the activations came from (``blocks.6.hook_resid_pre``,
+    ``gpt2``); SAELens uses them to attach the SAE to a model. A folder that already holds files
+    is refused unless ``overwrite=True``. Weights are written first, then ``cfg.json``, each
+    atomically, so a folder with a ``cfg.json`` is never half-written.
+    """
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"sae must be a SparseAutoencoder; got {type(sae).__name__}")
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"export folder {folder} is a file; pass a folder path")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise ValueError(f"export folder {folder} is not empty; pass overwrite=True (CLI: --force) to replace the export in it")
+    c = sae.config
+    dtype = sae.W_enc.dtype
+    dtype_name = next((name for name, dt in _DTYPES.items() if dt == dtype), None)
+    if dtype_name is None:
+        raise ValueError(f"SAE dtype {dtype} cannot be written for SAELens; use one of {', '.join(_DTYPES)}")
+
+    with torch.no_grad():
+        tensors = {
+            "W_enc": sae.W_enc.detach().clone(),  # [d_in, n]
+            "W_dec": sae.decoder.detach().clone().contiguous(),  # [n, d_in]; tied: W_encᵀ written out
+            "b_enc": sae.b_enc.detach().clone(),  # [n]
+            "b_dec": sae.b_dec.detach().clone(),  # [d_in]
+        }
+        if c.arch == "batchtopk":
+            tensors["threshold"] = torch.full((c.dict_size,), float(sae.threshold), dtype=dtype)  # [n]
+
+    arch = _TO_SAELENS[c.arch]
+    details: dict = {}
+    if c.arch == "relu":
+        details = {"l1_coefficient": c.l1}  # same convention: Σ_latents |a|·‖W_dec row‖, batch mean
+    elif c.arch == "batchtopk":
+        details = {"k": c.k}
+    cfg = {
+        "architecture": arch,
+        "d_in": c.d_in,
+        "d_sae": c.dict_size,
+        "dtype": dtype_name,
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": model_name,
+            "hook_name": hook_name,
+            "hook_head_index": hook_head_index,
+            "training_architecture": c.arch if c.arch != "relu" else "standard",
+            "training_architecture_details": details,
+            "exported_by": "polylens sae.export",
+            "polylens": dataclasses.asdict(c),
+        },
+    }
+    if c.arch == "topk":
+        cfg["k"] = c.k
+        cfg["rescale_acts_by_decoder_norm"] = False
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors_atomic(tensors, folder / WEIGHTS_FILE)
+    write_json_atomic(cfg, folder / CONFIG_FILE)
+    return folder
+
+
+def import_saelens(folder: str | Path) -> SparseAutoencoder:
+    """Read a SAELens 6.x folder (ours or SAELens's) into a ``SparseAutoencoder`` in eval mode.
+
+    Reads ``standard``, ``topk`` and ``jumprelu`` with one threshold shared by all latents (how
+    SAELens saves BatchTopK). Folded on the way in, so encode/decode equal SAELens's: TopK's
+    ``rescale_acts_by_decoder_norm`` (decoder rows scaled to unit norm, the encoder by the norms)
+    and ``apply_b_dec_to_input: false`` (``b_enc += b_dec W_enc``). Safetensors only, no pickle.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAELens folder {folder} does not exist")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}; a SAELens SAE folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    cfg = read_json(folder / CONFIG_FILE)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{folder / CONFIG_FILE} must hold a JSON object; got {type(cfg).__name__}")
+    tensors, _ = load_tensors(folder / WEIGHTS_FILE)
+    where = folder / CONFIG_FILE
+
+    arch = cfg.get("architecture", "standard")
+    if arch not in ("standard", "topk", "jumprelu"):
+        raise ValueError(f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk and jumprelu (one shared threshold)")
+    for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
+        if cfg.get(key) not in ok:
+            raise ValueError(f"{where}: {key}={cfg.get(key)!r} is not supported; only 'none' can be imported")
+    try:
+        d_in, n = int(cfg["d_in"]), int(cfg["d_sae"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where} lacks a valid d_in/d_sae ({err})") from None
+
+    shapes = {"W_enc": (d_in, n), "W_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        shapes["threshold"] = (n,)
+    missing = sorted(set(shapes) - set(tensors))
+    if missing:
+        raise ValueError(f"{folder / WEIGHTS_FILE} lacks {', '.join(missing)} (architecture {arch!r} needs {', '.join(shapes)})")
+    for key in sorted(set(tensors) - set(shapes)):
+        if key not in _IGNORED_KEYS or not bool((tensors[key] == 1).all()):
+            raise ValueError(f"{folder / WEIGHTS_FILE} holds {key!r}, which polylens cannot represent (expected only {', '.join(shapes)})")
+    for key, shape in shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(f"{folder / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}")
+
+    dtype = _DTYPES.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), torch.float32)
+    # Fold in float64; unfolded values survive the float64 round trip bit for bit.
+    W_enc, W_dec, b_enc, b_dec = (tensors[k].double() for k in ("W_enc", "W_dec", "b_enc", "b_dec"))
+    folded = False
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        norms = W_dec.norm(dim=1).clamp_min(1e-8)  # [n]; SAELens's own fold (fold_W_dec_norm)
+        W_enc, b_enc, W_dec, folded = W_enc * norms, b_enc * norms, W_dec / norms[:, None], True
+    if not cfg.get("apply_b_dec_to_input", True):
+        b_enc, folded = b_enc + b_dec @ W_enc, True
+
+    meta = cfg.get("metadata") or {}
+    config = _config(cfg, meta, arch, d_in, n, tensors, W_dec, where)
+    state = {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec}
+    if config.tied:
+        if folded or not torch.equal(tensors["W_dec"], tensors["W_enc"].T):
+            raise ValueError(f"{where} says tied, but W_dec is not W_encᵀ; remove 'tied' from metadata.polylens to import it untied")
+    else:
+        state["W_dec"] = W_dec
+    if arch == "jumprelu":
+        state["threshold"] = tensors["threshold"][0].double()
+    else:
+        state["threshold"] = torch.zeros((), dtype=torch.float64)
+
+    sae = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0))  # weights replaced below
+    sae = sae.to(dtype)
+    sae.load_state_dict({k: v.to(dtype) for k, v in state.items()})
+    return sae.eval()
+
+
+def _config(cfg: dict, meta: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor], W_dec: Tensor, where: Path) -> SAEConfig:
+    """Our config: cfg.json's SAELens fields win; the rest from metadata.polylens when present."""
+    ours = meta.get("polylens") if isinstance(meta.get("polylens"), dict) else {}
+    known = {f.name for f in dataclasses.fields(SAEConfig)}
+    fields = {k: v for k, v in ours.items() if k in known}
+    fields.update(d_in=d_in, dict_size=n, arch={"standard": "relu", "topk": "topk", "jumprelu": "batchtopk"}[arch])
+    details = meta.get("training_architecture_details") or {}
+    if arch == "topk":
+        fields["k"] = cfg.get("k")
+    elif arch == "jumprelu":
+        thr = tensors["threshold"]
+        if not bool((thr == thr[0]).all()):
+            raise ValueError(f"{where}: jumprelu with a threshold per latent (min {float(thr.min()):.4g}, max {float(thr.max()):.4g}) "
+                             "cannot be imported; polylens reads jumprelu with one shared threshold (SAELens's BatchTopK)")
+        if "k" in details:
+            fields["k"] = max(1, round(float(details["k"])))  # SAELens's BatchTopK k is a float
+    elif "l1_coefficient" in details and "l1" not in ours:
+        fields["l1"] = float(details["l1_coefficient"])
+    if "k" in fields and not isinstance(fields["k"], int):
+        if not isinstance(fields["k"], (int, float)) or fields["k"] != int(fields["k"]):
+            raise ValueError(f"{where}: k={fields['k']!r} must be a positive integer")
+        fields["k"] = int(fields["k"])
+    if "decoder_norm" not in ours:
+        unit = bool(torch.allclose(W_dec.norm(dim=1), torch.ones(n, dtype=W_dec.dtype), atol=1e-4))
+        fields["decoder_norm"] = "unit" if unit else "weighted_l1"  # free rows: keep them as they are
+    try:
+        return SAEConfig(**fields)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
