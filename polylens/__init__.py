@@ -1,17 +1,37 @@
 """polylens: the polytope lens (spline codes, boundary density, code clustering) and
-activation- vs gradient-based direction finding for torch models."""
+activation- vs gradient-based direction finding for torch models.
 
-from polylens.capture import Captured, capture, layer_names, recording, resolve_layers
-from polylens.directions import ActivationPCA, DirectionScores, GradientPCA, score_directions
+The public names are imported on first use (PEP 562), so ``import polylens`` and the
+``polylens`` command start without importing torch, scipy or any model library.
+"""
 
-__all__ = [
-    "capture",
-    "recording",
-    "Captured",
-    "layer_names",
-    "resolve_layers",
-    "ActivationPCA",
-    "GradientPCA",
-    "score_directions",
-    "DirectionScores",
-]
+from __future__ import annotations
+
+import importlib
+
+# public name -> module that defines it
+_EXPORTS = {
+    "capture": "polylens.capture",
+    "load_model": "polylens.models",
+    "SplineCodes": "polylens.codes",
+    "extract_codes": "polylens.codes",
+    "boundary_density": "polylens.density",
+    "shell_profile": "polylens.shell",
+    "ActivationPCA": "polylens.directions",
+    "GradientPCA": "polylens.directions",
+    "score_directions": "polylens.directions",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'polylens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

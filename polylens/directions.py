@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 
 def _as_rows(X, name: str = "X") -> np.ndarray:
@@ -142,6 +141,8 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
 
 def score_directions(truth, found, threshold: float = 0.9) -> DirectionScores:
     """Score ``found: [m, dim]`` against ``truth: [g, dim]`` (rows are directions)."""
+    from scipy.optimize import linear_sum_assignment  # scipy only when scoring (~0.5 s to import)
+
     cos = abs_cosines(truth, found)
     best = cos.max(axis=1)
     rows, cols = linear_sum_assignment(-cos)

@@ -3,6 +3,10 @@
 HF_HUB_OFFLINE=1 (conftest): nothing here touches the network.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +132,20 @@ def test_offline_without_weights_fails_fast_with_one_line(cache, monkeypatch):
 
 def _refuse(*args, **kwargs):
     raise ConnectionRefusedError("no network in tests")
+
+
+def test_offline_cli_error_imports_no_torch(tmp_path):
+    """The offline error must come fast (issue 4: within 2 s): no torch, scipy or model library on that path."""
+    code = (
+        "import sys; from cli.main import main;"
+        "rc = main(['density', '--model', 'gpt2', '--layer', 'blocks.6.mlp.hook_pre']);"
+        "heavy = ('torch', 'numpy', 'scipy', 'sklearn', 'matplotlib', 'transformer_lens', 'transformers');"
+        "print(rc, sorted(m for m in heavy if m in sys.modules))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}  # an empty hub cache
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.strip() == "2 []", out.stderr
+    assert out.stderr.count("\n") == 1 and "--random-weights" in out.stderr and "--weights DIR" in out.stderr
 
 
 def test_bad_arguments():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import Tensor, nn
+if TYPE_CHECKING:  # annotations only: importing this module must not import torch (CLI start-up)
+    from torch import Tensor, nn
 
 Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "identity"]
 PIECEWISE_LINEAR = frozenset({"relu", "identity"})

@@ -36,12 +36,12 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from polylens.models.base import ModelAdapter
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Architecture of each GPT-2 size (Radford et al. 2019, Table 2); all use gelu_new and LayerNorm.
 SIZES = {
@@ -209,6 +209,11 @@ def load(spec: str = "gpt2", *, weights=None, random_weights: bool = False, devi
 
 
 def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdapter:
+    # numpy and torch are imported here, not at the top: the offline-error path of ``load``
+    # must not pay torch's import (1.5-4 s) to print one line.
+    import numpy as np
+    import torch
+
     n_layers, n_ctx = model.cfg.n_layers, model.cfg.n_ctx
     tok_box: list = []
 
