@@ -118,6 +118,17 @@ def test_custom_module_functional_activation(capsys, tmp_path, model_file):
     assert np.array_equal(codes.layer("fc1").unpack()[0], (h[0] > 0).numpy())
 
 
+def test_custom_module_weights_file(capsys, tmp_path, model_file):
+    state = {k: v + 1 for k, v in load_model(f"{model_file}:relu_net").module.state_dict().items()}
+    torch.save(state, tmp_path / "w.pt")
+    loaded = load_model(f"{model_file}:relu_net", weights=str(tmp_path / "w.pt"))
+    assert all(torch.equal(v, state[k]) for k, v in loaded.module.state_dict().items())
+    state["extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    code, _, err = run(capsys, "codes", "--model", f"{model_file}:relu_net", "--weights", tmp_path / "bad.pt", "--out", tmp_path / "c.npz")
+    assert code == 2 and "0 missing keys [], 1 extra keys ['extra']" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

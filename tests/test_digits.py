@@ -70,7 +70,7 @@ def test_weights_file_round_trip_and_bad_keys(digits, tmp_path):
     state.pop("fc2.bias")
     state["extra.weight"] = torch.zeros(1)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(ValueError, match=r"missing keys \['fc2.bias'\], extra keys \['extra.weight'\]"):
+    with pytest.raises(ValueError, match=r"does not fit DigitsCNN: 1 missing keys \['fc2.bias'\], 1 extra keys \['extra.weight'\]"):
         load_model("digits", weights=str(tmp_path / "bad.safetensors"))
     rnd = load_model("digits", random_weights=True)
     assert "random" in rnd.name

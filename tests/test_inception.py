@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from polylens.capture import capture
 from polylens.codes import extract_codes
 from polylens.models import images, load_model
-from polylens.models.inception import InceptionV1, channel_vectors, conv_layers, load_weights
+from polylens.models.inception import InceptionV1, conv_layers, load_weights
 
 # (in, out, kernel) of every convolution in torch-lucent's InceptionV1 (lucent 0.1.8,
 # lucent/modelzoo/inceptionv1/InceptionV1.py), transcribed: our parameter names must equal these.
@@ -107,6 +107,12 @@ def test_bad_weights_files(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="not a readable"):
         load_weights(InceptionV1(), tmp_path / "junk.pth")
+    state = {k: v.contiguous() for k, v in InceptionV1().state_dict().items()}
+    state["conv2d1_pre_relu_conv.bias"] = torch.zeros(65)
+    torch.save(state, tmp_path / "shape.pth")
+    with pytest.raises(ValueError, match=r"1 tensors of another shape, e.g. conv2d1_pre_relu_conv.bias is \(65,\) in the file but \(64,\)") as err:
+        load_weights(InceptionV1(), tmp_path / "shape.pth")
+    assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError):
         load_model("inceptionv1", weights=str(tmp_path / "none.pth"))
     with pytest.raises(ValueError, match="--random-weights"):
@@ -120,13 +126,16 @@ def test_url_download_failure_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def test_channel_vectors_fixed_position():
-    acts = torch.arange(2 * 3 * 5 * 4, dtype=torch.float32).reshape(2, 3, 5, 4)
-    vec = channel_vectors(acts)
-    assert vec.shape == (2, 3) and torch.equal(vec, acts[:, :, 2, 2])
-    assert torch.equal(channel_vectors(acts, (0, 3)), acts[:, :, 0, 3])
-    with pytest.raises(ValueError, match="inside the 5x4"):
-        channel_vectors(acts, (5, 0))
+def test_codes_of_the_channel_vector_at_one_position(adapter):
+    """The paper's InceptionV1 protocol: all channels at one fixed spatial position per image."""
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))  # mixed3a/3b maps: 12x12
+    layers = ["mixed3a_1x1_pre_relu_conv", "mixed3b_5x5_pre_relu_conv"]
+    got = capture(adapter.module, x, layers)
+    codes = extract_codes(adapter, x, layers, position=(3, 5))
+    want = np.concatenate([(got.activations[n][:, :, 3, 5] > 0).numpy() for n in layers], axis=1)
+    assert [s.size for s in codes.layers] == [64, 96] and np.array_equal(codes.unpack(), want)
+    with pytest.raises(ValueError, match="outside layer 'mixed3a_1x1_pre_relu_conv' of spatial size 12x12"):
+        extract_codes(adapter, x, layers, position=(12, 0))
 
 
 def test_images_from_folder_and_samples(tmp_path):

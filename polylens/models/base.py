@@ -1,9 +1,12 @@
-"""The one small interface behind which every model sits."""
+"""The one small interface behind which every model sits, and what the adapters share:
+their cache folder and the one way to load a weights file."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch (CLI start-up)
@@ -54,3 +57,56 @@ class ModelAdapter:
             shown = ", ".join(names[:40]) + (f", ... ({len(names) - 40} more)" if len(names) > 40 else "")
             raise ValueError(f"unknown layer {layer!r} for model {self.name}; available layers: {shown}")
         return layer
+
+
+def cache_dir() -> Path:
+    """Where adapters cache downloads and trained weights: ``$POLYLENS_CACHE``, else
+    ``$XDG_CACHE_HOME/polylens``, else ``~/.cache/polylens``."""
+    if os.environ.get("POLYLENS_CACHE"):
+        return Path(os.environ["POLYLENS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "polylens"
+
+
+def load_weights(model: nn.Module, path: str | Path, *, what: str | None = None) -> dict[str, str]:
+    """Load a weights file into ``model`` (in place); return the file's metadata (safetensors only).
+
+    The file is a ``.safetensors`` file or a torch state dict read with ``weights_only=True``
+    (never plain pickle). It must hold exactly the model's ``state_dict()`` keys with the same
+    shapes; anything else — missing or extra keys, other shapes, an unreadable file — is a
+    one-line ``ValueError`` (``what`` names the model in it), a missing file ``FileNotFoundError``.
+    """
+    import torch
+
+    path = Path(path)
+    what = what or type(model).__name__
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    meta: dict[str, str] = {}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                meta = dict(fh.metadata() or {})
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt files, pickled objects: safetensors and torch raise many types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights file {str(path)!r} is not a readable safetensors/torch state dict ({first})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    want = model.state_dict()
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or extra:
+        raise ValueError(f"weights file {str(path)!r} does not fit {what}: {len(missing)} missing keys {missing[:4]}, "
+                         f"{len(extra)} extra keys {extra[:4]}; it must hold exactly the model's state_dict() keys")
+    bad = [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ValueError(f"weights file {str(path)!r} does not fit {what}: {len(bad)} tensors of another shape, "
+                         f"e.g. {k} is {tuple(state[k].shape)} in the file but {tuple(want[k].shape)} in the model")
+    model.load_state_dict(state)
+    return meta

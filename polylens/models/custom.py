@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polylens.models.base import Activation, ModelAdapter
+from polylens.models.base import Activation, ModelAdapter, load_weights
 
 KINDS = get_args(Activation)
 
@@ -103,23 +103,6 @@ def traced_activations(model: nn.Module, example: Tensor) -> tuple[dict[str, str
     return found, list(dict.fromkeys(order))
 
 
-def _load_weights(model: nn.Module, weights) -> None:
-    path = Path(weights)
-    if path.suffix == ".safetensors":
-        from polylens.models.digits import load_state
-
-        load_state(model, path)
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} must hold a state dict")
-    missing, extra = model.load_state_dict(state, strict=False)
-    if missing or extra:
-        raise ValueError(f"weights file {path} does not fit the model: missing keys {list(missing)[:5]}, extra keys {list(extra)[:5]}")
-
-
 def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None, **_) -> ModelAdapter:
     """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
     fn, user_module = import_function(spec)
@@ -127,7 +110,7 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
-        _load_weights(model, weights)
+        load_weights(model, weights, what=f"{spec}'s module")
     model = model.to(device).eval()
     example_fn = getattr(user_module, "example_inputs", None)
     names = [n for n, _ in model.named_modules() if n]

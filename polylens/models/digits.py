@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polylens.models.base import ModelAdapter
+from polylens.models.base import ModelAdapter, cache_dir, load_weights
 
 VERSION = 1
 CLASSES = [str(i) for i in range(10)]
@@ -45,14 +45,6 @@ class DigitsCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
         return self.fc2(self.relu3(self.fc1(self.flatten(x))))
-
-
-def cache_dir() -> Path:
-    """Where trained weights are cached."""
-    if os.environ.get("POLYLENS_CACHE"):
-        return Path(os.environ["POLYLENS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "polylens"
 
 
 def digits_data(seed: int = 0) -> dict[str, np.ndarray]:
@@ -113,38 +105,13 @@ def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
         raise
 
 
-def load_state(model: nn.Module, path: str | Path) -> dict:
-    """Load safetensors weights into ``model``; missing/extra keys or shape mismatches → ValueError."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise ValueError(f"weights file {path} is not a readable safetensors file ({err})") from None
-    want = model.state_dict()
-    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-    if missing or extra:
-        raise ValueError(f"weights file {path} does not fit {type(model).__name__}: missing keys {missing[:5]}, extra keys {extra[:5]}")
-    bad = [k for k in want if want[k].shape != state[k].shape]
-    if bad:
-        raise ValueError(f"weights file {path}: shape mismatch for {bad[:5]}")
-    model.load_state_dict(state)
-    return meta
-
-
 def load(spec: str = "digits", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, epochs: int = 40, **_) -> ModelAdapter:
     """The digits CNN: trained-and-cached (default), from a safetensors ``weights`` file, or random."""
     if spec not in ("digits", None):
         raise ValueError(f"unknown digits model {spec!r}; the spec is just 'digits'")
     model = DigitsCNN()
     if weights is not None:
-        facts = {"weights": str(weights), **load_state(model, weights)}
+        facts = {"weights": str(weights), **load_weights(model, weights)}
         name = "digits-cnn"
     elif random_weights:
         torch.manual_seed(seed)
@@ -153,7 +120,7 @@ def load(spec: str = "digits", *, weights=None, random_weights: bool = False, de
     else:
         path = cache_dir() / f"digits-cnn-v{VERSION}-seed{seed}-e{epochs}.safetensors"
         if path.is_file():
-            facts = {"weights": str(path), "trained_now": False, **load_state(model, path)}
+            facts = {"weights": str(path), "trained_now": False, **load_weights(model, path)}
         else:
             model, facts = train_digits_cnn(seed, epochs)
             _save_atomic(model, path, facts)

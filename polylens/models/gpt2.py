@@ -308,7 +308,7 @@ def build_tokenizer_dir(target: Path | None = None) -> Path:
     import shutil
     import tempfile
 
-    from polylens.models.digits import cache_dir
+    from polylens.models.base import cache_dir
 
     target = target or cache_dir() / "gpt2-tokenizer"
     if (target / "tokenizer_config.json").is_file():

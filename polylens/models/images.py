@@ -97,3 +97,24 @@ def sample_images(n: int, size: int = 224, normalize: bool = False) -> Tensor:
             crops.append(preprocess(photo[:, left : left + h], size, None, normalize))
     order = [0, 3, 1, 4, 2, 5]  # alternate photos so small n sees both
     return torch.stack([crops[i] for i in order[:n]])
+
+
+def image_input(raw, *, normalize: bool = False, device: str = "cpu") -> Tensor:
+    """One model input ``[1, 3, 224, 224]`` from an index into ``sample_images`` (0–5; also as a
+    string of digits), an image file, or an array ``[3, 224, 224]`` already preprocessed.
+
+    normalize: ImageNet mean/std for torchvision models; without it pixels are in [0, 1] (InceptionV1).
+    """
+    if isinstance(raw, str) and raw.isdigit():
+        raw = int(raw)
+    if isinstance(raw, (int, np.integer)):
+        if not 0 <= raw < 6:
+            raise ValueError(f"input index {raw} must be between 0 and 5 (crops of the bundled sample photos)")
+        return sample_images(raw + 1, normalize=normalize)[raw : raw + 1].to(device)
+    if isinstance(raw, (str, Path)):
+        return load_image(raw, normalize=normalize)[None].to(device)
+    x = torch.as_tensor(np.asarray(raw), dtype=torch.float32)
+    if x.numel() != 3 * 224 * 224 or tuple(x.shape[-3:]) != (3, 224, 224):
+        scale = "ImageNet-normalised" if normalize else "in [0, 1]"
+        raise ValueError(f"an image input must be an array [3, 224, 224] ({scale}), got shape {tuple(x.shape)}")
+    return x.reshape(1, 3, 224, 224).to(device)

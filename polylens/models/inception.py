@@ -16,6 +16,7 @@ Padding replicates TF's "SAME" padding: asymmetric (more at the bottom/right) fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polylens.models.base import ModelAdapter
+from polylens.models import base, images
+from polylens.models.base import ModelAdapter, cache_dir
 
 WEIGHTS_URL = "https://github.com/ProGamerGov/pytorch-old-tensorflow-models/raw/master/inception5h.pth"
 
@@ -132,65 +134,24 @@ def conv_layers() -> list[str]:
     return names + [f"{block}_{branch}_pre_relu_conv" for block in BLOCKS for branch in order]
 
 
-def channel_vectors(acts: Tensor, position: tuple[int, int] | None = None) -> Tensor:
-    """The paper's InceptionV1 protocol: all channels at one fixed spatial position per image.
-
-    acts: ``[n, C, H, W]``; position: ``(row, col)``, default the centre ``(H // 2, W // 2)``.
-    Returns ``[n, C]`` (a copy).
-    """
-    if acts.dim() != 4:
-        raise ValueError(f"channel_vectors needs activations [n, C, H, W], got shape {tuple(acts.shape)}")
-    h, w = acts.shape[2:]
-    row, col = position if position is not None else (h // 2, w // 2)
-    if not (0 <= row < h and 0 <= col < w):
-        raise ValueError(f"position=({row}, {col}) must lie inside the {h}x{w} activation map")
-    return acts[:, :, row, col].clone()
-
-
-def read_state_dict(source: str | Path) -> dict[str, Tensor]:
-    """A state dict from a ``.safetensors`` file, a torch file (``weights_only=True``) or an http(s) URL."""
-    source = str(source)
-    if source.startswith(("http://", "https://")):
-        from polylens.models.digits import cache_dir
-
-        path = cache_dir() / ("inceptionv1-" + hashlib.sha256(source.encode()).hexdigest()[:12] + ".pth")
-        if not path.is_file():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(source, str(path), progress=False)
-            except Exception as err:  # network errors come in many types (URLError, HTTPError, OSError)
-                raise ValueError(f"weights={source!r}: download failed ({type(err).__name__}: {err}); "
-                                 "download the file elsewhere and pass weights=FILE") from None
-        source = str(path)
-    path = Path(source)
+def fetch(url: str) -> Path:
+    """Download ``url`` once into the polylens cache; a failed download is a one-line ValueError."""
+    path = cache_dir() / ("inceptionv1-" + hashlib.sha256(url.encode()).hexdigest()[:12] + ".pth")
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {source!r} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt or pickled-object files: one line, not a traceback
-        raise ValueError(f"weights file {source!r} is not a readable safetensors/torch state dict ({str(err).splitlines()[0]})") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"weights file {source!r} holds a {type(state).__name__}, not a state dict")
-    return state
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
+        except Exception as err:  # network errors come in many types (URLError, HTTPError, OSError)
+            raise ValueError(f"weights={url!r}: download failed ({type(err).__name__}: {err}); "
+                             "download the file elsewhere and pass weights=FILE") from None
+    return path
 
 
 def load_weights(model: InceptionV1, source: str | Path) -> None:
-    """Load ``source`` into ``model``; missing/extra keys or shape mismatches → one-line ValueError."""
-    state = read_state_dict(source)
-    want = model.state_dict()
-    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-    if missing or extra:
-        raise ValueError(f"weights {str(source)!r} do not fit InceptionV1 (Lucid layout): "
-                         f"{len(missing)} missing keys {missing[:4]}, {len(extra)} extra keys {extra[:4]}")
-    bad = [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
-    if bad:
-        raise ValueError(f"weights {str(source)!r}: shape mismatch for {bad[:4]}")
-    model.load_state_dict(state)
+    """Load a weights file or http(s) URL into ``model`` (``polylens.models.base.load_weights`` rules)."""
+    source = str(source)
+    path = fetch(source) if source.startswith(("http://", "https://")) else Path(source)
+    base.load_weights(model, path, what="InceptionV1 (Lucid layout)")
 
 
 def load(spec: str = "inceptionv1", *, weights=None, random_weights: bool = False, device: str = "cpu",
@@ -214,23 +175,6 @@ def load(spec: str = "inceptionv1", *, weights=None, random_weights: bool = Fals
 
 
 def _adapter(model: InceptionV1, name: str, facts: dict, device: str) -> ModelAdapter:
-    from polylens.models import images
-
-    def prepare(raw) -> Tensor:
-        """An index into the sample images, an image file, or an array ``[3, 224, 224]`` → ``[1, 3, 224, 224]``."""
-        if isinstance(raw, str) and raw.isdigit():
-            raw = int(raw)
-        if isinstance(raw, int):
-            if not 0 <= raw < 6:
-                raise ValueError(f"input index {raw} must be between 0 and 5 (crops of the bundled sample photos)")
-            return images.sample_images(raw + 1)[raw : raw + 1].to(device)
-        if isinstance(raw, (str, Path)):
-            return images.load_image(raw)[None].to(device)
-        x = torch.as_tensor(raw, dtype=torch.float32)
-        if tuple(x.shape[-3:]) != (3, 224, 224):
-            raise ValueError(f"an InceptionV1 input must be [3, 224, 224] in [0, 1], got shape {tuple(x.shape)}")
-        return x.reshape(1, 3, 224, 224).to(device)
-
     convs = conv_layers()
     relus = [c[: -len("_pre_relu_conv")] for c in convs]
     blocks = ["maxpool1", *BLOCKS]
@@ -239,7 +183,7 @@ def _adapter(model: InceptionV1, name: str, facts: dict, device: str) -> ModelAd
         module=model,
         activation_layers={c: "relu" for c in convs},
         space_layers=[n for pair in zip(convs, relus) for n in pair] + blocks,
-        prepare=prepare,
+        prepare=functools.partial(images.image_input, device=device),
         default_inputs=lambda n: images.sample_images(n).to(device),
         describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
         provenance={"model": name, "layout": "lucid", "input_range": "[0, 1] RGB, 224x224", **facts},

@@ -18,12 +18,14 @@ out-of-place so captured pre-activations stay intact. Inputs: ImageNet-normalise
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
 
 import torch
 from torch import Tensor, nn
 
-from polylens.models.base import ModelAdapter
+from polylens.models import images
+from polylens.models.base import ModelAdapter, load_weights
+from polylens.models.custom import traced_activations
 
 
 def import_torchvision():
@@ -87,14 +89,7 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
     if weights is not None or random_weights:
         model = tv.models.get_model(arch, weights=None, **extra)
         if weights is not None:
-            from polylens.models.inception import read_state_dict
-
-            state = read_state_dict(Path(weights))
-            want = model.state_dict()
-            missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-            if missing or unexpected:
-                raise ValueError(f"weights {str(weights)!r} do not fit torchvision {arch}: missing keys {missing[:4]}, extra keys {unexpected[:4]}")
-            model.load_state_dict(state)
+            load_weights(model, weights, what=f"torchvision {arch}")
             name, facts = f"torchvision:{arch}", {"weights": str(weights)}
         else:
             name, facts = f"torchvision:{arch} (random weights)", {"weights": "random", "seed": seed}
@@ -107,37 +102,18 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
         name, facts = f"torchvision:{arch}", {"weights": "torchvision DEFAULT"}
     model = model.to(device).eval()
     example = torch.zeros(1, 3, 224, 224, device=device)
-    from polylens.models.custom import traced_activations
-
     functional = _out_of_place(model)
     traced, order = traced_activations(model, example)
     found = {**traced, **functional}
     sites = {n: found[n] for n in order if n in found}  # forward order
-
-    def prepare(raw) -> Tensor:
-        """An image file, an index into the sample images, or an array ``[3, 224, 224]`` (normalised)."""
-        from polylens.models import images
-
-        if isinstance(raw, str) and raw.isdigit():
-            raw = int(raw)
-        if isinstance(raw, int):
-            return images.sample_images(raw + 1, normalize=True)[raw : raw + 1].to(device)
-        if isinstance(raw, (str, Path)):
-            return images.load_image(raw, normalize=True)[None].to(device)
-        return torch.as_tensor(raw, dtype=torch.float32).reshape(1, 3, 224, 224).to(device)
-
-    def default_inputs(n: int) -> Tensor:
-        from polylens.models import images
-
-        return images.sample_images(n, normalize=True).to(device)
 
     return ModelAdapter(
         name=name,
         module=model,
         activation_layers=sites,
         space_layers=[n for n in order if n],  # every module that ran, in forward order
-        prepare=prepare,
-        default_inputs=default_inputs,
+        prepare=functools.partial(images.image_input, normalize=True, device=device),
+        default_inputs=lambda n: images.sample_images(n, normalize=True).to(device),
         describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
         provenance={"model": name, "torchvision": tv.__version__, **facts},
     )
