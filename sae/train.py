@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sae.inits import NEEDS_DATA, initialize
+from sae.kernels import fused_backward_, kernel_supports
 from sae.model import SAEConfig, SparseAutoencoder
 from sae.store import CHECKPOINT, STATE, BatchSource, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 
@@ -42,6 +43,9 @@ class TrainConfig:
     """Write a checkpoint every this many steps (0: only at the end); needs an output folder."""
     bf16: bool = False
     """Run the forward pass under bfloat16 autocast."""
+    fused: bool = True
+    """Compute loss and gradients with the hand-derived kernel (``sae.kernels``) where it applies:
+    untied, no orthogonality penalty, fp32 (not ``bf16``); otherwise autograd."""
     init_samples: int = 8192
     """Samples drawn for the 'data'/'pca' inits and b_dec (the data mean)."""
     log_every: int = 50
@@ -106,12 +110,16 @@ class Trainer:
     def _init_sample(self) -> Tensor:
         c = self.config
         if self.source.array is not None:
-            return self.source.array[: c.init_samples].float()
-        if self.source.stream is not None:
-            return self.source.stream.sample(c.init_samples, self.source.generator(0, salt=1)).float()
-        if self.sae_config.init in NEEDS_DATA:
+            x = self.source.array[: c.init_samples].float()
+        elif self.source.stream is not None:
+            x = self.source.stream.sample(c.init_samples, self.source.generator(0, salt=1)).float()
+        elif self.sae_config.init in NEEDS_DATA:
             raise ValueError(f"init={self.sae_config.init!r} needs array or stream data, not a plain iterator")
-        return self.source.batch(0).float()
+        else:
+            x = self.source.batch(0).float()
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first")
+        return x
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
@@ -213,13 +221,15 @@ class Trainer:
     def fit(self) -> TrainResult:
         c, sae = self.config, self.sae
         sae.train()
-        sae.normalize_decoder_()
+        if self.step == 0:  # (not on resume: renormalising unit rows again would change their last bits)
+            sae.normalize_decoder_()
         bar = None
         if c.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, unit="step", dynamic_ncols=True)
         dev_type = torch.device(c.device).type
+        fused = c.fused and not c.bf16 and kernel_supports(self.sae_config)
         try:
             while self.step < c.steps:
                 x = self.source.batch(self.step)
@@ -229,13 +239,17 @@ class Trainer:
                     self._stop(f"batch at step {self.step} contains NaN or inf")
                 for group in self.opt.param_groups:
                     group["lr"] = lr_at(self.step, c)
-                with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=c.bf16):
-                    out = sae(x, dead=self.dead_mask())
+                if fused:
+                    out = fused_backward_(sae, x, dead=self.dead_mask())  # sets every .grad, no graph
+                else:
+                    with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=c.bf16):
+                        out = sae(x, dead=self.dead_mask())
                 loss = out.loss.float()
                 if not bool(torch.isfinite(loss)):
                     self._stop(f"loss became {float(loss)} at step {self.step}")
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if not fused:
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
                 sae.remove_parallel_grad_()
                 self.opt.step()
                 sae.normalize_decoder_()
@@ -249,7 +263,7 @@ class Trainer:
                     rec = {
                         "step": self.step,
                         "loss": float(loss.detach()),
-                        "mse": float(out.mse),
+                        "mse": float(out.mse.detach()),
                         "l0": float((out.acts != 0).float().sum(-1).mean()),
                         "dead_fraction": float(self.dead_mask().float().mean()),
                     }
