@@ -45,11 +45,8 @@ def example_inputs(n):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("POLYLENS_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+def trained(digits):
+    """The commands load the default model from the run's shared cache (conftest trains it once)."""
 
 
 @pytest.fixture

@@ -6,32 +6,31 @@ from safetensors.torch import save_file
 from polylens.codes import extract_codes
 from polylens.density import boundary_density
 from polylens.models import load_model
+from polylens.models.digits import digits_data
 from polylens.paths import interpolation_path
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("POLYLENS_CACHE", str(cache))
-    yield load_model(None), cache, mp
-    mp.undo()
-
-
-def test_trains_once_caches_and_reloads_identically(digits):
-    adapter, cache, _ = digits
+def test_trains_on_first_use_caches_and_reloads_identically(tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path))  # an empty cache; 2 epochs keep it fast
+    adapter = load_model(None, epochs=2)
     assert adapter.name == "digits-cnn" and adapter.provenance["trained_now"] is True
-    assert adapter.provenance["test_accuracy"] >= 0.9
-    files = list(cache.glob("*.safetensors"))
-    assert len(files) == 1 and not list(cache.glob(".*"))  # atomic write leaves no temp file
-    again = load_model("digits")
-    assert again.provenance["trained_now"] is False
+    files = list(tmp_path.glob("*.safetensors"))
+    assert [f.name for f in files] == ["digits-cnn-v1-seed0-e2.safetensors"] and not list(tmp_path.glob(".*"))  # atomic write
+    again = load_model("digits", epochs=2)
+    assert again.provenance["trained_now"] is False and again.provenance["epochs"] == "2"
     for (k, v), (k2, v2) in zip(adapter.module.state_dict().items(), again.module.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
 
 
+def test_default_model_is_accurate_on_held_out_digits(digits):
+    data = digits_data(seed=0)
+    with torch.no_grad():
+        pred = digits.module(torch.from_numpy(data["x_test"])).argmax(1).numpy()
+    assert (pred == data["y_test"]).mean() >= 0.9
+
+
 def test_layers_inputs_and_outputs(digits):
-    adapter = digits[0]
+    adapter = digits
     assert adapter.piecewise_linear and list(adapter.activation_layers) == ["conv1", "conv2", "fc1"]
     x = adapter.default_inputs(5)
     assert x.shape == (5, 1, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
@@ -47,7 +46,7 @@ def test_layers_inputs_and_outputs(digits):
 
 
 def test_input_files(digits, tmp_path):
-    adapter = digits[0]
+    adapter = digits
     arr = np.random.default_rng(0).random((8, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", arr)
     assert torch.allclose(adapter.prepare(str(tmp_path / "x.npy")).flatten(), torch.from_numpy(arr).flatten())
@@ -60,7 +59,7 @@ def test_input_files(digits, tmp_path):
 
 
 def test_weights_file_round_trip_and_bad_keys(digits, tmp_path):
-    adapter = digits[0]
+    adapter = digits
     good = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in adapter.module.state_dict().items()}, str(good))
     loaded = load_model("digits", weights=str(good))
@@ -77,7 +76,7 @@ def test_weights_file_round_trip_and_bad_keys(digits, tmp_path):
 
 
 def test_interpolation_between_classes_changes_the_output(digits):
-    adapter = digits[0]
+    adapter = digits
     x = adapter.default_inputs(40)
     labels = adapter.describe_output(adapter.module(x))
     i = 0
