@@ -254,7 +254,7 @@ class Trainer:
                 self.opt.step()
                 sae.normalize_decoder_()
                 with torch.no_grad():
-                    fired = (out.acts != 0).any(0)
+                    fired = out.fired if fused else (out.acts != 0).any(0)  # the same mask (acts >= 0)
                     self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0])
                 self.step += 1
                 if c.resample_every and self.sae_config.arch == "relu" and self.step % c.resample_every == 0 and self.step < c.steps:
