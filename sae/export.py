@@ -127,41 +127,9 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
     and ``apply_b_dec_to_input: false`` (``b_enc += b_dec W_enc``). Safetensors only, no pickle.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"SAELens folder {folder} does not exist")
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}; a SAELens SAE folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    cfg = read_json(folder / CONFIG_FILE)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{folder / CONFIG_FILE} must hold a JSON object; got {type(cfg).__name__}")
-    tensors, _ = load_tensors(folder / WEIGHTS_FILE)
+    cfg, tensors = _read(folder)
+    arch, d_in, n = _check(cfg, tensors, folder)
     where = folder / CONFIG_FILE
-
-    arch = cfg.get("architecture", "standard")
-    if arch not in ("standard", "topk", "jumprelu"):
-        raise ValueError(f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk and jumprelu (one shared threshold)")
-    for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
-        if cfg.get(key) not in ok:
-            raise ValueError(f"{where}: {key}={cfg.get(key)!r} is not supported; only 'none' can be imported")
-    try:
-        d_in, n = int(cfg["d_in"]), int(cfg["d_sae"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where} lacks a valid d_in/d_sae ({err})") from None
-
-    shapes = {"W_enc": (d_in, n), "W_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)}
-    if arch == "jumprelu":
-        shapes["threshold"] = (n,)
-    missing = sorted(set(shapes) - set(tensors))
-    if missing:
-        raise ValueError(f"{folder / WEIGHTS_FILE} lacks {', '.join(missing)} (architecture {arch!r} needs {', '.join(shapes)})")
-    for key in sorted(set(tensors) - set(shapes)):
-        if key not in _IGNORED_KEYS or not bool((tensors[key] == 1).all()):
-            raise ValueError(f"{folder / WEIGHTS_FILE} holds {key!r}, which polylens cannot represent (expected only {', '.join(shapes)})")
-    for key, shape in shapes.items():
-        if tuple(tensors[key].shape) != shape:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: {key} has shape {tuple(tensors[key].shape)}, but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}")
-
     dtype = _DTYPES.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), torch.float32)
     # Fold in float64; unfolded values survive the float64 round trip bit for bit.
     W_enc, W_dec, b_enc, b_dec = (tensors[k].double() for k in ("W_enc", "W_dec", "b_enc", "b_dec"))
@@ -172,32 +140,68 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
     if not cfg.get("apply_b_dec_to_input", True):
         b_enc, folded = b_enc + b_dec @ W_enc, True
 
-    meta = cfg.get("metadata") or {}
-    config = _config(cfg, meta, arch, d_in, n, tensors, W_dec, where)
+    config = _config(cfg, arch, d_in, n, tensors, W_dec, where)
     state = {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec}
     if config.tied:
         if folded or not torch.equal(tensors["W_dec"], tensors["W_enc"].T):
             raise ValueError(f"{where} says tied, but W_dec is not W_encᵀ; remove 'tied' from metadata.polylens to import it untied")
     else:
         state["W_dec"] = W_dec
-    if arch == "jumprelu":
-        state["threshold"] = tensors["threshold"][0].double()
-    else:
-        state["threshold"] = torch.zeros((), dtype=torch.float64)
-
-    sae = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0))  # weights replaced below
-    sae = sae.to(dtype)
+    state["threshold"] = tensors["threshold"][0].double() if arch == "jumprelu" else torch.zeros((), dtype=torch.float64)
+    sae = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0)).to(dtype)  # weights replaced below
     sae.load_state_dict({k: v.to(dtype) for k, v in state.items()})
     return sae.eval()
 
 
-def _config(cfg: dict, meta: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor], W_dec: Tensor, where: Path) -> SAEConfig:
+def _read(folder: Path) -> tuple[dict, dict[str, Tensor]]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SAELens folder {folder} does not exist")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}; a SAELens SAE folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+    cfg = read_json(folder / CONFIG_FILE)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{folder / CONFIG_FILE} must hold a JSON object; got {type(cfg).__name__}")
+    tensors, _ = load_tensors(folder / WEIGHTS_FILE)
+    return cfg, tensors
+
+
+def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, int, int]:
+    """The architecture and sizes, after checking that we can represent this SAE exactly."""
+    where, wfile = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    arch = cfg.get("architecture", "standard")
+    if arch not in ("standard", "topk", "jumprelu"):
+        raise ValueError(f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk and jumprelu (one shared threshold)")
+    for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
+        if cfg.get(key) not in ok:
+            raise ValueError(f"{where}: {key}={cfg.get(key)!r} is not supported; only 'none' can be imported")
+    try:
+        d_in, n = int(cfg["d_in"]), int(cfg["d_sae"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where} lacks a valid d_in/d_sae ({err})") from None
+    shapes = {"W_enc": (d_in, n), "W_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)}
+    if arch == "jumprelu":
+        shapes["threshold"] = (n,)
+    missing = sorted(set(shapes) - set(tensors))
+    if missing:
+        raise ValueError(f"{wfile} lacks {', '.join(missing)} (architecture {arch!r} needs {', '.join(shapes)})")
+    for key in sorted(set(tensors) - set(shapes)):
+        if key not in _IGNORED_KEYS or not bool((tensors[key] == 1).all()):
+            raise ValueError(f"{wfile} holds {key!r}, which polylens cannot represent (expected only {', '.join(shapes)})")
+    for key, shape in shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(f"{wfile}: {key} has shape {tuple(tensors[key].shape)}, but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}")
+    return arch, d_in, n
+
+
+def _config(cfg: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor], W_dec: Tensor, where: Path) -> SAEConfig:
     """Our config: cfg.json's SAELens fields win; the rest from metadata.polylens when present."""
-    ours = meta.get("polylens") if isinstance(meta.get("polylens"), dict) else {}
+    meta = _dict(cfg.get("metadata"))
+    ours = _dict(meta.get("polylens"))
     known = {f.name for f in dataclasses.fields(SAEConfig)}
     fields = {k: v for k, v in ours.items() if k in known}
     fields.update(d_in=d_in, dict_size=n, arch={"standard": "relu", "topk": "topk", "jumprelu": "batchtopk"}[arch])
-    details = meta.get("training_architecture_details") or {}
+    details = _dict(meta.get("training_architecture_details"))
     if arch == "topk":
         fields["k"] = cfg.get("k")
     elif arch == "jumprelu":
@@ -220,3 +224,7 @@ def _config(cfg: dict, meta: dict, arch: str, d_in: int, n: int, tensors: dict[s
         return SAEConfig(**fields)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
