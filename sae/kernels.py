@@ -2,7 +2,7 @@
 
 For each of E stacked SAEs (a single SAE is E = 1), with xc = x − b_dec, B the batch size:
 
-    pre = xc W_enc + b_enc,  a = f(pre),  err = a W_dec + b_dec − x
+    pre = xc W_enc + b_enc,  a = f(pre),  err = a W_dec + b_dec − x = a W_dec − xc
     loss = ‖err‖²/B + l1·Σ a·w/B + aux_coef·AuxK          (w = 1, or ‖W_dec row‖ for weighted_l1)
 
 and, with g = 2·err/B and m = [a > 0] (ReLU, and the kept entries of TopK/BatchTopK),
@@ -10,22 +10,30 @@ and, with g = 2·err/B and m = [a > 0] (ReLU, and the kept entries of TopK/Batch
     ∂W_dec = aᵀ g (+ l1·Σ_b a · W_dec/‖W_dec‖/B)      ∂a = g W_decᵀ + l1·w/B
     ∂pre = ∂a ⊙ m,   ∂b_enc = Σ_b ∂pre,   ∂W_enc = xcᵀ ∂pre,   ∂b_dec = Σ_b g − W_enc ∂b_enc.
 
-Five matmuls instead of autograd's six: the b_dec gradient through the encoder is the
-vector–matrix product W_enc ∂b_enc, not the [B, d] matrix ∂pre W_encᵀ summed over the batch.
-The few elementwise passes over [B, n] write into the matmuls' outputs (ReLU in place, the
-mask as a multiply in place). The AuxK term (Gao et al. 2024) is derived the same way.
+Dense path: five matmuls instead of autograd's six (the b_dec gradient through the encoder is the
+vector–matrix product W_enc ∂b_enc, not ∂pre W_encᵀ summed over the batch); ReLU, the mask and
+the biases are applied inside or in place on the matmuls' outputs, with no [B, n] bool tensor.
+Sparse path (CPU, fewer than ``SPARSE_MAX_DENSITY`` of the entries active): only the encoder is a
+dense matmul; a W_dec, aᵀ g and xcᵀ ∂pre are ``embedding_bag`` sums over the active entries and
+g W_decᵀ is sampled at them (``torch.sparse.sampled_addmm``). AuxK (Gao et al. 2024) uses the
+dense path.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sae.model import SAEConfig, SparseAutoencoder
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk")
+SPARSE_MAX_DENSITY = 0.1
+"""Fraction of active entries under which the sparse path is taken (the crossover measured by
+bench/bench_sae_kernels.py at d=256, 512 latents, batch 4096)."""
 
 
 class SAEGrads(NamedTuple):
@@ -50,23 +58,6 @@ class KernelOutput(NamedTuple):
     kept_min: Tensor | None  # batchtopk: [E] smallest kept positive activation (inf: none); else None
 
 
-def _activate_(pre: Tensor, arch: str, k: int) -> tuple[Tensor, Tensor | None]:
-    """Activations ``[E, B, n]`` from ``pre`` (ReLU applied in place on ``pre``; the caller keeps no
-    other use of it) and, for BatchTopK, each member's smallest kept positive value."""
-    post = pre.relu_()
-    if arch == "relu":
-        return post, None
-    E, B, n = post.shape
-    if arch == "topk":
-        vals, idx = post.topk(k, dim=-1)
-        return torch.zeros_like(post).scatter_(-1, idx, vals), None
-    flat = post.reshape(E, B * n)
-    vals, idx = flat.topk(min(k * B, B * n), dim=-1)
-    acts = torch.zeros_like(flat).scatter_(-1, idx, vals).reshape(E, B, n)
-    kept_min = torch.where(vals > 0, vals, torch.full_like(vals, float("inf"))).amin(-1)
-    return acts, kept_min
-
-
 def sae_loss_and_grads(
     x: Tensor,
     W_enc: Tensor,
@@ -81,72 +72,198 @@ def sae_loss_and_grads(
     aux_coef: float = 0.0,
     aux_k: int = 0,
     dead: Tensor | None = None,
+    sparse: bool | None = None,
 ) -> KernelOutput:
     """Loss and gradients of E stacked untied SAEs on one batch (the maths in the module docstring).
 
     ``x [B, d]`` is shared by all members (or ``[E, B, d]``, one batch each); parameters are
     ``W_enc [E, d, n]``, ``b_enc [E, n]``, ``W_dec [E, n, d]``, ``b_dec [E, d]``; ``l1`` a float or
-    a per-member ``[E]`` tensor (relu only); ``dead [E, n]`` (bool) turns on AuxK for topk /
-    batchtopk when ``aux_coef > 0``, as ``SparseAutoencoder.forward``. No tensor argument is changed.
+    a per-member ``[E]`` tensor (relu only); ``dead [E, n]`` or ``[n]`` (bool) turns on AuxK for
+    topk / batchtopk when ``aux_coef > 0``, as ``SparseAutoencoder.forward``. ``sparse``: force the
+    sparse (True) or dense (False) path (AuxK steps are always dense); None picks by density.
+    No tensor argument is changed.
     """
-    if arch not in KERNEL_ARCHS:
-        raise ValueError(f"arch={arch!r} is not supported by the kernel; choose one of {', '.join(KERNEL_ARCHS)}")
+    _check(x, W_enc, b_enc, W_dec, b_dec, arch, k)
     E, d, n = W_enc.shape
     B = x.shape[-2]
     xs = x.unsqueeze(0) if x.dim() == 2 else x  # [1 or E, B, d]
     xc = xs - b_dec.unsqueeze(1)  # [E, B, d] (a new tensor: x is never written)
     pre = torch.baddbmm(b_enc.unsqueeze(1), xc, W_enc)  # [E, B, n]
-    acts, kept_min = _activate_(pre, arch, k)
-    err = torch.baddbmm(xc, acts, W_dec, beta=-1)  # a W_dec + b_dec − x = a W_dec − xc  [E, B, d]
-    mse = torch.linalg.vecdot(err.reshape(E, -1), err.reshape(E, -1)) / B
+    acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k)  # pre now holds ReLU(pre)
+    use_aux = arch != "relu" and aux_coef > 0 and dead is not None and bool(dead.any())
+    pattern = None
+    if not use_aux and (sparse or (sparse is None and _sparse_pays(acts, topk_idx))):
+        pattern = _Pattern.from_dense(acts) if topk_idx is None else _Pattern.from_topk(topk_vals, topk_idx, n)
     g_scale = 2.0 / B  # ∂(‖err‖²/B)/∂err = g_scale·err
 
-    gW_dec = torch.bmm(acts.transpose(1, 2), err).mul_(g_scale)  # aᵀ g
-    act_sum = acts.sum(1)  # [E, n] (acts >= 0: also which latents fired)
-    zero = mse.new_zeros(E)
-    sparsity = zero
-    latent_bias = None  # ∂loss/∂a not coming through the decoder: l1·w/B  [E, 1, n]
-    if arch == "relu":
-        l1v = torch.as_tensor(l1, dtype=W_enc.dtype, device=W_enc.device).expand(E)
-        if bool((l1v != 0).any()):
-            if decoder_norm == "weighted_l1":
-                norms = W_dec.norm(dim=-1)  # [E, n]
-                sparsity = l1v * torch.linalg.vecdot(act_sum, norms) / B
-                latent_bias = (l1v.unsqueeze(1) * norms / B).unsqueeze(1)
-                # ∂‖w‖/∂w = w/‖w‖ (0 for a zero row, as autograd's norm backward)
-                inv = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
-                gW_dec.add_(W_dec * (l1v.unsqueeze(1) * act_sum * inv / B).unsqueeze(-1))
-            else:
-                sparsity = l1v * act_sum.sum(-1) / B
-                latent_bias = (l1v / B).reshape(E, 1, 1).expand(E, 1, n)
-
-    # ∂pre = (g W_decᵀ + l1·w/B) ⊙ [a > 0], masked in the matmul's own output buffer
-    # (threshold_backward is ReLU's backward: one pass, no [B, n] bool mask).
-    W_decT = W_dec.transpose(1, 2)
-    if latent_bias is None:
-        g_pre = torch.bmm(err, W_decT).mul_(g_scale)
+    # Decoder: err = a W_dec − xc, ∂W_dec = aᵀ g.
+    if pattern is None:
+        err = torch.baddbmm(xc, acts, W_dec, beta=-1)  # [E, B, d]
+        gW_dec = torch.bmm(acts.transpose(1, 2), err).mul_(g_scale)
+        act_sum = acts.sum(1)  # [E, n]
     else:
-        g_pre = torch.baddbmm(latent_bias, err, W_decT, alpha=g_scale)
-    torch.ops.aten.threshold_backward.grad_input(g_pre, acts, 0, grad_input=g_pre)
+        err = pattern.times(pattern.vals, W_dec).sub_(xc)
+        gW_dec = pattern.t_times(pattern.vals, err).mul_(g_scale)
+        act_sum = pattern.col_sum(pattern.vals)
+    mse = torch.linalg.vecdot(err.reshape(E, -1), err.reshape(E, -1)) / B
+    sparsity, latent_bias = _l1_(arch, l1, decoder_norm, act_sum, W_dec, B, gW_dec)
 
-    aux = zero
-    if arch != "relu" and aux_coef > 0 and dead is not None and bool(dead.any()):
-        aux = _auxk_(pre, err, W_dec, dead, aux_coef, aux_k, d, gW_dec, g_pre)
-
-    gb_enc = g_pre.sum(1)  # [E, n]
-    gW_enc = torch.bmm(xc.transpose(1, 2), g_pre)  # [E, d, n]
+    aux = mse.new_zeros(E)
+    if pattern is None:
+        # ∂pre = (g W_decᵀ + l1·w/B) ⊙ [a > 0], masked in the matmul's own output buffer
+        # (threshold_backward is ReLU's backward: one pass, no [B, n] bool mask).
+        W_decT = W_dec.transpose(1, 2)
+        if latent_bias is None:
+            g_pre = torch.bmm(err, W_decT).mul_(g_scale)
+        else:
+            g_pre = torch.baddbmm(latent_bias.unsqueeze(1), err, W_decT, alpha=g_scale)
+        torch.ops.aten.threshold_backward.grad_input(g_pre, acts, 0, grad_input=g_pre)
+        if use_aux:
+            aux = _auxk_(pre, err, W_dec, dead, aux_coef, aux_k, gW_dec, g_pre)
+        gb_enc = g_pre.sum(1)  # [E, n]
+        gW_enc = torch.bmm(xc.transpose(1, 2), g_pre)  # [E, d, n]
+    else:
+        # The same at the active entries only (a sampled product), then two sparse ᵀ-products.
+        g_vals = pattern.sample(err, W_dec).mul_(g_scale)
+        if latent_bias is not None:
+            g_vals.add_(latent_bias.reshape(-1)[pattern.cols])
+        if topk_idx is not None:  # TopK keeps zeros when fewer than k are positive: no gradient there
+            g_vals.mul_(pattern.vals > 0)
+        gb_enc = pattern.col_sum(g_vals)
+        gW_enc = pattern.t_times(g_vals, xc).transpose(1, 2).contiguous()
     # ∂b_dec: +Σ_b g from the decoder, −W_enc ∂b_enc from the encoder (xc = x − b_dec).
     gb_dec = err.sum(1).mul_(g_scale).sub_(torch.bmm(W_enc, gb_enc.unsqueeze(-1)).squeeze(-1))
-    loss = mse + sparsity + aux
     grads = SAEGrads(gW_enc, gb_enc, gW_dec, gb_dec)
-    return KernelOutput(loss, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
+    return KernelOutput(mse + sparsity + aux, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
 
 
-def _auxk_(post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, aux_k: int, d: int,
-           gW_dec: Tensor, g_pre: Tensor) -> Tensor:
+def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, arch: str, k: int) -> None:
+    if arch not in KERNEL_ARCHS:
+        raise ValueError(f"arch={arch!r} is not supported by the kernel; choose one of {', '.join(KERNEL_ARCHS)}")
+    if W_enc.dim() != 3:
+        raise ValueError(f"W_enc must be [E, d, n] (a single SAE: W_enc.unsqueeze(0)); got shape {tuple(W_enc.shape)}")
+    E, d, n = W_enc.shape
+    for name, t, shape in (("b_enc", b_enc, (E, n)), ("W_dec", W_dec, (E, n, d)), ("b_dec", b_dec, (E, d))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}; with W_enc of shape {(E, d, n)} it must be {shape}")
+    if not (x.dim() == 2 or (x.dim() == 3 and x.shape[0] == E)) or x.shape[-1] != d:
+        raise ValueError(f"x has shape {tuple(x.shape)}; it must be [batch, d={d}] or [E={E}, batch, d={d}]")
+    if arch != "relu" and not 0 < k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of latents n={n} for arch={arch!r}")
+
+
+def _activate_(pre: Tensor, arch: str, k: int) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """``(acts [E, B, n], topk_vals, topk_idx, kept_min)``; ``pre`` is overwritten with ReLU(pre).
+    TopK also returns its ``[E, B, k]`` values and indices (the sparsity pattern), BatchTopK each
+    member's smallest kept positive value (inf: none) for the inference threshold."""
+    post = pre.relu_()
+    if arch == "relu":
+        return post, None, None, None
+    E, B, n = post.shape
+    if arch == "topk":
+        vals, idx = post.topk(k, dim=-1, sorted=False)  # the same entries as sorted=True, unordered
+        return torch.zeros_like(post).scatter_(-1, idx, vals), vals, idx, None
+    flat = post.reshape(E, B * n)
+    vals, idx = flat.topk(min(k * B, B * n), dim=-1, sorted=False)
+    acts = torch.zeros_like(flat).scatter_(-1, idx, vals).reshape(E, B, n)
+    kept_min = torch.where(vals > 0, vals, torch.full_like(vals, float("inf"))).amin(-1)
+    return acts, None, None, kept_min
+
+
+def _l1_(arch: str, l1, decoder_norm: str, act_sum: Tensor, W_dec: Tensor, B: int, gW_dec: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The L1 term ``[E]`` and ``l1·w/B [E, n]`` (its gradient in each activation; None when there
+    is no L1); adds the weighted-L1 gradient in the row norms into ``gW_dec`` in place."""
+    E, n = act_sum.shape
+    if arch != "relu":
+        return act_sum.new_zeros(E), None
+    l1v = torch.as_tensor(l1, dtype=W_dec.dtype, device=W_dec.device).expand(E)
+    if not bool((l1v != 0).any()):
+        return act_sum.new_zeros(E), None
+    if decoder_norm != "weighted_l1":
+        return l1v * act_sum.sum(-1) / B, (l1v / B).unsqueeze(1).expand(E, n)
+    norms = W_dec.norm(dim=-1)  # [E, n]
+    # ∂‖w‖/∂w = w/‖w‖ (0 for a zero row, as autograd's norm backward)
+    inv = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
+    gW_dec.add_(W_dec * (l1v.unsqueeze(1) * act_sum * inv / B).unsqueeze(-1))
+    return l1v * torch.linalg.vecdot(act_sum, norms) / B, l1v.unsqueeze(1) * norms / B
+
+
+def _sparse_pays(acts: Tensor, topk_idx: Tensor | None) -> bool:
+    if not acts.is_cpu:  # embedding_bag sums beat dense matmuls on CPU; not measured elsewhere
+        return False
+    if topk_idx is not None:
+        return topk_idx.shape[-1] < SPARSE_MAX_DENSITY * acts.shape[-1]
+    head = acts[:, :256]  # a density estimate: counting every entry costs a tenth of the sparse step
+    return int(torch.count_nonzero(head)) < SPARSE_MAX_DENSITY * head.numel()
+
+
+class _Pattern:
+    """The active entries of ``acts [E, B, n]``: E·B bags of global latent indices (e·n + j) in
+    row order, and the same entries grouped by latent. Products with the sparse activation
+    matrix are ``embedding_bag`` sums: O(nnz·d) instead of O(B·n·d)."""
+
+    def __init__(self, rows: Tensor, cols: Tensor, vals: Tensor, E: int, B: int, n: int):
+        self.E, self.B, self.n = E, B, n
+        self.rows, self.cols, self.vals = rows, cols, vals  # [nnz] each, ordered by row
+        self.row_start = _starts(rows, E * B)
+        self.perm = torch.sort(cols, stable=True).indices  # entries grouped by latent
+        self.rows_by_col = rows[self.perm]
+        self.col_start = _starts(cols, E * n)
+
+    @classmethod
+    def from_dense(cls, acts: Tensor) -> _Pattern:
+        E, B, n = acts.shape
+        flat = acts.reshape(-1).nonzero().squeeze(1)  # e·B·n + b·n + j, increasing
+        rows = flat.div(n, rounding_mode="floor")  # e·B + b
+        cols = flat - rows * n + rows.div(B, rounding_mode="floor") * n  # e·n + j
+        return cls(rows, cols, acts.reshape(-1)[flat], E, B, n)
+
+    @classmethod
+    def from_topk(cls, vals: Tensor, idx: Tensor, n: int) -> _Pattern:
+        E, B, k = idx.shape
+        rows = torch.arange(E * B, device=idx.device).repeat_interleave(k)
+        cols = idx + torch.arange(E, device=idx.device).mul_(n).view(E, 1, 1)
+        return cls(rows, cols.reshape(-1), vals.reshape(-1), E, B, n)
+
+    def times(self, vals: Tensor, M: Tensor) -> Tensor:
+        """``A M`` per member for the sparse ``A [E, B, n]`` holding ``vals``; ``M [E, n, d]`` → ``[E, B, d]``."""
+        E, _, d = M.shape
+        out = F.embedding_bag(self.cols, M.reshape(-1, d), self.row_start, mode="sum", per_sample_weights=vals)
+        return out.view(E, self.B, d)
+
+    def t_times(self, vals: Tensor, M: Tensor) -> Tensor:
+        """``Aᵀ M`` per member; ``M [E, B, d]`` → ``[E, n, d]``."""
+        E, _, d = M.shape
+        out = F.embedding_bag(self.rows_by_col, M.reshape(-1, d), self.col_start, mode="sum",
+                              per_sample_weights=vals[self.perm])  # fmt: skip
+        return out.view(E, self.n, d)
+
+    def sample(self, G: Tensor, W: Tensor) -> Tensor:
+        """``G Wᵀ`` at the active entries ``[nnz]``, for ``G [E, B, d]``, ``W [E, n, d]``."""
+        d = W.shape[-1]
+        crow = torch.cat([self.row_start, self.row_start.new_tensor([self.cols.numel()])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR tensor support is in beta state"
+            S = torch.sparse_csr_tensor(crow, self.cols, torch.empty_like(self.vals), (self.E * self.B, self.E * self.n),
+                                        check_invariants=False)  # fmt: skip
+            return torch.sparse.sampled_addmm(S, G.reshape(-1, d), W.reshape(-1, d).T, beta=0.0).values()
+
+    def col_sum(self, vals: Tensor) -> Tensor:
+        """Σ over the batch of the entries ``vals``, per latent ``[E, n]``."""
+        return vals.new_zeros(self.E * self.n).index_add_(0, self.cols, vals).view(self.E, self.n)
+
+
+def _starts(sorted_ids: Tensor, n_groups: int) -> Tensor:
+    """Offset of each group's first entry in ``sorted_ids`` (embedding_bag's offsets)."""
+    counts = torch.bincount(sorted_ids, minlength=n_groups)
+    return torch.cumsum(counts, 0).sub_(counts)
+
+
+def _auxk_(post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, aux_k: int, gW_dec: Tensor, g_pre: Tensor) -> Tensor:
     """AuxK (as ``sae.model.auxk_loss``): adds its gradients into ``gW_dec`` and ``g_pre`` in place
     and returns the per-member term ``[E]``. ``post`` is ReLU(pre); ``err`` is recon − x."""
     E, B, n = post.shape
+    d = err.shape[-1]
     dead = dead.reshape(-1, n).expand(E, n)
     out = post.new_zeros(E)
     for e in range(E):  # members may have different numbers of dead latents (so different k_aux)
@@ -156,7 +273,7 @@ def _auxk_(post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, 
         masked = torch.where(dead[e], post[e], torch.zeros_like(post[e]))
         vals, idx = masked.topk(k_aux, dim=-1)
         aux_acts = torch.zeros_like(masked).scatter_(-1, idx, vals)  # [B, n]
-        r = err[e]  # the residual's negative: the target of aux_recon is x − x̂ = −err
+        r = err[e]  # the target of aux_recon is x − x̂ = −err
         e_aux = torch.addmm(r, aux_acts, W_dec[e])  # aux_recon − (x − x̂)
         r_c = r - r.mean(0)
         den = (torch.linalg.vecdot(r_c.reshape(-1), r_c.reshape(-1)) / B).clamp_min(1e-12)
@@ -176,24 +293,24 @@ def kernel_supports(config: SAEConfig) -> bool:
 
 
 @torch.no_grad()
-def fused_backward_(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = None) -> KernelOutput:
+def fused_backward_(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = None, sparse: bool | None = None) -> KernelOutput:
     """``sae(x, dead).loss.backward()`` without autograd: sets each parameter's ``.grad`` (replacing
-    it) and, for BatchTopK in training mode, updates ``sae.threshold`` as ``sae.activate`` does.
-    Returns the step's losses as scalars and ``acts [B, n]``; gradients keep a leading E = 1."""
+    it) and, for BatchTopK, updates ``sae.threshold`` as ``sae.activate`` does in training mode.
+    Returns the losses as scalars, ``acts [B, n]`` and ``fired [n]``; gradients keep a leading 1."""
     c = sae.config
     if not kernel_supports(c):
         raise ValueError(f"the kernel needs an untied SAE without orthogonality penalty and arch in {KERNEL_ARCHS}; "
-                         f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}")
+                         f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}")  # fmt: skip
     if c.arch == "batchtopk" and not sae.training:
         raise ValueError("the kernel computes BatchTopK's training rule; call sae.train() first (eval uses the threshold θ)")
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     out = sae_loss_and_grads(
         x, *(p.unsqueeze(0) for p in params), arch=c.arch, l1=c.l1, k=c.k, decoder_norm=c.decoder_norm,
-        aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead,
+        aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead, sparse=sparse,
     )  # fmt: skip
     for p, g in zip(params, out.grads):
         p.grad = g[0]
-    if c.arch == "batchtopk" and sae.training and bool(torch.isfinite(out.kept_min[0])):
+    if c.arch == "batchtopk" and bool(torch.isfinite(out.kept_min[0])):
         m = out.kept_min[0].to(sae.threshold.dtype)  # the EMA of SparseAutoencoder.activate
         first = bool(sae.threshold == 0)
         sae.threshold.copy_(m if first else c.threshold_decay * sae.threshold + (1 - c.threshold_decay) * m)
