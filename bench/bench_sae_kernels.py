@@ -17,6 +17,7 @@ each other: compare --threads 1 before quoting a number.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -140,10 +141,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = SharkeyData(SharkeyConfig(n_features=N, d=D))
     batches = [data.sample(BATCH, torch.Generator().manual_seed(i)) for i in range(max(4, args.trainer_steps))]
-    print(f"d={D}, {N} latents, batch {BATCH}, fp32, threads {torch.get_num_threads()}")
+    print(f"d={D}, {N} latents, batch {BATCH}, fp32, threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     bench_loss_and_grads(batches[:4], args.steps)
     bench_trainer(batches[: args.trainer_steps], args.repeats)
     bench_paths(batches[0], max(5, args.steps // 2))
+    print(f"load average now {os.getloadavg()[0]:.2f} (the machine may be shared: rerun before quoting a number)")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ from sae.model import SAEConfig, SparseAutoencoder
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk")
 SPARSE_MAX_DENSITY = 0.1
-"""Fraction of active entries under which the sparse path is taken (the crossover measured by
-bench/bench_sae_kernels.py at d=256, 512 latents, batch 4096)."""
+"""Fraction of active entries under which the sparse path is taken. bench/bench_sae_kernels.py at
+d=256, 512 latents, batch 4096 (1 and 2 threads): sparse 2.7x faster at 0.01, 1.3x at 0.08, even
+at ≈0.12, 0.6x at 0.23."""
 
 
 class SAEGrads(NamedTuple):
