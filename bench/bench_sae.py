@@ -1,0 +1,240 @@
+"""Our SAE trainer vs SAELens on Sharkey et al. toy data: throughput, samples to recover the features, sweeps.
+
+(i)   Throughput: a standard ReLU+L1 SAE (d=256, 512 latents, batch 4096, fp32, CPU), our
+      ``sae.train.Trainer`` vs SAELens's ``SAETrainer`` + ``StandardTrainingSAE``, each fed the same
+      pre-generated Sharkey batches (generated once, outside the timing). Each library runs with its
+      own default hyper-parameters; the timed region is ``fit()`` alone. Interleaved, median of
+      --repeats after one warm-up each. Goal: ours >= 1.6x SAELens's samples/s.
+(ii)  Samples to MMCS(ground truth -> decoder rows) >= 0.99 on default Sharkey data (512 features in
+      256 dims): our default SAEConfig/TrainConfig (l1 5, lr 1e-3, warm-up 100) vs SAELens's defaults
+      (StandardTrainingSAEConfig: l1_coefficient 1, decoder rows at norm 0.1; SAETrainerConfig: lr 3e-4).
+      Both at batch 256 (the Sharkey replication's; --recovery-batch), on the same batches (a pool
+      generated once, cycled). MMCS is checked every --eval-every steps, so a count is exact to that
+      resolution; a run ends at the target, after --patience checks without progress, or at
+      --budget-samples, and says which. --ours-l1/--saelens-l1 try other L1 coefficients.
+(iii) Sweep: an ensemble of 16 SAEs in one pass vs the same 16 trained one after another
+      (placeholder until ``sae/sweep.py`` exists).
+
+SAELens is fed without a language model: ``SAETrainer(cfg, sae, data_provider)`` takes any iterator of
+``[batch, d_in]`` tensors (this is what ``sae_lens.synthetic.train_toy_sae`` does); wandb, evals and
+checkpoints are off. Run: .venv/bin/python bench/bench_sae.py [--threads 2] [--help for sizes].
+On a 2-core machine shared with other jobs, 1 thread ran 4x faster than 2 (spin-waiting threads;
+126 vs 500 ms per batch-4096 step, measured at load average 7): compare --threads 1 before quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")  # SAETrainer.fit always opens a progress bar
+
+import torch  # noqa: E402
+
+from sae.metrics import mmcs  # noqa: E402
+from sae.model import SAEConfig  # noqa: E402
+from sae.synthetic import SharkeyConfig, SharkeyData  # noqa: E402
+from sae.train import TrainConfig, Trainer  # noqa: E402
+
+SAELENS_LR = 3e-4  # SAETrainerConfig's default lr; lr_end must be given explicitly (train_toy_sae does the same)
+
+
+def sharkey_batches(data: SharkeyData, n_batches: int, batch: int, seed: int = 0) -> list[torch.Tensor]:
+    return [data.sample(batch, torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(n_batches)]
+
+
+# ---- the two trainers, built outside any timed region -------------------------------------------
+def ours(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None) -> Trainer:
+    sae_cfg = SAEConfig(d_in=d, dict_size=n) if l1 is None else SAEConfig(d_in=d, dict_size=n, l1=l1)
+    return Trainer(sae_cfg, TrainConfig(n_samples=n_samples, batch_size=batch), data)
+
+
+def saelens(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None):
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(0)  # SAELens initialises from the global generator
+    sae_cfg = StandardTrainingSAEConfig(d_in=d, d_sae=n) if l1 is None else StandardTrainingSAEConfig(d_in=d, d_sae=n, l1_coefficient=l1)
+    cfg = SAETrainerConfig(
+        total_training_samples=n_samples,
+        train_batch_size_samples=batch,
+        lr=SAELENS_LR,
+        lr_end=SAELENS_LR,
+        n_checkpoints=0,
+        checkpoint_path=None,
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+    )
+    return SAETrainer(cfg=cfg, sae=StandardTrainingSAE(sae_cfg), data_provider=iter(data))
+
+
+def timed_fit(trainer) -> float:
+    start = time.perf_counter()
+    trainer.fit()
+    return time.perf_counter() - start
+
+
+# ---- (i) throughput -----------------------------------------------------------------------------
+def bench_throughput(args, data: SharkeyData) -> None:
+    d, n, b, steps = data.d, args.dict_size, args.batch, args.steps
+    t0 = time.perf_counter()
+    batches = sharkey_batches(data, steps, b, seed=1)
+    print(f"(i) throughput: relu+L1, d={d}, {n} latents, batch {b}, fp32, {steps} steps per run, "
+          f"median of {args.repeats} (batches generated once in {time.perf_counter() - t0:.1f} s, not timed)")
+    warm = batches[:2]
+    timed_fit(ours(d, n, b, 2 * b, list(warm)))
+    timed_fit(saelens(d, n, b, 2 * b, warm))
+    runs: dict[str, list[float]] = {"ours": [], "saelens": []}
+    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit both alike
+        runs["ours"].append(timed_fit(ours(d, n, b, steps * b, list(batches))))
+        runs["saelens"].append(timed_fit(saelens(d, n, b, steps * b, batches)))
+    rate = {k: steps * b / statistics.median(v) for k, v in runs.items()}
+    for k, v in runs.items():
+        print(f"    {k:<8} {rate[k]:>10,.0f} samples/s   ({statistics.median(v) / steps * 1e3:.0f} ms/step; runs {', '.join(f'{t:.2f}' for t in v)} s)")
+    print(f"    ratio ours/SAELens: {rate['ours'] / rate['saelens']:.2f}x   (goal >= 1.6x)")
+
+
+# ---- (ii) samples to recover the ground truth ---------------------------------------------------
+class Stop(Exception):
+    """Raised from the data stream to end a run: the target was reached, or MMCS stopped improving."""
+
+
+class Watched:
+    """Cycles through ``batches``; before handing out batch i (i steps done), every ``every`` steps it
+    scores ``decoder()`` against ``truth`` and raises ``Stop`` at ``target`` or after ``patience``
+    checks without a gain of ``min_delta`` (both trainers pull batches from an iterator, so this
+    ends either run without touching its internals)."""
+
+    def __init__(self, batches, truth, every: int, target: float, patience: int, min_delta: float):
+        self.batches, self.truth, self.every = batches, truth, every
+        self.target, self.patience, self.min_delta = target, patience, min_delta
+        self.decoder = None
+        self.trace: list[tuple[int, float]] = []
+
+    def score(self, step: int) -> float:
+        s = mmcs(self.truth, self.decoder().detach())
+        self.trace.append((step, s))
+        return s
+
+    def plateaued(self) -> bool:
+        if len(self.trace) <= self.patience:
+            return False
+        before = max(m for _, m in self.trace[: -self.patience])
+        return max(m for _, m in self.trace[-self.patience :]) < before + self.min_delta
+
+    def __iter__(self):
+        for i in itertools.count():
+            if i and i % self.every == 0:
+                if self.score(i) >= self.target:
+                    raise Stop(i, "reached")
+                if self.patience and self.plateaued():
+                    raise Stop(i, "plateau")
+            yield self.batches[i % len(self.batches)]
+
+
+def bench_recovery(args, data: SharkeyData) -> None:
+    d, n, b = data.d, args.dict_size, args.recovery_batch
+    t0 = time.perf_counter()
+    pool = torch.cat(sharkey_batches(data, -(-args.pool_samples // 4096), 4096, seed=2))[: args.pool_samples]
+    batches = list(pool.split(b))[: args.pool_samples // b]
+    held_out = data.sample(8192, torch.Generator().manual_seed(99))
+    budget = args.budget_samples // b * b
+    print(f"\n(ii) samples to MMCS >= {args.target} on default Sharkey data ({data.config.n_features} features, d={d}); "
+          f"{n} latents, batch {b} for both, each library's default SAE/optimiser settings unless overridden; "
+          f"MMCS every {args.eval_every} steps ({args.eval_every * b:,} samples); budget {budget:,} samples; "
+          f"stop after {args.patience} checks without a gain of {args.min_delta}; pool of {len(batches) * b:,} samples "
+          f"cycled (generated in {time.perf_counter() - t0:.1f} s)")
+    for name, build, l1 in (("ours", ours, args.ours_l1), ("saelens", saelens, args.saelens_l1)):
+        watch = Watched(batches, data.features, args.eval_every, args.target, args.patience, args.min_delta)
+        trainer = build(d, n, b, budget, watch, l1)
+        sae = trainer.sae
+        watch.decoder = (lambda s=sae: s.decoder) if name == "ours" else (lambda s=sae: s.W_dec)
+        start = time.perf_counter()
+        try:
+            trainer.fit()
+            steps, how = budget // b, "budget"
+            if watch.score(steps) >= args.target:
+                how = "reached"
+        except Stop as stop:
+            steps, how = stop.args
+        except ValueError as err:  # the trainer stopped itself (e.g. a NaN loss): say so, go on
+            steps, how = (watch.trace[-1][0] if watch.trace else 0), f"training failed ({err})"
+        wall = time.perf_counter() - start
+        with torch.no_grad():
+            sae.eval()
+            fired = sae.encode(held_out) != 0  # [8192, n]
+        stats = f"L0 {fired.float().sum(-1).mean():.1f}, dead {(~fired.any(0)).float().mean():.0%} on held-out data"
+        if not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
+            stats = "weights not finite"
+        setting = f"l1={l1}" if l1 is not None else "defaults"
+        if how == "reached":
+            print(f"    {name:<8} ({setting}) reached MMCS {watch.trace[-1][1]:.4f} after {steps * b:,} samples "
+                  f"({steps} steps, {wall:.0f} s); {stats}")
+        elif how.startswith("training failed"):
+            print(f"    {name:<8} ({setting}) NOT reached: {how} ({wall:.0f} s); {stats}")
+        else:
+            best = max(watch.trace, key=lambda t: t[1])
+            why = {"plateau": "MMCS stopped improving", "budget": "budget spent"}.get(how, how)
+            print(f"    {name:<8} ({setting}) NOT reached: {why} after {steps * b:,} samples ({wall:.0f} s); "
+                  f"best MMCS {best[1]:.4f} at {best[0] * b:,}; {stats}")
+        if not watch.trace:
+            continue
+        shown = sorted({*range(0, len(watch.trace), max(1, len(watch.trace) // 6)), len(watch.trace) - 1})
+        print("             MMCS by samples: " + ", ".join(f"{watch.trace[i][0] * b / 1e6:.2f}M {watch.trace[i][1]:.3f}" for i in shown))
+
+
+# ---- (iii) sweeps -------------------------------------------------------------------------------
+def bench_sweep(args, data: SharkeyData) -> None:
+    """PLACEHOLDER — to be filled once ``sae/sweep.py`` exists: train an ensemble of 16 SAEs (e.g. 16
+    L1 coefficients) in one pass with ``sae.sweep.sweep`` vs the same 16 ``Trainer`` runs one after
+    another on the same pre-generated batches; print both wall times, samples/s and the ratio."""
+    try:
+        import sae.sweep  # noqa: F401
+    except ImportError:
+        print("\n(iii) sweep ensemble of 16 vs 16 sequential: skipped, sae/sweep.py does not exist yet (placeholder)")
+        return
+    print("\n(iii) sweep ensemble of 16 vs 16 sequential: sae/sweep.py exists, but this part is still a placeholder")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--dict-size", type=int, default=512, help="latents (default 512)")
+    p.add_argument("--batch", type=int, default=4096, help="samples per step (default 4096)")
+    p.add_argument("--steps", type=int, default=8, help="(i) steps per timed run (default 8)")
+    p.add_argument("--repeats", type=int, default=3, help="(i) timed runs per trainer (default 3)")
+    p.add_argument("--target", type=float, default=0.99, help="(ii) MMCS to reach (default 0.99)")
+    p.add_argument("--recovery-batch", type=int, default=256, help="(ii) batch size for both (default 256, the Sharkey replication's)")
+    p.add_argument("--budget-samples", type=int, default=2_000_000, help="(ii) samples per trainer at most (default 2M)")
+    p.add_argument("--eval-every", type=int, default=250, help="(ii) steps between MMCS checks (default 250)")
+    p.add_argument("--patience", type=int, default=4, help="(ii) stop after this many checks without a gain (0: never; default 4)")
+    p.add_argument("--min-delta", type=float, default=0.002, help="(ii) MMCS gain that counts as progress (default 0.002)")
+    p.add_argument("--pool-samples", type=int, default=196_608, help="(ii) pre-generated samples, cycled (default 196,608)")
+    p.add_argument("--ours-l1", type=float, help="(ii) our L1 coefficient instead of the default")
+    p.add_argument("--saelens-l1", type=float, help="(ii) SAELens's l1_coefficient instead of its default")
+    p.add_argument("--only", choices=("i", "ii", "iii"), help="run one part")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        import sae_lens
+    except ImportError:
+        raise SystemExit("bench_sae needs SAELens: install the bench extra (pip install -e '.[bench]')") from None
+    data = SharkeyData(SharkeyConfig())
+    print(f"sae-lens {sae_lens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    start = time.perf_counter()
+    for part, fn in (("i", bench_throughput), ("ii", bench_recovery), ("iii", bench_sweep)):
+        if args.only in (None, part):
+            fn(args, data)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; load average now {os.getloadavg()[0]:.2f} "
+          "(the machine may be shared: rerun before quoting a number)")
+
+
+if __name__ == "__main__":
+    main()
