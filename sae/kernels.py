@@ -245,7 +245,9 @@ class _Pattern:
         crow = torch.cat([self.row_start, self.row_start.new_tensor([self.cols.numel()])])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR tensor support is in beta state"
-            S = torch.sparse_csr_tensor(crow, self.cols, torch.empty_like(self.vals), (self.E * self.B, self.E * self.n),
+            # Zeros, not empty_like: sampled_addmm computes beta·S + …, and 0·NaN from an
+            # uninitialised buffer is NaN (it made the loss NaN now and then).
+            S = torch.sparse_csr_tensor(crow, self.cols, torch.zeros_like(self.vals), (self.E * self.B, self.E * self.n),
                                         check_invariants=False)  # fmt: skip
             return torch.sparse.sampled_addmm(S, G.reshape(-1, d), W.reshape(-1, d).T, beta=0.0).values()
 

@@ -106,6 +106,21 @@ def test_sparse_path_is_chosen_at_low_density_and_agrees():
         torch.testing.assert_close(getattr(sae, name).grad, grads[name], msg=name)
 
 
+def test_sparse_path_ignores_whatever_its_scratch_buffers_hold(monkeypatch):
+    """The sampled product g W_decᵀ once took its value buffer from ``empty_like``: garbage NaNs there
+    leaked through ``beta=0`` into the gradients (an intermittent NaN loss). Fill fresh buffers
+    with NaN and the gradients must still equal autograd's."""
+    sae, x = _sae(arch="relu", l1=0.7), _x()
+    with torch.no_grad():
+        sae.b_enc.sub_(3.0)
+    ref, grads = _autograd(sae, x, None)
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: empty_like(t, **kw).fill_(float("nan")))
+    fused_backward_(sae, x, sparse=True)
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(sae, name).grad, grads[name], msg=name)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [dict(arch="relu", l1=0.05), dict(arch="relu", l1=0.05, decoder_norm="weighted_l1"), dict(arch="topk", k=3), dict(arch="batchtopk", k=3)],
