@@ -9,77 +9,12 @@ the batch; L1 summed over latents (times ‖W_dec row‖ in ``decoder_norm="weig
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-ARCHS = ("relu", "topk", "batchtopk")
-INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit")
-DECODER_NORMS = ("unit", "weighted_l1")
-
-
-@dataclass
-class SAEConfig:
-    """Shape and rule of a sparse autoencoder (saved as JSON beside every checkpoint)."""
-
-    d_in: int
-    """Input (activation) dimension d."""
-    dict_size: int
-    """Number of latents n."""
-    arch: Literal["relu", "topk", "batchtopk"] = "relu"
-    """Activation rule: ReLU + L1 penalty, per-sample TopK, or BatchTopK."""
-    l1: float = 5.0
-    """L1 coefficient (relu only), on Σ|a| summed over latents."""
-    k: int = 5
-    """Active latents per sample for topk / batchtopk (batchtopk: on average)."""
-    tied: bool = False
-    """Tie the decoder to the encoder (W_dec = W_encᵀ); no separate decoder parameter."""
-    decoder_norm: Literal["unit", "weighted_l1"] = "unit"
-    """'unit': decoder rows kept unit-norm, the gradient parallel to each row removed;
-    'weighted_l1': rows free, the L1 term weighs each latent by its row norm (Anthropic April 2024)."""
-    init: Literal["kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit"] = "kaiming"
-    """Initialisation scheme; 'data' and 'pca' need a data sample (see ``initialize``)."""
-    init_blend: float = 0.8
-    """'data' init: weight p of the centred data sample against a random direction (1 − p)."""
-    init_noise: float = 0.1
-    """'pca' / 'unit' init: expected norm of the Gaussian noise added to each copied (unit) direction."""
-    orth: float = 0.0
-    """Decoder orthogonality penalty weight λ (0: off)."""
-    orth_full: bool = False
-    """Use the O(n²) form (mean over all latents) instead of the O(m·n) active-latent form."""
-    aux_coef: float = 1 / 32
-    """AuxK loss coefficient for topk / batchtopk (Gao et al. 2024); 0 turns it off."""
-    aux_k: int = 0
-    """Dead latents used by AuxK per sample (0: d_in // 2)."""
-    threshold_decay: float = 0.99
-    """BatchTopK: EMA decay of the inference threshold θ (mean of the smallest kept activation)."""
-
-    def __post_init__(self):
-        for name in ("d_in", "dict_size", "k"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch={self.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
-        if self.init not in INITS:
-            raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
-        if self.decoder_norm not in DECODER_NORMS:
-            raise ValueError(f"decoder_norm={self.decoder_norm!r} is unknown; choose one of {', '.join(DECODER_NORMS)}")
-        for name in ("l1", "orth", "aux_coef", "init_noise"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
-        if not 0 <= self.init_blend <= 1:
-            raise ValueError(f"init_blend={self.init_blend} must be in [0, 1]")
-        if not 0 <= self.threshold_decay < 1:
-            raise ValueError(f"threshold_decay={self.threshold_decay} must be in [0, 1)")
-        if self.arch != "relu" and self.k > self.dict_size:
-            raise ValueError(f"k={self.k} must be <= dict_size={self.dict_size}")
-        if self.aux_k < 0:
-            raise ValueError(f"aux_k={self.aux_k} must be >= 0")
+from sae.config import ARCHS, DECODER_NORMS, INITS, SAEConfig  # noqa: F401 (re-exported)
 
 
 class SAEOutput(NamedTuple):
@@ -97,6 +32,20 @@ class SAEOutput(NamedTuple):
 
 def _unit_rows(W: Tensor) -> Tensor:
     return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def unit_rows_(W: Tensor, dim: int = -1) -> None:
+    """Rescale ``W`` in place to unit norm along ``dim`` (the decoder rows' axis)."""
+    W.div_(W.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+
+
+@torch.no_grad()
+def remove_parallel_grad_(W: Tensor, dim: int = -1) -> None:
+    """Subtract from ``W.grad`` its component along each (unit) vector of ``W`` along ``dim``."""
+    if W.grad is not None:
+        U = W / W.norm(dim=dim, keepdim=True).clamp_min(1e-12)
+        W.grad.sub_((W.grad * U).sum(dim=dim, keepdim=True) * U)
 
 
 class SparseAutoencoder(nn.Module):
@@ -126,20 +75,14 @@ class SparseAutoencoder(nn.Module):
         """Rescale decoder rows to unit norm (in place; 'unit' mode only)."""
         if self.config.decoder_norm == "unit":
             W = self.W_enc if self.W_dec is None else self.W_dec
-            dim = 0 if self.W_dec is None else 1
-            W.div_(W.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+            unit_rows_(W, dim=0 if self.W_dec is None else 1)
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:
         """Drop the gradient component along each (unit) decoder row, so a step stays near the sphere."""
-        if self.config.decoder_norm != "unit":
-            return
-        W = self.W_enc if self.W_dec is None else self.W_dec
-        if W.grad is None:
-            return
-        dim = 0 if self.W_dec is None else 1
-        U = W / W.norm(dim=dim, keepdim=True).clamp_min(1e-12)
-        W.grad.sub_((W.grad * U).sum(dim=dim, keepdim=True) * U)
+        if self.config.decoder_norm == "unit":
+            W = self.W_enc if self.W_dec is None else self.W_dec
+            remove_parallel_grad_(W, dim=0 if self.W_dec is None else 1)
 
     # ---- forward -------------------------------------------------------------------------------
     def encode_pre(self, x: Tensor) -> Tensor:

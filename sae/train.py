@@ -7,7 +7,6 @@ with the same weights as an uninterrupted run with the same seed (bitwise on CPU
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,63 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sae.config import SAEConfig, TrainConfig
 from sae.inits import NEEDS_DATA, initialize
 from sae.kernels import fused_backward_, kernel_supports
-from sae.model import SAEConfig, SparseAutoencoder
+from sae.model import SparseAutoencoder
 from sae.store import CHECKPOINT, STATE, BatchSource, load_tensors, read_json, save_tensors_atomic, write_json_atomic
-
-
-@dataclass
-class TrainConfig:
-    """How to train (saved as JSON beside every checkpoint)."""
-
-    n_samples: int = 4_096_000
-    """Training samples in total (steps = n_samples // batch_size)."""
-    batch_size: int = 4096
-    """Samples per Adam step."""
-    lr: float = 1e-3
-    """Adam learning rate after warm-up."""
-    warmup_steps: int = 100
-    """Linear learning-rate warm-up from lr/warmup_steps to lr."""
-    seed: int = 0
-    """Seeds the initialisation, the batch order and resampling."""
-    dead_window: int = 1_000_000
-    """A latent is dead when it has not fired for this many samples."""
-    resample_every: int = 0
-    """ReLU SAEs: every this many steps re-initialise dead latents (Anthropic 2023); 0 = never."""
-    checkpoint_every: int = 0
-    """Write a checkpoint every this many steps (0: only at the end); needs an output folder."""
-    bf16: bool = False
-    """Run the forward pass under bfloat16 autocast."""
-    fused: bool = True
-    """Compute loss and gradients with the hand-derived kernel (``sae.kernels``) where it applies:
-    untied, no orthogonality penalty, fp32 (not ``bf16``); otherwise autograd."""
-    init_samples: int = 8192
-    """Samples drawn for the 'data'/'pca' inits and b_dec (the data mean)."""
-    log_every: int = 50
-    """Record loss / L0 / dead fraction in the history every this many steps."""
-    progress: bool = False
-    """Show a tqdm progress bar with live loss, L0 and dead fraction."""
-    device: str = "cpu"
-    """Torch device."""
-
-    def __post_init__(self):
-        for name in ("n_samples", "batch_size", "dead_window", "init_samples", "log_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
-        for name in ("warmup_steps", "resample_every", "checkpoint_every", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name}={v!r} must be an integer >= 0")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr={self.lr} must be a finite number > 0")
-        if self.n_samples < self.batch_size:
-            raise ValueError(f"n_samples={self.n_samples} must be >= batch_size={self.batch_size}")
-
-    @property
-    def steps(self) -> int:
-        return self.n_samples // self.batch_size
 
 
 @dataclass
@@ -87,6 +34,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
+def initial_sae(sae_config: SAEConfig, config: TrainConfig, source: BatchSource) -> SparseAutoencoder:
+    """The SAE a run with ``config.seed`` starts from: ``sae_config.init`` applied to a data sample
+    (``config.init_samples`` rows; b_dec = their mean), on ``config.device``."""
+    gen = torch.Generator().manual_seed(config.seed)
+    sae = SparseAutoencoder(sae_config, generator=gen)
+    if source.array is not None:
+        x = source.array[: config.init_samples].float()
+    elif source.stream is not None:
+        x = source.stream.sample(config.init_samples, source.generator(0, salt=1)).float()
+    elif sae_config.init in NEEDS_DATA:
+        raise ValueError(f"init={sae_config.init!r} needs array or stream data, not a plain iterator")
+    else:
+        x = source.batch(0).float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first")
+    initialize(sae, x.cpu(), gen)
+    return sae.to(config.device)
+
+
 class Trainer:
     """Train ``SparseAutoencoder(sae_config)`` on ``data`` (tensor, array, path, stream or iterable)."""
 
@@ -96,30 +62,12 @@ class Trainer:
         self.source = BatchSource(data, config.batch_size, config.seed, config.device)
         if self.source.d is not None and self.source.d != sae_config.d_in:
             raise ValueError(f"data dimension {self.source.d} does not match the SAE's d_in={sae_config.d_in}")
-        gen = torch.Generator().manual_seed(config.seed)
-        self.sae = SparseAutoencoder(sae_config, generator=gen).to(config.device)
-        sample = self._init_sample()
-        initialize(self.sae, sample.cpu(), gen)
-        self.sae.to(config.device)
+        self.sae = initial_sae(sae_config, config, self.source)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=config.lr, foreach=False)
         self.since_fired = torch.zeros(sae_config.dict_size, dtype=torch.long, device=config.device)
         self.step = 0
         self.history: list[dict] = []
         self.last_checkpoint: int | None = None
-
-    def _init_sample(self) -> Tensor:
-        c = self.config
-        if self.source.array is not None:
-            x = self.source.array[: c.init_samples].float()
-        elif self.source.stream is not None:
-            x = self.source.stream.sample(c.init_samples, self.source.generator(0, salt=1)).float()
-        elif self.sae_config.init in NEEDS_DATA:
-            raise ValueError(f"init={self.sae_config.init!r} needs array or stream data, not a plain iterator")
-        else:
-            x = self.source.batch(0).float()
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first")
-        return x
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:

@@ -1,0 +1,126 @@
+"""The SAE's and the trainer's configuration: plain dataclasses, no torch (the CLI reads their
+defaults and choices without importing torch). Saved as JSON beside every checkpoint."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+ARCHS = ("relu", "topk", "batchtopk")
+INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit")
+DECODER_NORMS = ("unit", "weighted_l1")
+
+
+@dataclass
+class SAEConfig:
+    """Shape and rule of a sparse autoencoder (saved as JSON beside every checkpoint)."""
+
+    d_in: int
+    """Input (activation) dimension d."""
+    dict_size: int
+    """Number of latents n."""
+    arch: Literal["relu", "topk", "batchtopk"] = "relu"
+    """Activation rule: ReLU + L1 penalty, per-sample TopK, or BatchTopK."""
+    l1: float = 5.0
+    """L1 coefficient (relu only), on Σ|a| summed over latents."""
+    k: int = 5
+    """Active latents per sample for topk / batchtopk (batchtopk: on average)."""
+    tied: bool = False
+    """Tie the decoder to the encoder (W_dec = W_encᵀ); no separate decoder parameter."""
+    decoder_norm: Literal["unit", "weighted_l1"] = "unit"
+    """'unit': decoder rows kept unit-norm, the gradient parallel to each row removed;
+    'weighted_l1': rows free, the L1 term weighs each latent by its row norm (Anthropic April 2024)."""
+    init: Literal["kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit"] = "kaiming"
+    """Initialisation scheme; 'data' and 'pca' need a data sample (see ``initialize``)."""
+    init_blend: float = 0.8
+    """'data' init: weight p of the centred data sample against a random direction (1 − p)."""
+    init_noise: float = 0.1
+    """'pca' / 'unit' init: expected norm of the Gaussian noise added to each copied (unit) direction."""
+    orth: float = 0.0
+    """Decoder orthogonality penalty weight λ (0: off)."""
+    orth_full: bool = False
+    """Use the O(n²) form (mean over all latents) instead of the O(m·n) active-latent form."""
+    aux_coef: float = 1 / 32
+    """AuxK loss coefficient for topk / batchtopk (Gao et al. 2024); 0 turns it off."""
+    aux_k: int = 0
+    """Dead latents used by AuxK per sample (0: d_in // 2)."""
+    threshold_decay: float = 0.99
+    """BatchTopK: EMA decay of the inference threshold θ (mean of the smallest kept activation)."""
+
+    def __post_init__(self):
+        for name in ("d_in", "dict_size", "k"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch={self.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
+        if self.decoder_norm not in DECODER_NORMS:
+            raise ValueError(f"decoder_norm={self.decoder_norm!r} is unknown; choose one of {', '.join(DECODER_NORMS)}")
+        for name in ("l1", "orth", "aux_coef", "init_noise"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0")
+        if not 0 <= self.init_blend <= 1:
+            raise ValueError(f"init_blend={self.init_blend} must be in [0, 1]")
+        if not 0 <= self.threshold_decay < 1:
+            raise ValueError(f"threshold_decay={self.threshold_decay} must be in [0, 1)")
+        if self.arch != "relu" and self.k > self.dict_size:
+            raise ValueError(f"k={self.k} must be <= dict_size={self.dict_size}")
+        if self.aux_k < 0:
+            raise ValueError(f"aux_k={self.aux_k} must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """How to train (saved as JSON beside every checkpoint)."""
+
+    n_samples: int = 4_096_000
+    """Training samples in total (steps = n_samples // batch_size)."""
+    batch_size: int = 4096
+    """Samples per Adam step."""
+    lr: float = 1e-3
+    """Adam learning rate after warm-up."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from lr/warmup_steps to lr."""
+    seed: int = 0
+    """Seeds the initialisation, the batch order and resampling."""
+    dead_window: int = 1_000_000
+    """A latent is dead when it has not fired for this many samples."""
+    resample_every: int = 0
+    """ReLU SAEs: every this many steps re-initialise dead latents (Anthropic 2023); 0 = never."""
+    checkpoint_every: int = 0
+    """Write a checkpoint every this many steps (0: only at the end); needs an output folder."""
+    bf16: bool = False
+    """Run the forward pass under bfloat16 autocast."""
+    fused: bool = True
+    """Compute loss and gradients with the hand-derived kernel (``sae.kernels``) where it applies:
+    untied, no orthogonality penalty, fp32 (not ``bf16``); otherwise autograd."""
+    init_samples: int = 8192
+    """Samples drawn for the 'data'/'pca' inits and b_dec (the data mean)."""
+    log_every: int = 50
+    """Record loss / L0 / dead fraction in the history every this many steps."""
+    progress: bool = False
+    """Show a tqdm progress bar with live loss, L0 and dead fraction."""
+    device: str = "cpu"
+    """Torch device."""
+
+    def __post_init__(self):
+        for name in ("n_samples", "batch_size", "dead_window", "init_samples", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        for name in ("warmup_steps", "resample_every", "checkpoint_every", "seed"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr} must be a finite number > 0")
+        if self.n_samples < self.batch_size:
+            raise ValueError(f"n_samples={self.n_samples} must be >= batch_size={self.batch_size}")
+
+    @property
+    def steps(self) -> int:
+        return self.n_samples // self.batch_size
