@@ -35,30 +35,62 @@ class CompareResult:
         return {"setup": self.setup, "seed": self.seed, "ground_truth": self.ground_truth, "methods": self.methods, "toy": self.toy}
 
 
-def method_directions(toy, n_directions: int, seed: int) -> dict:
-    """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``."""
+@dataclass
+class SAEOptions:
+    """The SAE method of ``compare``: a ReLU+L1 SAE trained on the toy's hidden activations."""
+
+    dict_size: int | None = None
+    """Latents; default twice the larger of the ground-truth count and the layer width."""
+    l1: float = 0.3
+    """L1 coefficient (SAELens/Anthropic convention: Σ over latents, squared error Σ over dims)."""
+    steps: int = 3000
+    """Adam steps of batch 256 over the toy's evaluation activations (lr 3e-3)."""
+    enabled: bool = True
+
+
+def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None = SAEOptions()) -> dict:
+    """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``.
+
+    The PCAs propose ``n_directions``; the SAE proposes its whole dictionary (decoder rows).
+    """
     from polylens.directions import ActivationPCA, GradientPCA
 
     acts = toy.activations()
     grads = toy.gradients()
-    return {
+    found = {
         "activation_pca": ActivationPCA(n_directions).fit(acts).components_,
         "gradient_pca": GradientPCA(n_directions).fit(grads).components_,
     }
+    if sae is not None and sae.enabled:
+        found["sae"] = _sae_directions(acts, toy.truth.shape[0], seed, sae)
+    return found
 
 
-def compare(setup: str, seed: int = 0, threshold: float = 0.9, **options):
+def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions):
+    from sae.model import SAEConfig
+    from sae.train import TrainConfig, train
+
+    dim = acts.shape[1]
+    n = opts.dict_size or 2 * max(n_truth, dim)
+    batch = min(256, acts.shape[0])
+    config = SAEConfig(d_in=dim, dict_size=n, l1=opts.l1)
+    result = train(config, TrainConfig(n_samples=batch * opts.steps, batch_size=batch, lr=3e-3, seed=seed, log_every=opts.steps), acts.float())
+    return result.sae.decoder.detach().clone()
+
+
+def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options):
     """Train toy ``setup`` (options: fields of its config) and score every method.
 
     Returns ``(CompareResult, toy, directions)``. Each PCA proposes as many
-    directions as there are ground-truth directions (at most the layer width).
+    directions as there are ground-truth directions (at most the layer width);
+    the SAE (``sae=None`` leaves it out) proposes its whole dictionary.
     """
     from polylens.directions import score_directions
     from polylens.toys import make_toy
 
     toy = make_toy(setup, seed=seed, **options)
     n_truth, dim = toy.truth.shape
-    directions = method_directions(toy, min(n_truth, dim), seed)
+    directions = method_directions(toy, min(n_truth, dim), seed, sae)
     methods = {}
     for name, found in directions.items():
         scores = score_directions(toy.truth, found, threshold=threshold)
@@ -108,7 +140,13 @@ def run(args) -> int:
         raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
     options = _options_from_args(args)
     check_outputs(args.force, json=args.json, plot=args.plot)
-    result, toy, directions = compare(args.setup, seed=args.seed, **options)
+    sae = SAEOptions(args.sae_dict, args.sae_l1, args.sae_steps, not args.no_sae)
+    for flag, value in (("--sae-dict", sae.dict_size), ("--sae-steps", sae.steps)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag}={value} must be a positive integer")
+    if not sae.l1 >= 0:
+        raise ValueError(f"--sae-l1={sae.l1} must be a number >= 0")
+    result, toy, directions = compare(args.setup, seed=args.seed, sae=sae, **options)
     # Keep stdout parseable when the JSON goes there.
     print(format_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.plot:
@@ -139,4 +177,9 @@ def register(sub) -> None:
     g.add_argument("--p-active", type=float, help="superposition: probability a feature is active, default 0.05")
     g.add_argument("--importance-decay", type=float, help="superposition: importance of feature i is decay**i, default 1")
     g.add_argument("--steps", type=int, help="training steps (default 3000)")
+    s = p.add_argument_group("SAE method (a ReLU+L1 sparse autoencoder on the hidden activations)")
+    s.add_argument("--no-sae", action="store_true", help="leave the SAE out")
+    s.add_argument("--sae-dict", type=int, help="dictionary size (default 2 x max(ground-truth count, layer width))")
+    s.add_argument("--sae-l1", type=float, default=SAEOptions.l1, help=f"L1 coefficient (default {SAEOptions.l1})")
+    s.add_argument("--sae-steps", type=int, default=SAEOptions.steps, help=f"training steps of batch 256 (default {SAEOptions.steps})")
     p.set_defaults(handler=run)

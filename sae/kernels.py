@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae.model import SAEConfig, SparseAutoencoder
+from sae.model import SAEConfig, SparseAutoencoder, update_threshold_
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk")
 SPARSE_MAX_DENSITY = 0.1
@@ -313,8 +313,6 @@ def fused_backward_(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = Non
     )  # fmt: skip
     for p, g in zip(params, out.grads):
         p.grad = g[0]
-    if c.arch == "batchtopk" and bool(torch.isfinite(out.kept_min[0])):
-        m = out.kept_min[0].to(sae.threshold.dtype)  # the EMA of SparseAutoencoder.activate
-        first = bool(sae.threshold == 0)
-        sae.threshold.copy_(m if first else c.threshold_decay * sae.threshold + (1 - c.threshold_decay) * m)
+    if c.arch == "batchtopk":
+        update_threshold_(sae.threshold, out.kept_min[0], c.threshold_decay)  # as SparseAutoencoder.activate
     return out._replace(loss=out.loss[0], mse=out.mse[0], sparsity=out.sparsity[0], aux=out.aux[0], acts=out.acts[0], fired=out.fired[0])

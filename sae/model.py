@@ -35,6 +35,15 @@ def _unit_rows(W: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def update_threshold_(threshold: Tensor, kept_min: Tensor, decay: float) -> None:
+    """BatchTopK's inference θ (per member for a stack): the smallest kept activation m on the first
+    step (θ = 0), then the EMA θ ← decay·θ + (1 − decay)·m; unchanged where nothing was kept (m = inf)."""
+    m = kept_min.detach().to(threshold.dtype)
+    new = torch.where(threshold == 0, m, decay * threshold + (1 - decay) * m)
+    threshold.copy_(torch.where(torch.isfinite(m), new, threshold))
+
+
+@torch.no_grad()
 def unit_rows_(W: Tensor, dim: int = -1) -> None:
     """Rescale ``W`` in place to unit norm along ``dim`` (the decoder rows' axis)."""
     W.div_(W.norm(dim=dim, keepdim=True).clamp_min(1e-12))
@@ -103,11 +112,8 @@ class SparseAutoencoder(nn.Module):
             vals, idx = flat.topk(kk)
             acts = torch.zeros_like(flat).scatter(0, idx, vals).reshape(post.shape)
             with torch.no_grad():
-                kept = vals[vals > 0]
-                if kept.numel():
-                    m = kept.min().to(self.threshold.dtype)
-                    first = bool(self.threshold == 0)
-                    self.threshold.copy_(m if first else c.threshold_decay * self.threshold + (1 - c.threshold_decay) * m)
+                kept_min = torch.where(vals > 0, vals, torch.full_like(vals, float("inf"))).amin()
+                update_threshold_(self.threshold, kept_min, c.threshold_decay)
             return acts
         return post * (post > self.threshold)
 

@@ -8,6 +8,7 @@ arrays use a seeded permutation per epoch; plain iterators are re-consumed past 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -35,8 +36,20 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
         raise
 
 
+def _finite(obj):
+    """JSON has no NaN/inf: they become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json_atomic(obj, path: str | Path) -> None:
-    text = json.dumps(obj, indent=2) + "\n"
+    """``obj`` as JSON (NaN/inf as null), written to a temp file and renamed onto ``path``."""
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 

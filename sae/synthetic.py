@@ -176,3 +176,24 @@ class TMSData:
 
     def sample(self, batch: int, generator: torch.Generator) -> Tensor:
         return self.sample_codes(batch, generator) @ self.features
+
+
+SYNTHETIC = {"sharkey": (SharkeyConfig, SharkeyData), "tms": (TMSConfig, TMSData)}
+
+
+def make_data(spec: str, seed: int = 0, device: str | torch.device = "cpu", **options):
+    """A data source by name: ``'sharkey'`` / ``'tms'`` (options: fields of their config; ``seed``
+    seeds the features and Σ) → a generator object with ``features``; anything else is a path
+    to a ``.npy`` / ``.safetensors`` array → ``[N, d]`` tensor (``options`` must be empty)."""
+    if spec in SYNTHETIC:
+        config_cls, data_cls = SYNTHETIC[spec]
+        known = config_cls.__dataclass_fields__
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"data {spec!r} has no option(s) {', '.join(unknown)}; known: {', '.join(k for k in known if k != 'seed')}")
+        return data_cls(config_cls(seed=seed, **options), device=device)
+    if options:
+        raise ValueError(f"option(s) {', '.join(sorted(options))} apply to synthetic data (sharkey, tms), not to the file {spec}")
+    from sae.store import load_array
+
+    return load_array(spec)

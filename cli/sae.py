@@ -1,0 +1,209 @@
+"""``polylens sae train|eval|sweep``: sparse autoencoders on synthetic ground truth or your activations.
+
+Python equivalents: ``sae.runs.train_run``, ``sae.runs.eval_run``, ``sae.sweep.sweep_run``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+DATA_HELP = "sharkey (Sharkey et al. ground truth, default), tms (toy-models features), or a .npy/.safetensors [N, d] array"
+
+
+def _data_options(args) -> dict:
+    """Synthetic-data flags -> config fields, refusing flags that do not apply to the chosen data."""
+    flags = {"features": ("n_features", ("sharkey", "tms")), "dim": ("d", ("sharkey", "tms")), "active": ("m", ("sharkey",)),
+             "uncorrelated": ("correlated", ("sharkey",)), "sparsity": ("sparsity", ("tms",))}
+    options = {}
+    for flag, (field, kinds) in flags.items():
+        value = getattr(args, flag, None)
+        if value is None or value is False:
+            continue
+        if args.data not in kinds:
+            raise ValueError(f"--{flag} applies to --data {' or '.join(kinds)}, not {args.data}")
+        options[field] = (not value) if flag == "uncorrelated" else value
+    return options
+
+
+def _positive(args, *names) -> None:
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}={v} must be positive")
+
+
+def _sae_fields(args) -> dict:
+    fields = {"arch": args.arch, "l1": args.l1, "k": args.k, "init": args.init, "orth": args.orth, "orth_full": args.orth_full,
+              "decoder_norm": args.decoder_norm, "tied": args.tied, "init_blend": args.init_blend}
+    if args.dict_size is not None:
+        fields["dict_size"] = args.dict_size
+    for name in ("l1", "orth"):
+        if fields[name] < 0:
+            raise ValueError(f"--{name}={fields[name]} must be >= 0")
+    return fields
+
+
+def _train_config(args, samples_default: int):
+    from sae.config import TrainConfig
+
+    return TrainConfig(
+        n_samples=args.samples or samples_default, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, seed=args.seed,
+        resample_every=args.resample_every, checkpoint_every=args.checkpoint_every, bf16=args.bf16, device=args.device,
+        progress=not args.no_progress and sys.stderr.isatty(), dead_window=args.dead_window,
+    )
+
+
+def _summary(record: dict) -> str:
+    ev = record["evaluation"]
+    keys = ["mmcs", "mmcs_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction", "shrinkage"]
+    return "\n".join(f"{k:<22}{ev[k]:.4f}" for k in keys if ev.get(k) == ev.get(k))  # skip NaN (no ground truth)
+
+
+def _emit(record: dict, json_path: str | None, summary: str) -> None:
+    from cli.output import write_json
+
+    print(summary, file=sys.stderr if json_path == "-" else sys.stdout)
+    write_json(record, json_path)
+
+
+def run_train(args) -> int:
+    from cli.output import check_outputs
+    from sae.config import TrainConfig
+    from sae.runs import train_run
+
+    _positive(args, "samples", "batch_size", "lr", "dict_size", "k", "eval_samples")
+    check_outputs(args.force, json=args.json)
+    options = _data_options(args)
+    if args.resume:
+        train = _train_config(args, TrainConfig.n_samples) if args.samples else None
+        record = train_run(args.out, args.data if args.data_given else None, None, train, options, args.eval_samples, resume=True)
+    else:
+        record = train_run(args.out, args.data, _sae_fields(args), _train_config(args, TrainConfig.n_samples), options, args.eval_samples, force=args.force)
+    _emit(record, args.json, f"trained {record['steps']} steps -> {args.out}\n" + _summary(record))
+    return 0
+
+
+def run_eval(args) -> int:
+    from cli.output import check_outputs
+    from sae.runs import eval_run
+
+    _positive(args, "eval_samples")
+    check_outputs(args.force, json=args.json)
+    data = args.data if args.data_given else None
+    record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples)
+    _emit(record, args.json, _summary(record))
+    return 0
+
+
+def run_sweep(args) -> int:
+    from cli.output import check_outputs
+    from sae.config import TrainConfig
+    from sae.sweep import sweep_run
+
+    _positive(args, "samples", "batch_size", "lr", "k", "eval_samples")
+    check_outputs(args.force, json=args.json)
+    l1s = _floats(args.l1s, "--l1s")
+    ratios = _floats(args.ratios, "--ratios")
+    fields = _sae_fields(args)
+    fields.pop("l1")
+    record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples, force=args.force)
+    _emit(record, args.json, f"swept {len(l1s)} L1 x {len(ratios)} ratios -> {args.out}\n" + record["table"])
+    return 0
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated numbers, e.g. 0.01,0.1,1; got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise ValueError(f"{flag} needs positive numbers; got {text!r}")
+    return values
+
+
+def _add_data(p, default="sharkey") -> None:
+    """--data plus the synthetic-data flags; ``args.data_given`` says whether --data was on the
+    command line (eval and --resume then fall back to the data the run recorded)."""
+    import argparse
+
+    class Given(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            namespace.data, namespace.data_given = values, True
+
+    p.add_argument("--data", default=default, action=Given, help=DATA_HELP)
+    p.set_defaults(data_given=False)
+    g = p.add_argument_group("synthetic data")
+    g.add_argument("--features", type=int, help="ground-truth features n (sharkey 512, tms 40)")
+    g.add_argument("--dim", type=int, help="activation dimension d (sharkey 256, tms 10)")
+    g.add_argument("--active", type=float, help="sharkey: expected active features per sample (default 5)")
+    g.add_argument("--uncorrelated", action="store_true", help="sharkey: independent firing (no Gaussian copula)")
+    g.add_argument("--sparsity", type=float, help="tms: probability a feature is 0 (default 0.95)")
+    p.add_argument("--eval-samples", type=int, default=20_000, help="held-out samples for the evaluation (default 20000)")
+    p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+
+
+def _add_model_and_training(p) -> None:
+    from sae.config import ARCHS, DECODER_NORMS, INITS, SAEConfig, TrainConfig
+
+    d = SAEConfig.__dataclass_fields__
+    t = TrainConfig.__dataclass_fields__
+    g = p.add_argument_group("SAE")
+    g.add_argument("--arch", choices=ARCHS, default="relu", help="relu (+L1), topk or batchtopk (default relu)")
+    g.add_argument("--k", type=int, default=d["k"].default, help=f"active latents for topk/batchtopk (default {d['k'].default})")
+    g.add_argument("--init", choices=INITS, default="kaiming", help="initialisation scheme (default kaiming)")
+    g.add_argument("--init-blend", type=float, default=d["init_blend"].default, help="data init: weight of the data sample (default 0.8)")
+    g.add_argument("--orth", type=float, default=0.0, help="decoder orthogonality penalty weight (default 0: off)")
+    g.add_argument("--orth-full", action="store_true", help="O(n^2) orthogonality penalty over all latents (small dictionaries)")
+    g.add_argument("--decoder-norm", choices=DECODER_NORMS, default="unit", help="unit-norm decoder rows, or L1 weighted by row norm")
+    g.add_argument("--tied", action="store_true", help="tie the decoder to the encoder")
+    h = p.add_argument_group("training")
+    h.add_argument("--samples", type=int, help=f"training samples (default {t['n_samples'].default})")
+    h.add_argument("--batch-size", type=int, default=t["batch_size"].default, help=f"default {t['batch_size'].default}")
+    h.add_argument("--lr", type=float, default=t["lr"].default, help=f"Adam learning rate (default {t['lr'].default})")
+    h.add_argument("--warmup", type=int, default=t["warmup_steps"].default, help="linear warm-up steps")
+    h.add_argument("--seed", type=int, default=0, help="seed of the init, the batches and the synthetic data (default 0)")
+    h.add_argument("--resample-every", type=int, default=t["resample_every"].default, help="relu: resample dead latents every N steps (0: never)")
+    h.add_argument("--dead-window", type=int, default=t["dead_window"].default, help="samples without firing that make a latent dead")
+    h.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)")
+    h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    h.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(sub) -> None:
+    from sae.config import SAEConfig
+
+    p = sub.add_parser("sae", help="train and evaluate sparse autoencoders (ground-truth synthetic data or your activations)", description=__doc__.splitlines()[0])
+    cmds = p.add_subparsers(dest="sae_command", metavar="{train,eval,sweep}", parser_class=type(p))
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+    t = cmds.add_parser("train", help="train one SAE into a folder (checkpoint + SAELens export + evaluation)")
+    _add_data(t)
+    t.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint, saelens/, run.json)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (same seed, same batches; --samples may raise the total)")
+    t.add_argument("--dict-size", type=int, help="latents (default 2 x d)")
+    t.add_argument("--l1", type=float, default=SAEConfig.__dataclass_fields__["l1"].default, help="L1 coefficient (relu)")
+    _add_model_and_training(t)
+    t.set_defaults(handler=run_train)
+
+    e = cmds.add_parser("eval", help="evaluate a trained SAE folder (or a SAELens folder)")
+    e.add_argument("dir", metavar="DIR", help="run folder from 'sae train', or a SAELens folder with cfg.json")
+    _add_data(e, default=None)
+    e.set_defaults(handler=run_eval)
+
+    s = cmds.add_parser("sweep", help="train a grid of L1 x dictionary ratio as one batched ensemble")
+    _add_data(s)
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json and the heatmap PNG")
+    s.add_argument("--l1s", default="0.01,0.03,0.1,0.3,1", help="comma-separated L1 coefficients")
+    s.add_argument("--ratios", default="0.5,1,2,4", help="comma-separated dictionary sizes as multiples of the number of true features (or of d for files)")
+    s.add_argument("--dict-size", type=int, help=argparse_suppress())
+    s.add_argument("--l1", type=float, default=0.0, help=argparse_suppress())
+    _add_model_and_training(s)
+    s.set_defaults(handler=run_sweep)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS

@@ -1,0 +1,142 @@
+"""A training run in a folder: data by name or path, checkpoint, SAELens export, evaluation.
+
+Folder layout (``out_dir``)::
+
+    checkpoint.safetensors, checkpoint.json   the trainer's state (``resume=True`` continues from it)
+    saelens/                                  the SAE in SAELens format (cfg.json + sae_weights.safetensors)
+    run.json                                  data spec, configs and the final evaluation
+
+These are the Python equivalents of ``polylens sae train`` and ``polylens sae eval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sae.metrics import evaluate
+from sae.model import SAEConfig
+from sae.store import STATE, read_json, write_json_atomic
+from sae.synthetic import SYNTHETIC, make_data
+from sae.train import TrainConfig, Trainer, load_sae
+
+RUN = "run.json"
+EXPORT = "saelens"
+EVAL_SALT = 7_777_777  # evaluation samples come from a stream the training never draws from
+
+
+def eval_batch(data, n_samples: int, seed: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Held-out ``(x, truth, codes)``: fresh synthetic samples (with ground truth), or the first
+    ``n_samples`` rows of an array (no ground truth)."""
+    if isinstance(data, Tensor):
+        return data[:n_samples].float(), None, None
+    g = torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + EVAL_SALT)
+    codes = data.sample_codes(n_samples, g)
+    return codes @ data.features, data.features, codes
+
+
+def _dim(source) -> int:
+    return source.shape[1] if isinstance(source, Tensor) else source.d
+
+
+def check_run_folder(out: Path, resume: bool, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} is a file; give a folder")
+    if resume:
+        if not (out / STATE).is_file():
+            raise FileNotFoundError(f"nothing to resume: {out / STATE} does not exist")
+        return
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"output folder {out} is not empty; pass --force to overwrite it or --resume to continue its run")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"folder {parent} does not exist; create it first")
+
+
+def train_run(
+    out_dir: str | Path,
+    data: str | None = "sharkey",
+    sae_config: SAEConfig | dict | None = None,
+    train_config: TrainConfig | None = None,
+    data_options: dict | None = None,
+    eval_samples: int = 20_000,
+    resume: bool = False,
+    force: bool = False,
+) -> dict:
+    """Train (or ``resume``) the run in ``out_dir``, export it for SAELens, evaluate it; returns run.json's content.
+
+    ``data``: ``'sharkey'``, ``'tms'`` or a ``.npy``/``.safetensors`` path (on resume: None = the
+    recorded data). ``sae_config`` as a dict: SAEConfig fields, with ``d_in`` taken from the data
+    and ``dict_size`` defaulting to 2·d_in.
+    """
+    out = Path(out_dir)
+    check_run_folder(out, resume, force)
+    data_options = dict(data_options or {})
+    if resume:
+        run = read_json(out / RUN) if (out / RUN).is_file() else {}
+        recorded = run.get("data", {})
+        if data is None:
+            data, data_options = recorded.get("spec"), recorded.get("options", {})
+        if data is None:
+            raise ValueError(f"{out} does not record its data; pass the data again")
+        seed = read_json(out / STATE)["train"]["seed"]
+    else:
+        if sae_config is None or train_config is None:
+            raise ValueError("a new run needs sae_config and train_config")
+        seed = train_config.seed
+    source = make_data(data, seed=seed, **data_options)
+    if resume:
+        n_samples = train_config.n_samples if train_config is not None else None
+        trainer = Trainer.resume(out, source, n_samples=n_samples, progress=train_config.progress if train_config else None)
+    else:
+        if isinstance(sae_config, dict):
+            d = _dim(source)
+            sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * d, **sae_config})
+        trainer = Trainer(sae_config, train_config, source, out)
+        out.mkdir(parents=True, exist_ok=True)
+    record = {"data": {"spec": data, "options": data_options}, "sae": asdict(trainer.sae_config), "train": asdict(trainer.config)}
+    write_json_atomic(record, out / RUN)
+    result = trainer.fit()
+    from sae.export import export_saelens
+
+    export_saelens(result.sae, out / EXPORT, overwrite=True)
+    x, truth, codes = eval_batch(source, eval_samples, seed)
+    record.update(steps=result.steps, evaluation=evaluate(result.sae, x, truth, codes)._asdict(), history_tail=result.history[-5:])
+    record["train"] = asdict(trainer.config)
+    write_json_atomic(record, out / RUN)
+    return record
+
+
+def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | None = None, eval_samples: int = 20_000, seed: int | None = None) -> dict:
+    """Evaluate the SAE in ``out_dir`` (a training folder, or a SAELens folder with cfg.json) on
+    ``data`` (default: the data its run recorded), with ground-truth metrics for synthetic data."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(f"SAE folder {out} does not exist")
+    run = read_json(out / RUN) if (out / RUN).is_file() else {}
+    if (out / STATE).is_file():
+        sae = load_sae(out)
+    elif (out / "cfg.json").is_file():
+        from sae.export import import_saelens
+
+        sae = import_saelens(out)
+    else:
+        raise ValueError(f"{out} holds neither a polylens checkpoint ({STATE}) nor a SAELens export (cfg.json)")
+    if data is None:
+        recorded = run.get("data", {})
+        data, data_options = recorded.get("spec"), recorded.get("options", {})
+        if data is None:
+            raise ValueError(f"{out} does not record its data; pass --data (sharkey, tms or a .npy/.safetensors file)")
+    seed = run.get("train", {}).get("seed", 0) if seed is None else seed
+    source = make_data(data, seed=seed, **(data_options or {}))
+    d = _dim(source)
+    if d != sae.config.d_in:
+        raise ValueError(f"data dimension {d} does not match the SAE's d_in={sae.config.d_in}")
+    x, truth, codes = eval_batch(source, eval_samples, seed)
+    return {"sae": asdict(sae.config), "data": {"spec": data, "options": data_options or {}}, "evaluation": evaluate(sae, x, truth, codes)._asdict()}
+
+
+__all__ = ["EXPORT", "RUN", "SYNTHETIC", "eval_batch", "eval_run", "train_run"]

@@ -1,0 +1,86 @@
+"""Sweeps: each ensemble member is the single run it stands for; the grid's files; refusals."""
+
+import json
+
+import pytest
+import torch
+
+from sae.config import SAEConfig, TrainConfig
+from sae.store import load_tensors
+from sae.sweep import SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, Ensemble, sweep, sweep_run
+from sae.synthetic import TMSConfig, TMSData
+from sae.train import Trainer, train
+
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+
+@pytest.mark.parametrize("arch, extra", [("relu", {}), ("relu", dict(decoder_norm="weighted_l1")), ("topk", dict(k=3)), ("batchtopk", dict(k=3))])
+def test_every_member_ends_where_its_single_run_ends(arch, extra):
+    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    # dead_window of two batches: AuxK joins the topk / batchtopk runs midway.
+    tc = TrainConfig(n_samples=64 * 30, batch_size=64, warmup_steps=5, dead_window=128, seed=4)
+    res = sweep(data, [0.05, 0.3], [16, 24], dict(arch=arch, **extra), tc)
+    assert len(res.saes) == 2 and [len(row) for row in res.saes] == [2, 2]
+    for i, l1 in enumerate(res.l1s):
+        for j, n in enumerate(res.dict_sizes):
+            single = train(SAEConfig(d_in=8, dict_size=n, l1=l1, arch=arch, **extra), tc, data).sae
+            member = res.saes[i][j]
+            assert member.config == single.config
+            for name in PARAMS:
+                torch.testing.assert_close(getattr(member, name), getattr(single, name), rtol=1e-5, atol=1e-6, msg=f"l1={l1} n={n} {name}")
+    if arch == "relu" and not extra:  # the L1 coefficient matters: the two rows differ
+        assert not torch.allclose(res.saes[0][0].W_dec, res.saes[1][0].W_dec)
+
+
+def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp_path):
+    from sae.synthetic import SharkeyConfig, SharkeyData
+
+    data = SharkeyData(SharkeyConfig(n_features=48, d=24, m=3.0, seed=1))  # the run's data: seeded by the run's seed
+    out = tmp_path / "sweep"
+    tc = TrainConfig(n_samples=512 * 1500, batch_size=512, lr=3e-3, seed=1)
+    rec = sweep_run(out, "sharkey", [0.3, 3.0], [0.5, 1.0, 2.0], {}, tc, dict(n_features=48, d=24, m=3.0), eval_samples=4000)
+    assert {p.name for p in out.iterdir()} == {SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS}
+    assert (out / SWEEP_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / SWEEP_JSON).read_text())
+    assert saved["dict_sizes"] == [24, 48, 96] and len(saved["cells"]) == 6
+    cell = {(c["l1"], c["dict_size"]): c for c in saved["cells"]}
+    # At a suitable L1 the features are recovered once the dictionary has as many latents as
+    # there are features; half as many latents cannot cover them; a far too large L1 kills latents.
+    assert cell[(0.3, 48)]["mmcs"] > 0.97 and cell[(0.3, 96)]["mmcs"] > 0.97
+    assert cell[(0.3, 24)]["mmcs"] < 0.85
+    assert cell[(3.0, 48)]["dead_fraction"] > cell[(0.3, 48)]["dead_fraction"]
+    assert all(c["final_loss"] > 0 for c in saved["cells"])
+    assert "0.3" in rec["table"] and "96" in rec["table"]
+    # The weights file holds every cell: the reloaded (l1=0.3, n=48) SAE scores what the JSON says.
+    from sae.metrics import mmcs
+    from sae.model import SparseAutoencoder
+
+    tensors, _ = load_tensors(out / SWEEP_WEIGHTS)
+    sae = SparseAutoencoder(SAEConfig(d_in=24, dict_size=48, l1=0.3))
+    sae.load_state_dict({k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith("l1_0.n_1.")})
+    assert mmcs(data.features, sae.decoder.detach()) == pytest.approx(cell[(0.3, 48)]["mmcs"], abs=1e-6)
+
+
+def test_refusals_leave_nothing_behind(tmp_path):
+    data = TMSData(TMSConfig(n_features=8, d=4))
+    tc = TrainConfig(n_samples=64 * 2, batch_size=64)
+    with pytest.raises(ValueError, match="untied decoders without the orthogonality penalty"):
+        sweep(data, [0.1], [8], dict(tied=True), tc)
+    with pytest.raises(ValueError, match="untied decoders without the orthogonality penalty"):
+        sweep(data, [0.1], [8], dict(orth=0.1), tc)
+    with pytest.raises(ValueError, match="resampling"):
+        sweep(data, [0.1], [8], {}, TrainConfig(n_samples=128, batch_size=64, resample_every=5))
+    with pytest.raises(ValueError, match="repeated dictionary sizes"):
+        sweep_run(tmp_path / "a", "tms", [0.1], [1.0, 1.01], {}, tc)
+    with pytest.raises(ValueError, match="share every setting but l1"):
+        Ensemble([Trainer(SAEConfig(d_in=4, dict_size=8, k=k, arch="topk"), tc, data).sae for k in (2, 3)])
+    x = torch.randn(256, 4)
+    x[200, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"batch at step \d .* contains NaN"):
+        sweep(x, [0.1], [8], {}, TrainConfig(n_samples=64 * 4, batch_size=64, init_samples=64))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="--force"):
+        sweep_run(tmp_path / "full", "tms", [0.1], [1.0], {}, tc)
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+    assert not (tmp_path / "a").exists()
