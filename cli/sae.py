@@ -69,16 +69,18 @@ def _emit(record: dict, json_path: str | None, summary: str) -> None:
 def run_train(args) -> int:
     from cli.output import check_outputs
     from sae.config import TrainConfig
-    from sae.runs import train_run
+    from sae.runs import resume_run, train_run
 
     _positive(args, "samples", "batch_size", "lr", "dict_size", "k", "eval_samples")
     check_outputs(args.force, json=args.json)
     options = _data_options(args)
+    eval_samples = args.eval_samples or 20_000
     if args.resume:
-        train = _train_config(args, TrainConfig.n_samples) if args.samples else None
-        record = train_run(args.out, args.data if args.data_given else None, None, train, options, args.eval_samples, resume=True)
+        data = args.data if args.data_given else None
+        progress = not args.no_progress and sys.stderr.isatty()
+        record = resume_run(args.out, args.samples, data, options if data else None, eval_samples, progress)
     else:
-        record = train_run(args.out, args.data, _sae_fields(args), _train_config(args, TrainConfig.n_samples), options, args.eval_samples, force=args.force)
+        record = train_run(args.out, args.data, _sae_fields(args), _train_config(args, TrainConfig.n_samples), options, eval_samples, args.force)
     _emit(record, args.json, f"trained {record['steps']} steps -> {args.out}\n" + _summary(record))
     return 0
 
@@ -106,7 +108,7 @@ def run_sweep(args) -> int:
     ratios = _floats(args.ratios, "--ratios")
     fields = _sae_fields(args)
     fields.pop("l1")
-    record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples, force=args.force)
+    record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples or 20_000, force=args.force)
     _emit(record, args.json, f"swept {len(l1s)} L1 x {len(ratios)} ratios -> {args.out}\n" + record["table"])
     return 0
 
@@ -138,7 +140,7 @@ def _add_data(p, default="sharkey") -> None:
     g.add_argument("--active", type=float, help="sharkey: expected active features per sample (default 5)")
     g.add_argument("--uncorrelated", action="store_true", help="sharkey: independent firing (no Gaussian copula)")
     g.add_argument("--sparsity", type=float, help="tms: probability a feature is 0 (default 0.95)")
-    p.add_argument("--eval-samples", type=int, default=20_000, help="held-out samples for the evaluation (default 20000)")
+    p.add_argument("--eval-samples", type=int, help="held-out samples for the evaluation (default 20000; eval: the run's)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sae.config import SAEConfig, TrainConfig
 from sae.metrics import evaluate
-from sae.model import SAEConfig
 from sae.store import STATE, read_json, write_json_atomic
-from sae.synthetic import SYNTHETIC, make_data
-from sae.train import TrainConfig, Trainer, load_sae
+from sae.synthetic import make_data
+from sae.train import Trainer, load_sae
 
 RUN = "run.json"
 EXPORT = "saelens"
@@ -58,61 +58,69 @@ def check_run_folder(out: Path, resume: bool, force: bool) -> None:
 
 def train_run(
     out_dir: str | Path,
-    data: str | None = "sharkey",
+    data: str = "sharkey",
     sae_config: SAEConfig | dict | None = None,
     train_config: TrainConfig | None = None,
     data_options: dict | None = None,
     eval_samples: int = 20_000,
-    resume: bool = False,
     force: bool = False,
 ) -> dict:
-    """Train (or ``resume``) the run in ``out_dir``, export it for SAELens, evaluate it; returns run.json's content.
+    """Train a new run in ``out_dir``, export it for SAELens, evaluate it; returns run.json's content.
 
-    ``data``: ``'sharkey'``, ``'tms'`` or a ``.npy``/``.safetensors`` path (on resume: None = the
-    recorded data). ``sae_config`` as a dict: SAEConfig fields, with ``d_in`` taken from the data
-    and ``dict_size`` defaulting to 2·d_in.
+    ``data``: ``'sharkey'``, ``'tms'`` or a ``.npy``/``.safetensors`` path; ``data_options``: fields
+    of the synthetic data's config. ``sae_config`` as a dict: SAEConfig fields, with ``d_in`` taken
+    from the data and ``dict_size`` defaulting to 2·d_in. ``force`` empties nothing: files of the
+    same names are replaced, others are left.
     """
     out = Path(out_dir)
-    check_run_folder(out, resume, force)
+    check_run_folder(out, resume=False, force=force)
+    train_config = train_config or TrainConfig()
     data_options = dict(data_options or {})
-    if resume:
-        run = read_json(out / RUN) if (out / RUN).is_file() else {}
+    source = make_data(data, seed=train_config.seed, **data_options)
+    if sae_config is None or isinstance(sae_config, dict):
+        d = _dim(source)
+        sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * d, **(sae_config or {})})
+    trainer = Trainer(sae_config, train_config, source, out)
+    out.mkdir(parents=True, exist_ok=True)
+    return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
+
+
+def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | None = None, data_options: dict | None = None,
+               eval_samples: int = 20_000, progress: bool | None = None) -> dict:  # fmt: skip
+    """Continue the run in ``out_dir`` (to ``n_samples`` in total, default its own) on the data it
+    recorded (or ``data``): the same weights as one uninterrupted run. Returns run.json's content."""
+    out = Path(out_dir)
+    check_run_folder(out, resume=True, force=False)
+    run = read_json(out / RUN) if (out / RUN).is_file() else {}
+    if data is None:
         recorded = run.get("data", {})
-        if data is None:
-            data, data_options = recorded.get("spec"), recorded.get("options", {})
+        data, data_options = recorded.get("spec"), recorded.get("options", {})
         if data is None:
             raise ValueError(f"{out} does not record its data; pass the data again")
-        seed = read_json(out / STATE)["train"]["seed"]
-    else:
-        if sae_config is None or train_config is None:
-            raise ValueError("a new run needs sae_config and train_config")
-        seed = train_config.seed
-    source = make_data(data, seed=seed, **data_options)
-    if resume:
-        n_samples = train_config.n_samples if train_config is not None else None
-        trainer = Trainer.resume(out, source, n_samples=n_samples, progress=train_config.progress if train_config else None)
-    else:
-        if isinstance(sae_config, dict):
-            d = _dim(source)
-            sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * d, **sae_config})
-        trainer = Trainer(sae_config, train_config, source, out)
-        out.mkdir(parents=True, exist_ok=True)
-    record = {"data": {"spec": data, "options": data_options}, "sae": asdict(trainer.sae_config), "train": asdict(trainer.config)}
-    write_json_atomic(record, out / RUN)
-    result = trainer.fit()
+    data_options = dict(data_options or {})
+    source = make_data(data, seed=read_json(out / STATE)["train"]["seed"], **data_options)
+    trainer = Trainer.resume(out, source, n_samples=n_samples, progress=progress)
+    return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
+
+
+def _fit_export_evaluate(trainer: Trainer, out: Path, data: dict, source, eval_samples: int) -> dict:
     from sae.export import export_saelens
 
+    record = {"data": data, "sae": asdict(trainer.sae_config), "train": asdict(trainer.config)}
+    write_json_atomic(record, out / RUN)  # names the data before training, so a stopped run can resume
+    result = trainer.fit()
     export_saelens(result.sae, out / EXPORT, overwrite=True)
-    x, truth, codes = eval_batch(source, eval_samples, seed)
-    record.update(steps=result.steps, evaluation=evaluate(result.sae, x, truth, codes)._asdict(), history_tail=result.history[-5:])
-    record["train"] = asdict(trainer.config)
+    x, truth, codes = eval_batch(source, eval_samples, trainer.config.seed)
+    record.update(steps=result.steps, eval_samples=eval_samples, evaluation=evaluate(result.sae, x, truth, codes)._asdict(), history_tail=result.history[-5:])
     write_json_atomic(record, out / RUN)
     return record
 
 
-def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | None = None, eval_samples: int = 20_000, seed: int | None = None) -> dict:
+def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | None = None, eval_samples: int | None = None, seed: int | None = None) -> dict:
     """Evaluate the SAE in ``out_dir`` (a training folder, or a SAELens folder with cfg.json) on
-    ``data`` (default: the data its run recorded), with ground-truth metrics for synthetic data."""
+    ``data`` (default: the data its run recorded), with ground-truth metrics for synthetic data.
+    ``eval_samples`` and ``seed`` default to the run's (else 20,000 and 0): then the numbers are
+    the ones ``train_run`` reported."""
     out = Path(out_dir)
     if not out.is_dir():
         raise FileNotFoundError(f"SAE folder {out} does not exist")
@@ -131,6 +139,7 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
         if data is None:
             raise ValueError(f"{out} does not record its data; pass --data (sharkey, tms or a .npy/.safetensors file)")
     seed = run.get("train", {}).get("seed", 0) if seed is None else seed
+    eval_samples = eval_samples or run.get("eval_samples", 20_000)
     source = make_data(data, seed=seed, **(data_options or {}))
     d = _dim(source)
     if d != sae.config.d_in:
@@ -139,4 +148,4 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
     return {"sae": asdict(sae.config), "data": {"spec": data, "options": data_options or {}}, "evaluation": evaluate(sae, x, truth, codes)._asdict()}
 
 
-__all__ = ["EXPORT", "RUN", "SYNTHETIC", "eval_batch", "eval_run", "train_run"]
+__all__ = ["EXPORT", "RUN", "eval_batch", "eval_run", "resume_run", "train_run"]

@@ -80,7 +80,7 @@ def test_sweep_command_writes_its_folder(capsys, tmp_path):
         (["sae", "train", "--samples", "0", "--out", "{tmp}/r"], "--samples=0 must be positive"),
         (["sae", "train", "--data", "{tmp}/none.npy", "--out", "{tmp}/r"], "data file {tmp}/none.npy does not exist"),
         (["sae", "train", "--data", "{tmp}/acts.npy", "--features", "5", "--out", "{tmp}/r"], "--features applies to --data sharkey or tms"),
-        (["sae", "train", "--data", "{tmp}/nan.npy", "--out", "{tmp}/r"], "contain NaN or inf; clean the data first"),
+        (["sae", "train", "--data", "{tmp}/nan.npy", "--batch-size", "64", "--out", "{tmp}/r"], "contain NaN or inf; clean the data first"),
         (["sae", "train", "--resume", "--out", "{tmp}/r"], "nothing to resume"),
         (["sae", "train", "--out", "{tmp}/full"], "is not empty; pass --force"),
         (["sae", "eval", "{tmp}/none"], "does not exist"),

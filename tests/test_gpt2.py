@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from polylens.capture import capture
 from polylens.codes import extract_codes
-from polylens.models import load_model
 from polylens.models import gpt2 as gpt2_mod
+from polylens.models import load_model
 
 TINY = dict(n_layers=2, d_model=64, n_heads=2, n_ctx=64)
 
