@@ -6,14 +6,15 @@
       own default hyper-parameters; the timed region is ``fit()`` alone. Interleaved, median of
       --repeats after one warm-up each. Goal: ours >= 1.6x SAELens's samples/s.
 (ii)  Samples to MMCS(ground truth -> decoder rows) >= 0.99 on default Sharkey data (512 features in
-      256 dims): our default SAEConfig/TrainConfig (l1 5, lr 1e-3, warm-up 100) vs SAELens's defaults
+      256 dims) with 1024 latents (--recovery-dict-size): our default SAEConfig/TrainConfig (l1 0.1,
+      lr 1e-3, warm-up 100) vs SAELens's defaults
       (StandardTrainingSAEConfig: l1_coefficient 1, decoder rows at norm 0.1; SAETrainerConfig: lr 3e-4).
       Both at batch 256 (the Sharkey replication's; --recovery-batch), on the same batches (a pool
       generated once, cycled). MMCS is checked every --eval-every steps, so a count is exact to that
       resolution; a run ends at the target, after --patience checks without progress, or at
       --budget-samples, and says which. --ours-l1/--saelens-l1 try other L1 coefficients.
-(iii) Sweep: an ensemble of 16 SAEs in one pass vs the same 16 trained one after another
-      (placeholder until ``sae/sweep.py`` exists).
+(iii) Sweep: an ensemble of 16 SAEs in one pass (``sae.sweep``) vs the same 16 trained one after
+      another, on the stream and on one pre-generated array. Goal: >= 3x.
 
 SAELens is fed without a language model: ``SAETrainer(cfg, sae, data_provider)`` takes any iterator of
 ``[batch, d_in]`` tensors (this is what ``sae_lens.synthetic.train_toy_sae`` does); wandb, evals and
@@ -139,7 +140,7 @@ class Watched:
 
 
 def bench_recovery(args, data: SharkeyData) -> None:
-    d, n, b = data.d, args.dict_size, args.recovery_batch
+    d, n, b = data.d, args.recovery_dict_size, args.recovery_batch
     t0 = time.perf_counter()
     pool = torch.cat(sharkey_batches(data, -(-args.pool_samples // 4096), 4096, seed=2))[: args.pool_samples]
     batches = list(pool.split(b))[: args.pool_samples // b]
@@ -191,15 +192,31 @@ def bench_recovery(args, data: SharkeyData) -> None:
 
 # ---- (iii) sweeps -------------------------------------------------------------------------------
 def bench_sweep(args, data: SharkeyData) -> None:
-    """PLACEHOLDER — to be filled once ``sae/sweep.py`` exists: train an ensemble of 16 SAEs (e.g. 16
-    L1 coefficients) in one pass with ``sae.sweep.sweep`` vs the same 16 ``Trainer`` runs one after
-    another on the same pre-generated batches; print both wall times, samples/s and the ratio."""
-    try:
-        import sae.sweep  # noqa: F401
-    except ImportError:
-        print("\n(iii) sweep ensemble of 16 vs 16 sequential: skipped, sae/sweep.py does not exist yet (placeholder)")
-        return
-    print("\n(iii) sweep ensemble of 16 vs 16 sequential: sae/sweep.py exists, but this part is still a placeholder")
+    """16 L1 coefficients at one dictionary size: ``sae.sweep.sweep`` (one batched ensemble, one
+    pass) vs 16 ``Trainer`` runs one after another, each timed from construction (initialisation
+    included) to the end of ``fit``. Twice: on the Sharkey stream (each sequential run draws its own
+    batches, as 16 separate jobs would; the ensemble draws each batch once) and on one pre-generated
+    array (identical batches for all: training compute alone)."""
+    from sae.sweep import sweep
+
+    d, n, b, steps, E = data.d, args.dict_size, args.batch, args.sweep_steps, args.members
+    l1s = [float(v) for v in torch.logspace(-2, 0, E)]
+    config = TrainConfig(n_samples=steps * b, batch_size=b)
+    t0 = time.perf_counter()
+    pool = torch.cat(sharkey_batches(data, steps, b, seed=3))
+    print(f"\n(iii) sweep: {E} relu SAEs (l1 {l1s[0]:g}..{l1s[-1]:g}), d={d}, {n} latents, batch {b}, {steps} steps each "
+          f"(array of {pool.shape[0]:,} samples generated in {time.perf_counter() - t0:.1f} s)")
+    for label, source in (("Sharkey stream", data), ("pre-generated array", pool)):
+        t0 = time.perf_counter()
+        for l1 in l1s:
+            Trainer(SAEConfig(d_in=d, dict_size=n, l1=l1), config, source).fit()
+        seq = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sweep(source, l1s, [n], {}, config)
+        ens = time.perf_counter() - t0
+        total = E * steps * b
+        print(f"    {label:<20} sequential {seq:6.1f} s ({total / seq:>9,.0f} SAE-samples/s)   ensemble {ens:6.1f} s "
+              f"({total / ens:>9,.0f})   ratio {seq / ens:.2f}x  (goal >= 3x)")
 
 
 def main() -> None:
@@ -210,14 +227,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="(i) steps per timed run (default 8)")
     p.add_argument("--repeats", type=int, default=3, help="(i) timed runs per trainer (default 3)")
     p.add_argument("--target", type=float, default=0.99, help="(ii) MMCS to reach (default 0.99)")
+    p.add_argument("--recovery-dict-size", type=int, default=1024, help="(ii) latents (default 1024: 2x the true features)")
     p.add_argument("--recovery-batch", type=int, default=256, help="(ii) batch size for both (default 256, the Sharkey replication's)")
-    p.add_argument("--budget-samples", type=int, default=2_000_000, help="(ii) samples per trainer at most (default 2M)")
+    p.add_argument("--budget-samples", type=int, default=4_000_000, help="(ii) samples per trainer at most (default 4M)")
     p.add_argument("--eval-every", type=int, default=250, help="(ii) steps between MMCS checks (default 250)")
     p.add_argument("--patience", type=int, default=4, help="(ii) stop after this many checks without a gain (0: never; default 4)")
     p.add_argument("--min-delta", type=float, default=0.002, help="(ii) MMCS gain that counts as progress (default 0.002)")
-    p.add_argument("--pool-samples", type=int, default=196_608, help="(ii) pre-generated samples, cycled (default 196,608)")
+    p.add_argument("--pool-samples", type=int, default=524_288, help="(ii) pre-generated samples, cycled (default 524,288)")
     p.add_argument("--ours-l1", type=float, help="(ii) our L1 coefficient instead of the default")
     p.add_argument("--saelens-l1", type=float, help="(ii) SAELens's l1_coefficient instead of its default")
+    p.add_argument("--members", type=int, default=16, help="(iii) SAEs in the sweep (default 16)")
+    p.add_argument("--sweep-steps", type=int, default=10, help="(iii) steps per SAE (default 10)")
     p.add_argument("--only", choices=("i", "ii", "iii"), help="run one part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

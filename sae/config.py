@@ -22,8 +22,10 @@ class SAEConfig:
     """Number of latents n."""
     arch: Literal["relu", "topk", "batchtopk"] = "relu"
     """Activation rule: ReLU + L1 penalty, per-sample TopK, or BatchTopK."""
-    l1: float = 5.0
-    """L1 coefficient (relu only), on Σ|a| summed over latents."""
+    l1: float = 0.1
+    """L1 coefficient (relu only), on Σ|a| summed over latents. With unit-norm decoder rows a latent
+    is soft-thresholded at about l1/2 in activation units; 0.1 suits the Sharkey data (coefficients
+    U[0, 1)): scale it with your activations' norms."""
     k: int = 5
     """Active latents per sample for topk / batchtopk (batchtopk: on average)."""
     tied: bool = False
@@ -79,8 +81,8 @@ class TrainConfig:
 
     n_samples: int = 4_096_000
     """Training samples in total (steps = n_samples // batch_size)."""
-    batch_size: int = 4096
-    """Samples per Adam step."""
+    batch_size: int = 256
+    """Samples per Adam step (256: the Sharkey replication's; recovery needs many steps)."""
     lr: float = 1e-3
     """Adam learning rate after warm-up."""
     warmup_steps: int = 100

@@ -69,7 +69,8 @@ def train_run(
 
     ``data``: ``'sharkey'``, ``'tms'`` or a ``.npy``/``.safetensors`` path; ``data_options``: fields
     of the synthetic data's config. ``sae_config`` as a dict: SAEConfig fields, with ``d_in`` taken
-    from the data and ``dict_size`` defaulting to 2·d_in. ``force`` empties nothing: files of the
+    from the data and ``dict_size`` defaulting to twice the true feature count (synthetic data) or
+    2·d_in (a file). ``force`` empties nothing: files of the
     same names are replaced, others are left.
     """
     out = Path(out_dir)
@@ -79,7 +80,8 @@ def train_run(
     source = make_data(data, seed=train_config.seed, **data_options)
     if sae_config is None or isinstance(sae_config, dict):
         d = _dim(source)
-        sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * d, **(sae_config or {})})
+        n_true = source.features.shape[0] if hasattr(source, "features") else d
+        sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
     trainer = Trainer(sae_config, train_config, source, out)
     out.mkdir(parents=True, exist_ok=True)
     return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)

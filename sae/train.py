@@ -34,11 +34,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
 
 
-def initial_sae(sae_config: SAEConfig, config: TrainConfig, source: BatchSource) -> SparseAutoencoder:
-    """The SAE a run with ``config.seed`` starts from: ``sae_config.init`` applied to a data sample
-    (``config.init_samples`` rows; b_dec = their mean), on ``config.device``."""
-    gen = torch.Generator().manual_seed(config.seed)
-    sae = SparseAutoencoder(sae_config, generator=gen)
+def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource) -> Tensor:
+    """The data sample an initialisation reads (``config.init_samples`` rows; b_dec = their mean)."""
     if source.array is not None:
         x = source.array[: config.init_samples].float()
     elif source.stream is not None:
@@ -49,7 +46,15 @@ def initial_sae(sae_config: SAEConfig, config: TrainConfig, source: BatchSource)
         x = source.batch(0).float()
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first")
-    initialize(sae, x.cpu(), gen)
+    return x.cpu()
+
+
+def initial_sae(sae_config: SAEConfig, config: TrainConfig, source: BatchSource, sample: Tensor | None = None) -> SparseAutoencoder:
+    """The SAE a run with ``config.seed`` starts from: ``sae_config.init`` applied to ``sample``
+    (default ``init_sample(...)``), on ``config.device``."""
+    gen = torch.Generator().manual_seed(config.seed)
+    sae = SparseAutoencoder(sae_config, generator=gen)
+    initialize(sae, init_sample(sae_config, config, source) if sample is None else sample, gen)
     return sae.to(config.device)
 
 
