@@ -188,8 +188,6 @@ class Trainer:
                 x = self.source.batch(self.step)
                 if x.shape[-1] != self.sae_config.d_in:
                     raise ValueError(f"batch at step {self.step} has dimension {x.shape[-1]}, the SAE's d_in is {self.sae_config.d_in}")
-                if not bool(torch.isfinite(x).all()):
-                    self._stop(f"batch at step {self.step} contains NaN or inf")
                 for group in self.opt.param_groups:
                     group["lr"] = lr_at(self.step, c)
                 if fused:
@@ -198,7 +196,9 @@ class Trainer:
                     with torch.autocast(dev_type, dtype=torch.bfloat16, enabled=c.bf16):
                         out = sae(x, dead=self.dead_mask())
                 loss = out.loss.float()
-                if not bool(torch.isfinite(loss)):
+                if not bool(torch.isfinite(loss)):  # a NaN/inf in x always gets here (err contains −x)
+                    if not bool(torch.isfinite(x).all()):
+                        self._stop(f"batch at step {self.step} contains NaN or inf")
                     self._stop(f"loss became {float(loss)} at step {self.step}")
                 if not fused:
                     self.opt.zero_grad(set_to_none=True)
