@@ -185,7 +185,8 @@ def register(sub) -> None:
     t.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint, saelens/, run.json)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (same seed, same batches; --samples may raise the total)")
     t.add_argument("--dict-size", type=int, help="latents (default 2 x the true features for sharkey/tms, 2 x d for a file)")
-    t.add_argument("--l1", type=float, default=SAEConfig.__dataclass_fields__["l1"].default, help="L1 coefficient (relu)")
+    l1 = SAEConfig.__dataclass_fields__["l1"].default
+    t.add_argument("--l1", type=float, default=l1, help=f"L1 coefficient (relu; default {l1}: soft threshold ~l1/2 with unit decoder rows)")
     _add_model_and_training(t)
     t.set_defaults(handler=run_train)
 

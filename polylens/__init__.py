@@ -1,4 +1,4 @@
-"""polylens: the polytope lens (spline codes, boundary density, code clustering) and
+"""polylens: the polytope lens (spline codes, boundary density, the shell profile) and
 activation- vs gradient-based direction finding for torch models.
 
 The public names are imported on first use (PEP 562), so ``import polylens`` and the

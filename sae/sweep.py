@@ -133,21 +133,19 @@ def sweep(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict, confi
     try:
         for step in range(config.steps):
             x = source.batch(step)
-            if x.shape[-1] != fields["d_in"] or not bool(torch.isfinite(x).all()):
-                raise ValueError(f"batch at step {step} has dimension {x.shape[-1]} (d_in {fields['d_in']}) or contains NaN/inf; sweep stopped, nothing written")
-            for g, opt in zip(groups, opts):
+            if x.shape[-1] != fields["d_in"]:
+                raise ValueError(f"batch at step {step} has dimension {x.shape[-1]}, the SAEs' d_in is {fields['d_in']}")
+            for j, (g, opt) in enumerate(zip(groups, opts)):
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step, config)
                 out = g.step_grads_(x, config.dead_window)
-                bad = (~torch.isfinite(out.loss)).nonzero().flatten().tolist()
-                if bad:
-                    cells = ", ".join(f"l1={l1s[e]} n={g.config.dict_size}" for e in bad)
-                    raise ValueError(f"loss became NaN/inf at step {step} for {cells}; sweep stopped, nothing written")
+                if not bool(torch.isfinite(out.loss).all()):  # as in Trainer.fit: a NaN/inf in x gets here too
+                    _stop_sweep(step, x, [f"l1={l1s[e]} n={g.config.dict_size}" for e in (~torch.isfinite(out.loss)).nonzero().flatten().tolist()])
                 g.project_(before_step=True)
                 opt.step()
                 g.project_(before_step=False)
                 if step >= tail_from:
-                    loss_sum[groups.index(g)] += out.loss.double()
+                    loss_sum[j] += out.loss.double()
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 history.append({"step": step + 1, "dead_fraction": [g.dead_mask(config.dead_window).float().mean(1).tolist() for g in groups]})
             if bar is not None:
@@ -162,6 +160,12 @@ def sweep(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict, confi
         list(l1s), list(dict_sizes), [[members[j][i] for j in range(len(groups))] for i in range(len(l1s))],
         [[final[j][i] for j in range(len(groups))] for i in range(len(l1s))], config.steps, history,
     )  # fmt: skip
+
+
+def _stop_sweep(step: int, x: Tensor, cells: list[str]) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"batch at step {step} contains NaN or inf; sweep stopped, nothing written")
+    raise ValueError(f"loss became NaN/inf at step {step} for {', '.join(cells)}; sweep stopped, nothing written")
 
 
 # ---- a sweep in a folder: sweep.json, sweep.png, sweep.safetensors -------------------------------
@@ -274,3 +278,5 @@ def plot_sweep(record: dict, path: str | Path) -> None:
     ax.legend(fontsize=6)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
+__all__ = ["Ensemble", "SweepResult", "dict_sizes_for", "plot_sweep", "sweep", "sweep_run"]
