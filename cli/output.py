@@ -49,6 +49,7 @@ def write_with(path: str, writer: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
@@ -82,3 +83,9 @@ def write_json(obj, path: str | None) -> None:
             fh.write(text)
 
     write_with(path, dump)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

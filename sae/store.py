@@ -29,6 +29,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
@@ -160,3 +161,9 @@ class BatchSource:
         self._pos += 1
         x = torch.as_tensor(next(self._it))
         return x.to(self.device, torch.float32)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -112,3 +112,16 @@ def test_eval_rejects_other_dimension_and_corrupt_checkpoint(capsys, tmp_path):
     (out / "checkpoint.safetensors").write_bytes(b"junk")
     code, _, err = run(capsys, "sae", "eval", out)
     assert code == 2 and "not a readable safetensors file" in err and err.count("\n") == 1
+
+
+def test_outputs_get_the_usual_file_mode(capsys, tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the final files must get 0666 minus the umask."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        assert run(capsys, "sae", "train", *TMS, "--samples", 64 * 2, "--out", tmp_path / "r", "--json", tmp_path / "r.json")[0] == 0
+    finally:
+        os.umask(mask)
+    for p in (tmp_path / "r.json", tmp_path / "r" / "run.json", tmp_path / "r" / "checkpoint.safetensors"):
+        assert p.stat().st_mode & 0o777 == 0o644, p
