@@ -38,12 +38,16 @@ def mmcs_learned(truth: Tensor, learned: Tensor, alive: Tensor | None = None) ->
 
 
 def hungarian(truth: Tensor, learned: Tensor) -> tuple[np.ndarray, np.ndarray, float]:
-    """One-to-one match maximising Σ|cos| (SciPy); returns (truth idx, learned idx, mean matched |cos|)."""
+    """One-to-one match maximising Σ|cos| (SciPy); returns (truth idx, learned idx, score).
+
+    The score is Σ matched |cos| / G: averaged over the ground-truth features, an unmatched one
+    (fewer latents than features) counting 0, as ``polylens.directions.score_directions``. With at
+    least as many latents as features this is SAELens's "MCC"."""
     from scipy.optimize import linear_sum_assignment
 
     cos = cosines(truth, learned).abs().numpy()
     rows, cols = linear_sum_assignment(-cos)
-    return rows, cols, float(cos[rows, cols].mean())
+    return rows, cols, float(cos[rows, cols].sum() / cos.shape[0])
 
 
 def frac_recovered(truth: Tensor, learned: Tensor, threshold: float = 0.9) -> float:
@@ -51,18 +55,24 @@ def frac_recovered(truth: Tensor, learned: Tensor, threshold: float = 0.9) -> fl
     return float((cosines(truth, learned).abs().max(dim=1).values >= threshold).float().mean())
 
 
-def mean_l2_ratio(truth: Tensor, learned: Tensor, codes: Tensor | None = None, acts: Tensor | None = None) -> float:
-    """Mean L2 ratio of Hungarian-matched features (APD's shrinkage check against ground truth).
+def mean_l2_ratio(truth: Tensor, learned: Tensor, codes: Tensor | None = None, acts: Tensor | None = None, threshold: float = 0.9) -> float:
+    """Mean L2 ratio of the recovered features (APD's shrinkage check against ground truth).
 
-    With the true coefficients ``codes [N, G]`` and the latent activations ``acts [N, n]`` on the
-    same samples: for each matched pair (g, j) whose feature fires, Σ_s a_j(s)·‖d_j‖ / Σ_s c_g(s)·‖f_g‖
-    (the size of the latent's contribution against the true one; < 1 is shrinkage), averaged over
-    pairs. Without them: ‖d_j‖ / ‖f_g‖ (only informative when decoder norms are free).
+    Over the Hungarian-matched pairs (g, j) with |cos| >= ``threshold`` (a badly matched pair's
+    ratio says nothing about shrinkage and can be 100×): with the true coefficients ``codes [N, G]``
+    and the latent activations ``acts [N, n]`` on the same samples, Σ_s a_j(s)·‖d_j‖ / Σ_s c_g(s)·‖f_g‖
+    per pair whose feature fires (< 1: shrinkage, or the feature split over several latents),
+    averaged; without them ‖d_j‖ / ‖f_g‖ (informative only when decoder norms are free). NaN when
+    no pair qualifies.
     """
     T = torch.as_tensor(truth).detach().float().cpu()
     L = torch.as_tensor(learned).detach().float().cpu()
     rows, cols, _ = hungarian(T, L)
     rows, cols = torch.as_tensor(rows), torch.as_tensor(cols)
+    good = cosines(T, L)[rows, cols].abs() >= threshold
+    rows, cols = rows[good], cols[good]
+    if rows.numel() == 0:
+        return float("nan")
     dn, tn = L[cols].norm(dim=1), T[rows].norm(dim=1).clamp_min(1e-12)
     if codes is None or acts is None:
         return float((dn / tn).mean())

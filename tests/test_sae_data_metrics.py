@@ -116,6 +116,23 @@ def test_mean_l2_ratio_from_activations_measures_shrinkage():
     assert metrics.mean_l2_ratio(T, L, codes, acts) == pytest.approx(0.8, rel=1e-6)
 
 
+def test_hungarian_counts_unmatched_features_as_zero():
+    T = _orthonormal(6, 12)
+    # Three exact latents for six features: three matched at 1, three left over at 0.
+    assert metrics.hungarian(T, T[:3])[2] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_mean_l2_ratio_leaves_out_badly_matched_pairs():
+    T = _orthonormal(3, 6)
+    codes = torch.rand(400, 3) * (torch.rand(400, 3) < 0.5)
+    junk = _orthonormal(4, 6, seed=1)[3]  # the third latent matches nothing (|cos| < 0.9)
+    L = torch.stack([T[0], T[1], junk])
+    acts = torch.stack([0.8 * codes[:, 0], 0.8 * codes[:, 1], 50.0 * torch.ones(400)], 1)  # fires always
+    assert metrics.cosines(T, L).abs()[2, 2] < 0.9
+    assert metrics.mean_l2_ratio(T, L, codes, acts) == pytest.approx(0.8, rel=1e-6)
+    assert math.isnan(metrics.mean_l2_ratio(T, _orthonormal(3, 6, seed=2), codes, acts))
+
+
 def test_reconstruction_metrics_closed_forms():
     x = torch.randn(500, 4) + 3.0
     assert metrics.explained_variance(x, x) == 1.0
