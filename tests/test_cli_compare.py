@@ -1,14 +1,7 @@
 import json
 
 import pytest
-
-from cli.main import main
-
-
-def run(capsys, *argv):
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from cli_run import run
 
 
 def test_compare_x2_meets_the_published_contrast(capsys, tmp_path):

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_run import run
 
-from cli.main import main
 from polylens.codes import SplineCodes
 from polylens.models import load_model
 
@@ -55,11 +55,6 @@ def model_file(tmp_path):
     path.write_text(MODEL_FILE)
     return str(path)
 
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_codes_writes_packed_file_with_provenance(capsys, tmp_path):

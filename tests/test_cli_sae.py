@@ -5,18 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_run import run
 
-from cli.main import main
 from sae.export import import_saelens
 from sae.train import load_sae
 
 TMS = ["--data", "tms", "--features", "12", "--dim", "6", "--batch-size", "64", "--warmup", "5", "--eval-samples", "2000"]
 
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_train_writes_checkpoint_export_and_eval_reproduces_its_numbers(capsys, tmp_path):
