@@ -67,8 +67,8 @@ def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None 
 
 
 def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions):
-    from sae.model import SAEConfig
-    from sae.train import TrainConfig, train
+    from sae.config import SAEConfig, TrainConfig
+    from sae.train import train
 
     dim = acts.shape[1]
     n = opts.dict_size or 2 * max(n_truth, dim)

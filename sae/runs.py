@@ -29,8 +29,9 @@ EVAL_SALT = 7_777_777  # evaluation samples come from a stream the training neve
 
 
 def eval_batch(data, n_samples: int, seed: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Held-out ``(x, truth, codes)``: fresh synthetic samples (with ground truth), or the first
-    ``n_samples`` rows of an array (no ground truth)."""
+    """Evaluation ``(x, truth, codes)``: fresh synthetic samples from a stream training never
+    draws (with ground truth), or the first ``n_samples`` rows of an array (no ground truth; rows
+    the SAE was trained on, so in-sample: hold out rows yourself for a clean estimate)."""
     if isinstance(data, Tensor):
         return data[:n_samples].float(), None, None
     g = torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + EVAL_SALT)
@@ -70,8 +71,7 @@ def train_run(
     ``data``: ``'sharkey'``, ``'tms'`` or a ``.npy``/``.safetensors`` path; ``data_options``: fields
     of the synthetic data's config. ``sae_config`` as a dict: SAEConfig fields, with ``d_in`` taken
     from the data and ``dict_size`` defaulting to twice the true feature count (synthetic data) or
-    2·d_in (a file). ``force`` empties nothing: files of the
-    same names are replaced, others are left.
+    2·d_in (a file). ``force`` empties nothing: files of the same names are replaced, others stay.
     """
     out = Path(out_dir)
     check_run_folder(out, resume=False, force=force)
