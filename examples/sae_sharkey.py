@@ -1,7 +1,8 @@
 """Train a ReLU+L1 SAE on Sharkey et al.'s toy data and score it against the planted features.
 
 Run: .venv/bin/python examples/sae_sharkey.py [dict_size] [l1] [n_samples]
-(defaults 1024, 0.1, 2,560,000: about 1 minute on 2 CPU cores; the README quotes its output)
+(defaults 1024, 0.1, 2,560,000: 78 s on 2 CPU cores, MMCS 0.9967 with every feature at |cos| >= 0.9,
+the README sweep's 1024-latent cell)
 """
 
 import sys
