@@ -13,7 +13,8 @@ and, with g = 2·err/B and m = [a > 0] (ReLU, and the kept entries of TopK/Batch
 Dense path: five matmuls instead of autograd's six (the b_dec gradient through the encoder is the
 vector–matrix product W_enc ∂b_enc, not ∂pre W_encᵀ summed over the batch); ReLU, the mask and
 the biases are applied inside or in place on the matmuls' outputs, with no [B, n] bool tensor.
-Sparse path (CPU, fewer than ``SPARSE_MAX_DENSITY`` of the entries active): only the encoder is a
+Sparse path (CPU, for each member with fewer than ``SPARSE_MAX_DENSITY`` of its entries active; a
+stack whose members differ runs its dense and its sparse members separately): only the encoder is a
 dense matmul; a W_dec, aᵀ g and xcᵀ ∂pre are ``embedding_bag`` sums over the active entries and
 g W_decᵀ is sampled at them (``torch.sparse.sampled_addmm``). AuxK (Gao et al. 2024) uses the
 dense path.
@@ -86,14 +87,39 @@ def sae_loss_and_grads(
     """
     _check(x, W_enc, b_enc, W_dec, b_dec, arch, k)
     E, d, n = W_enc.shape
-    B = x.shape[-2]
     xs = x.unsqueeze(0) if x.dim() == 2 else x  # [1 or E, B, d]
     xc = xs - b_dec.unsqueeze(1)  # [E, B, d] (a new tensor: x is never written)
     pre = torch.baddbmm(b_enc.unsqueeze(1), xc, W_enc)  # [E, B, n]
     acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k)  # pre now holds ReLU(pre)
     use_aux = arch != "relu" and aux_coef > 0 and dead is not None and bool(dead.any())
+    if use_aux or sparse is not None:
+        on_sparse = torch.full((E,), bool(sparse) and not use_aux)
+    else:
+        on_sparse = _sparse_members(acts, topk_idx)
+    l1v = torch.as_tensor(l1, dtype=W_dec.dtype, device=W_dec.device).expand(E)
+    args = (arch, decoder_norm, aux_coef, aux_k, (dead, pre) if use_aux else None)
+    if bool(on_sparse.all()) or not bool(on_sparse.any()):  # one path for the whole stack
+        parts = [_rest(xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v, bool(on_sparse[0]), *args)]
+        members = [None]
+    else:  # a sweep's low-L1 members dense, its high-L1 members sparse: each on its own path
+        members = [on_sparse.logical_not().nonzero().squeeze(1), on_sparse.nonzero().squeeze(1)]
+        parts = [
+            _rest(*(_take(t, idx) for t in (xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v)), path, *args)
+            for idx, path in zip(members, (False, True))
+        ]
+    mse, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec = (_put(E, [p[i] for p in parts], members) for i in range(8))
+    grads = SAEGrads(gW_enc, gb_enc, gW_dec, gb_dec)
+    return KernelOutput(mse + sparsity + aux, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
+
+
+def _rest(xc: Tensor, acts: Tensor, topk_vals, topk_idx, W_enc: Tensor, W_dec: Tensor, l1v: Tensor, on_sparse: bool,
+          arch: str, decoder_norm: str, aux_coef: float, aux_k: int, auxk: tuple[Tensor, Tensor] | None) -> tuple[Tensor, ...]:  # fmt: skip
+    """Everything after the activation for the members given, all on one path (``auxk``: the dead
+    mask and ReLU(pre), dense path only): ``(mse, sparsity, aux, act_sum, ∂W_enc, ∂b_enc, ∂W_dec,
+    ∂b_dec)``, each with a leading member dimension."""
+    E, B, n = acts.shape
     pattern = None
-    if not use_aux and (sparse or (sparse is None and _sparse_pays(acts, topk_idx))):
+    if on_sparse:
         pattern = _Pattern.from_dense(acts) if topk_idx is None else _Pattern.from_topk(topk_vals, topk_idx, n)
     g_scale = 2.0 / B  # ∂(‖err‖²/B)/∂err = g_scale·err
 
@@ -107,7 +133,7 @@ def sae_loss_and_grads(
         gW_dec = pattern.t_times(pattern.vals, err).mul_(g_scale)
         act_sum = pattern.col_sum(pattern.vals)
     mse = torch.linalg.vecdot(err.reshape(E, -1), err.reshape(E, -1)) / B
-    sparsity, latent_bias = _l1_(arch, l1, decoder_norm, act_sum, W_dec, B, gW_dec)
+    sparsity, latent_bias = _l1_(arch, l1v, decoder_norm, act_sum, W_dec, B, gW_dec)
 
     aux = mse.new_zeros(E)
     if pattern is None:
@@ -119,8 +145,9 @@ def sae_loss_and_grads(
         else:
             g_pre = torch.baddbmm(latent_bias.unsqueeze(1), err, W_decT, alpha=g_scale)
         torch.ops.aten.threshold_backward.grad_input(g_pre, acts, 0, grad_input=g_pre)
-        if use_aux:
-            aux = _auxk_(pre, err, W_dec, dead, aux_coef, aux_k, gW_dec, g_pre)
+        if auxk is not None:
+            dead, post = auxk
+            aux = _auxk_(post, err, W_dec, dead, aux_coef, aux_k, gW_dec, g_pre)
         gb_enc = g_pre.sum(1)  # [E, n]
         gW_enc = torch.bmm(xc.transpose(1, 2), g_pre)  # [E, d, n]
     else:
@@ -134,8 +161,25 @@ def sae_loss_and_grads(
         gW_enc = pattern.t_times(g_vals, xc).transpose(1, 2).contiguous()
     # ∂b_dec: +Σ_b g from the decoder, −W_enc ∂b_enc from the encoder (xc = x − b_dec).
     gb_dec = err.sum(1).mul_(g_scale).sub_(torch.bmm(W_enc, gb_enc.unsqueeze(-1)).squeeze(-1))
-    grads = SAEGrads(gW_enc, gb_enc, gW_dec, gb_dec)
-    return KernelOutput(mse + sparsity + aux, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
+    return mse, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec
+
+
+def _take(t: Tensor | None, idx: Tensor) -> Tensor | None:
+    """Members ``idx`` (increasing) of a stacked tensor: a view when they are consecutive."""
+    if t is None:
+        return None
+    lo, count = int(idx[0]), idx.numel()
+    return t.narrow(0, lo, count) if int(idx[-1]) - lo + 1 == count else t.index_select(0, idx)
+
+
+def _put(E: int, parts: list[Tensor], members: list[Tensor | None]) -> Tensor:
+    """Reassemble per-member results computed on disjoint member subsets."""
+    if members[0] is None:
+        return parts[0]
+    out = parts[0].new_empty((E, *parts[0].shape[1:]))
+    for part, idx in zip(parts, members):
+        out.index_copy_(0, idx, part)
+    return out
 
 
 def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, arch: str, k: int) -> None:
@@ -189,13 +233,16 @@ def _l1_(arch: str, l1, decoder_norm: str, act_sum: Tensor, W_dec: Tensor, B: in
     return l1v * torch.linalg.vecdot(act_sum, norms) / B, l1v.unsqueeze(1) * norms / B
 
 
-def _sparse_pays(acts: Tensor, topk_idx: Tensor | None) -> bool:
+def _sparse_members(acts: Tensor, topk_idx: Tensor | None) -> Tensor:
+    """Per member ``[E]`` (bool, CPU): whether the sparse path pays, i.e. fewer than
+    ``SPARSE_MAX_DENSITY`` of its entries are active (estimated from its first 256 rows)."""
+    E = acts.shape[0]
     if not acts.is_cpu:  # embedding_bag sums beat dense matmuls on CPU; not measured elsewhere
-        return False
+        return torch.zeros(E, dtype=torch.bool)
     if topk_idx is not None:
-        return topk_idx.shape[-1] < SPARSE_MAX_DENSITY * acts.shape[-1]
-    head = acts[:, :256]  # a density estimate from the first 256 rows of each member, cheaper than counting all
-    return int(torch.count_nonzero(head)) < SPARSE_MAX_DENSITY * head.numel()
+        return torch.full((E,), topk_idx.shape[-1] < SPARSE_MAX_DENSITY * acts.shape[-1])
+    head = acts[:, :256]  # cheaper than counting all rows
+    return torch.count_nonzero(head.reshape(E, -1), dim=1) < SPARSE_MAX_DENSITY * head[0].numel()
 
 
 class _Pattern:

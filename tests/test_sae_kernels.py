@@ -106,6 +106,31 @@ def test_sparse_path_is_chosen_at_low_density_and_agrees():
         torch.testing.assert_close(getattr(sae, name).grad, grads[name], msg=name)
 
 
+@pytest.mark.parametrize("sparse_members", [(1, 3), (2, 3)])  # apart (copied) and consecutive (a view)
+def test_ensemble_runs_each_member_on_its_own_path_and_agrees(monkeypatch, sparse_members):
+    """A sweep's low-L1 members are dense, its high-L1 members sparse: each subset takes its own path."""
+    import sae.kernels as kernels
+
+    E = 4
+    saes = [_sae(seed=e, arch="relu", l1=0.5 + e) for e in range(E)]
+    with torch.no_grad():
+        for e in sparse_members:
+            saes[e].b_enc.sub_(3.0)  # few active latents
+    x = _x()
+    stacked = [torch.stack([getattr(s, name).detach() for s in saes]) for name in PARAMS]
+    paths, rest = [], kernels._rest
+    monkeypatch.setattr(kernels, "_rest", lambda *a: paths.append((a[1].shape[0], a[7])) or rest(*a))
+    out = sae_loss_and_grads(x, *stacked, l1=torch.tensor([s.config.l1 for s in saes], dtype=torch.float64))
+    assert sorted(paths) == [(2, False), (2, True)]
+    for e, sae in enumerate(saes):
+        ref, grads = _autograd(sae, x, None)
+        assert (float((ref.acts != 0).float().mean()) < 0.1) == (e in sparse_members)
+        torch.testing.assert_close(out.loss[e], ref.loss.detach())
+        assert torch.equal(out.fired[e], (ref.acts != 0).any(0))
+        for i, name in enumerate(PARAMS):
+            torch.testing.assert_close(out.grads[i][e], grads[name], msg=f"member {e} {name}")
+
+
 def test_sparse_path_ignores_whatever_its_scratch_buffers_hold(monkeypatch):
     """The sampled product g W_decᵀ once took its value buffer from ``empty_like``: garbage NaNs there
     leaked through ``beta=0`` into the gradients (an intermittent NaN loss). Fill fresh buffers
