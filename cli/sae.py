@@ -48,7 +48,8 @@ def _train_config(args, samples_default: int):
 
     return TrainConfig(
         n_samples=args.samples or samples_default, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, seed=args.seed,
-        resample_every=args.resample_every, checkpoint_every=args.checkpoint_every, bf16=args.bf16, device=args.device,
+        lr_decay=args.lr_decay, resample_every=args.resample_every, resample_duplicates=args.resample_duplicates,
+        checkpoint_every=args.checkpoint_every, bf16=args.bf16, device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(), dead_window=args.dead_window,
     )
 
@@ -165,7 +166,11 @@ def _add_model_and_training(p) -> None:
     h.add_argument("--lr", type=float, default=t["lr"].default, help=f"Adam learning rate (default {t['lr'].default})")
     h.add_argument("--warmup", type=int, default=t["warmup_steps"].default, help="linear warm-up steps")
     h.add_argument("--seed", type=int, default=0, help="seed of the init, the batches and the synthetic data (default 0)")
-    h.add_argument("--resample-every", type=int, default=t["resample_every"].default, help="relu: resample dead latents every N steps (0: never)")
+    h.add_argument("--lr-decay", type=float, default=0.0, help="share of the steps over which the lr falls linearly to 0 at the end (default 0)")
+    h.add_argument("--resample-every", type=int, default=t["resample_every"].default,
+                   help="every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never")  # fmt: skip
+    h.add_argument("--resample-duplicates", type=float, default=0.0, metavar="COS",
+                   help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)")  # fmt: skip
     h.add_argument("--dead-window", type=int, default=t["dead_window"].default, help="samples without firing that make a latent dead")
     h.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)")
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

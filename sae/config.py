@@ -87,12 +87,24 @@ class TrainConfig:
     """Adam learning rate after warm-up."""
     warmup_steps: int = 100
     """Linear learning-rate warm-up from lr/warmup_steps to lr."""
+    lr_decay: float = 0.0
+    """Share of the steps at the end over which the learning rate falls linearly to 0 (0: constant).
+    The schedule follows ``n_samples``: resuming with a larger total moves the decay to the new end."""
     seed: int = 0
     """Seeds the initialisation, the batch order and resampling."""
     dead_window: int = 1_000_000
     """A latent is dead when it has not fired for this many samples."""
     resample_every: int = 0
-    """ReLU SAEs: every this many steps re-initialise dead latents (Anthropic 2023); 0 = never."""
+    """Every this many steps re-initialise dead latents of ReLU SAEs (Anthropic 2023) and, with
+    ``resample_duplicates``, duplicated latents of any SAE; 0 = never."""
+    resample_duplicates: float = 0.0
+    """With ``resample_every``: of every pair of latents whose decoder rows have |cos| above this,
+    re-initialise the less active one towards the residual x − x̂ of a badly reconstructed input
+    (0: off). Two latents on one direction leave another direction without a latent: on the Sharkey
+    data with exactly as many latents as features, the rare features (see the README)."""
+    resample_samples: int = 8192
+    """Inputs drawn to choose resampling targets from (squared-error weighted); a plain iterator
+    uses the current batch."""
     checkpoint_every: int = 0
     """Write a checkpoint every this many steps (0: only at the end); needs an output folder."""
     bf16: bool = False
@@ -110,7 +122,7 @@ class TrainConfig:
     """Torch device."""
 
     def __post_init__(self):
-        for name in ("n_samples", "batch_size", "dead_window", "init_samples", "log_every"):
+        for name in ("n_samples", "batch_size", "dead_window", "init_samples", "log_every", "resample_samples"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
@@ -118,6 +130,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        if not 0 <= self.lr_decay <= 1:
+            raise ValueError(f"lr_decay={self.lr_decay} must be in [0, 1] (a share of the steps)")
+        if not 0 <= self.resample_duplicates < 1:
+            raise ValueError(f"resample_duplicates={self.resample_duplicates} must be in [0, 1) (a |cos| threshold; 0: off)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr} must be a finite number > 0")
         if self.n_samples < self.batch_size:

@@ -31,7 +31,12 @@ class TrainResult:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    """Linear warm-up, then constant, then (``cfg.lr_decay``) a linear fall to 0 over the last steps."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    decay_steps = round(cfg.lr_decay * cfg.steps)
+    if decay_steps and step >= cfg.steps - decay_steps:
+        lr *= (cfg.steps - step) / decay_steps
+    return lr
 
 
 def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource) -> Tensor:
@@ -139,36 +144,66 @@ class Trainer:
     def dead_mask(self) -> Tensor:
         return self.since_fired >= self.config.dead_window
 
+    def resample_pool(self, x: Tensor) -> Tensor:
+        """``config.resample_samples`` inputs to pick resampling targets from (a function of seed and
+        step); a plain iterator gives the current batch ``x``."""
+        n, g = self.config.resample_samples, self.source.generator(self.step, salt=3)
+        if self.source.stream is not None:
+            return self.source.stream.sample(n, g)
+        if self.source.array is not None:
+            rows = torch.randint(0, self.source.array.shape[0], (n,), generator=g, device=g.device)
+            return self.source.array[rows.cpu()].to(self.config.device, torch.float32)
+        return x
+
     @torch.no_grad()
-    def resample_dead(self, x: Tensor) -> int:
-        """Anthropic-style resampling: dead latents point at inputs drawn ∝ squared reconstruction
-        error; encoder rows scaled to 0.2 × mean alive encoder norm; their Adam moments reset."""
-        dead = self.dead_mask().nonzero().squeeze(-1)
-        if dead.numel() == 0:
-            return 0
-        sae = self.sae
+    def resample(self, x: Tensor) -> dict[str, int]:
+        """Re-initialise dead latents (ReLU) and, with ``config.resample_duplicates``, one latent of
+        each near-parallel pair; returns how many of each."""
+        sae, c = self.sae, self.config
+        dead = self.dead_mask() if self.sae_config.arch == "relu" else torch.zeros_like(self.dead_mask())
+        dup = torch.zeros_like(dead)
+        if not bool(dead.any()) and not c.resample_duplicates:
+            return {"dead": 0, "duplicates": 0}
+        pool = self.resample_pool(x)
         sae.eval()
-        err = (sae(x).recon - x).pow(2).sum(-1)
+        out = sae(pool)
         sae.train()
+        if c.resample_duplicates:
+            W = sae.decoder / sae.decoder.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            i, j = torch.triu((W @ W.T).abs(), diagonal=1).gt(c.resample_duplicates).nonzero(as_tuple=True)
+            mass = out.acts.sum(0)
+            dup[torch.where(mass[i] < mass[j], i, j)] = True
+            dup &= ~dead
+        residual = pool - out.recon
+        err = residual.pow(2).sum(-1).double() + 1e-12
         g = self.source.generator(self.step, salt=2)
-        probs = err.double() + 1e-12
-        pick = torch.multinomial(probs, dead.numel(), replacement=True, generator=g)
-        v = x[pick] - sae.b_dec
-        v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [n_dead, d]
-        alive = ~self.dead_mask()
-        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        # Dead latents point at badly reconstructed inputs (Anthropic), duplicates at their residuals.
+        for latents, targets in ((dead, pool - sae.b_dec), (dup, residual)):
+            idx = latents.nonzero().squeeze(-1)
+            if idx.numel():
+                pick = torch.multinomial(err, idx.numel(), replacement=idx.numel() > err.numel(), generator=g)
+                self._reinit_(idx, targets[pick])
+        return {"dead": int(dead.sum()), "duplicates": int(dup.sum())}
+
+    def _reinit_(self, latents: Tensor, directions: Tensor) -> None:
+        """Decoder rows = the unit ``directions``, encoder columns the same at 0.2 × the mean norm of
+        the other encoder columns, b_enc 0; their Adam moments and dead counters reset."""
+        sae = self.sae
+        v = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [k, d]
+        others = torch.ones(sae.config.dict_size, dtype=torch.bool, device=v.device)
+        others[latents] = False
+        enc_norm = sae.W_enc[:, others].norm(dim=0).mean() if others.any() else torch.tensor(1.0)
         if sae.W_dec is not None:
-            sae.W_dec[dead] = v
-            sae.W_enc[:, dead] = (v * 0.2 * enc_norm).T
+            sae.W_dec[latents] = v
+            sae.W_enc[:, latents] = (v * 0.2 * enc_norm).T
         else:
-            sae.W_enc[:, dead] = v.T
-        sae.b_enc[dead] = 0
-        for p, cols in ((sae.W_enc, (slice(None), dead)), (sae.b_enc, (dead,)), (sae.W_dec, (dead,))):
+            sae.W_enc[:, latents] = v.T
+        sae.b_enc[latents] = 0
+        for p, cols in ((sae.W_enc, (slice(None), latents)), (sae.b_enc, (latents,)), (sae.W_dec, (latents,))):
             if p is not None and p in self.opt.state:
                 self.opt.state[p]["exp_avg"][cols] = 0
                 self.opt.state[p]["exp_avg_sq"][cols] = 0
-        self.since_fired[dead] = 0
-        return int(dead.numel())
+        self.since_fired[latents] = 0
 
     # ---- loop ----------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -210,8 +245,8 @@ class Trainer:
                     fired = out.fired if fused else (out.acts != 0).any(0)  # the same mask (acts >= 0)
                     self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0])
                 self.step += 1
-                if c.resample_every and self.sae_config.arch == "relu" and self.step % c.resample_every == 0 and self.step < c.steps:
-                    self.resample_dead(x)
+                if c.resample_every and self.step % c.resample_every == 0 and self.step < c.steps:
+                    self.resample(x)
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     rec = {
                         "step": self.step,

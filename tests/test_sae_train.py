@@ -119,3 +119,41 @@ def test_bf16_autocast_trains():
     data = TMSData(TMSConfig(n_features=12, d=6, sparsity=0.8))
     res = train(SAEConfig(d_in=6, dict_size=12, l1=0.05), TrainConfig(n_samples=128 * 20, batch_size=128, bf16=True), data)
     assert torch.isfinite(res.sae.W_enc).all() and res.history[-1]["loss"] < res.history[0]["loss"] * 1.5
+
+
+def test_lr_schedule_warms_up_holds_and_decays_linearly_to_zero():
+    from sae.train import lr_at
+
+    tc = TrainConfig(n_samples=100 * 8, batch_size=8, lr=0.5, warmup_steps=10, lr_decay=0.2)  # 100 steps, decay over the last 20
+    assert [lr_at(s, tc) for s in (0, 4, 9, 50, 79)] == pytest.approx([0.05, 0.25, 0.5, 0.5, 0.5])
+    assert [lr_at(s, tc) for s in (80, 90, 99)] == pytest.approx([0.5, 0.25, 0.025])
+    assert lr_at(99, TrainConfig(n_samples=800, batch_size=8, lr=0.5, warmup_steps=10)) == 0.5  # no decay by default
+
+
+def test_resampling_splits_a_planted_duplicate_towards_a_residual():
+    data = SharkeyData(SharkeyConfig(n_features=24, d=16, m=2.0, seed=2))
+    tc = TrainConfig(n_samples=256 * 4, batch_size=256, resample_every=1, resample_duplicates=0.9, resample_samples=2048, seed=0)
+    tr = Trainer(SAEConfig(d_in=16, dict_size=24, l1=0.1), tc, data)
+    x = tr.source.batch(0)
+    sae = tr.sae
+    with torch.no_grad():  # latent 5 = latent 3 with the sign flipped (|cos| = 1), firing half as much
+        sae.W_dec[5] = -sae.W_dec[3]
+        sae.W_enc[:, 5] = -sae.W_enc[:, 3] * 0.5
+        sae.b_enc[5] = sae.b_enc[3] * 0.5
+    for p in sae.parameters():  # Adam moments everywhere, so the reset shows
+        tr.opt.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.ones_like(p), "exp_avg_sq": torch.ones_like(p)}
+    pool = tr.resample_pool(x)  # a function of seed and step: the inputs resample() draws from
+    with torch.no_grad():
+        residual = torch.nn.functional.normalize(pool - sae.eval()(pool).recon, dim=-1)
+    before = sae.W_dec.detach().clone()
+    assert tr.resample(x) == {"dead": 0, "duplicates": 1}
+    W = sae.W_dec.detach()
+    others = torch.arange(24) != 5
+    assert torch.equal(W[others], before[others])  # only latent 5 moved
+    assert float((residual @ W[5]).max()) > 0.999  # onto the residual of one of the inputs
+    W = W / W.norm(dim=-1, keepdim=True)
+    assert float((W @ W.T).abs().fill_diagonal_(0).max()) < 0.9
+    state = tr.opt.state[sae.W_dec]
+    assert float(state["exp_avg"][5].abs().sum()) == 0 and float(state["exp_avg_sq"][5].abs().sum()) == 0
+    assert bool((state["exp_avg"][others] == 1).all())
+    assert float(sae.b_enc.detach()[5]) == 0
