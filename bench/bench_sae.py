@@ -14,7 +14,8 @@
       resolution; a run ends at the target, after --patience checks without progress, or at
       --budget-samples, and says which. --ours-l1/--saelens-l1 try other L1 coefficients.
 (iii) Sweep: an ensemble of 16 SAEs in one pass (``sae.sweep``) vs the same 16 trained one after
-      another, on the stream and on one pre-generated array. Goal: >= 3x.
+      another, on the stream and on one pre-generated array, --sweep-steps each (default 200: past
+      the first ~75 steps, in which every member is dense whatever its L1). Goal: >= 3x.
 
 SAELens is fed without a language model: ``SAETrainer(cfg, sae, data_provider)`` takes any iterator of
 ``[batch, d_in]`` tensors (this is what ``sae_lens.synthetic.train_toy_sae`` does); wandb, evals and
@@ -37,6 +38,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # SAETrainer.fit always opens a prog
 
 import torch  # noqa: E402
 
+from sae.kernels import SPARSE_MAX_DENSITY  # noqa: E402
 from sae.metrics import mmcs  # noqa: E402
 from sae.model import SAEConfig  # noqa: E402
 from sae.synthetic import SharkeyConfig, SharkeyData  # noqa: E402
@@ -212,11 +214,15 @@ def bench_sweep(args, data: SharkeyData) -> None:
             Trainer(SAEConfig(d_in=d, dict_size=n, l1=l1), config, source).fit()
         seq = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sweep(source, l1s, [n], {}, config)
+        result = sweep(source, l1s, [n], {}, config)
         ens = time.perf_counter() - t0
         total = E * steps * b
         print(f"    {label:<20} sequential {seq:6.1f} s ({total / seq:>9,.0f} SAE-samples/s)   ensemble {ens:6.1f} s "
               f"({total / ens:>9,.0f})   ratio {seq / ens:.2f}x  (goal >= 3x)")
+    with torch.no_grad():  # which kernel path each member ended on (sae.kernels.SPARSE_MAX_DENSITY)
+        density = [float((row[0].encode(pool[:4096]) != 0).float().mean()) for row in result.saes]
+    print(f"    active share per member at the end (l1 ascending): {' '.join(f'{v:.3f}' for v in density)}; "
+          f"{sum(v < SPARSE_MAX_DENSITY for v in density)} of {E} on the sparse path")
 
 
 def main() -> None:
@@ -237,7 +243,7 @@ def main() -> None:
     p.add_argument("--ours-l1", type=float, help="(ii) our L1 coefficient instead of the default")
     p.add_argument("--saelens-l1", type=float, help="(ii) SAELens's l1_coefficient instead of its default")
     p.add_argument("--members", type=int, default=16, help="(iii) SAEs in the sweep (default 16)")
-    p.add_argument("--sweep-steps", type=int, default=10, help="(iii) steps per SAE (default 10)")
+    p.add_argument("--sweep-steps", type=int, default=200, help="(iii) steps per SAE (default 200)")
     p.add_argument("--only", choices=("i", "ii", "iii"), help="run one part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

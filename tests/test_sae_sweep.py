@@ -19,8 +19,10 @@ def test_every_member_ends_where_its_single_run_ends(arch, extra):
     data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
     # dead_window of two batches: AuxK joins the topk / batchtopk runs midway.
     tc = TrainConfig(n_samples=64 * 30, batch_size=64, warmup_steps=5, dead_window=128, seed=4)
-    res = sweep(data, [0.05, 0.3], [16, 24], dict(arch=arch, **extra), tc)
-    assert len(res.saes) == 2 and [len(row) for row in res.saes] == [2, 2]
+    # Three L1s: on CPU the kernel takes two members a call (sae.sweep.CPU_MEMBERS_PER_CALL), so a
+    # chunk of two and a chunk of one.
+    res = sweep(data, [0.05, 0.3, 1.0], [16, 24], dict(arch=arch, **extra), tc)
+    assert len(res.saes) == 3 and [len(row) for row in res.saes] == [2, 2, 2]
     for i, l1 in enumerate(res.l1s):
         for j, n in enumerate(res.dict_sizes):
             single = train(SAEConfig(d_in=8, dict_size=n, l1=l1, arch=arch, **extra), tc, data).sae
