@@ -1,9 +1,9 @@
 """Sweeps: a grid of L1 coefficients × dictionary sizes, trained as batched ensembles in one pass.
 
 Every member sees the same batch at every step (drawn once). Members with the same dictionary
-size form one group whose parameters are stacked into ``[E, ...]`` tensors: one kernel call per
-step trains the whole group (batched matmuls, a per-member L1), and one Adam steps the stacked
-tensors (Adam is element-wise, so this is E independent Adams). Groups (one per dictionary size)
+size form one group whose parameters are stacked into ``[E, ...]`` tensors: the batched kernel
+(bmm, a per-member L1; on CPU two members a call, ``CPU_MEMBERS_PER_CALL``) gives the whole
+group's gradients, and one Adam steps the stacked tensors (Adam is element-wise, so this is E independent Adams). Groups (one per dictionary size)
 share the batch. Member (l1, n) starts from the SAE that ``train(SAEConfig(dict_size=n, l1=l1,
 …), config, data)`` starts from, so it ends where that single run ends up to float reassociation.
 
