@@ -96,7 +96,7 @@ class TrainConfig:
     """A latent is dead when it has not fired for this many samples."""
     resample_every: int = 0
     """Every this many steps re-initialise dead latents of ReLU SAEs (Anthropic 2023) and, with
-    ``resample_duplicates``, duplicated latents of any SAE; 0 = never."""
+    ``resample_duplicates``, duplicated latents of any SAE, until the lr decay begins; 0 = never."""
     resample_duplicates: float = 0.0
     """With ``resample_every``: of every pair of latents whose decoder rows have |cos| above this,
     re-initialise the less active one towards the residual x − x̂ of a badly reconstructed input
@@ -142,3 +142,8 @@ class TrainConfig:
     @property
     def steps(self) -> int:
         return self.n_samples // self.batch_size
+
+    @property
+    def decay_start(self) -> int:
+        """The step at which the lr decay begins (``steps`` without decay); resampling stops there."""
+        return self.steps - round(self.lr_decay * self.steps)

@@ -33,9 +33,8 @@ class TrainResult:
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then constant, then (``cfg.lr_decay``) a linear fall to 0 over the last steps."""
     lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-    decay_steps = round(cfg.lr_decay * cfg.steps)
-    if decay_steps and step >= cfg.steps - decay_steps:
-        lr *= (cfg.steps - step) / decay_steps
+    if cfg.decay_start < cfg.steps and step >= cfg.decay_start:
+        lr *= (cfg.steps - step) / (cfg.steps - cfg.decay_start)
     return lr
 
 
@@ -245,7 +244,7 @@ class Trainer:
                     fired = out.fired if fused else (out.acts != 0).any(0)  # the same mask (acts >= 0)
                     self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0])
                 self.step += 1
-                if c.resample_every and self.step % c.resample_every == 0 and self.step < c.steps:
+                if c.resample_every and self.step % c.resample_every == 0 and self.step < c.decay_start:
                     self.resample(x)
                 if self.step % c.log_every == 0 or self.step == c.steps:
                     rec = {

@@ -157,3 +157,14 @@ def test_resampling_splits_a_planted_duplicate_towards_a_residual():
     assert float(state["exp_avg"][5].abs().sum()) == 0 and float(state["exp_avg_sq"][5].abs().sum()) == 0
     assert bool((state["exp_avg"][others] == 1).all())
     assert float(sae.b_enc.detach()[5]) == 0
+
+
+def test_resampling_stops_where_the_lr_decay_begins(monkeypatch):
+    steps = []
+    monkeypatch.setattr(Trainer, "resample", lambda self, x: steps.append(self.step))
+    tc = TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=5, lr_decay=0.25)  # decay from step 30
+    Trainer(SAEConfig(d_in=6, dict_size=8), tc, torch.randn(640, 6)).fit()
+    assert steps == [5, 10, 15, 20, 25]
+    steps.clear()
+    Trainer(SAEConfig(d_in=6, dict_size=8), TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=5), torch.randn(640, 6)).fit()
+    assert steps == [5, 10, 15, 20, 25, 30, 35]
