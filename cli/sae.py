@@ -166,7 +166,8 @@ def _add_model_and_training(p) -> None:
     h.add_argument("--lr", type=float, default=t["lr"].default, help=f"Adam learning rate (default {t['lr'].default})")
     h.add_argument("--warmup", type=int, default=t["warmup_steps"].default, help="linear warm-up steps")
     h.add_argument("--seed", type=int, default=0, help="seed of the init, the batches and the synthetic data (default 0)")
-    h.add_argument("--lr-decay", type=float, default=0.0, help="share of the steps over which the lr falls linearly to 0 at the end (default 0)")
+    h.add_argument("--lr-decay", type=float, default=0.0, metavar="S",
+                   help="the lr falls linearly to 0 over the last share S of the steps; resampling stops there (default 0)")  # fmt: skip
     h.add_argument("--resample-every", type=int, default=t["resample_every"].default,
                    help="every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never")  # fmt: skip
     h.add_argument("--resample-duplicates", type=float, default=0.0, metavar="COS",
