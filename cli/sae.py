@@ -49,6 +49,7 @@ def _train_config(args, samples_default: int):
     return TrainConfig(
         n_samples=args.samples or samples_default, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, seed=args.seed,
         lr_decay=args.lr_decay, resample_every=args.resample_every, resample_duplicates=args.resample_duplicates,
+        resample_dead_towards=args.resample_dead_towards,
         checkpoint_every=args.checkpoint_every, bf16=args.bf16, device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(), dead_window=args.dead_window,
     )
@@ -147,7 +148,7 @@ def _add_data(p, default="sharkey") -> None:
 
 
 def _add_model_and_training(p) -> None:
-    from sae.config import ARCHS, DECODER_NORMS, INITS, SAEConfig, TrainConfig
+    from sae.config import ARCHS, DECODER_NORMS, INITS, RESAMPLE_TARGETS, SAEConfig, TrainConfig
 
     d = SAEConfig.__dataclass_fields__
     t = TrainConfig.__dataclass_fields__
@@ -172,6 +173,8 @@ def _add_model_and_training(p) -> None:
                    help="every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never")  # fmt: skip
     h.add_argument("--resample-duplicates", type=float, default=0.0, metavar="COS",
                    help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)")  # fmt: skip
+    h.add_argument("--resample-dead-towards", choices=RESAMPLE_TARGETS, default="input",
+                   help="a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat")  # fmt: skip
     h.add_argument("--dead-window", type=int, default=t["dead_window"].default, help="samples without firing that make a latent dead")
     h.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)")
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")

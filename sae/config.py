@@ -10,6 +10,7 @@ from typing import Literal
 ARCHS = ("relu", "topk", "batchtopk")
 INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit")
 DECODER_NORMS = ("unit", "weighted_l1")
+RESAMPLE_TARGETS = ("input", "residual")
 
 
 @dataclass
@@ -102,6 +103,9 @@ class TrainConfig:
     re-initialise the less active one towards the residual x − x̂ of a badly reconstructed input
     (0: off). Two latents on one direction leave another direction without a latent: on the Sharkey
     data with exactly as many latents as features, the rare features (see the README)."""
+    resample_dead_towards: Literal["input", "residual"] = "input"
+    """Where a dead latent's new decoder row points: the input (x − b_dec, Anthropic 2023's rule) or,
+    as for duplicates, the residual x − x̂ of a badly reconstructed input."""
     resample_samples: int = 8192
     """Inputs drawn to choose resampling targets from (squared-error weighted); a plain iterator
     uses the current batch."""
@@ -132,6 +136,8 @@ class TrainConfig:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay={self.lr_decay} must be in [0, 1] (a share of the steps)")
+        if self.resample_dead_towards not in RESAMPLE_TARGETS:
+            raise ValueError(f"resample_dead_towards={self.resample_dead_towards!r} is unknown; choose one of {', '.join(RESAMPLE_TARGETS)}")
         if not 0 <= self.resample_duplicates < 1:
             raise ValueError(f"resample_duplicates={self.resample_duplicates} must be in [0, 1) (a |cos| threshold; 0: off)")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -176,8 +176,9 @@ class Trainer:
         residual = pool - out.recon
         err = residual.pow(2).sum(-1).double() + 1e-12
         g = self.source.generator(self.step, salt=2)
-        # Dead latents point at badly reconstructed inputs (Anthropic), duplicates at their residuals.
-        for latents, targets in ((dead, pool - sae.b_dec), (dup, residual)):
+        # Dead latents point at badly reconstructed inputs (Anthropic) or their residuals, duplicates at the residuals.
+        dead_targets = residual if c.resample_dead_towards == "residual" else pool - sae.b_dec
+        for latents, targets in ((dead, dead_targets), (dup, residual)):
             idx = latents.nonzero().squeeze(-1)
             if idx.numel():
                 pick = torch.multinomial(err, idx.numel(), replacement=idx.numel() > err.numel(), generator=g)

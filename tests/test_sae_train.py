@@ -168,3 +168,23 @@ def test_resampling_stops_where_the_lr_decay_begins(monkeypatch):
     steps.clear()
     Trainer(SAEConfig(d_in=6, dict_size=8), TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=5), torch.randn(640, 6)).fit()
     assert steps == [5, 10, 15, 20, 25, 30, 35]
+
+
+@pytest.mark.parametrize("towards", ["input", "residual"])
+def test_dead_latents_point_at_an_input_or_at_its_residual(towards):
+    data = SharkeyData(SharkeyConfig(n_features=24, d=16, m=2.0, seed=2))
+    tc = TrainConfig(n_samples=256 * 4, batch_size=256, resample_every=1, resample_dead_towards=towards, resample_samples=2048, dead_window=256)
+    tr = Trainer(SAEConfig(d_in=16, dict_size=24, l1=0.1), tc, data)
+    x = tr.source.batch(0)
+    tr.since_fired[7] = 256  # dead
+    pool = tr.resample_pool(x)
+    with torch.no_grad():
+        inputs = torch.nn.functional.normalize(pool - tr.sae.b_dec, dim=-1)
+        residuals = torch.nn.functional.normalize(pool - tr.sae.eval()(pool).recon, dim=-1)
+    assert tr.resample(x) == {"dead": 1, "duplicates": 0}
+    row = tr.sae.W_dec.detach()[7]
+    hit, other = (inputs, residuals) if towards == "input" else (residuals, inputs)
+    assert float((hit @ row).max()) > 0.999
+    assert float((other @ row).max()) < 0.99
+    with pytest.raises(ValueError, match="resample_dead_towards='target' is unknown"):
+        TrainConfig(resample_dead_towards="target")
