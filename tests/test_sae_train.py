@@ -136,7 +136,7 @@ def test_resampling_splits_a_planted_duplicate_towards_a_residual():
     tr = Trainer(SAEConfig(d_in=16, dict_size=24, l1=0.1), tc, data)
     x = tr.source.batch(0)
     sae = tr.sae
-    with torch.no_grad():  # latent 5 = latent 3 with the sign flipped (|cos| = 1), firing half as much
+    with torch.no_grad():  # latent 5: latent 3's row sign-flipped (|cos| = 1), a weaker encoder: the less active one
         sae.W_dec[5] = -sae.W_dec[3]
         sae.W_enc[:, 5] = -sae.W_enc[:, 3] * 0.5
         sae.b_enc[5] = sae.b_enc[3] * 0.5
