@@ -144,10 +144,10 @@ class HDBSCAN(_Base):
             raise ValueError(f"knn={self.knn!r} must be auto, exact or hnsw")
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ValueError(f"cluster_selection_method={self.cluster_selection_method!r} must be eom or leaf")
-        if ms > n:
-            raise ValueError(f"min_samples={ms} is more than the {n} points")
         if n < self.min_cluster_size:
             raise ValueError(f"{n} points is fewer than min_cluster_size={self.min_cluster_size}; give more points or a smaller --min-cluster-size")
+        if ms > n:
+            raise ValueError(f"min_samples={ms} is more than the {n} points")
         if self.sample is not None and not (isinstance(self.sample, (int, np.integer)) and self.min_cluster_size <= self.sample):
             raise ValueError(f"sample={self.sample!r} must be an integer ≥ min_cluster_size={self.min_cluster_size}")
         return int(ms)
@@ -280,7 +280,7 @@ class HDBSCAN(_Base):
         """Labels of new points by HDBSCAN's prediction rule (hdbscan's ``approximate_predict``).
 
         For each point: its nearest fitted points (2·min_samples distinct ones); its core distance
-        (where the count, itself included, reaches min_samples); the fitted neighbour with the
+        (where, counting itself, min_samples points are reached); the fitted neighbour with the
         smallest mutual-reachability distance; λ = 1 / that distance; from the neighbour's place
         in the condensed tree, up while the cluster's λ ≥ the point's λ; the label of the cluster
         reached (−1 if none), probability min(λ, λ_max) / λ_max.
@@ -303,11 +303,14 @@ class HDBSCAN(_Base):
             return (labels, probs) if return_probabilities else labels
         d = nbrs.distances.astype(np.float64)
         idx = np.maximum(nbrs.indices, 0)
-        cum = 1 + np.cumsum(self._counts[idx], axis=1)  # the point itself counts once
+        # the new point's core distance as the fitted points' (scikit-learn's convention, the
+        # point itself counted once): where 1 + the count of fitted points within it reaches
+        # min_samples. (hdbscan's own code counts min_samples without the point in the fit and
+        # takes neighbour number min_samples, 0-based, here: the same rule shifted by one.)
+        cum = 1 + np.cumsum(self._counts[idx], axis=1)
         reach = np.argmax(cum >= ms, axis=1)
-        core_pt = np.where(cum[:, -1] >= ms, d[np.arange(len(d)), reach], np.inf)
-        if ms <= 1:
-            core_pt = np.zeros(len(d))
+        core_pt = np.where(cum[:, -1] >= ms, d[np.arange(len(d)), reach], d[:, -1])
+        core_pt[:] = 0.0 if ms <= 1 else core_pt
         mr = np.maximum(np.maximum(d, self._core[idx]), core_pt[:, None])
         mr[nbrs.indices < 0] = np.inf
         best = np.argmin(mr, axis=1)

@@ -188,13 +188,13 @@ class SplineCodes:
         return popcount_rows(self.words ^ other.words)
 
     def hamming_matrix(self, other: SplineCodes | None = None) -> np.ndarray:
-        """All pairwise Hamming distances ``[n, m]`` (``other`` defaults to self)."""
+        """All pairwise Hamming distances ``[n, m]`` int32 (``other`` defaults to self), computed
+        blockwise by the fastest exact route here (``polylens.hamming.pairwise``)."""
+        from polylens.hamming import pairwise
+
         other = self if other is None else other
         self._check_compatible(other)
-        out = np.empty((len(self), len(other)), dtype=np.int64)
-        for i in range(len(self)):  # one row at a time keeps memory at [m, n_words]
-            out[i] = popcount_rows(self.words[i] ^ other.words)
-        return out
+        return pairwise(self.words, other.words)
 
     def consecutive_hamming(self) -> np.ndarray:
         """Hamming distance between rows i and i+1: ``[n - 1]`` (the profile along a path)."""
@@ -257,31 +257,7 @@ def extract_codes(
     position: ``(h, w)``: keep only the channel vector at that spatial position of conv layers
     ``[n, C, H, W]`` → ``[n, C]`` (the Polytope Lens paper's protocol for image models).
     """
-    from polylens.capture import capture
-
-    available = list(adapter.activation_layers)
-    if layers is None:
-        names = available
-    else:
-        import fnmatch
-
-        names = []
-        for pat in [layers] if isinstance(layers, str) else list(layers):
-            hits = [n for n in available if n == pat or fnmatch.fnmatchcase(n, pat)]
-            if not hits:
-                adapter.check_layer(pat, allowed=available)
-            names.extend(h for h in hits if h not in names)
-        names = [n for n in available if n in names]  # forward order
-    got = capture(adapter.module, inputs, names, batch_size=batch_size)
-    preacts = {n: got.activations[n] for n in names}
-    if position is not None:
-        h, w = position
-        for n, z in preacts.items():
-            if z.dim() != 4:
-                raise ValueError(f"position=({h}, {w}) needs conv layers [n, C, H, W]; {n!r} has shape {tuple(z.shape)}")
-            if not (0 <= h < z.shape[2] and 0 <= w < z.shape[3]):
-                raise ValueError(f"position=({h}, {w}) is outside layer {n!r} of spatial size {z.shape[2]}x{z.shape[3]}")
-        preacts = {n: z[:, :, h, w] for n, z in preacts.items()}
+    names, preacts = layer_preactivations(adapter, inputs, layers, batch_size=batch_size, position=position)
     ids = list(input_ids) if input_ids is not None else [str(i) for i in range(inputs.shape[0])]
     if per_position:
         seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
@@ -292,3 +268,40 @@ def extract_codes(
         ids = [f"{i}@{p}" for i in ids for p in range(s)]
     prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta, "position": list(position) if position else None}
     return SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta, provenance=prov)
+
+
+def resolve_activation_layers(adapter, layers: str | Sequence[str] | None) -> list[str]:
+    """Activation-layer names (exact or wildcards; None: all) in forward order; unknown → ValueError."""
+    import fnmatch
+
+    available = list(adapter.activation_layers)
+    if layers is None:
+        return available
+    names: list[str] = []
+    for pat in [layers] if isinstance(layers, str) else list(layers):
+        hits = [n for n in available if n == pat or fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            adapter.check_layer(pat, allowed=available)
+        names.extend(h for h in hits if h not in names)
+    return [n for n in available if n in names]
+
+
+def layer_preactivations(adapter, inputs: Tensor, layers: str | Sequence[str] | None, *, batch_size: int = 64,
+                         position: tuple[int, int] | None = None) -> tuple[list[str], dict[str, Tensor]]:
+    """Pre-activations ``name -> [n, ...]`` of ``inputs`` at activation ``layers``, read through
+    ``polylens.capture`` with the forward pass stopped after the last of them. position ``(h, w)``:
+    only the channel vector there of conv layers (``[n, C, H, W]`` → ``[n, C]``)."""
+    from polylens.capture import capture
+
+    names = resolve_activation_layers(adapter, layers)
+    got = capture(adapter.module, inputs, names, batch_size=batch_size)
+    preacts = {n: got.activations[n] for n in names}
+    if position is not None:
+        h, w = position
+        for n, z in preacts.items():
+            if z.dim() != 4:
+                raise ValueError(f"position=({h}, {w}) needs conv layers [n, C, H, W]; {n!r} has shape {tuple(z.shape)}")
+            if not (0 <= h < z.shape[2] and 0 <= w < z.shape[3]):
+                raise ValueError(f"position=({h}, {w}) is outside layer {n!r} of spatial size {z.shape[2]}x{z.shape[3]}")
+        preacts = {n: z[:, :, h, w] for n, z in preacts.items()}
+    return names, preacts

@@ -220,3 +220,15 @@ def make_toy(setup: str, **overrides) -> Toy:
     if unknown:
         raise ValueError(f"setup {setup!r} has no option(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return train(config_cls(**overrides))
+
+
+def planted_codes(n: int, n_clusters: int, n_units: int, *, flip: float = 0.05, seed: int = 0):
+    """Codes with planted clusters: ``n_clusters`` random prototype codes, each point its
+    prototype with every bit flipped with probability ``flip``. Returns ``(bits [n, n_units] bool,
+    labels [n])``; prototypes differ in about half their bits, members in about 2·flip·(1−flip)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    protos = rng.random((n_clusters, n_units)) < 0.5
+    labels = rng.integers(0, n_clusters, n)
+    return protos[labels] ^ (rng.random((n, n_units)) < flip), labels

@@ -1,0 +1,201 @@
+"""``polylens cluster``: cluster a layer's spline codes (and, beside them, its activations) and write
+labels, JSON and a self-contained HTML report.
+
+Python equivalent: ``polylens.cluster_analysis.cluster_layer(polylens.protocols.digits_points(
+load_model("digits"), "fc1"))``; the protocols are ``gpt2_points``, ``image_points``,
+``digits_points``, ``array_points``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from cli.modelargs import add_model_args, load_from_args
+
+
+def load_points(args):
+    """The ``LayerPoints`` the flags name: a codes file, or a model's protocol."""
+    from polylens import protocols
+
+    if args.codes:
+        return codes_points(args.codes, args.layer)
+    adapter = load_from_args(args)
+    spec = args.model or "digits"
+    if spec.startswith("gpt2"):
+        if not args.input:
+            raise ValueError("GPT-2 clustering needs --input: a text file or a folder of .txt files")
+        return protocols.gpt2_points(adapter, args.layer, args.input, max_sequences=args.max_sequences,
+                                     skip=args.skip, per_seq=args.per_seq)
+    if spec == "inceptionv1" or spec.startswith("torchvision"):
+        if not args.input:
+            raise ValueError(f"{spec} clustering needs --input FOLDER of images")
+        layer = args.layer or ("mixed4a" if spec == "inceptionv1" else None)
+        if layer is None:
+            raise ValueError("give --layer (an activation layer of the model)")
+        return protocols.image_points(adapter, layer, args.input, position=_position(args.position))
+    if args.input:
+        return protocols.array_points(adapter, args.layer, args.input)
+    if spec == "digits":
+        return protocols.digits_points(adapter, args.layer)
+    raise ValueError(f"model {spec} has no bundled inputs; give them with --input FILE.npy")
+
+
+def codes_points(path: str, layer: str | None):
+    """Codes from ``polylens codes`` (``.npz``) or a plain 0/1 ``.npy`` ``[n_points, n_units]``."""
+    import numpy as np
+
+    from polylens.codes import SplineCodes
+    from polylens.protocols import LayerPoints
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--codes {path}: no such file")
+    if p.suffix == ".npz":
+        codes = SplineCodes.load(str(p))
+        if layer:
+            codes = codes.layer(layer)
+    elif p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"--codes {path} is not a plain .npy array ({str(err).splitlines()[0]})") from None
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"--codes {path} must be shaped [n_points, n_units], got {arr.shape}")
+        if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"--codes {path} must hold only 0/1 values (spline codes); it holds other values ({arr.dtype})")
+        codes = SplineCodes.from_preactivations({"codes": __import__("torch").from_numpy(arr.astype(np.float32) - 0.5)},
+                                                provenance={"model": f"codes file {p.name}"})
+    else:
+        raise ValueError(f"--codes {path} must be a .npz from 'polylens codes' or a 0/1 .npy")
+    model = codes.provenance.get("model") or f"codes file {p.name}"
+    return LayerPoints(model, ",".join(codes.layer_names), codes, None,
+                       examples=[{"input": i} for i in codes.provenance.get("input_ids", range(len(codes)))])
+
+
+def _position(text: str | None):
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--position {text!r} must be H,W (two integers), e.g. 7,7") from None
+    return h, w
+
+
+def _check_out_dir(out: str, force: bool) -> None:
+    p = Path(out)
+    if p.exists() and not force:
+        raise FileExistsError(f"output folder {out} already exists; pass --force to replace it")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"folder {parent} for --out {out} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write --out {out}: folder {parent} is not writable")
+
+
+def write_dir(out: str, writer) -> None:
+    """Build the folder under a temporary name beside ``out``, then swap it in (old one removed)."""
+    p = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent if str(p.parent) else "."))
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if p.exists():
+            old = p.with_name(f".{p.name}.old.{os.getpid()}")
+            os.replace(p, old)
+            os.replace(tmp, p)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def run(args) -> int:
+    import json
+
+    import numpy as np
+
+    from cli.output import _finite, check_outputs, write_json
+    from polylens.cluster_analysis import cluster_layer
+    from polylens.cluster_report import render_html, summary_figures
+
+    _check_out_dir(args.out, args.force)
+    check_outputs(args.force, json=args.json)
+    if args.json not in (None, "-") and os.path.abspath(args.json).startswith(os.path.abspath(args.out) + os.sep):
+        raise ValueError(f"--json {args.json} lies inside --out {args.out}, which is replaced; write it elsewhere")
+    for flag in ("min_cluster_size", "n_clusters", "max_dense", "sample"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise ValueError(f"--{flag.replace('_', '-')}={v} must be a positive integer")
+    points = load_points(args)
+    on = args.on or ("both" if points.activations is not None else "codes")
+    params = {"min_cluster_size": args.min_cluster_size, "min_samples": args.min_samples, "max_dense": args.max_dense,
+              "knn": args.knn, "sample": args.sample, "random_state": args.seed, "n_clusters": args.n_clusters,
+              "progress": sys.stderr.isatty(), "verbose": True}
+    result, labelings = cluster_layer(points, method=args.method, on=on, params=params)
+    figures = summary_figures(result, points.codes.words)
+    page = render_html(result, points, figures)
+    primary = labelings.get("codes", labelings.get("activations"))
+
+    def writer(folder: Path) -> None:
+        np.save(folder / "labels.npy", primary)
+        for space, lab in labelings.items():
+            if lab is not primary:
+                np.save(folder / f"labels_{space}.npy", lab)
+        (folder / "clusters.json").write_text(json.dumps(_finite(result.to_json()), indent=1) + "\n")
+        (folder / "report.html").write_text(page, encoding="utf-8")
+
+    write_dir(args.out, writer)
+    summary = {k: v for k, v in result.to_json().items() if k != "clusters"}
+    summary["out"] = args.out
+    stream = sys.stderr if args.json == "-" else sys.stdout
+    print(f"{result.model} {result.layer}: {result.n_points} points, {result.n_unique_codes} distinct codes, {result.method}", file=stream)
+    for space, res in result.on.items():
+        if res:
+            extra = "" if res["nmi"] is None else f"  purity {res['purity']:.3f}  NMI {res['nmi']:.3f}  ARI {res['ari']:.3f}"
+            print(f"  {space:<20} {res['n_clusters']:>5} clusters  noise {res['noise_frac']:.3f}  [{res['route']}]{extra}", file=stream)
+    if result.agreement_ari is not None:
+        print(f"  ARI codes vs activations: {result.agreement_ari:.3f}", file=stream)
+    print(f"  -> {args.out}/labels.npy, clusters.json, report.html ({result.seconds:.1f} s)", file=stream)
+    write_json(summary, args.json)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cluster", help="cluster spline codes (and activations beside them); labels, JSON and an HTML report",
+                       description=__doc__.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("--layer", metavar="L", help="activation layer (digits: fc1; gpt2: blocks.L.mlp.hook_pre, default the middle block; inceptionv1: mixed4a)")
+    p.add_argument("--input", metavar="PATH", help="gpt2: a text file or folder of .txt; images: a folder; FILE.py models: an .npy of inputs")
+    p.add_argument("--codes", metavar="FILE", help="cluster codes from 'polylens codes' (.npz) or a 0/1 .npy [n_points, n_units] instead of running a model")
+    p.add_argument("--on", choices=["codes", "activations", "both"], help="what to cluster (default both; codes with --codes)")
+    p.add_argument("--method", choices=["hdbscan", "kmedoids", "agglomerative"], default="hdbscan", help="clusterer (default hdbscan)")
+    p.add_argument("--min-cluster-size", type=int, default=10, metavar="N", help="HDBSCAN's smallest cluster (default 10)")
+    p.add_argument("--min-samples", type=int, metavar="N", help="HDBSCAN's core neighbours, the point included (default: min-cluster-size)")
+    p.add_argument("--n-clusters", type=int, default=10, metavar="K", help="k-medoids / agglomerative: number of clusters (default 10)")
+    p.add_argument("--max-dense", type=int, default=20000, metavar="N", help="exact dense route up to N distinct points, a k-NN graph beyond (default 20000)")
+    p.add_argument("--knn", choices=["auto", "exact", "hnsw"], default="auto", help="k-NN graph beyond --max-dense: exact, faiss HNSW (approximate, recall reported), auto")
+    p.add_argument("--sample", type=int, metavar="N", help="fit on N sampled points, assign the rest by HDBSCAN's prediction rule")
+    p.add_argument("--position", metavar="H,W", help="image models: the spatial position (default the centre)")
+    p.add_argument("--max-sequences", type=int, metavar="N", help="gpt2: use at most N sequences")
+    p.add_argument("--skip", type=int, default=100, metavar="N", help="gpt2: skip the first N positions of each sequence (default 100)")
+    p.add_argument("--per-seq", type=int, default=6, metavar="N", help="gpt2: positions taken per sequence (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: labels.npy, clusters.json, report.html")
+    p.add_argument("--json", metavar="PATH", help="write the JSON summary to PATH ('-' for stdout)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(handler=run)

@@ -1,0 +1,216 @@
+"""The points to cluster, as the Polytope Lens paper took them (Black et al. 2022, §3), per model.
+
+Each protocol returns a ``LayerPoints``: the hard spline codes of one layer, the pre-activations
+they come from (the same points, for clustering activations beside codes), labels where the data
+has them, and what the report shows of each point (a token in its context, an image).
+
+- ``gpt2_points``: text from a file or a folder of ``.txt`` files, GPT-2 tokenizer, cut into
+  sequences of ``seq_len`` tokens (1024, or the model's context if shorter; BOS first); from each,
+  ``per_seq`` = 6 positions evenly spaced after the first ``skip`` = 100: ``round(linspace(skip,
+  L − 1, 6))`` for a sequence of L tokens (a shorter last sequence gives its own six, and one of
+  ``skip`` tokens or fewer gives none; ``notes`` say so). Code of ``blocks.L.mlp.hook_pre``.
+- ``image_points`` (InceptionV1, torchvision): one vector per image of all channels of a layer at
+  one spatial position (default the centre). A block name (``mixed4a``) means its output channels:
+  the pre-activations of the branches its concatenation joins.
+- ``digits_points``: the embedded CNN on all 1797 bundled digits, with their classes.
+- ``array_points``: any model on inputs from an ``.npy``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from polylens.codes import SplineCodes, layer_preactivations
+
+
+@dataclass
+class LayerPoints:
+    """codes: ``SplineCodes`` [n]; activations: pre-activations ``[n, units]`` float32;
+    labels: name → ``[n]`` int (e.g. ``class``; ``token``, ``next_token``, ``position``);
+    label_names: name → id → readable string (token strings, class names), optional;
+    examples: per point what a report shows: ``{"text": [str], "focus": int}`` or
+    ``{"image": uint8 [h, w] or [h, w, 3]}`` or ``{"image_file": path}``; notes: what was taken."""
+
+    model: str
+    layer: str
+    codes: SplineCodes
+    activations: np.ndarray
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    label_names: dict[str, dict[int, str]] = field(default_factory=dict)
+    examples: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _points(adapter, inputs: torch.Tensor, layers: list[str], *, position=None, batch_size: int = 64):
+    names, pre = layer_preactivations(adapter, inputs, layers, batch_size=batch_size, position=position)
+    kinds = {n: adapter.activation_layers[n] for n in names}
+    acts = torch.cat([pre[n].reshape(pre[n].shape[0], -1) for n in names], dim=1).float().numpy()
+    return SplineCodes.from_preactivations(pre, kinds, provenance={"model": adapter.name, "layers": names}), acts
+
+
+def _single_layer(adapter, layer: str | None, default: str | None = None) -> list[str]:
+    layer = layer or default or list(adapter.activation_layers)[-1]
+    adapter.check_layer(layer, allowed=list(adapter.activation_layers))
+    return [layer]
+
+
+def digits_points(adapter, layer: str | None = None, *, batch_size: int = 256) -> LayerPoints:
+    """All 1797 bundled digits (``sklearn.datasets.load_digits``) at ``layer`` (default ``fc1``)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.from_numpy((data.images / 16.0).astype(np.float32)[:, None])
+    layers = _single_layer(adapter, layer, "fc1")
+    codes, acts = _points(adapter, x, layers, batch_size=batch_size)
+    images = (data.images / 16.0 * 255).astype(np.uint8)
+    return LayerPoints(adapter.name, layers[0], codes, acts, labels={"class": data.target.astype(np.int64)},
+                       label_names={"class": {i: str(i) for i in range(10)}},
+                       examples=[{"image": img} for img in images])
+
+
+def array_points(adapter, layer: str | None, path: str | Path, *, batch_size: int = 64) -> LayerPoints:
+    """Inputs ``[n, ...]`` from an ``.npy`` (float; float64 is converted) at ``layer``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a plain numeric .npy ({str(err).splitlines()[0]})") from None
+    if arr.dtype.kind not in "fiub" or arr.ndim < 2 or arr.shape[0] == 0:
+        raise ValueError(f"{path} must hold real numbers shaped [n_inputs, ...] with n_inputs ≥ 1, got {arr.dtype} {arr.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    layers = _single_layer(adapter, layer)
+    codes, acts = _points(adapter, x, layers, batch_size=batch_size)
+    return LayerPoints(adapter.name, layers[0], codes, acts, examples=[{"input": f"{path.name}[{i}]"} for i in range(len(x))])
+
+
+def block_preactivation_layers(adapter, layer: str) -> list[str]:
+    """The activation layers whose signs are ``layer``'s output channels: itself if it is one;
+    for an InceptionV1 block (``mixed4a``) the pre-activations of the branches it concatenates."""
+    acts = list(adapter.activation_layers)
+    if layer in acts:
+        return [layer]
+    branches = [f"{layer}_{b}_pre_relu_conv" for b in ("1x1", "3x3", "5x5", "pool_reduce")]
+    if all(b in acts for b in branches):
+        return branches
+    if f"{layer}_pre_relu_conv" in acts:
+        return [f"{layer}_pre_relu_conv"]
+    adapter.check_layer(layer, allowed=acts + [n for n in adapter.space_layers if n.startswith("mixed")])
+    raise ValueError(f"layer {layer!r} has no pre-activations to code; use one of {', '.join(acts[:10])}, …")
+
+
+def image_points(adapter, layer: str, folder: str | Path, *, position: tuple[int, int] | None = None,
+                 batch_size: int = 16, thumb: int = 64) -> LayerPoints:
+    """One vector per image in ``folder``: all channels of ``layer`` at ``position`` (default centre)."""
+    from PIL import Image
+
+    from polylens.models.images import image_files
+
+    files = image_files(folder)
+    layers = block_preactivation_layers(adapter, layer)
+    x = torch.cat([adapter.prepare(str(f)) for f in files])
+    if position is None:
+        from polylens.capture import capture
+
+        shape = capture(adapter.module, x[:1], layers[:1]).activations[layers[0]].shape
+        if len(shape) != 4:
+            raise ValueError(f"layer {layer!r} is not a conv layer [n, C, H, W]; image points need one")
+        position = (shape[2] // 2, shape[3] // 2)
+    codes, acts = _points(adapter, x, layers, position=position, batch_size=batch_size)
+    examples = []
+    for f in files:
+        with Image.open(f) as img:
+            img = img.convert("RGB")
+            img.thumbnail((thumb, thumb))
+            examples.append({"image": np.asarray(img, dtype=np.uint8), "file": f.name})
+    return LayerPoints(adapter.name, layer, codes, acts, examples=examples,
+                       notes=[f"{len(files)} images; channels of {layer} at position {position[0]},{position[1]}"])
+
+
+def gpt2_positions(length: int, per_seq: int = 6, skip: int = 100) -> np.ndarray:
+    """The token positions taken from a sequence of ``length``: ``round(linspace(skip, length−1,
+    per_seq))`` (distinct), none when ``length ≤ skip``."""
+    if length <= skip:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.round(np.linspace(skip, length - 1, per_seq)).astype(np.int64))
+
+
+def read_texts(path: str | Path) -> list[tuple[str, str]]:
+    """``[(name, text)]`` from a text file or every ``.txt`` file in a folder (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
+        if not files:
+            raise ValueError(f"text folder {str(path)!r} holds no .txt files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"text input {str(path)!r} does not exist")
+    texts = []
+    for f in files:
+        try:
+            texts.append((f.name, f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            raise ValueError(f"{f} is not UTF-8 text") from None
+    if not any(t.strip() for _, t in texts):
+        raise ValueError(f"{str(path)!r} holds no text (empty files)")
+    return texts
+
+
+def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 1024, per_seq: int = 6, skip: int = 100,
+                max_sequences: int | None = None, batch_size: int = 4, context: int = 24) -> LayerPoints:
+    """The paper's GPT-2 protocol on the text at ``path`` (see the module docstring)."""
+    from polylens.models.gpt2 import EOT, resolve_tokenizer
+
+    model = adapter.module
+    seq_len = min(seq_len, model.cfg.n_ctx)
+    if skip >= seq_len:
+        raise ValueError(f"skip={skip} leaves nothing of sequences of {seq_len} tokens (the model's context is {model.cfg.n_ctx})")
+    layers = _single_layer(adapter, layer, f"blocks.{model.cfg.n_layers // 2}.mlp.hook_pre")
+    tok = resolve_tokenizer()
+    seqs, notes = [], []
+    for name, text in read_texts(path):
+        ids = tok.encode(text, add_special_tokens=False) if text.strip() else []
+        body = seq_len - 1  # BOS first
+        for start in range(0, len(ids), body):
+            seq = [EOT] + ids[start : start + body]
+            pos = gpt2_positions(len(seq), per_seq, skip)
+            if len(seq) < seq_len:
+                notes.append(f"{name}: a sequence of {len(seq)} tokens (shorter than {seq_len}): took positions {pos.tolist() or 'none'}")
+            if len(pos):
+                seqs.append((name, seq, pos))
+    if max_sequences is not None:
+        seqs = seqs[:max_sequences]
+    if not seqs:
+        raise ValueError(f"no sequence in {str(path)!r} is longer than skip={skip} tokens; give more text")
+    parts_codes, parts_acts, labels = [], [], {"token": [], "next_token": [], "position": []}
+    examples = []
+    for b0 in range(0, len(seqs), batch_size):
+        batch = seqs[b0 : b0 + batch_size]
+        for j, (name, seq, pos) in enumerate(batch):  # sequences differ in length: one at a time
+            x = torch.tensor([seq], dtype=torch.long, device=next(model.parameters()).device)
+            _, pre = layer_preactivations(adapter, x, layers, batch_size=1)
+            z = pre[layers[0]][0, torch.as_tensor(pos)]  # [len(pos), d_mlp]
+            parts_acts.append(z.float().cpu().numpy())
+            parts_codes.append(z)
+            for p in pos.tolist():
+                labels["token"].append(seq[p])
+                labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
+                labels["position"].append(p)
+                lo = max(1, p - context)
+                examples.append({"text": [tok.decode([t]) for t in seq[lo : p + 6]], "focus": p - lo, "source": name, "sequence": b0 + j})
+    pre = torch.cat(parts_codes)
+    codes = SplineCodes.from_preactivations({layers[0]: pre}, {layers[0]: adapter.activation_layers[layers[0]]},
+                                            provenance={"model": adapter.name, "layers": layers})
+    token_ids = sorted(set(labels["token"]) | set(labels["next_token"]) - {-1})
+    names = {"token": {t: tok.decode([t]) for t in token_ids}}
+    names["next_token"] = names["token"]
+    notes.insert(0, f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken (positions round(linspace({skip}, L-1, {per_seq})))")
+    return LayerPoints(adapter.name, layers[0], codes, np.concatenate(parts_acts),
+                       labels={k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
+                       label_names=names, examples=examples, notes=notes)
