@@ -27,6 +27,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/polylens compare --setup x2 --json - --plot compare_x2.png --force
 	$(BIN)/polylens compare --setup superposition --plot compare_superposition.png --force
+	$(BIN)/polylens cluster --out digits-clusters --force
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests

@@ -29,7 +29,7 @@ def load_points(args):
         if not args.input:
             raise ValueError("GPT-2 clustering needs --input: a text file or a folder of .txt files")
         return protocols.gpt2_points(adapter, args.layer, args.input, max_sequences=args.max_sequences,
-                                     skip=args.skip, per_seq=args.per_seq)
+                                     skip=args.skip, per_seq=args.per_seq, progress=sys.stderr.isatty())
     if spec == "inceptionv1" or spec.startswith("torchvision"):
         if not args.input:
             raise ValueError(f"{spec} clustering needs --input FOLDER of images")

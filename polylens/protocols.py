@@ -163,7 +163,7 @@ def read_texts(path: str | Path) -> list[tuple[str, str]]:
 
 
 def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 1024, per_seq: int = 6, skip: int = 100,
-                max_sequences: int | None = None, batch_size: int = 4, context: int = 24) -> LayerPoints:
+                max_sequences: int | None = None, batch_size: int = 4, context: int = 24, progress: bool = False) -> LayerPoints:
     """The paper's GPT-2 protocol on the text at ``path`` (see the module docstring)."""
     from polylens.models.gpt2 import EOT, resolve_tokenizer
 
@@ -188,29 +188,40 @@ def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 
         seqs = seqs[:max_sequences]
     if not seqs:
         raise ValueError(f"no sequence in {str(path)!r} is longer than skip={skip} tokens; give more text")
-    parts_codes, parts_acts, labels = [], [], {"token": [], "next_token": [], "position": []}
+    parts_acts, labels = [], {"token": [], "next_token": [], "position": []}
     examples = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(seqs), desc=f"GPT-2 {layers[0]}", leave=False, disable=not progress)
     for b0 in range(0, len(seqs), batch_size):
         batch = seqs[b0 : b0 + batch_size]
-        for j, (name, seq, pos) in enumerate(batch):  # sequences differ in length: one at a time
-            x = torch.tensor([seq], dtype=torch.long, device=next(model.parameters()).device)
-            _, pre = layer_preactivations(adapter, x, layers, batch_size=1)
-            z = pre[layers[0]][0, torch.as_tensor(pos)]  # [len(pos), d_mlp]
+        bar.update(len(batch))
+        by_len: dict[int, list[int]] = {}
+        for j, (_, seq, _) in enumerate(batch):  # equal lengths run together
+            by_len.setdefault(len(seq), []).append(j)
+        picked: dict[int, torch.Tensor] = {}
+        for group in by_len.values():
+            x = torch.tensor([batch[j][1] for j in group], dtype=torch.long, device=next(model.parameters()).device)
+            _, pre = layer_preactivations(adapter, x, layers, batch_size=len(group))
+            for row, j in enumerate(group):
+                picked[j] = pre[layers[0]][row, torch.as_tensor(batch[j][2])]  # [len(pos), d_mlp]
+        for j, (name, seq, pos) in enumerate(batch):
+            z = picked[j]
             parts_acts.append(z.float().cpu().numpy())
-            parts_codes.append(z)
             for p in pos.tolist():
                 labels["token"].append(seq[p])
                 labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
                 labels["position"].append(p)
                 lo = max(1, p - context)
                 examples.append({"text": [tok.decode([t]) for t in seq[lo : p + 6]], "focus": p - lo, "source": name, "sequence": b0 + j})
-    pre = torch.cat(parts_codes)
-    codes = SplineCodes.from_preactivations({layers[0]: pre}, {layers[0]: adapter.activation_layers[layers[0]]},
+    bar.close()
+    acts = np.concatenate(parts_acts)
+    codes = SplineCodes.from_preactivations({layers[0]: torch.from_numpy(acts)}, {layers[0]: adapter.activation_layers[layers[0]]},
                                             provenance={"model": adapter.name, "layers": layers})
-    token_ids = sorted(set(labels["token"]) | set(labels["next_token"]) - {-1})
+    token_ids = sorted(set(labels["token"]) | (set(labels["next_token"]) - {-1}))
     names = {"token": {t: tok.decode([t]) for t in token_ids}}
     names["next_token"] = names["token"]
     notes.insert(0, f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken (positions round(linspace({skip}, L-1, {per_seq})))")
-    return LayerPoints(adapter.name, layers[0], codes, np.concatenate(parts_acts),
+    return LayerPoints(adapter.name, layers[0], codes, acts,
                        labels={k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
                        label_names=names, examples=examples, notes=notes)
