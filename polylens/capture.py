@@ -21,6 +21,7 @@ interact in the forward pass (eval mode: no batch-norm statistics updates).
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +75,11 @@ class _StopForward(Exception):
     """Raised inside a hook once every requested layer has been seen."""
 
 
+def reused_message(name: str, n: int) -> str:
+    return (f"module {name!r} runs {n}+ times in one forward pass (a reused module, like torchvision ResNet's shared relu): "
+            "its calls cannot be told apart; capture a module that runs once (e.g. the one feeding it), or give each use its own module")
+
+
 @dataclass
 class Recorder:
     """What ``recording`` collects during forward passes: name -> tensor (last pass)."""
@@ -111,9 +117,13 @@ def recording(
     rec = Recorder()
     wanted = set(names)
     handles = []
+    calls: dict[str, int] = {}
 
     def make_hook(name: str):
         def hook(module, args, output):
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] > 1:
+                raise ValueError(reused_message(name, calls[name]))
             value = args[0] if site == "input" else output
             if name in patch:
                 if site == "input":
@@ -122,10 +132,16 @@ def recording(
                 value = replacement(value) if callable(replacement) else replacement
             if not isinstance(value, Tensor):
                 raise ValueError(f"layer {name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one")
-            if keep_graph and site == "output" and not value.requires_grad:
-                value = value.detach().requires_grad_(True)
-            if name in wanted:
-                rec.activations[name] = value if keep_graph else value.detach()
+            if keep_graph and site == "output":
+                if not value.requires_grad:
+                    value = value.detach().requires_grad_(True)
+                if name in wanted:
+                    rec.activations[name] = value
+                # the model goes on with a copy, so an in-place edit downstream (``out += x``)
+                # cannot change what was recorded (nor hit autograd's leaf check)
+                value = value.clone()
+            elif name in wanted:
+                rec.activations[name] = value.detach().clone()  # what the module returned, kept as it was
             if stop_early and wanted.issubset(rec.activations):
                 raise _StopForward
             if site == "output" and (name in patch or value is not output):
@@ -149,7 +165,7 @@ class Captured:
 
     activations: name -> ``[n, *act_shape]``
     gradients: name -> ``[n, k, *act_shape]`` (empty unless a target was given)
-    output: the model output ``[n, ...]`` when the forward pass ran to the end, else None
+    output: the model output ``[n, ...]`` when asked for (``keep_output=True``), else None
     """
 
     activations: dict[str, Tensor]
@@ -178,15 +194,21 @@ def capture(
     stop_early: bool = True,
     patch: Mapping[str, Tensor | Callable[[Tensor], Tensor]] | None = None,
     device: torch.device | str | None = None,
+    keep_output: bool = False,
 ) -> Captured:
     """Run ``model`` on ``inputs`` (batched) and collect ``layers``.
 
     inputs: a tensor ``[n, ...]`` or a tuple of such tensors passed positionally.
     target: ``fn(model_output) -> [batch]`` or ``[batch, k]``; when given, the
         gradients of every target column w.r.t. each layer are returned too.
-    stop_early: without a target, stop each forward pass once the layers are
-        recorded (then ``output`` is None).
+    stop_early: without a target (and without keep_output), stop each forward pass once the
+        layers are recorded, with or without ``patch``.
+    keep_output: also return the model's output (then every forward runs to the end).
     device: where to keep the results (default: where they were computed).
+
+    A module that runs more than once in one forward pass is an error naming it (never a silent
+    pick of one call); with early stopping, where a second call would come after the stop, one
+    unstopped forward on the first input checks this once per model and layer set.
     """
     if batch_size is not None and batch_size <= 0:
         raise ValueError(f"batch_size={batch_size} must be a positive integer")
@@ -196,7 +218,9 @@ def capture(
     want_grad = target is not None
     if want_grad and site != "output":
         raise ValueError("gradients are only captured at module outputs (site='output')")
-    stop = stop_early and not want_grad and patch is None
+    stop = stop_early and not want_grad and not keep_output
+    if stop:
+        _check_single_calls(model, inputs, layers, site, patch)
     for batch in _batches(inputs, batch_size):
         with recording(model, layers, site=site, keep_graph=want_grad, patch=patch, stop_early=stop) as rec:
             with torch.enable_grad() if want_grad else torch.no_grad():
@@ -208,13 +232,29 @@ def capture(
                     _collect_gradients(target(out), rec.activations, grads, device)
         for name, value in rec.activations.items():
             acts.setdefault(name, []).append(_store(value.detach(), device))
-        if out is not None and isinstance(out, Tensor):
+        if keep_output and isinstance(out, Tensor):
             outs.append(_store(out.detach(), device))
     return Captured(
         activations={k: torch.cat(v) for k, v in acts.items()},
         gradients={k: torch.cat(v) for k, v in grads.items()},
         output=torch.cat(outs) if outs else None,
     )
+
+
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> layer sets seen to run once
+
+
+def _check_single_calls(model: nn.Module, inputs, layers: LayerSpec, site: str, patch) -> None:
+    """One forward on the first input, to the end, counting calls (raises on a reused module)."""
+    key = (tuple(resolve_layers(model, layers)), site, tuple(sorted(patch or {})))
+    seen = _CHECKED.setdefault(model, set())
+    if key in seen:
+        return
+    first = next(_batches(inputs, 1))
+    one_patch = {k: (v if callable(v) else v[:1]) for k, v in (patch or {}).items()}
+    with recording(model, list(key[0]), site=site, patch=one_patch), torch.no_grad():
+        model(*first)
+    seen.add(key)
 
 
 def _store(t: Tensor, device) -> Tensor:

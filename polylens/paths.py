@@ -167,10 +167,10 @@ class Evaluator:
             chunk = points[start : start + self.batch_size].to(self.dtype)
             m = chunk.shape[0]
             if self.path.layer == "input":
-                got = capture(self.module, chunk, self.layers, stop_early=not want_output)
+                got = capture(self.module, chunk, self.layers, keep_output=want_output)
             else:
                 base = self.base.expand(m, *self.base.shape[1:])
-                got = capture(self.module, base, self.layers, patch={self.path.layer: chunk})
+                got = capture(self.module, base, self.layers, patch={self.path.layer: chunk}, keep_output=want_output)
             flat = [got.activations[n].reshape(m, -1).to(self.dtype) for n in self.layers]
             if not self.offsets:
                 off = 0

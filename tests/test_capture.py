@@ -73,10 +73,59 @@ def test_stop_early_skips_later_layers_and_hooks_are_removed():
     m = mlp()
     calls = []
     m.out.register_forward_hook(lambda *a: calls.append(1))
+    capture(m, torch.randn(3, 5), "fc1")  # the first capture of a layer set checks, once, that fc1 runs once
+    calls.clear()
     got = capture(m, torch.randn(3, 5), "fc1")
     assert got.output is None and not calls
-    assert not m.fc1._forward_hooks or all(True for _ in m.fc1._forward_hooks)
-    assert len(m.fc1._forward_hooks) == 0
+    assert len(m.fc1._forward_hooks) == 0 and len(m.out._forward_hooks) == 1  # ours removed, the user's kept
+    # under patch too, and the output only when asked
+    capture(m, torch.randn(3, 5), "fc2", patch={"act1": torch.zeros(3, 7)})
+    calls.clear()
+    got = capture(m, torch.randn(3, 5), "fc2", patch={"act1": torch.zeros(3, 7)})
+    assert got.output is None and not calls
+    assert torch.allclose(got.activations["fc2"], m.fc2.bias.detach().expand(3, -1))
+    got = capture(m, torch.randn(3, 5), "fc1", keep_output=True)
+    assert got.output.shape == (3, 3) and len(calls) == 1
+
+
+class Reused(nn.Module):
+    """One ReLU module applied twice (as torchvision's ResNet blocks do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.relu = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.fc2(self.relu(self.fc1(x))))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"stop_early": False}, {"keep_output": True}, {"target": lambda out: out.sum(1)}])
+def test_a_module_called_twice_is_an_error_naming_it(kwargs):
+    with pytest.raises(ValueError, match="module 'relu' runs 2\\+ times"):
+        capture(Reused(), torch.randn(2, 4), "relu", **kwargs)
+    got = capture(Reused(), torch.randn(2, 4), "fc2", **kwargs)  # a module that runs once is fine
+    assert got.activations["fc2"].shape == (2, 4)
+
+
+class InPlaceResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        out = self.fc(x)
+        out += x  # edits fc's output in place, as ResNet's ``out += identity``
+        return out
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_recorded_output_is_what_the_module_returned(grad):
+    m, x = InPlaceResidual(), torch.randn(4, 3)
+    target = (lambda out: out.sum(1)) if grad else None
+    got = capture(m, x, "fc", target=target, stop_early=False)
+    assert torch.allclose(got.activations["fc"], m.fc(x).detach())
+    if grad:  # d sum(fc(x) + x) / d fc(x) = 1
+        assert torch.allclose(got.gradients["fc"], torch.ones(4, 1, 3))
 
 
 def test_patch_replaces_a_layer_output():

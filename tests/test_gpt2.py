@@ -76,6 +76,7 @@ def test_gelu_new_is_the_tanh_form(tiny):
 
 
 def test_capture_stops_after_the_requested_layer(tiny):
+    capture(tiny.module, tiny.default_inputs(1), ["blocks.0.mlp.hook_pre"])  # once: the check that the layer runs once
     fired = []
     handle = tiny.module.blocks[0].mlp.hook_post.register_forward_hook(lambda *a: fired.append("post0"))
     handle2 = tiny.module.blocks[1].hook_resid_pre.register_forward_hook(lambda *a: fired.append("block1"))
@@ -172,7 +173,7 @@ def test_local_hf_folder_matches_transformers(tmp_path):
     with torch.no_grad():
         logits_hf = hf(tokens).logits
     handle.remove()
-    got = capture(adapter.module, tokens, ["blocks.1.mlp.hook_pre"], stop_early=False)
+    got = capture(adapter.module, tokens, ["blocks.1.mlp.hook_pre"], keep_output=True)
     assert torch.allclose(got.output, logits_hf, atol=1e-4)
     assert torch.allclose(got.activations["blocks.1.mlp.hook_pre"], pre_hf[0], atol=1e-5)
     with pytest.raises(FileNotFoundError, match="config.json"):

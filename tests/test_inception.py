@@ -50,7 +50,7 @@ def test_state_dict_keys_and_shapes_match_lucent():
 
 def test_layer_shapes_match_the_lucid_layout(adapter):
     x = adapter.default_inputs(1)  # [1, 3, 224, 224]
-    got = capture(adapter.module, x, list(LUCID_SHAPES), stop_early=False)
+    got = capture(adapter.module, x, list(LUCID_SHAPES), keep_output=True)
     for name, (c, hw) in LUCID_SHAPES.items():
         assert tuple(got.activations[name].shape) == (1, c, hw, hw), name
     assert got.output.shape == (1, 1008)
