@@ -42,6 +42,7 @@ _CHECKS = 1  # interior points at which each piece must be linear (reused from p
 _MAX_CHECKS = 8
 _MIN_WIDTH = 1e-13  # narrower pieces mean the network is not piecewise-linear there
 _INSIDE = 1e-9  # a zero closer than this (relative to the piece) to an end is at that end
+_NOISE = 1e3 * np.finfo(np.float64).eps  # |z| below this × the layer's scale is float64 roundoff, not a sign
 
 
 @dataclass
@@ -158,7 +159,11 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
             with np.errstate(divide="ignore", invalid="ignore"):
                 s_star = a + (b - a) * za / (za - zb)
             margin = _INSIDE * (b - a)
-            inside = flips & (s_star > a + margin) & (s_star < b - margin)
+            # A unit within roundoff of zero at both ends sits on its boundary for the whole piece:
+            # its sign there is noise, so it gives no split (its kink moves later layers by noise
+            # only); its one crossing is still counted, at the piece end where its sign settles.
+            at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * scale[layer_id]
+            inside = flips & ~at_noise & (s_star > a + margin) & (s_star < b - margin)
             limit = first_bad if first_bad < n_layers else n_layers - 1
             splits = np.unique(s_star[inside & (layer_id < limit)])
             if first_bad < n_layers and splits.size == 0:

@@ -193,3 +193,16 @@ def test_float64_copy_is_reused_until_weights_change():
         adapter.module[0].weight.add_(1.0)
     second = float64_copy(adapter.module)
     assert second is not first and torch.equal(second[0].weight, adapter.module[0].weight.double())
+
+
+def test_exact_counting_never_gives_up_on_roundoff(digits):
+    """Regression: the scaling path of test digit 80 in relu1 has a conv2 unit at |z| ~ 1e-17 near
+    s = 0.0073, whose sign is float64 noise; exact counting split there forever ("not affine on any
+    piece narrower than 1e-13") on an AVX2 CPU. It must finish, and agree with dense sampling."""
+    x = digits.default_inputs(81)[80:81]
+    path = scaling_path(digits, x, "relu1", alpha_max=3.0)
+    exact = boundary_density(digits, path, exact=True)
+    dense = boundary_density(digits, path, exact=False, n_samples=20000, n_profile=0)
+    assert exact.exact is True
+    count = lambda r: sorted((c["layer"], c["unit"]) for c in r.crossings)  # noqa: E731
+    assert count(exact) == count(dense)

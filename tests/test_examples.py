@@ -1,0 +1,30 @@
+"""Every script in examples/ runs, with small arguments, so a shipped example cannot break unseen."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_ARGS = {
+    "compare_seeds.py": ["1"],
+    "density_digits.py": ["relu1", "density.png"],
+    "sae_sharkey.py": ["64", "0.1", "20000"],
+    "shell_profile.py": ["relu1", "3", "shell.png"],
+    "x2_gradient_vs_activation_pca.py": [],
+}
+
+
+def test_every_example_is_listed():
+    assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(SMALL_ARGS)
+
+
+@pytest.mark.parametrize("script", sorted(SMALL_ARGS))
+def test_example_runs(script, tmp_path, digits, polylens_cache):
+    env = {**os.environ, "POLYLENS_CACHE": str(polylens_cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *SMALL_ARGS[script]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip(), "an example prints what it found"
