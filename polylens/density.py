@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from polylens.capture import capture
+from polylens.exactness import EVAL_ONLY, first_smooth_step
 from polylens.models.base import PIECEWISE_LINEAR, ModelAdapter
 from polylens.paths import ActivationPath, Evaluator
 
@@ -86,6 +87,10 @@ def downstream_layers(adapter: ModelAdapter, path: ActivationPath) -> list[str]:
 
 
 def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[str], bool]:
+    training = [n for n, m in adapter.module.named_modules() if isinstance(m, EVAL_ONLY) and m.training]
+    if training:
+        raise ValueError(f"module {training[0]!r} ({type(dict(adapter.module.named_modules())[training[0]]).__name__}) is in training mode, "
+                         "so each path point would depend on the others in its batch; call model.eval() first")
     below = downstream_layers(adapter, path)
     if not below:
         raise ValueError(f"no activation layer at or after {path.layer!r}; activation layers: {', '.join(adapter.activation_layers)}")
@@ -99,13 +104,19 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
         counted = [n for n in below if n in counted]
     checked = below[: below.index(counted[-1]) + 1]
     smooth = [n for n in checked if adapter.activation_layers[n] not in PIECEWISE_LINEAR]
+    if smooth:
+        why = f"layer {smooth[0]!r} uses {adapter.activation_layers[smooth[0]]}, which is not piecewise-linear"
+    elif exact is not False:  # certify what runs between the path's layer and the last counted layer
+        example = path.vertices[:1] if path.layer == "input" else path.base
+        offender = first_smooth_step(adapter.module, example, None if path.layer == "input" else path.layer, checked[-1],
+                                     declared=tuple(adapter.piecewise_linear_modules))
+        why = None if offender is None else f"{offender} runs between {path.layer!r} and {checked[-1]!r} and is not piecewise-linear"
+    else:
+        why = "not asked"
     if exact is None:
-        exact = not smooth
-    if exact and smooth:
-        raise ValueError(
-            f"layer {smooth[0]!r} uses {adapter.activation_layers[smooth[0]]}, which is not piecewise-linear, so exact counting "
-            "does not apply; use the smooth (sampled) mode: exact=False / --smooth"
-        )
+        exact = why is None
+    if exact and why:
+        raise ValueError(f"{why}, so exact counting does not apply; use the smooth (sampled) mode: exact=False / --smooth")
     return counted, (checked if exact else counted), exact
 
 

@@ -34,6 +34,9 @@ class ModelAdapter:
     describe_output: model output ``[n, ...]`` -> one label per input (class name or top token),
         for setting density peaks against output changes.
     provenance: extra facts to record (weights source, checksum, config).
+    piecewise_linear_modules: the adapter's own module classes that are piecewise-linear (a
+        concatenation, a padded max-pool), beside the standard ones ``polylens.exactness`` knows;
+        exact counting is certified only across modules of these kinds.
     """
 
     name: str
@@ -44,6 +47,7 @@ class ModelAdapter:
     default_inputs: Callable[[int], Tensor] | None = None
     describe_output: Callable[[Tensor], list[str]] | None = None
     provenance: dict = field(default_factory=dict)
+    piecewise_linear_modules: tuple = ()
 
     @property
     def piecewise_linear(self) -> bool:

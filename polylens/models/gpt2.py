@@ -14,8 +14,9 @@ Three ways to get weights:
 - ``load("gpt2", random_weights=True)``: the architecture config with seeded random weights,
   named ``"gpt2 (random weights)"``.
 
-Pre-activations (``activation_layers``): ``blocks.{L}.mlp.hook_pre`` → ``"gelu_tanh"``; GPT-2's
-``gelu_new`` is 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), the tanh form.
+Pre-activations (``activation_layers``): ``blocks.{L}.mlp.hook_pre`` → the kind the checkpoint's
+``act_fn`` names: GPT-2's ``gelu_new`` is 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))), the tanh form
+(``"gelu_tanh"``); ``gelu``, ``relu``, ``silu`` map to themselves.
 
 Stopping early: ``polylens.capture`` (``stop_early=True``, the default without gradients) raises
 from the hook of the last requested layer, so nothing after it runs — not even the GELU and
@@ -274,16 +275,31 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
         hooks += [f"{b}.hook_resid_pre", f"{b}.attn.hook_z", f"{b}.hook_attn_out", f"{b}.hook_resid_mid",
                   f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out", f"{b}.hook_resid_post"]
     modules = dict(model.named_modules())
+    from transformer_lens.hook_points import HookPoint
+
+    kind = activation_kind(model.cfg.act_fn)
     return ModelAdapter(
         name=name,
         module=model,
-        activation_layers={f"blocks.{L}.mlp.hook_pre": "gelu_tanh" for L in range(n_layers)},
+        activation_layers={f"blocks.{L}.mlp.hook_pre": kind for L in range(n_layers)},
         space_layers=[h for h in hooks if h in modules],
         prepare=prepare,
         default_inputs=default_inputs,
         describe_output=describe_output,
-        provenance={"model": name, "n_layers": n_layers, "d_mlp": model.cfg.d_mlp, **facts},
+        provenance={"model": name, "n_layers": n_layers, "d_mlp": model.cfg.d_mlp, "act_fn": model.cfg.act_fn, **facts},
+        piecewise_linear_modules=(HookPoint,),  # identities; LayerNorm and attention are not
     )
+
+
+# TransformerLens ``act_fn`` → the soft-code kind of the MLP nonlinearity
+ACT_KINDS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+
+
+def activation_kind(act_fn: str) -> str:
+    """The activation kind of a checkpoint's MLP from its config's ``act_fn``."""
+    if act_fn not in ACT_KINDS:
+        raise ValueError(f"act_fn={act_fn!r} is not supported for spline codes; supported: {', '.join(ACT_KINDS)}")
+    return ACT_KINDS[act_fn]
 
 
 def resolve_tokenizer(tokenizer=None):

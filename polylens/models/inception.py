@@ -187,4 +187,5 @@ def _adapter(model: InceptionV1, name: str, facts: dict, device: str) -> ModelAd
         default_inputs=lambda n: images.sample_images(n).to(device),
         describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
         provenance={"model": name, "layout": "lucid", "input_range": "[0, 1] RGB, 224x224", **facts},
+        piecewise_linear_modules=(Concat, MaxPool),  # not LRN: local response norm is smooth
     )
