@@ -31,14 +31,18 @@ def test_superposition_truth_is_represented_columns():
     assert torch.allclose(toy.truth, W[keep] / W[keep].norm(dim=1, keepdim=True))
     # With n > d no d-dimensional PCA basis can match more than d directions one-to-one.
     n_truth = toy.truth.shape[0]
-    s = score_directions(toy.truth, ActivationPCA(min(n_truth, 4)).fit(toy.activations()).components_)
-    assert s.n_directions <= 4
+    assert n_truth > 4  # more represented features than dimensions: superposition
+    s = score_directions(toy.truth, ActivationPCA(4).fit(toy.activations()).components_)
+    assert s.n_directions == 4 and s.hungarian_mean_cos <= 4 / n_truth + 1e-9
 
 
-@pytest.mark.parametrize("bad", [{"n_hidden": 0}, {"steps": -1}, {"bogus": 1}])
-def test_bad_options(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, name", [({"n_hidden": 0}, "n_hidden=0"), ({"steps": -1}, "steps=-1"), ({"bogus": 1}, "bogus")])
+def test_bad_options(bad, name):
+    with pytest.raises(ValueError, match=name):
         make_toy("x2", **bad)
+
+
+def test_bad_setup_and_config():
     with pytest.raises(ValueError, match="p_active"):
         SuperpositionConfig(p_active=0)
     with pytest.raises(ValueError, match="unknown setup"):
