@@ -134,7 +134,7 @@ def run(args) -> int:
     from polylens.cluster_report import render_html, summary_figures
 
     _check_out_dir(args.out, args.force)
-    check_outputs(args.force, json=args.json)
+    check_outputs(args.force, inputs=[args.input, args.codes, args.weights], json=args.json)
     if args.json not in (None, "-") and os.path.abspath(args.json).startswith(os.path.abspath(args.out) + os.sep):
         raise ValueError(f"--json {args.json} lies inside --out {args.out}, which is replaced; write it elsewhere")
     for flag in ("min_cluster_size", "n_clusters", "max_dense", "sample"):

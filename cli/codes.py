@@ -24,7 +24,7 @@ def run(args) -> int:
     from cli.output import check_outputs, write_json, write_with
     from polylens.codes import extract_codes
 
-    check_outputs(args.force, out=args.out, json=args.json)
+    check_outputs(args.force, inputs=[*args.input, args.weights], out=args.out, json=args.json)
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out} must end in .npz")
     adapter = load_from_args(args)

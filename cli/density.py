@@ -57,7 +57,7 @@ def run(args) -> int:
 
     if args.path not in PATHS:
         raise ValueError(f"unknown --path {args.path!r}; choose one of {', '.join(PATHS)}")
-    check_outputs(args.force, json=args.json, plot=args.plot)
+    check_outputs(args.force, inputs=[args.from_, args.to, *(args.via or []), args.weights], json=args.json, plot=args.plot)
     stream = sys.stderr if args.json == "-" else sys.stdout
     layer = "input" if args.path == "input" else args.layer
     if args.path == "input" and args.layer not in ("input", None):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 def check_output(path: str | None, force: bool, *, kind: str = "output") -> None:
     """Raise a one-line error if ``path`` exists (without force) or cannot be written."""
+    if path == "-" and kind != "json":
+        raise ValueError(f"--{kind} - : a {kind} file cannot go to stdout; give a file name")
     if path is None or path == "-":
         return
     p = Path(path)
@@ -31,8 +33,13 @@ def check_output(path: str | None, force: bool, *, kind: str = "output") -> None
         raise PermissionError(f"cannot write {kind} file {path}: folder {parent} is not writable")
 
 
-def check_outputs(force: bool, **paths: str | None) -> None:
-    """``check_output`` for each keyword (the keyword names the kind in messages)."""
+def check_outputs(force: bool, *, inputs=(), **paths: str | None) -> None:
+    """``check_output`` for each keyword (the keyword names the kind in messages); no output may
+    be one of ``inputs`` (files the command reads), whatever ``force`` says."""
+    reads = {os.path.abspath(str(p)) for p in inputs if p not in (None, "-") and os.path.exists(str(p))}
+    for kind, path in paths.items():
+        if path not in (None, "-") and os.path.abspath(path) in reads:
+            raise ValueError(f"--{kind} {path} is also an input of this command; writing it would destroy the data being read")
     seen = {}
     for kind, path in paths.items():
         check_output(path, force, kind=kind)

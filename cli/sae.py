@@ -74,7 +74,7 @@ def run_train(args) -> int:
     from sae.runs import resume_run, train_run
 
     _positive(args, "samples", "batch_size", "lr", "dict_size", "k", "eval_samples")
-    check_outputs(args.force, json=args.json)
+    check_outputs(args.force, inputs=[args.data], json=args.json)
     options = _data_options(args)
     eval_samples = args.eval_samples or 20_000
     if args.resume:
@@ -92,7 +92,7 @@ def run_eval(args) -> int:
     from sae.runs import eval_run
 
     _positive(args, "eval_samples")
-    check_outputs(args.force, json=args.json)
+    check_outputs(args.force, inputs=[args.data], json=args.json)
     data = args.data if args.data_given else None
     record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples)
     _emit(record, args.json, _summary(record))
@@ -105,7 +105,7 @@ def run_sweep(args) -> int:
     from sae.sweep import sweep_run
 
     _positive(args, "samples", "batch_size", "lr", "k", "eval_samples")
-    check_outputs(args.force, json=args.json)
+    check_outputs(args.force, inputs=[args.data], json=args.json)
     l1s = _floats(args.l1s, "--l1s")
     ratios = _floats(args.ratios, "--ratios")
     fields = _sae_fields(args)

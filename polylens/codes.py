@@ -119,6 +119,8 @@ class SplineCodes:
     ) -> SplineCodes:
         """Codes from pre-activations ``name -> [n, *unit_shape]`` (concatenated in mapping order)."""
         kinds = dict(kinds or {})
+        if soft and not (math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta={beta} (--beta) must be a finite number > 0: the SiLU/Swish soft code is σ(βz)")
         slots, bits, probs, offset, n = [], [], [], 0, None
         for name, z in preacts.items():
             if n is not None and z.shape[0] != n:

@@ -43,6 +43,7 @@ _CHECKS = 1  # interior points at which each piece must be linear (reused from p
 _MAX_CHECKS = 8
 _MIN_WIDTH = 1e-13  # narrower pieces mean the network is not piecewise-linear there
 _INSIDE = 1e-9  # a zero closer than this (relative to the piece) to an end is at that end
+MAX_SAMPLES = 10_000_000  # sampled points on one path: beyond, memory and time run away
 _NOISE = 1e3 * np.finfo(np.float64).eps  # |z| below this × the layer's scale is float64 roundoff, not a sign
 
 
@@ -217,9 +218,19 @@ def _sampled_segment(ev: Evaluator, v0, v1, n_steps, counted, refine, iterations
     cols = np.nonzero(count_mask)[0][units]
     for _ in range(iterations if refine else 0):
         mid = 0.5 * (lo + hi)
-        s_t = torch.from_numpy(mid).reshape(-1, *([1] * v0.dim()))
-        z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
-        same = (z.numpy()[np.arange(len(mid)), cols] > 0) == code_lo
+        # brackets that share an interval share its midpoint: evaluate each distinct one once,
+        # a batch at a time (never all path points in memory at once)
+        umid, inv = np.unique(mid, return_inverse=True)
+        order = np.argsort(inv, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(inv, minlength=len(umid)))])
+        on = np.empty(len(mid), dtype=bool)
+        for c in range(0, len(umid), ev.batch_size):
+            part = umid[c : c + ev.batch_size]
+            s_t = torch.from_numpy(part).reshape(-1, *([1] * v0.dim()))
+            z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
+            rows = order[bounds[c] : bounds[c + len(part)]]
+            on[rows] = z.numpy()[inv[rows] - c, cols[rows]] > 0
+        same = on == code_lo
         lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
     return list(zip((0.5 * (lo + hi)).tolist(), np.nonzero(count_mask)[0][units].tolist()))
 
@@ -247,6 +258,10 @@ def boundary_density(
             raise ValueError(f"{name}={value} must be a positive integer")
     if n_profile < 0:
         raise ValueError(f"n_profile={n_profile} must be >= 0")
+    for name, value in (("n_samples", n_samples), ("n_profile", n_profile)):
+        if value > MAX_SAMPLES:
+            raise ValueError(f"{name}={value}{' (--samples)' if name == 'n_samples' else ''} is more than {MAX_SAMPLES:,} points on one path (a forward pass each); "
+                             "use fewer, or exact counting where the network is piecewise-linear")
     counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
     ev = Evaluator(adapter, path, checked, batch_size=batch_size, float64=exact)  # float64 only where exactness needs it
     verts = path.vertices.detach().double()

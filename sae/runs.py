@@ -82,7 +82,7 @@ def train_run(
         d = _dim(source)
         n_true = source.features.shape[0] if hasattr(source, "features") else d
         sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
-    trainer = Trainer(sae_config, train_config, source, out)
+    trainer = Trainer(sae_config, train_config, source, out, eval_samples=eval_samples)
     out.mkdir(parents=True, exist_ok=True)
     return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -95,8 +96,15 @@ def load_array(path: str | Path) -> Tensor:
         try:
             arr = np.load(p, allow_pickle=False, mmap_mode="r")
         except ValueError as err:
-            raise ValueError(f"data file {p} is not a plain .npy array ({err})") from None
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            raise ValueError(f"data file {p} is not a plain numeric .npy array ({str(err).splitlines()[0]})") from None
+        if arr.dtype.kind not in "fiu":
+            what = {"c": "complex", "V": "structured", "b": "boolean", "O": "object", "U": "text", "S": "bytes"}.get(arr.dtype.kind, str(arr.dtype))
+            raise ValueError(f"data file {p} holds {what} values ({arr.dtype}); SAE data must be real numbers [n_samples, d]")
+        if arr.ndim != 2 or 0 in arr.shape:
+            raise ValueError(f"data file {p} must be a non-empty 2-D array [n_samples, d], got shape {arr.shape}")
+        with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     elif p.suffix == ".safetensors":
         tensors, _ = load_tensors(p)
         if "activations" in tensors:

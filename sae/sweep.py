@@ -26,7 +26,7 @@ from sae.config import SAEConfig, TrainConfig
 from sae.kernels import kernel_supports, sae_loss_and_grads
 from sae.model import SparseAutoencoder, remove_parallel_grad_, unit_rows_, update_threshold_
 from sae.store import BatchSource
-from sae.train import init_sample, initial_sae, lr_at
+from sae.train import check_resources, init_sample, initial_sae, lr_at
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 FINAL_LOSS_SHARE = 0.1  # the final loss is the mean training loss over this last share of the steps
@@ -130,6 +130,8 @@ def sweep(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict, confi
     fields.setdefault("d_in", source.d)
     if source.d is not None and source.d != fields["d_in"]:
         raise ValueError(f"data dimension {source.d} does not match d_in={fields['d_in']}")
+    for n in dict_sizes:
+        check_resources(SAEConfig(**fields, dict_size=n, l1=l1s[0]), config, n_sae=len(l1s))
     sample = init_sample(SAEConfig(**fields, dict_size=dict_sizes[0], l1=l1s[0]), config, source)  # drawn once, read by every member
     groups = [Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, source, sample) for l1 in l1s]) for n in dict_sizes]
     opts = [torch.optim.Adam(g.parameters(), lr=config.lr, foreach=False) for g in groups]

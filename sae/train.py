@@ -62,10 +62,51 @@ def initial_sae(sae_config: SAEConfig, config: TrainConfig, source: BatchSource,
     return sae.to(config.device)
 
 
+MAX_STEPS = 100_000_000  # beyond this a run would not end on any machine this trains on
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``, refused in one line if it is unknown or absent here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: only cpu, cuda and mps are supported")
+    return dev
+
+
+def check_resources(sae_config: SAEConfig, config: TrainConfig, n_sae: int = 1, eval_samples: int = 0) -> None:
+    """Refuse, before allocating anything, a run whose tensors cannot fit in memory or whose step
+    count cannot finish. Estimate: per SAE 8 copies of the n×d matrices (weights, gradients, Adam's
+    moments), a few [batch, n] buffers, and the evaluation's [eval, d + n]; float32."""
+    import os
+
+    dev = check_device(config.device)
+    n, d, b = sae_config.dict_size, sae_config.d_in, config.batch_size
+    need = 4 * (n_sae * (8 * n * d + 6 * b * n + 4 * b * d) + eval_samples * (d + n))
+    if dev.type == "cuda":
+        free = torch.cuda.mem_get_info(dev)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > 0.8 * free:
+        raise ValueError(f"this run needs about {need / 2**30:.1f} GiB ({n_sae} SAE of {n} latents x d {d}, batch {b}, "
+                         f"{eval_samples} evaluation samples) but {free / 2**30:.1f} GiB are free; use a smaller --dict-size, "
+                         "--batch-size or --eval-samples")
+    if config.steps > MAX_STEPS:
+        raise ValueError(f"--samples {config.n_samples} is {config.steps:,} steps of {b}: more than {MAX_STEPS:,}, a run that "
+                         "would not finish; use fewer samples or a larger batch")
+
+
 class Trainer:
     """Train ``SparseAutoencoder(sae_config)`` on ``data`` (tensor, array, path, stream or iterable)."""
 
-    def __init__(self, sae_config: SAEConfig, config: TrainConfig, data, out_dir: str | Path | None = None):
+    def __init__(self, sae_config: SAEConfig, config: TrainConfig, data, out_dir: str | Path | None = None, eval_samples: int = 0):
+        check_resources(sae_config, config, eval_samples=eval_samples)
         self.sae_config, self.config = sae_config, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.source = BatchSource(data, config.batch_size, config.seed, config.device)

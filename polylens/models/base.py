@@ -114,3 +114,31 @@ def load_weights(model: nn.Module, path: str | Path, *, what: str | None = None)
                          f"e.g. {k} is {tuple(state[k].shape)} in the file but {tuple(want[k].shape)} in the model")
     model.load_state_dict(state)
     return meta
+
+
+def read_npy(path: str | Path, *, what: str = "input file", integers: bool = False):
+    """A plain numeric ``.npy`` (no pickle) as a numpy array: float data as float32 (float64, NumPy's
+    default, converted), integer data only when ``integers``. Anything else (complex, boolean,
+    structured, object or text arrays, empty arrays, unreadable files) is a one-line ``ValueError``
+    naming the file."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first.split(" Use allow_pickle")[0].split("; use allow_pickle")[0]  # never advise unpickling
+        raise ValueError(f"{what} {str(path)!r} is not a readable numeric .npy array ({first})") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise ValueError(f"{what} {str(path)!r} holds complex values ({arr.dtype}); give real numbers")
+    if kind in "iu" and not integers:
+        raise ValueError(f"{what} {str(path)!r} holds integers ({arr.dtype}); give float values (e.g. pixels in [0, 1])")
+    if kind not in ("fiu" if integers else "f"):
+        raise ValueError(f"{what} {str(path)!r} holds {arr.dtype} values; give a float array")
+    if arr.size == 0:
+        raise ValueError(f"{what} {str(path)!r} is empty (shape {arr.shape})")
+    return arr.astype(np.float32) if kind == "f" else arr

@@ -27,9 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polylens.models.base import Activation, ModelAdapter, load_weights
+from polylens.models.base import Activation, ModelAdapter, load_weights, read_npy
 
 KINDS = get_args(Activation)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _kind_of(module: nn.Module) -> str | None:
@@ -54,7 +59,12 @@ def import_function(spec: str):
     mod_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(mod_spec)
     sys.modules[name] = module
-    mod_spec.loader.exec_module(module)
+    try:
+        mod_spec.loader.exec_module(module)
+    except SystemExit as err:
+        raise ValueError(f"model file {file} called sys.exit({err.code}) while being imported; it must define {fn}() and return") from None
+    except Exception as err:  # the user's code: syntax errors, failed imports, anything it raises
+        raise ValueError(f"model file {file} failed to import: {type(err).__name__}: {_first_line(err)}") from None
     if not callable(getattr(module, fn, None)):
         found = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == name]
         raise ValueError(f"{file} has no function {fn!r}; functions defined there: {', '.join(found) or 'none'}")
@@ -106,7 +116,14 @@ def traced_activations(model: nn.Module, example: Tensor) -> tuple[dict[str, str
 def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None, **_) -> ModelAdapter:
     """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
     fn, user_module = import_function(spec)
-    model = fn()
+    try:
+        model = fn()
+    except SystemExit as err:
+        raise ValueError(f"{spec} called sys.exit({err.code}) instead of returning an nn.Module") from None
+    except TypeError as err:
+        raise ValueError(f"{spec} could not be called with no arguments ({_first_line(err)}); FUNCTION must take none") from None
+    except Exception as err:
+        raise ValueError(f"{spec} raised {type(err).__name__}: {_first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -145,10 +162,14 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
                 raise FileNotFoundError(f"input file {raw} does not exist")
             if Path(raw).suffix != ".npy":
                 raise ValueError(f"input file {raw}: custom models read .npy arrays")
-            raw = np.load(raw, allow_pickle=False)
-        x = torch.as_tensor(np.asarray(raw)).to(device)
-        if callable(example_fn) and tuple(x.shape) == tuple(example_fn(1).shape[1:]):
-            x = x.unsqueeze(0)
+            raw = read_npy(raw)
+        arr = np.asarray(raw)
+        x = torch.as_tensor(arr.astype(np.float32) if arr.dtype == np.float64 else arr).to(device)
+        param = next(model.parameters(), None)
+        if param is not None and torch.is_floating_point(x):
+            x = x.to(param.dtype)
+        if x.dim() == 1 or (callable(example_fn) and tuple(x.shape) == tuple(example_fn(1).shape[1:])):
+            x = x.unsqueeze(0)  # one input, without its batch axis
         return x
 
     def describe(out: Tensor) -> list[str]:

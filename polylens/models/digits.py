@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from polylens.models.base import ModelAdapter, cache_dir, load_weights
+from polylens.models.base import ModelAdapter, cache_dir, load_weights, read_npy
 
 VERSION = 1
 CLASSES = [str(i) for i in range(10)]
@@ -177,8 +177,12 @@ def _read_file(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"input file {path} does not exist")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return read_npy(path)
     from PIL import Image
 
-    img = Image.open(path).convert("L").resize((8, 8))
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L").resize((8, 8))
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, broken files
+        raise ValueError(f"input file {str(path)!r} is neither a .npy array nor an image PIL can read ({type(err).__name__})") from None
     return np.asarray(img, dtype=np.float32) / 255.0

@@ -58,8 +58,8 @@ def load_image(path: str | Path, size: int = 224, resize: int | None = 256, norm
     try:
         with Image.open(path) as img:
             return preprocess(img, size, resize, normalize)
-    except UnidentifiedImageError:
-        raise ValueError(f"image file {str(path)!r} is not an image PIL can read") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # unidentified, truncated, broken
+        raise ValueError(f"image file {str(path)!r} is not an image PIL can read ({type(err).__name__})") from None
 
 
 def image_files(folder: str | Path) -> list[Path]:
@@ -111,7 +111,11 @@ def image_input(raw, *, normalize: bool = False, device: str = "cpu") -> Tensor:
         if not 0 <= raw < 6:
             raise ValueError(f"input index {raw} must be between 0 and 5 (crops of the bundled sample photos)")
         return sample_images(raw + 1, normalize=normalize)[raw : raw + 1].to(device)
-    if isinstance(raw, (str, Path)):
+    if isinstance(raw, (str, Path)) and str(raw).endswith(".npy"):
+        from polylens.models.base import read_npy
+
+        raw = read_npy(raw)
+    elif isinstance(raw, (str, Path)):
         return load_image(raw, normalize=normalize)[None].to(device)
     x = torch.as_tensor(np.asarray(raw), dtype=torch.float32)
     if x.numel() != 3 * 224 * 224 or tuple(x.shape[-3:]) != (3, 224, 224):
