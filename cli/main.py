@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (resume checks them)
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2

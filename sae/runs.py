@@ -11,6 +11,10 @@ These are the Python equivalents of ``polylens sae train`` and ``polylens sae ev
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,12 +23,13 @@ from torch import Tensor
 
 from sae.config import SAEConfig, TrainConfig
 from sae.metrics import evaluate
-from sae.store import STATE, read_json, write_json_atomic
+from sae.store import CHECKPOINT, STATE, read_json, write_json_atomic
 from sae.synthetic import make_data
-from sae.train import Trainer, load_sae
+from sae.train import Trainer, load_sae, read_checkpoint
 
 RUN = "run.json"
 EXPORT = "saelens"
+RUN_FILES = (CHECKPOINT, STATE, RUN, EXPORT, "sweep.json", "sweep.png", "sweep.safetensors")  # what --force clears
 EVAL_SALT = 7_777_777  # evaluation samples come from a stream the training never draws from
 
 
@@ -43,12 +48,45 @@ def _dim(source) -> int:
     return source.shape[1] if isinstance(source, Tensor) else source.d
 
 
+@contextmanager
+def run_lock(out: Path, *, clear: bool = False) -> Iterator[None]:
+    """Hold ``out``'s lock for a run: a second run into the same folder is refused at once (not
+    left to overwrite this one). clear: remove the previous run's files first (``--force``), so a
+    new run that fails never leaves the old checkpoint or export beside its own record."""
+    import fcntl
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)  # the folder itself is locked: no lock file is left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"another run is writing {out} now (it holds the folder's lock); wait for it to end or give another --out") from None
+    try:
+        if clear:
+            for name in RUN_FILES:
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        yield
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves nothing
+        raise
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def check_run_folder(out: Path, resume: bool, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; give a folder")
     if resume:
-        if not (out / STATE).is_file():
-            raise FileNotFoundError(f"nothing to resume: {out / STATE} does not exist")
+        if not (out / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT} does not exist")
         return
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f"output folder {out} is not empty; pass --force to overwrite it or --resume to continue its run")
@@ -83,8 +121,8 @@ def train_run(
         n_true = source.features.shape[0] if hasattr(source, "features") else d
         sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
     trainer = Trainer(sae_config, train_config, source, out, eval_samples=eval_samples)
-    out.mkdir(parents=True, exist_ok=True)
-    return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
+    with run_lock(out, clear=force):
+        return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
 def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | None = None, data_options: dict | None = None,
@@ -100,9 +138,10 @@ def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | No
         if data is None:
             raise ValueError(f"{out} does not record its data; pass the data again")
     data_options = dict(data_options or {})
-    source = make_data(data, seed=read_json(out / STATE)["train"]["seed"], **data_options)
-    trainer = Trainer.resume(out, source, n_samples=n_samples, progress=progress)
-    return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
+    source = make_data(data, seed=read_checkpoint(out)[1]["train"]["seed"], **data_options)
+    with run_lock(out):
+        trainer = Trainer.resume(out, source, n_samples=n_samples, progress=progress)
+        return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
 def _fit_export_evaluate(trainer: Trainer, out: Path, data: dict, source, eval_samples: int) -> dict:
@@ -127,14 +166,14 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
     if not out.is_dir():
         raise FileNotFoundError(f"SAE folder {out} does not exist")
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
-    if (out / STATE).is_file():
+    if (out / CHECKPOINT).is_file():
         sae = load_sae(out)
     elif (out / "cfg.json").is_file():
         from sae.export import import_saelens
 
         sae = import_saelens(out)
     else:
-        raise ValueError(f"{out} holds neither a polylens checkpoint ({STATE}) nor a SAELens export (cfg.json)")
+        raise ValueError(f"{out} holds neither a polylens checkpoint ({CHECKPOINT}) nor a SAELens export (cfg.json)")
     if data is None:
         recorded = run.get("data", {})
         data, data_options = recorded.get("spec"), recorded.get("options", {})
@@ -150,4 +189,4 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
     return {"sae": asdict(sae.config), "data": {"spec": data, "options": data_options or {}}, "evaluation": evaluate(sae, x, truth, codes)._asdict()}
 
 
-__all__ = ["EXPORT", "RUN", "eval_batch", "eval_run", "resume_run", "train_run"]
+__all__ = ["EXPORT", "RUN", "run_lock", "eval_batch", "eval_run", "resume_run", "train_run"]

@@ -204,7 +204,7 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     size per L1) and ``sweep.safetensors`` (each cell's weights, keys ``l1_{i}.n_{j}.W_enc`` …).
     """
     from sae.metrics import evaluate
-    from sae.runs import check_run_folder, eval_batch
+    from sae.runs import check_run_folder, eval_batch, run_lock
     from sae.store import save_tensors_atomic, write_json_atomic
     from sae.synthetic import make_data
 
@@ -216,26 +216,26 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     truth = getattr(source, "features", None)
     n_true = truth.shape[0] if truth is not None else source.shape[1]
     sizes = dict_sizes_for(list(ratios), n_true)
-    result = sweep(source, list(l1s), sizes, dict(sae_fields or {}), config)
-    x, truth, codes = eval_batch(source, eval_samples, config.seed)
-    cells, tensors = [], {}
-    for i, l1 in enumerate(result.l1s):
-        for j, n in enumerate(result.dict_sizes):
-            sae = result.saes[i][j]
-            ev = evaluate(sae, x, truth, codes)._asdict()
-            cells.append({"l1": l1, "dict_size": n, "ratio": ratios[j], "final_loss": result.final_loss[i][j],
-                          "dead_latents": round(ev["dead_fraction"] * n), **ev})  # fmt: skip
-            tensors.update({f"l1_{i}.n_{j}.{k}": v for k, v in sae.state_dict().items()})
-    record = {
-        "data": {"spec": data, "options": data_options, "n_true_features": n_true if truth is not None else None},
-        "l1s": result.l1s, "ratios": list(ratios), "dict_sizes": sizes, "sae": dict(sae_fields or {}), "train": asdict(config),
-        "steps": result.steps, "cells": cells, "table": format_table(cells, result.l1s, sizes, truth is not None),
-    }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    save_tensors_atomic(tensors, out / SWEEP_WEIGHTS)
-    plot_sweep(record, out / SWEEP_PNG)
-    write_json_atomic(record, out / SWEEP_JSON)
-    return record
+    with run_lock(out, clear=force):
+        result = sweep(source, list(l1s), sizes, dict(sae_fields or {}), config)
+        x, truth, codes = eval_batch(source, eval_samples, config.seed)
+        cells, tensors = [], {}
+        for i, l1 in enumerate(result.l1s):
+            for j, n in enumerate(result.dict_sizes):
+                sae = result.saes[i][j]
+                ev = evaluate(sae, x, truth, codes)._asdict()
+                cells.append({"l1": l1, "dict_size": n, "ratio": ratios[j], "final_loss": result.final_loss[i][j],
+                              "dead_latents": round(ev["dead_fraction"] * n), **ev})  # fmt: skip
+                tensors.update({f"l1_{i}.n_{j}.{k}": v for k, v in sae.state_dict().items()})
+        record = {
+            "data": {"spec": data, "options": data_options, "n_true_features": n_true if truth is not None else None},
+            "l1s": result.l1s, "ratios": list(ratios), "dict_sizes": sizes, "sae": dict(sae_fields or {}), "train": asdict(config),
+            "steps": result.steps, "cells": cells, "table": format_table(cells, result.l1s, sizes, truth is not None),
+        }  # fmt: skip
+        save_tensors_atomic(tensors, out / SWEEP_WEIGHTS)
+        plot_sweep(record, out / SWEEP_PNG)
+        write_json_atomic(record, out / SWEEP_JSON)
+        return record
 
 
 def _grid(cells: list[dict], key: str, l1s: list[float], sizes: list[int]) -> list[list[float]]:

@@ -7,6 +7,7 @@ with the same weights as an uninterrupted run with the same seed (bitwise on CPU
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,12 +135,15 @@ class Trainer:
         return t
 
     def save_checkpoint(self) -> None:
-        """Tensors first, then the JSON naming the step: the pair on disk is always consistent."""
+        """One file holds the whole checkpoint: the tensors and, in the safetensors metadata, the
+        state (step, configs, history), written to a temporary name and renamed, so a kill at any
+        moment leaves the previous checkpoint or the new one, never a mix. ``checkpoint.json``
+        (the same state, for people and tools) follows it."""
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        save_tensors_atomic(self.state_tensors(), self.out_dir / CHECKPOINT, {"step": str(self.step)})
         state = {"step": self.step, "sae": asdict(self.sae_config), "train": asdict(self.config), "history": self.history}
+        save_tensors_atomic(self.state_tensors(), self.out_dir / CHECKPOINT, {"step": str(self.step), "state": json.dumps(state)})
         write_json_atomic(state, self.out_dir / STATE)
         self.last_checkpoint = self.step
 
@@ -147,20 +151,17 @@ class Trainer:
     def resume(cls, out_dir: str | Path, data, n_samples: int | None = None, progress: bool | None = None) -> Trainer:
         """Rebuild a trainer from ``out_dir`` (optionally with a larger ``n_samples``) to continue."""
         out_dir = Path(out_dir)
-        state = read_json(out_dir / STATE)
+        tensors, state = read_checkpoint(out_dir)
         try:
             sae_cfg = SAEConfig(**state["sae"])
             train = dict(state["train"])
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{out_dir / STATE} is not a polylens SAE checkpoint ({err})") from None
+            raise ValueError(f"{out_dir / CHECKPOINT} is not a polylens SAE checkpoint ({err})") from None
         if n_samples is not None:
             train["n_samples"] = n_samples
         if progress is not None:
             train["progress"] = progress
         self = cls(sae_cfg, TrainConfig(**train), data, out_dir)
-        tensors, meta = load_tensors(out_dir / CHECKPOINT)
-        if meta.get("step") != str(state["step"]):
-            raise ValueError(f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state['step']}")
         self.load_state(tensors)
         self.step, self.history, self.last_checkpoint = state["step"], state.get("history", []), state["step"]
         return self
@@ -303,6 +304,10 @@ class Trainer:
                     bar.update(1)
                 if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                     self.save_checkpoint()
+        except KeyboardInterrupt:
+            if self.out_dir is not None and self.step > 0 and self.last_checkpoint != self.step:
+                self.save_checkpoint()  # Ctrl-C keeps the run: --resume continues from here
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -316,18 +321,34 @@ class Trainer:
         raise ValueError(f"{what}; training stopped, {where}")
 
 
+def read_checkpoint(out_dir: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """``(tensors, state)`` of the checkpoint in ``out_dir``. The state inside the safetensors file
+    is authoritative; files written before it was stored there fall back to ``checkpoint.json``,
+    which must then name the same step."""
+    out_dir = Path(out_dir)
+    tensors, meta = load_tensors(out_dir / CHECKPOINT)
+    if "state" in meta:
+        try:
+            return tensors, json.loads(meta["state"])
+        except json.JSONDecodeError:
+            raise ValueError(f"{out_dir / CHECKPOINT} has a corrupt state record; the checkpoint cannot be resumed") from None
+    state = read_json(out_dir / STATE)
+    if meta.get("step") != str(state.get("step")):
+        raise ValueError(f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state.get('step')}")
+    return tensors, state
+
+
 def load_sae(out_dir: str | Path) -> SparseAutoencoder:
     """The SAE stored in a training folder (checkpoint.safetensors + checkpoint.json), in eval mode."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"SAE folder {out_dir} does not exist")
-    state = read_json(out_dir / STATE)
+    tensors, state = read_checkpoint(out_dir)
     try:
         cfg = SAEConfig(**state["sae"])
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{out_dir / STATE} is not a polylens SAE checkpoint ({err})") from None
+        raise ValueError(f"{out_dir / CHECKPOINT} is not a polylens SAE checkpoint ({err})") from None
     sae = SparseAutoencoder(cfg)
-    tensors, _ = load_tensors(out_dir / CHECKPOINT)
     try:
         sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     except RuntimeError as err:
