@@ -162,7 +162,9 @@ class HDBSCAN(_Base):
             rng = np.random.default_rng(self.random_state)
             fit_rows = np.sort(rng.choice(n, size=self.sample, replace=False))
             self._fit_points(points.take(fit_rows))
-            labels, probs = self.predict(points, return_probabilities=True)
+            rest = np.setdiff1d(np.arange(n), fit_rows)
+            labels, probs = np.empty(n, dtype=np.int64), np.empty(n)
+            labels[rest], probs[rest] = self.predict(points.take(rest), return_probabilities=True)
             labels[fit_rows], probs[fit_rows] = self._fit_labels, self._fit_probs
             self.route_ += "+assign"
             self.exact_ = False
@@ -293,7 +295,7 @@ class HDBSCAN(_Base):
                              f"({self._fitted.metric}, width {self._fitted.data.shape[1]})")
         ms = self.min_samples_
         kk = min(len(self._fitted), k or 2 * ms)
-        method = "hnsw" if self.route_.startswith("knn-hnsw") else "exact"
+        method = "hnsw" if self.route_.startswith("knn-hnsw") or self.knn == "hnsw" else "exact"
         nbrs = points.knn_to(self._fitted, kk, method=method, progress=self.progress)
         labels = np.full(len(points), -1, dtype=np.int64)
         probs = np.zeros(len(points))

@@ -80,76 +80,11 @@ def _as_words(words: np.ndarray, name: str = "codes") -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # the numba kernels (compiled on first use, cached on disk)
 
-_KERNELS: dict[str, Callable] = {}
+def _numba_kernels():
+    """The numba kernels (``polylens._popcount``), imported on first use: numba costs ~1 s to import."""
+    from polylens import _popcount
 
-
-def _numba_kernels() -> dict[str, Callable]:
-    if _KERNELS:
-        return _KERNELS
-    from numba import njit, prange, types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def popc(typingctx, x):
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-
-        return types.uint64(types.uint64), codegen
-
-    @njit(parallel=True, cache=True)
-    def pairwise(a, b, out):  # out[i, j] = popcount(a[i] ^ b[j]); four rows of a per pass over b
-        na, w = a.shape
-        nb = b.shape[0]
-        for q in prange((na + 3) // 4):
-            i0 = 4 * q
-            if i0 + 4 <= na:
-                for j in range(nb):
-                    s0 = s1 = s2 = s3 = 0
-                    for t in range(w):
-                        v = b[j, t]
-                        s0 += popc(a[i0, t] ^ v)
-                        s1 += popc(a[i0 + 1, t] ^ v)
-                        s2 += popc(a[i0 + 2, t] ^ v)
-                        s3 += popc(a[i0 + 3, t] ^ v)
-                    out[i0, j], out[i0 + 1, j], out[i0 + 2, j], out[i0 + 3, j] = s0, s1, s2, s3
-            else:
-                for i in range(i0, na):
-                    for j in range(nb):
-                        s = 0
-                        for t in range(w):
-                            s += popc(a[i, t] ^ b[j, t])
-                        out[i, j] = s
-
-    @njit(parallel=True, cache=True)
-    def knn(a, b, k, self_offset, out_d, out_i):
-        # Row i keeps its k best (distance, index) sorted; strict < keeps the lower index on ties.
-        # self_offset >= 0: skip j == i + self_offset (a row's own copy when a is a slice of b).
-        na, w = a.shape
-        nb = b.shape[0]
-        for i in prange(na):
-            for p in range(k):
-                out_d[i, p] = 2147483647
-                out_i[i, p] = -1
-            worst = 2147483647
-            skip = i + self_offset if self_offset >= 0 else -1
-            for j in range(nb):
-                if j == skip:
-                    continue
-                s = 0
-                for t in range(w):
-                    s += popc(a[i, t] ^ b[j, t])
-                if s < worst:
-                    p = k - 1
-                    while p > 0 and out_d[i, p - 1] > s:
-                        out_d[i, p] = out_d[i, p - 1]
-                        out_i[i, p] = out_i[i, p - 1]
-                        p -= 1
-                    out_d[i, p] = s
-                    out_i[i, p] = j
-                    worst = out_d[i, k - 1]
-
-    _KERNELS.update(pairwise=pairwise, knn=knn)
-    return _KERNELS
+    return _popcount
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +99,7 @@ def _unpack_pm1(words: np.ndarray, dtype):
 
 
 def _block_popcount(a, b, out):
-    _numba_kernels()["pairwise"](a, b, out)
+    _numba_kernels().pairwise(a, b, out)
 
 
 def _block_numpy(a, b, out):
@@ -229,10 +164,11 @@ def choose_route(n_words: int) -> str:
     a = rng.integers(0, 2**63, size=(256, n_words), dtype=np.uint64)
     b = rng.integers(0, 2**63, size=(1024, n_words), dtype=np.uint64)
     out = np.empty((256, 1024), dtype=np.int32)
+    small = np.empty((8, 32), dtype=np.int32)  # contiguous like ``out``: the warm-up compiles what is timed
     speeds = {}
     for name, fn in _available_routes().items():
         try:
-            fn(a[:8], b[:32], out[:8, :32])  # compile / warm up
+            fn(a[:8], b[:32], small)  # compile / warm up
             start = time.perf_counter()
             fn(a, b, out)
             speeds[name] = a.shape[0] * b.shape[0] / max(time.perf_counter() - start, 1e-9)
@@ -295,7 +231,7 @@ def knn(query: np.ndarray, base: np.ndarray | None = None, k: int = 10, *, exclu
     for start in _progress(range(0, len(query), step), progress, "exact k-NN"):
         q = query[start : start + step]
         if route == "popcount":
-            _numba_kernels()["knn"](q, base, k, start if exclude_self else -1, dist[start : start + len(q)], idx[start : start + len(q)])
+            _numba_kernels().knn(q, base, k, start if exclude_self else -1, dist[start : start + len(q)], idx[start : start + len(q)])
         else:
             dist[start : start + len(q)], idx[start : start + len(q)] = _knn_by_blocks(q, base, k, start if exclude_self else -1, fn)
     return Neighbors(dist, idx)
