@@ -38,6 +38,8 @@ def files(tmp_path_factory):
     (d / "random.npy").write_bytes(np.random.default_rng(0).bytes(300))
     for name, text in MODELS.items():
         (d / name).write_text(text)
+    (d / "gpt2dir").mkdir()
+    (d / "gpt2dir" / "config.json").write_text('{"model_type": "gpt2", "n_embd": 64}')
     return d
 
 
@@ -59,6 +61,7 @@ def _cases(d):
             ("m_raise.py", "raised RuntimeError: boom"), ("m_syntax.py", "failed to import: SyntaxError"),
             ("m_import.py", "failed to import: ModuleNotFoundError"), ("m_args.py", "no arguments"),
             ("m_notmodule.py", "not a torch.nn.Module"), ("m_exit.py", "sys.exit(0)")]],
+        (["codes", "--model", "gpt2", "--weights", d / "gpt2dir", "--out", d / "never.npz"], "lacks n_head, n_layer, vocab_size"),
         (["sae", "train", "--data", d / "emptysae.npy", "--out", d / "never"], "non-empty"),
         (["sae", "train", "--data", d / "struct.npy", "--out", d / "never"], "structured"),
         (["sae", "train", "--data", d / "complex.npy", "--out", d / "never"], "complex"),

@@ -138,7 +138,15 @@ def config_from_hf_dir(path: Path, *, seed: int = 0):
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"weights={str(path)!r} must be a HuggingFace GPT-2 folder with a config.json")
-    hf = json.loads(cfg_file.read_text())
+    try:
+        hf = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_file} is not valid JSON ({err})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{cfg_file} must hold a JSON object (a HuggingFace GPT-2 config)")
+    missing = [k for k in ("n_embd", "n_head", "n_layer", "vocab_size") if k not in hf]
+    if missing:
+        raise ValueError(f"{cfg_file} lacks {', '.join(missing)}: not a complete HuggingFace GPT-2 config.json")
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"weights={str(path)!r} holds a {hf.get('model_type')!r} model, not gpt2")
     d_model, n_heads = hf["n_embd"], hf["n_head"]
