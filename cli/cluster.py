@@ -47,6 +47,7 @@ def load_points(args):
 def codes_points(path: str, layer: str | None):
     """Codes from ``polylens codes`` (``.npz``) or a plain 0/1 ``.npy`` ``[n_points, n_units]``."""
     import numpy as np
+    import torch
 
     from polylens.codes import SplineCodes
     from polylens.protocols import LayerPoints
@@ -67,7 +68,7 @@ def codes_points(path: str, layer: str | None):
             raise ValueError(f"--codes {path} must be shaped [n_points, n_units], got {arr.shape}")
         if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
             raise ValueError(f"--codes {path} must hold only 0/1 values (spline codes); it holds other values ({arr.dtype})")
-        codes = SplineCodes.from_preactivations({"codes": __import__("torch").from_numpy(arr.astype(np.float32) - 0.5)},
+        codes = SplineCodes.from_preactivations({"codes": torch.from_numpy(arr.astype(np.float32) - 0.5)},
                                                 provenance={"model": f"codes file {p.name}"})
     else:
         raise ValueError(f"--codes {path} must be a .npz from 'polylens codes' or a 0/1 .npy")
