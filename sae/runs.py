@@ -81,7 +81,7 @@ def run_lock(out: Path, *, clear: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
-def check_run_folder(out: Path, resume: bool, force: bool) -> None:
+def check_run_folder(out: Path, resume: bool, force: bool, *, can_resume: bool = True) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; give a folder")
     if resume:
@@ -89,7 +89,8 @@ def check_run_folder(out: Path, resume: bool, force: bool) -> None:
             raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT} does not exist")
         return
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"output folder {out} is not empty; pass --force to overwrite it or --resume to continue its run")
+        hint = " or --resume to continue its run" if can_resume else ""
+        raise FileExistsError(f"output folder {out} is not empty; pass --force to overwrite it{hint}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"folder {parent} does not exist; create it first")

@@ -209,7 +209,7 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     from sae.synthetic import make_data
 
     out = Path(out_dir)
-    check_run_folder(out, resume=False, force=force)
+    check_run_folder(out, resume=False, force=force, can_resume=False)
     config = config or TrainConfig()
     data_options = dict(data_options or {})
     source = make_data(data, seed=config.seed, **data_options)
