@@ -85,3 +85,12 @@ def test_interpolation_between_classes_changes_the_output(digits):
     assert res.exact and res.layers == ["fc1"] and res.n_crossings > 0
     assert res.profile["labels"][0] == labels[i] and res.profile["labels"][-1] == labels[j]
     assert len(res.output_changes) >= 1
+
+
+def test_a_typo_in_a_loader_option_is_an_error_not_ignored(digits):
+    from polylens.models import load_model
+
+    with pytest.raises(ValueError, match="takes no option 'random_weight'; its options: weights, random_weights"):
+        load_model("digits", random_weight=True)
+    with pytest.raises(ValueError, match="takes no option 'wieghts'"):
+        load_model("inceptionv1", wieghts="x")

@@ -8,6 +8,7 @@ optional extra (TransformerLens, torchvision) never breaks an unrelated command.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from polylens.models.base import ModelAdapter
 
@@ -39,7 +40,12 @@ def load_model(spec: str | None = None, **options) -> ModelAdapter:
             raise ValueError(f"unknown model {spec!r}; use digits, gpt2[-medium|-large|-xl], inceptionv1, torchvision:NAME or FILE.py:FUNCTION")
         target = _ADAPTERS[key]
     module_name, fn = target.split(":")
-    return getattr(importlib.import_module(module_name), fn)(spec, **options)
+    loader = getattr(importlib.import_module(module_name), fn)
+    accepted = [name for name, p in inspect.signature(loader).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:  # a typo in an option is an error, never silently ignored
+        raise ValueError(f"model {spec!r} takes no option {', '.join(map(repr, unknown))}; its options: {', '.join(accepted)}")
+    return loader(spec, **options)
 
 
 __all__ = ["ModelAdapter", "load_model"]

@@ -113,8 +113,10 @@ def traced_activations(model: nn.Module, example: Tensor) -> tuple[dict[str, str
     return found, list(dict.fromkeys(order))
 
 
-def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None, **_) -> ModelAdapter:
+def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None) -> ModelAdapter:
     """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
+    if random_weights:
+        raise ValueError(f"--random-weights does not apply to {spec}: FUNCTION() builds the model (with its own initialisation); drop the flag")
     fn, user_module = import_function(spec)
     try:
         model = fn()

@@ -105,7 +105,7 @@ def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
         raise
 
 
-def load(spec: str = "digits", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, epochs: int = 40, **_) -> ModelAdapter:
+def load(spec: str = "digits", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, epochs: int = 40) -> ModelAdapter:
     """The digits CNN: trained-and-cached (default), from a safetensors ``weights`` file, or random."""
     if spec not in ("digits", None):
         raise ValueError(f"unknown digits model {spec!r}; the spec is just 'digits'")

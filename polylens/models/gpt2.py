@@ -185,7 +185,7 @@ def _move(model, device: str):
 
 
 def load(spec: str = "gpt2", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0,
-         tokenizer=None, config: dict | None = None, **_) -> ModelAdapter:
+         tokenizer=None, config: dict | None = None) -> ModelAdapter:
     """A GPT-2 ``ModelAdapter``. config: field overrides for the random architecture (tests use tiny ones)."""
     if spec not in SIZES:
         raise ValueError(f"unknown GPT-2 model {spec!r}; use one of {', '.join(SIZES)}")

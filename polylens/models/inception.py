@@ -155,7 +155,7 @@ def load_weights(model: InceptionV1, source: str | Path) -> None:
 
 
 def load(spec: str = "inceptionv1", *, weights=None, random_weights: bool = False, device: str = "cpu",
-         seed: int = 0, **_) -> ModelAdapter:
+         seed: int = 0) -> ModelAdapter:
     """InceptionV1 from ``weights`` (file or URL; ``weights="url"`` is lucent's converted checkpoint) or random."""
     if spec != "inceptionv1":
         raise ValueError(f"unknown InceptionV1 model {spec!r}; the spec is just 'inceptionv1'")

@@ -77,7 +77,7 @@ def _out_of_place(model: nn.Module) -> dict[str, str]:
     return sites
 
 
-def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, **_) -> ModelAdapter:
+def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0) -> ModelAdapter:
     """``torchvision:NAME`` → a ``ModelAdapter`` (pretrained, from ``weights`` FILE, or random)."""
     tv = import_torchvision()
     _, _, arch = spec.partition(":")
