@@ -94,3 +94,32 @@ def test_a_typo_in_a_loader_option_is_an_error_not_ignored(digits):
         load_model("digits", random_weight=True)
     with pytest.raises(ValueError, match="takes no option 'wieghts'"):
         load_model("inceptionv1", wieghts="x")
+
+
+def test_the_cache_is_checked_before_training(tmp_path, monkeypatch):
+    from polylens.models import digits as digits_module
+
+    trained = []
+    monkeypatch.setattr(digits_module, "train_digits_cnn", lambda seed, epochs: trained.append(1) or (digits_module.DigitsCNN().eval(), {"seed": seed}))
+    monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path / "ro" / "cache"))
+    (tmp_path / "ro").mkdir()
+    real = digits_module.os.access  # root may write anywhere: stand in for a read-only folder
+    monkeypatch.setattr(digits_module.os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real(p, mode))
+    with pytest.raises(PermissionError, match="POLYLENS_CACHE"):
+        digits_module.load("digits", seed=6)
+    assert not trained
+
+
+def test_the_cache_file_gets_the_umask_mode(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from polylens.models import digits as digits_module
+
+    monkeypatch.setattr(digits_module, "train_digits_cnn", lambda seed, epochs: (digits_module.DigitsCNN().eval(), {"seed": seed}))
+    monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path / "cache"))
+    digits_module.load("digits", seed=5)
+    (path,) = (tmp_path / "cache").glob("*.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask

@@ -90,6 +90,15 @@ def train_digits_cnn(seed: int = 0, epochs: int = 40, width: int = 16) -> tuple[
     return model, facts
 
 
+def _check_writable(folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"cache folder {folder} cannot be written (the trained digits CNN is cached there); "
+                              "set POLYLENS_CACHE to a writable folder")
+
+
 def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
     from safetensors.torch import save_file
 
@@ -98,6 +107,9 @@ def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata={k: str(v) for k, v in facts.items()})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; the cache gets the mode open() would give
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -122,6 +134,7 @@ def load(spec: str = "digits", *, weights=None, random_weights: bool = False, de
         if path.is_file():
             facts = {"weights": str(path), "trained_now": False, **load_weights(model, path)}
         else:
+            _check_writable(path.parent)  # before training, not after
             model, facts = train_digits_cnn(seed, epochs)
             _save_atomic(model, path, facts)
             facts = {"weights": str(path), "trained_now": True, **facts}
