@@ -259,17 +259,26 @@ def extract_codes(
     position: ``(h, w)``: keep only the channel vector at that spatial position of conv layers
     ``[n, C, H, W]`` → ``[n, C]`` (the Polytope Lens paper's protocol for image models).
     """
-    names, preacts = layer_preactivations(adapter, inputs, layers, batch_size=batch_size, position=position)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be a positive integer")
+    if soft and not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta={beta} (--beta) must be a finite number > 0: the SiLU/Swish soft code is σ(βz)")
     ids = list(input_ids) if input_ids is not None else [str(i) for i in range(inputs.shape[0])]
+    parts, seq_len = [], None
+    for start in range(0, inputs.shape[0], batch_size):  # packed a batch at a time: float activations never pile up
+        names, preacts = layer_preactivations(adapter, inputs[start : start + batch_size], layers, batch_size=batch_size, position=position)
+        if per_position:
+            seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
+            if len(seq) != 1 or any(z.dim() < 3 for z in preacts.values()):
+                raise ValueError("per_position needs every layer shaped [n, positions, units]")
+            (seq_len,) = seq
+            preacts = {n: z.reshape(z.shape[0] * seq_len, *z.shape[2:]) for n, z in preacts.items()}
+        parts.append(SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta))
     if per_position:
-        seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
-        if len(seq) != 1 or any(z.dim() < 3 for z in preacts.values()):
-            raise ValueError("per_position needs every layer shaped [n, positions, units]")
-        (s,) = seq
-        preacts = {n: z.reshape(z.shape[0] * s, *z.shape[2:]) for n, z in preacts.items()}
-        ids = [f"{i}@{p}" for i in ids for p in range(s)]
+        ids = [f"{i}@{p}" for i in ids for p in range(seq_len)]
     prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta, "position": list(position) if position else None}
-    return SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta, provenance=prov)
+    soft_codes = np.concatenate([c.soft for c in parts]) if soft else None
+    return SplineCodes(np.concatenate([c.words for c in parts]), parts[0].n_units, parts[0].layers, soft_codes, prov)
 
 
 def resolve_activation_layers(adapter, layers: str | Sequence[str] | None) -> list[str]:

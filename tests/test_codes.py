@@ -104,3 +104,11 @@ def test_extract_codes_equals_capture_and_expected_hamming():
     assert d.shape == (11,) and d[0] < codes.n_units / 4
     with pytest.raises(ValueError, match="available layers: 0, 2"):
         extract_codes(adapter, x, "9")
+
+
+def test_codes_packed_batch_by_batch_equal_one_batch(digits):
+    x = digits.default_inputs(10)
+    whole = extract_codes(digits, x, ["conv2", "fc1"], soft=True, batch_size=64)
+    parts = extract_codes(digits, x, ["conv2", "fc1"], soft=True, batch_size=3)
+    assert np.array_equal(whole.words, parts.words) and np.array_equal(whole.soft, parts.soft)
+    assert whole.provenance == parts.provenance and len(parts) == 10
