@@ -9,9 +9,7 @@ load_model("digits"), "fc1"))``; the protocols are ``gpt2_points``, ``image_poin
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from cli.modelargs import add_model_args, load_from_args
@@ -87,54 +85,16 @@ def _position(text: str | None):
     return h, w
 
 
-def _check_out_dir(out: str, force: bool) -> None:
-    p = Path(out)
-    if p.exists() and not force:
-        raise FileExistsError(f"output folder {out} already exists; pass --force to replace it")
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder name")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"folder {parent} for --out {out} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write --out {out}: folder {parent} is not writable")
-
-
-def write_dir(out: str, writer) -> None:
-    """Build the folder under a temporary name beside ``out``, then swap it in (old one removed)."""
-    p = Path(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent if str(p.parent) else "."))
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if p.exists():
-            old = p.with_name(f".{p.name}.old.{os.getpid()}")
-            os.replace(p, old)
-            os.replace(tmp, p)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, p)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def run(args) -> int:
     import json
 
     import numpy as np
 
-    from cli.output import _finite, check_outputs, write_json
+    from cli.output import _finite, check_output_dir, check_outputs, write_dir, write_json
     from polylens.cluster_analysis import cluster_layer
     from polylens.cluster_report import render_html, summary_figures
 
-    _check_out_dir(args.out, args.force)
+    check_output_dir(args.out, args.force)
     check_outputs(args.force, inputs=[args.input, args.codes, args.weights], json=args.json)
     if args.json not in (None, "-") and os.path.abspath(args.json).startswith(os.path.abspath(args.out) + os.sep):
         raise ValueError(f"--json {args.json} lies inside --out {args.out}, which is replaced; write it elsewhere")

@@ -26,11 +26,46 @@ def check_output(path: str | None, force: bool, *, kind: str = "output") -> None
         raise IsADirectoryError(f"{kind} path {path} is a directory; give a file name")
     if p.exists() and not force:
         raise FileExistsError(f"{kind} file {path} already exists; pass --force to overwrite it")
+    _check_parent(p, f"{kind} file {path}")
+
+
+def _check_parent(p: Path, what: str) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise FileNotFoundError(f"folder {parent} for {kind} file {path} does not exist; create it first")
+        raise FileNotFoundError(f"folder {parent} for {what} does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write {kind} file {path}: folder {parent} is not writable")
+        raise PermissionError(f"cannot write {what}: folder {parent} is not writable")
+
+
+def check_output_dir(path: str, force: bool) -> None:
+    """``check_output`` for an output folder (replaced whole with ``force``)."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise FileExistsError(f"output folder {path} already exists; pass --force to replace it")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"--out {path} is a file; give a folder name")
+    _check_parent(p, f"--out {path}")
+
+
+def write_dir(path: str, writer: Callable[[Path], None]) -> None:
+    """``writer(tmp_folder)``, then swap the folder in for ``path`` (an old one removed after)."""
+    import shutil
+
+    p = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent if str(p.parent) else "."))
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if p.exists():
+            old = p.with_name(f".{p.name}.old.{os.getpid()}")
+            os.replace(p, old)
+            os.replace(tmp, p)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_outputs(force: bool, *, inputs=(), **paths: str | None) -> None:
