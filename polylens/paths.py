@@ -9,8 +9,6 @@ inputs, skip connections from earlier layers) stays at the path's ``base`` input
 
 from __future__ import annotations
 
-import copy
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,25 +120,6 @@ def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Ten
     return ActivationPath("polyline", layer, vertices.detach(), base)
 
 
-_COPY: dict = {}  # the last float64 copy: {"of": weakref to the module, "versions": ..., "copy": module}
-
-
-def float64_copy(module: nn.Module) -> nn.Module:
-    """A float64 copy of ``module``, reused while the module and its tensors are unchanged.
-
-    Tensor ``_version`` counters change on every in-place update (training steps,
-    ``load_state_dict``) and storage pointers on ``.to()``/``.float()``, so a stale copy is never
-    returned; only the latest copy is kept.
-    """
-    versions = tuple((t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
-    if _COPY and _COPY["of"]() is module and _COPY["versions"] == versions:
-        return _COPY["copy"]
-    _COPY.clear()
-    made = copy.deepcopy(module).double()
-    _COPY.update({"of": weakref.ref(module), "versions": versions, "copy": made})
-    return made
-
-
 class Evaluator:
     """Pre-activations of ``layers`` at path points, counting evaluations (a float64 copy of the model if asked).
 
@@ -153,7 +132,7 @@ class Evaluator:
         param = next(adapter.module.parameters(), None)
         self.dtype = torch.float64 if float64 else (param.dtype if param is not None else torch.float32)
         if float64:
-            self.module = float64_copy(adapter.module)
+            self.module = adapter.float64_module()
         self.path, self.layers, self.batch_size = path, layers, batch_size
         self.base = path.base
         if self.base is not None and torch.is_floating_point(self.base):

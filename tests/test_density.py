@@ -184,15 +184,16 @@ def test_shell_profile_accounts_for_every_crossing():
 
 
 def test_float64_copy_is_reused_until_weights_change():
-    from polylens.paths import float64_copy
-
     adapter = relu_mlp(6)
-    first = float64_copy(adapter.module)
-    assert float64_copy(adapter.module) is first and first[0].weight.dtype == torch.float64
+    first = adapter.float64_module()
+    assert adapter.float64_module() is first and first[0].weight.dtype == torch.float64
     with torch.no_grad():
         adapter.module[0].weight.add_(1.0)
-    second = float64_copy(adapter.module)
+    second = adapter.float64_module()
     assert second is not first and torch.equal(second[0].weight, adapter.module[0].weight.double())
+    adapter.module.load_state_dict({k: v * 0 for k, v in adapter.module.state_dict().items()})
+    assert adapter.float64_module() is not second  # load_state_dict copies in place: still seen
+    assert relu_mlp(6).float64_module() is not adapter.float64_module()  # one copy per adapter, no global
 
 
 def test_exact_counting_never_gives_up_on_roundoff(digits):

@@ -48,6 +48,28 @@ class ModelAdapter:
     describe_output: Callable[[Tensor], list[str]] | None = None
     provenance: dict = field(default_factory=dict)
     piecewise_linear_modules: tuple = ()
+    _float64: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+
+    def float64_module(self) -> nn.Module:
+        """A float64 copy of ``module`` for exact counting, kept by this adapter and remade when
+        ``module``'s parameters or buffers no longer equal the copy's (a training step, a
+        ``load_state_dict``): float32 → float64 → float32 is lossless, so the check is exact."""
+        import copy
+
+        import torch
+
+        made = self._float64
+        if made is not None:
+            mine = [*made.parameters(), *made.buffers()]
+            theirs = [*self.module.parameters(), *self.module.buffers()]
+            same = len(mine) == len(theirs) and all(
+                a.shape == b.shape and torch.equal(a.to(b.dtype), b) for a, b in zip(mine, theirs)
+            )
+            if same:
+                return made
+        self._float64 = None  # the stale copy goes before the new one is made (GPT-2: 1 GB each)
+        self._float64 = copy.deepcopy(self.module).double()
+        return self._float64
 
     @property
     def piecewise_linear(self) -> bool:
