@@ -24,12 +24,18 @@ def _exact(args):
 
 
 def format_result(res) -> str:
+    import numpy as np
+
     kind = "exact" if res.exact else "sampled"
     lines = [
         f"{res.model}: path {res.path['kind']} in {res.space_layer}, length {res.path['length']:.4g}",
         f"{res.n_crossings} crossings ({kind}, {res.evaluations} evaluations), {res.density_per_unit_length:.4g} per unit length",
     ]
     lines += [f"  {name:<32} {count:>8}" for name, count in res.crossings_per_layer.items()]
+    jumps = [c["affine_change"] for c in res.crossings if c.get("affine_change") is not None]
+    if jumps:
+        q = [float(v) for v in np.quantile(jumps, [0.1, 0.5, 0.9])]
+        lines.append(f"affine map change per crossing, ||A+ - A-||_F (to the output): median {q[1]:.4g} [10%: {q[0]:.4g}, 90%: {q[2]:.4g}]")
     labels = res.profile.get("labels") or []
     if labels:
         corr = "n/a" if res.peak_output_correlation is None else f"{res.peak_output_correlation:.3f}"

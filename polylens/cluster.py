@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from polylens.hamming import Unique, unique_rows
+from polylens.memory import available_memory
 from polylens.neighbors import Points
 
 DENSE_MEMORY_SHARE = 0.5  # a dense distance matrix may take at most this share of available memory
@@ -57,20 +58,9 @@ def as_points(X, metric: str | None = None) -> Points:
     return Points(arr, metric or "euclidean")
 
 
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 2**30
-
-
 def dense_fits(n: int, bytes_per: int = 4) -> bool:
     """Whether an ``n × n`` distance matrix (plus its working copy) fits the memory share."""
-    return 2 * n * n * bytes_per <= DENSE_MEMORY_SHARE * _available_memory()
+    return 2 * n * n * bytes_per <= DENSE_MEMORY_SHARE * available_memory()
 
 
 class _Base:

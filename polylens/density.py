@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from polylens.affine_change import affine_changes
 from polylens.capture import capture
 from polylens.exactness import EVAL_ONLY, first_smooth_step
+from polylens.memory import available_memory
 from polylens.models.base import PIECEWISE_LINEAR, ModelAdapter
 from polylens.paths import ActivationPath, Evaluator
 
@@ -43,6 +45,7 @@ _CHECKS = 1  # interior points at which each piece must be linear (reused from p
 _MAX_CHECKS = 8
 _MIN_WIDTH = 1e-13  # narrower pieces mean the network is not piecewise-linear there
 _INSIDE = 1e-9  # a zero closer than this (relative to the piece) to an end is at that end
+MEMORY_SHARE = 0.5  # of the memory free: what exact counting's working set of evaluated points may take
 MAX_SAMPLES = 10_000_000  # sampled points on one path: beyond, memory and time run away
 _NOISE = 1e3 * np.finfo(np.float64).eps  # |z| below this × the layer's scale is float64 roundoff, not a sign
 
@@ -51,8 +54,10 @@ _NOISE = 1e3 * np.finfo(np.float64).eps  # |z| below this × the layer's scale i
 class DensityResult:
     """Crossings along one path, with the Hamming profile and the outputs along it.
 
-    crossings: ``[{"t", "layer", "unit"}]`` sorted by t; unit = flat index in the layer's
-    pre-activation (``[*unit_shape]`` flattened). profile: ``{"t": [m+1], "hamming": [m],
+    crossings: ``[{"t", "layer", "unit", "affine_change"}]`` sorted by t; unit = flat index in the
+    layer's pre-activation (``[*unit_shape]`` flattened); affine_change = ‖A₊ − A₋‖_F of the
+    linearised map from the path's space to the model output on the two sides (exact mode; None
+    otherwise). profile: ``{"t": [m+1], "hamming": [m],
     "labels": [m+1]}`` on an even grid. peak_output_correlation: Pearson r between crossings per
     grid step and "the output label changes in this step" (None when either is constant).
     """
@@ -132,13 +137,21 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
     """All (s, unit) zero crossings of counted units on the segment v0 → v1 (s ∈ [0, 1])."""
     cache: dict[float, np.ndarray] = {}
 
+    budget = MEMORY_SHARE * available_memory()
+
     def evaluate(ss):
         new = sorted({s for s in ss if s not in cache})
-        if new:
-            s_t = torch.tensor(new, dtype=torch.float64).reshape(-1, *([1] * v0.dim()))
+        while new:  # a forward batch at a time: never every new point of a wide layer at once
+            part, new = new[: ev.step()], new[ev.step() :]
+            s_t = torch.tensor(part, dtype=torch.float64).reshape(-1, *([1] * v0.dim()))
             z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
-            for s, row in zip(new, z.numpy()):
+            for s, row in zip(part, z.numpy()):
                 cache[s] = row
+            if 8 * ev.width * len(cache) > budget:
+                raise ValueError(
+                    f"exact counting keeps {ev.width:,} float64 pre-activations for each point it is working on and needs more than "
+                    f"{len(cache):,} of them here ({8 * ev.width * len(cache) / 2**30:.1f} GiB, over the memory free); "
+                    "count fewer layers (--count-layers, count_layers=) or use the smooth mode (--smooth)")
         if ev.evaluations > max_evaluations:
             raise ValueError(f"exact counting needed more than max_evaluations={max_evaluations} forward evaluations; raise it or shorten the path")
 
@@ -162,10 +175,13 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
         for a, b in queue:
             za, zb = cache[a], cache[b]
             pts = np.array(interior(a, b))
-            frac = (pts - a) / (b - a)
-            dev = np.abs(np.stack([cache[p] for p in pts]) - (za[None] + frac[:, None] * (zb - za)[None])).max(axis=0)
             scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
-            bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
+            if pts.size:
+                frac = (pts - a) / (b - a)
+                dev = np.abs(np.stack([cache[p] for p in pts]) - (za[None] + frac[:, None] * (zb - za)[None])).max(axis=0)
+                bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
+            else:  # no float64 point between the ends (a piece a few ulps wide): nothing inside can be seen or split
+                bad = np.zeros(n_layers, dtype=bool)
             first_bad = int(np.argmax(bad)) if bad.any() else n_layers
             flips = (za > 0) != (zb > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -177,7 +193,7 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
             at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * scale[layer_id]
             inside = flips & ~at_noise & (s_star > a + margin) & (s_star < b - margin)
             limit = first_bad if first_bad < n_layers else n_layers - 1
-            splits = np.unique(s_star[inside & (layer_id < limit)])
+            splits = np.unique(s_star[inside & (layer_id < limit)]) if pts.size else np.empty(0)
             if first_bad < n_layers and splits.size == 0:
                 splits = pts  # a kink from no counted unit (e.g. max-pool): split at the evaluated checks
             if splits.size == 0:  # affine piece: read off the counted crossings
@@ -191,6 +207,10 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
                 )
             edges = [a, *splits.tolist(), b]
             pending.extend(zip(edges[:-1], edges[1:]))
+        keys = sorted(cache)  # forget points outside every piece still to be checked
+        keep = {k for a, b in pending for k in keys[bisect.bisect_left(keys, a) : bisect.bisect_right(keys, b)]}
+        for k in [k for k in cache if k not in keep]:
+            del cache[k]
     return found
 
 
@@ -246,12 +266,15 @@ def boundary_density(
     n_profile: int = 200,
     batch_size: int = 256,
     max_evaluations: int = 2_000_000,
+    affine_change: bool = True,
 ) -> DensityResult:
     """Count polytope boundary crossings along ``path``.
 
     exact: None → exact when every checked layer is piecewise-linear; True on a smooth layer →
     ValueError. n_samples: sampled mode's steps over the whole path. n_profile: grid steps for the
-    Hamming/output profile (0: none).
+    Hamming/output profile (0: none). affine_change: give each crossing ``affine_change``, the
+    Frobenius norm of the change of the linearised map (path space → model output) across it
+    (``polylens.affine_change``; exact mode only, else None).
     """
     for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
         if value < 1:
@@ -281,6 +304,9 @@ def boundary_density(
     for t, u in raw:
         name, off, _ = next(x for x in unit_layer if x[1] <= u < x[1] + x[2])
         crossings.append({"t": t, "layer": name, "unit": int(u - off)})
+    changes_f = affine_changes(adapter, ev.module, path, crossings, batch_size) if (exact and affine_change) else [None] * len(crossings)
+    for c, value in zip(crossings, changes_f):
+        c["affine_change"] = value
     per_layer = {n: sum(c["layer"] == n for c in crossings) for n in counted}
     profile, changes, corr = _profile(adapter, ev, path, counted, crossings, n_profile) if n_profile else ({}, [], None)
     meta = {k: v for k, v in path.meta.items()}

@@ -120,6 +120,9 @@ def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Ten
     return ActivationPath("polyline", layer, vertices.detach(), base)
 
 
+BATCH_BYTES = 256 * 2**20
+
+
 class Evaluator:
     """Pre-activations of ``layers`` at path points, counting evaluations (a float64 copy of the model if asked).
 
@@ -140,10 +143,24 @@ class Evaluator:
         self.evaluations = 0
         self.offsets: list[tuple[str, int, int]] = []
 
+    @property
+    def width(self) -> int | None:
+        """Pre-activation values per point (all layers), known after the first call."""
+        return sum(size for _, _, size in self.offsets) if self.offsets else None
+
+    def step(self) -> int:
+        """Points per forward pass: ``batch_size``, fewer where a batch's pre-activations would pass
+        ``BATCH_BYTES`` (InceptionV1 below ``maxpool1``: 3.2 M values a point)."""
+        if self.width is None:
+            return 1
+        return max(1, min(self.batch_size, BATCH_BYTES // (8 * self.width)))
+
     def __call__(self, points: Tensor, want_output: bool = False) -> tuple[Tensor, Tensor | None]:
         zs, outs = [], []
-        for start in range(0, points.shape[0], self.batch_size):
-            chunk = points[start : start + self.batch_size].to(self.dtype)
+        start = 0
+        while start < points.shape[0]:
+            chunk = points[start : start + self.step()].to(self.dtype)
+            start += chunk.shape[0]
             m = chunk.shape[0]
             if self.path.layer == "input":
                 got = capture(self.module, chunk, self.layers, keep_output=want_output)

@@ -80,7 +80,7 @@ def test_density_json_plot_and_summary(capsys, tmp_path):
     res = json.loads(stdout)
     assert res["model"] == "digits-cnn" and res["exact"] is True and res["path"]["kind"] == "input"
     assert res["layers"] == ["conv1", "conv2", "fc1"] and res["n_crossings"] == len(res["crossings"]) > 0
-    assert set(res["crossings"][0]) == {"t", "layer", "unit"}
+    assert set(res["crossings"][0]) == {"t", "layer", "unit", "affine_change"} and res["crossings"][0]["affine_change"] > 0
     assert res["density_per_unit_length"] == pytest.approx(res["n_crossings"] / res["path"]["length"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "crossings" in err
     code, stdout, _ = run(capsys, "density", "--layer", "relu1", "--path", "scale", "--count-layers", "fc1", "--json", "-")

@@ -207,3 +207,47 @@ def test_exact_counting_never_gives_up_on_roundoff(digits):
     assert exact.exact is True
     count = lambda r: sorted((c["layer"], c["unit"]) for c in r.crossings)  # noqa: E731
     assert count(exact) == count(dense)
+
+
+def test_exact_counting_accepts_pieces_too_narrow_to_hold_a_point(digits):
+    """Regression: in input space from test digit 180 to 218, splitting made a piece a few ulps
+    wide, with no float64 point inside to check it by; exact counting crashed there. It must
+    finish and agree with dense sampling."""
+    x = digits.default_inputs(219)
+    path = interpolation_path(digits, x[180:181], x[218:219], "input")
+    exact = boundary_density(digits, path, n_profile=0, affine_change=False)
+    dense = boundary_density(digits, path, exact=False, n_samples=50000, refine=False, n_profile=0)
+    assert exact.exact and exact.n_crossings > 100
+    count = lambda r: sorted((c["layer"], c["unit"]) for c in r.crossings)  # noqa: E731
+    assert count(exact) == count(dense)
+
+
+def _jacobian_jumps(adapter, path, crossings):
+    """‖J₊ − J₋‖_F by brute force: full Jacobians (path space → output) at the middles of the
+    pieces on either side of each crossing, where the map is affine."""
+    module = adapter.float64_module()  # a Sequential: the rest of the net after the path's layer is a slice
+    rest = module if path.layer == "input" else module[int(path.layer) + 1 :]
+    ts = [0.0] + [c["t"] for c in crossings] + [1.0]
+
+    def jac(t):
+        return torch.autograd.functional.jacobian(lambda v: rest(v[None])[0], path.at(np.array([t]))[0])
+
+    return [float((jac(0.5 * (ts[i + 1] + ts[i + 2])) - jac(0.5 * (ts[i] + ts[i + 1]))).norm()) for i in range(len(crossings))]
+
+
+@pytest.mark.parametrize("case", ["mlp-input", "cnn-hidden", "cnn-own-layer"])
+def test_affine_change_per_crossing_equals_brute_force_jacobians(case):
+    if case == "mlp-input":
+        adapter = relu_mlp(3)
+        path = interpolation_path(adapter, 3 * torch.randn(1, 3), 3 * torch.randn(1, 3), "input")
+    else:
+        adapter = relu_cnn(1)
+        x0, x1 = torch.randn(1, 1, 6, 6), torch.randn(1, 1, 6, 6)
+        path = interpolation_path(adapter, x0, x1, "1" if case == "cnn-hidden" else "0")  # "0": the crossing units' own layer
+    res = boundary_density(adapter, path, n_profile=0)
+    assert res.exact and res.n_crossings >= 5
+    got = [c["affine_change"] for c in res.crossings]
+    assert all(g > 0 for g in got)
+    assert got == pytest.approx(_jacobian_jumps(adapter, path, res.crossings), rel=1e-6, abs=1e-12)
+    smooth = boundary_density(adapter, path, exact=False, n_samples=100, n_profile=0)
+    assert all(c["affine_change"] is None for c in smooth.crossings)  # no affine pieces claimed when not certified
