@@ -12,6 +12,7 @@ SMALL_ARGS = {
     "compare_seeds.py": ["1"],
     "density_digits.py": ["relu1", "density.png"],
     "sae_sharkey.py": ["64", "0.1", "20000"],
+    "polytope_claims_digits.py": ["6", "relu1", "4", "claims.json"],
     "shell_profile.py": ["relu1", "3", "shell.png"],
     "x2_gradient_vs_activation_pca.py": [],
 }
