@@ -48,6 +48,7 @@ def codes_points(path: str, layer: str | None):
     import torch
 
     from polylens.codes import SplineCodes
+    from polylens.models.base import npy_error
     from polylens.protocols import LayerPoints
 
     p = Path(path)
@@ -60,8 +61,8 @@ def codes_points(path: str, layer: str | None):
     elif p.suffix == ".npy":
         try:
             arr = np.load(p, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"--codes {path} is not a plain .npy array ({str(err).splitlines()[0]})") from None
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"--codes {path} is not a plain .npy array ({npy_error(err)})") from None
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise ValueError(f"--codes {path} must be shaped [n_points, n_units], got {arr.shape}")
         if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():

@@ -229,7 +229,15 @@ class SplineCodes:
     @classmethod
     def load(cls, path: str) -> SplineCodes:
         """Read a file written by ``save``."""
-        with np.load(path, allow_pickle=False) as data:
+        import zipfile
+
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            raise ValueError(f"{path} is not a polylens spline-code file (an .npz written by `polylens codes`)") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path} is not a polylens spline-code file (an .npz written by `polylens codes`); it holds one array")
+        with data:
             if "words" not in data or "meta" not in data:
                 raise ValueError(f"{path} is not a polylens spline-code file (needs arrays 'words' and 'meta')")
             meta = json.loads(str(data["meta"]))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from polylens.codes import SplineCodes, layer_preactivations
+from polylens.models.base import read_npy
 
 
 @dataclass
@@ -74,15 +75,9 @@ def digits_points(adapter, layer: str | None = None, *, batch_size: int = 256) -
 
 def array_points(adapter, layer: str | None, path: str | Path, *, batch_size: int = 64) -> LayerPoints:
     """Inputs ``[n, ...]`` from an ``.npy`` (float; float64 is converted) at ``layer``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"{path} is not a plain numeric .npy ({str(err).splitlines()[0]})") from None
-    if arr.dtype.kind not in "fiub" or arr.ndim < 2 or arr.shape[0] == 0:
-        raise ValueError(f"{path} must hold real numbers shaped [n_inputs, ...] with n_inputs ≥ 1, got {arr.dtype} {arr.shape}")
+    arr = read_npy(path, integers=True)
+    if arr.ndim < 2:
+        raise ValueError(f"input file {str(path)!r} must be shaped [n_inputs, ...] (one row an input), got shape {arr.shape}")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     layers = _single_layer(adapter, layer)
     codes, acts = _points(adapter, x, layers, batch_size=batch_size)

@@ -138,6 +138,15 @@ def load_weights(model: nn.Module, path: str | Path, *, what: str | None = None)
     return meta
 
 
+def npy_error(err: Exception) -> str:
+    """NumPy's reason a ``.npy`` would not load, without its advice to unpickle the file (random
+    bytes read as "pickled data"; ``allow_pickle`` would run whatever the file holds)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "pickle" in text.lower():
+        return "it holds pickled objects or is not a .npy file at all; polylens never unpickles files"
+    return text
+
+
 def read_npy(path: str | Path, *, what: str = "input file", integers: bool = False):
     """A plain numeric ``.npy`` (no pickle) as a numpy array: float data as float32 (float64, NumPy's
     default, converted), integer data only when ``integers``. Anything else (complex, boolean,
@@ -151,9 +160,7 @@ def read_npy(path: str | Path, *, what: str = "input file", integers: bool = Fal
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        first = first.split(" Use allow_pickle")[0].split("; use allow_pickle")[0]  # never advise unpickling
-        raise ValueError(f"{what} {str(path)!r} is not a readable numeric .npy array ({first})") from None
+        raise ValueError(f"{what} {str(path)!r} is not a readable numeric .npy array ({npy_error(err)})") from None
     kind = arr.dtype.kind
     if kind == "c":
         raise ValueError(f"{what} {str(path)!r} holds complex values ({arr.dtype}); give real numbers")

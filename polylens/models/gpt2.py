@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polylens.models.base import ModelAdapter
+from polylens.models.base import ModelAdapter, read_npy
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -262,7 +262,9 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
             if not path.is_file():
                 raise FileNotFoundError(f"input file {str(path)!r} does not exist")
             if path.suffix == ".npy":
-                raw = np.load(path, allow_pickle=False)
+                raw = read_npy(path, integers=True)
+                if raw.dtype.kind not in "iu":
+                    raise ValueError(f"input file {str(path)!r} holds {raw.dtype} values; GPT-2 reads token ids (integers), or give a .txt file")
             else:
                 return encode(path.read_text())
         if isinstance(raw, str):
