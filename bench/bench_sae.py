@@ -52,9 +52,10 @@ def sharkey_batches(data: SharkeyData, n_batches: int, batch: int, seed: int = 0
 
 
 # ---- the two trainers, built outside any timed region -------------------------------------------
-def ours(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None) -> Trainer:
+def ours(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None):
+    """Our engine for one SAE, built (initialised) but not trained."""
     sae_cfg = SAEConfig(d_in=d, dict_size=n) if l1 is None else SAEConfig(d_in=d, dict_size=n, l1=l1)
-    return Trainer(sae_cfg, TrainConfig(n_samples=n_samples, batch_size=batch), data)
+    return Trainer(sae_cfg, TrainConfig(n_samples=n_samples, batch_size=batch)).build(data)
 
 
 def saelens(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None):
@@ -156,8 +157,7 @@ def bench_recovery(args, data: SharkeyData) -> None:
     for name, build, l1 in (("ours", ours, args.ours_l1), ("saelens", saelens, args.saelens_l1)):
         watch = Watched(batches, data.features, args.eval_every, args.target, args.patience, args.min_delta)
         trainer = build(d, n, b, budget, watch, l1)
-        sae = trainer.sae
-        watch.decoder = (lambda s=sae: s.decoder) if name == "ours" else (lambda s=sae: s.W_dec)
+        watch.decoder = (lambda g=trainer.groups[0]: g.decoders()[0]) if name == "ours" else (lambda s=trainer.sae: s.W_dec)
         start = time.perf_counter()
         try:
             trainer.fit()
@@ -211,7 +211,7 @@ def bench_sweep(args, data: SharkeyData) -> None:
     for label, source in (("Sharkey stream", data), ("pre-generated array", pool)):
         t0 = time.perf_counter()
         for l1 in l1s:
-            Trainer(SAEConfig(d_in=d, dict_size=n, l1=l1), config, source).fit()
+            Trainer(SAEConfig(d_in=d, dict_size=n, l1=l1), config).fit(source)
         seq = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = sweep(source, l1s, [n], {}, config)

@@ -85,7 +85,7 @@ def bench_trainer(batches: list[torch.Tensor], repeats: int) -> None:
 
     def run(fused: bool) -> float:
         tc = TrainConfig(n_samples=steps * BATCH, batch_size=BATCH, fused=fused)
-        trainer = Trainer(SAEConfig(d_in=D, dict_size=N), tc, list(batches))
+        trainer = Trainer(SAEConfig(d_in=D, dict_size=N), tc).build(list(batches))
         return timed(trainer.fit)
 
     run(False), run(True)  # warm-up

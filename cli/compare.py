@@ -75,7 +75,7 @@ def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions):
     batch = min(256, acts.shape[0])
     config = SAEConfig(d_in=dim, dict_size=n, l1=opts.l1)
     result = train(config, TrainConfig(n_samples=batch * opts.steps, batch_size=batch, lr=3e-3, seed=seed, log_every=opts.steps), acts.float())
-    return result.sae.decoder.detach().clone()
+    return result.sae_.decoder.detach().clone()
 
 
 def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options):

@@ -85,8 +85,8 @@ def check_resume_flags(args) -> None:
     from pathlib import Path
 
     from sae.runs import RUN
-    from sae.store import read_json
-    from sae.train import read_checkpoint
+    from sae.files import read_json
+    from sae.engine import read_checkpoint
 
     out = Path(args.out)
     if not (out / "checkpoint.safetensors").is_file():
@@ -155,7 +155,8 @@ def run_sweep(args) -> int:
     ratios = _floats(args.ratios, "--ratios")
     fields = _sae_fields(args)
     fields.pop("l1")
-    record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples or 20_000, force=args.force)
+    record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples or 20_000,
+                       force=args.force, resume=args.resume)  # fmt: skip
     _emit(record, args.json, f"swept {len(l1s)} L1 x {len(ratios)} ratios -> {args.out}\n" + record["table"])
     return 0
 
@@ -251,7 +252,8 @@ def register(sub) -> None:
 
     s = cmds.add_parser("sweep", help="train a grid of L1 x dictionary ratio as one batched ensemble")
     _add_data(s)
-    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json and the heatmap PNG")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json, the heatmap PNG, the weights and the checkpoint")
+    s.add_argument("--resume", action="store_true", help="continue the sweep in --out (give its grid and settings again; --samples may raise the total)")
     s.add_argument("--l1s", default="0.01,0.03,0.1,0.3,1", help="comma-separated L1 coefficients")
     s.add_argument("--ratios", default="0.5,1,2,4", help="comma-separated dictionary sizes as multiples of the number of true features (or of d for files)")
     s.add_argument("--dict-size", type=int, help=argparse_suppress())

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python examples/sae_sharkey.py [dict_size] [l1] [n_samples]
 (defaults 1024, 0.1, 2,560,000: 78 s on 2 CPU cores, MMCS 0.9967 with every feature at |cos| >= 0.9,
-the README sweep's 1024-latent cell)
+the 1024-latent cell of the sweep in docs/sae.md)
 """
 
 import sys
@@ -23,7 +23,7 @@ result = train(SAEConfig(d_in=data.d, dict_size=dict_size, l1=l1), TrainConfig(n
 
 g = torch.Generator().manual_seed(12345)  # held-out samples with their true coefficients
 codes = data.sample_codes(20_000, g)
-ev = evaluate(result.sae, codes @ data.features, data.features, codes)
+ev = evaluate(result.sae_, codes @ data.features, data.features, codes)
 print(f"{dict_size} latents, l1={l1}, {n_samples:,} samples:")
 for key in ("mmcs", "mmcs_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction"):
     print(f"  {key:<20} {getattr(ev, key):.4f}")

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from sae.model import SAEConfig, SparseAutoencoder
-from sae.store import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from sae.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"

@@ -23,9 +23,10 @@ from torch import Tensor
 
 from sae.config import SAEConfig, TrainConfig
 from sae.metrics import evaluate
-from sae.store import CHECKPOINT, STATE, read_json, write_json_atomic
+from sae.files import CHECKPOINT, STATE, read_json, write_json_atomic
 from sae.synthetic import make_data
-from sae.train import Trainer, load_sae, read_checkpoint
+from sae.engine import read_checkpoint
+from sae.train import Trainer, load_sae
 
 RUN = "run.json"
 EXPORT = "saelens"
@@ -36,9 +37,12 @@ EVAL_SALT = 7_777_777  # evaluation samples come from a stream the training neve
 def eval_batch(data, n_samples: int, seed: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Evaluation ``(x, truth, codes)``: fresh synthetic samples from a stream training never
     draws (with ground truth), or the first ``n_samples`` rows of an array (no ground truth; rows
-    the SAE was trained on, so in-sample: hold out rows yourself for a clean estimate)."""
+    the SAE was trained on, so in-sample: hold out rows yourself for a clean estimate) or of an
+    activation store (the same)."""
     if isinstance(data, Tensor):
         return data[:n_samples].float(), None, None
+    if hasattr(data, "read"):  # an activation store: its first rows, in-sample as for arrays
+        return data.read(0, min(n_samples, data.rows)), None, None
     g = torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + EVAL_SALT)
     codes = data.sample_codes(n_samples, g)
     return codes @ data.features, data.features, codes
@@ -121,9 +125,10 @@ def train_run(
         d = _dim(source)
         n_true = source.features.shape[0] if hasattr(source, "features") else d
         sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
-    trainer = Trainer(sae_config, train_config, source, out, eval_samples=eval_samples)
+    trainer = Trainer(sae_config, train_config, out, eval_samples=eval_samples)
+    engine = trainer.build(source)  # checks sizes, data and init before the folder is touched
     with run_lock(out, clear=force):
-        return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
+        return _fit_export_evaluate(trainer, engine, out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
 def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | None = None, data_options: dict | None = None,
@@ -141,19 +146,20 @@ def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | No
     data_options = dict(data_options or {})
     source = make_data(data, seed=read_checkpoint(out)[1]["train"]["seed"], **data_options)
     with run_lock(out):
-        trainer = Trainer.resume(out, source, n_samples=n_samples, progress=progress)
-        return _fit_export_evaluate(trainer, out, {"spec": data, "options": data_options}, source, eval_samples)
+        trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
+        return _fit_export_evaluate(trainer, trainer.build(source), out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
-def _fit_export_evaluate(trainer: Trainer, out: Path, data: dict, source, eval_samples: int) -> dict:
+def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source, eval_samples: int) -> dict:
     from sae.export import export_saelens
 
     record = {"data": data, "sae": asdict(trainer.sae_config), "train": asdict(trainer.config)}
     write_json_atomic(record, out / RUN)  # names the data before training, so a stopped run can resume
-    result = trainer.fit()
-    export_saelens(result.sae, out / EXPORT, overwrite=True)
+    engine.fit()
+    sae = engine.groups[0].members()[0]
+    export_saelens(sae, out / EXPORT, overwrite=True)
     x, truth, codes = eval_batch(source, eval_samples, trainer.config.seed)
-    record.update(steps=result.steps, eval_samples=eval_samples, evaluation=evaluate(result.sae, x, truth, codes)._asdict(), history_tail=result.history[-5:])
+    record.update(steps=engine.step, eval_samples=eval_samples, evaluation=evaluate(sae, x, truth, codes)._asdict(), history_tail=engine.history[-5:])
     write_json_atomic(record, out / RUN)
     return record
 
@@ -165,7 +171,7 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
     the ones ``train_run`` reported."""
     out = Path(out_dir)
     if not out.is_dir():
-        raise FileNotFoundError(f"SAE folder {out} does not exist")
+        raise FileNotFoundError(f"SAE folder {out} {'is a file, not a run folder' if out.exists() else 'does not exist'}")
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
     if (out / CHECKPOINT).is_file():
         sae = load_sae(out)

@@ -184,7 +184,8 @@ SYNTHETIC = {"sharkey": (SharkeyConfig, SharkeyData), "tms": (TMSConfig, TMSData
 def make_data(spec: str, seed: int = 0, device: str | torch.device = "cpu", **options):
     """A data source by name: ``'sharkey'`` / ``'tms'`` (options: fields of their config; ``seed``
     seeds the features and Σ) → a generator object with ``features``; anything else is a path
-    to a ``.npy`` / ``.safetensors`` array → ``[N, d]`` tensor (``options`` must be empty)."""
+    to a ``.npy`` / ``.safetensors`` array → ``[N, d]`` tensor, or to an activation store folder
+(``polylens cache``) → ``sae.activation_store.ActivationStore`` (``options`` must be empty)."""
     if spec in SYNTHETIC:
         config_cls, data_cls = SYNTHETIC[spec]
         known = config_cls.__dataclass_fields__
@@ -194,6 +195,7 @@ def make_data(spec: str, seed: int = 0, device: str | torch.device = "cpu", **op
         return data_cls(config_cls(seed=seed, **options), device=device)
     if options:
         raise ValueError(f"option(s) {', '.join(sorted(options))} apply to synthetic data (sharkey, tms), not to the file {spec}")
-    from sae.store import load_array
+    from sae.activation_store import ActivationStore, is_store
+    from sae.sources import load_array
 
-    return load_array(spec)
+    return ActivationStore(spec) if is_store(spec) else load_array(spec)

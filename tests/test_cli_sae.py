@@ -63,7 +63,7 @@ def test_sweep_command_writes_its_folder(capsys, tmp_path):
     assert code == 0, err
     rec = json.loads(stdout)
     assert rec["dict_sizes"] == [12, 24] and len(rec["cells"]) == 4
-    assert {p.name for p in (tmp_path / "sw").iterdir()} == {"sweep.json", "sweep.png", "sweep.safetensors"}
+    assert {p.name for p in (tmp_path / "sw").iterdir()} == {"sweep.json", "sweep.png", "sweep.safetensors", "checkpoint.safetensors", "checkpoint.json"}
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,6 @@ def test_sweep_command_writes_its_folder(capsys, tmp_path):
         (["sae", "eval", "{tmp}/none"], "does not exist"),
         (["sae", "eval", "{tmp}/full"], "holds neither a polylens checkpoint"),
         (["sae", "sweep", "--l1s", "0.1,x", "--out", "{tmp}/s"], "--l1s takes comma-separated numbers"),
-        (["sae", "sweep", "--tied", "--out", "{tmp}/s", "--samples", "8192"], "untied decoders"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(capsys, tmp_path, argv, message):

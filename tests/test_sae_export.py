@@ -8,7 +8,7 @@ import torch
 
 from sae.export import CONFIG_FILE, WEIGHTS_FILE, export_saelens, import_saelens
 from sae.model import SAEConfig, SparseAutoencoder
-from sae.store import load_tensors
+from sae.files import load_tensors
 
 D, N = 12, 40
 

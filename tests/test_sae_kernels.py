@@ -155,12 +155,12 @@ def test_trainer_with_kernel_ends_close_to_autograd(overrides):
     sc = SAEConfig(d_in=8, dict_size=24, **overrides)
     # dead_window of two batches: AuxK starts during the run for topk / batchtopk.
     runs = {
-        fused: Trainer(sc, TrainConfig(n_samples=64 * 8, batch_size=64, warmup_steps=2, dead_window=128, log_every=1, fused=fused), data).fit()
+        fused: Trainer(sc, TrainConfig(n_samples=64 * 8, batch_size=64, warmup_steps=2, dead_window=128, log_every=1, fused=fused)).fit(data)
         for fused in (False, True)
     }
-    for name, v in runs[False].sae.state_dict().items():
-        torch.testing.assert_close(runs[True].sae.state_dict()[name], v, rtol=1e-4, atol=1e-5, msg=name)
-    for a, b in zip(runs[False].history, runs[True].history):
+    for name, v in runs[False].sae_.state_dict().items():
+        torch.testing.assert_close(runs[True].sae_.state_dict()[name], v, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(runs[False].history_, runs[True].history_):
         assert a["l0"] == b["l0"] and a["dead_fraction"] == b["dead_fraction"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
@@ -186,5 +186,5 @@ def test_unsupported_configs_raise_and_the_trainer_falls_back_to_autograd():
         fused_backward_(_sae(arch="batchtopk", k=4).eval(), _x())
     x = torch.randn(128, D)
     for sc, tc in ((SAEConfig(d_in=D, dict_size=N, tied=True), {}), (SAEConfig(d_in=D, dict_size=N), dict(bf16=True))):
-        res = Trainer(sc, TrainConfig(n_samples=128, batch_size=64, **tc), x).fit()
-        assert res.steps == 2 and all(torch.isfinite(p).all() for p in res.sae.parameters())
+        res = Trainer(sc, TrainConfig(n_samples=128, batch_size=64, **tc)).fit(x)
+        assert res.steps_ == 2 and all(torch.isfinite(p).all() for p in res.sae_.parameters())

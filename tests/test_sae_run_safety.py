@@ -27,16 +27,16 @@ def _same(a, b):
 def test_a_kill_between_the_checkpoint_files_keeps_the_run_resumable(tmp_path):
     data = TMSData(TMSConfig(n_features=12, d=6))
     sc, tc = _config(30)
-    full = Trainer(sc, tc, data).fit().sae
-    part = Trainer(sc, TrainConfig(n_samples=64 * 10, batch_size=64, seed=1), data, tmp_path)
-    part.fit()
+    full = Trainer(sc, tc).fit(data).sae_
+    part = Trainer(sc, TrainConfig(n_samples=64 * 10, batch_size=64, seed=1), tmp_path)
+    part.fit(data)
     stale = json.loads((tmp_path / "checkpoint.json").read_text())
     part.config = TrainConfig(n_samples=64 * 12, batch_size=64, seed=1)
-    part.fit()  # checkpoint at step 12 ...
+    part.fit(data)  # checkpoint at step 12 ...
     (tmp_path / "checkpoint.json").write_text(json.dumps(stale))  # ... killed before its JSON was replaced
-    resumed = Trainer.resume(tmp_path, data, n_samples=64 * 30)
-    assert resumed.step == 12
-    assert _same(full, resumed.fit().sae)
+    resumed = Trainer.resume(tmp_path, n_samples=64 * 30)
+    assert resumed.build(data).step == 12
+    assert _same(full, resumed.fit(data).sae_)
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
@@ -79,12 +79,12 @@ class Interrupting:
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     sc, tc = _config(30)
-    full = Trainer(sc, tc, TMSData(TMSConfig(n_features=12, d=6))).fit().sae
+    full = Trainer(sc, tc).fit(TMSData(TMSConfig(n_features=12, d=6))).sae_
     with pytest.raises(KeyboardInterrupt):
-        Trainer(sc, tc, Interrupting(15), tmp_path).fit()
-    resumed = Trainer.resume(tmp_path, TMSData(TMSConfig(n_features=12, d=6)))
-    assert 0 < resumed.step < 30
-    assert _same(full, resumed.fit().sae)
+        Trainer(sc, tc, tmp_path).fit(Interrupting(15))
+    resumed = Trainer.resume(tmp_path)
+    assert 0 < resumed.build(TMSData(TMSConfig(n_features=12, d=6))).step < 30
+    assert _same(full, resumed.fit(TMSData(TMSConfig(n_features=12, d=6))).sae_)
 
 
 def test_resume_refuses_flags_that_disagree_with_the_run(tmp_path, capsys):

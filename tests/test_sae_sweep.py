@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sae.config import SAEConfig, TrainConfig
-from sae.store import load_tensors
-from sae.sweep import SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, Ensemble, sweep, sweep_run
+from sae.files import CHECKPOINT, STATE, load_tensors
+from sae.ensemble import Ensemble
+from sae.sweep import SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, sweep, sweep_run
 from sae.synthetic import TMSConfig, TMSData
 from sae.train import Trainer, train
 
@@ -25,7 +26,7 @@ def test_every_member_ends_where_its_single_run_ends(arch, extra):
     assert len(res.saes) == 3 and [len(row) for row in res.saes] == [2, 2, 2]
     for i, l1 in enumerate(res.l1s):
         for j, n in enumerate(res.dict_sizes):
-            single = train(SAEConfig(d_in=8, dict_size=n, l1=l1, arch=arch, **extra), tc, data).sae
+            single = train(SAEConfig(d_in=8, dict_size=n, l1=l1, arch=arch, **extra), tc, data).sae_
             member = res.saes[i][j]
             assert member.config == single.config
             for name in PARAMS:
@@ -41,7 +42,7 @@ def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp
     out = tmp_path / "sweep"
     tc = TrainConfig(n_samples=512 * 1500, batch_size=512, lr=3e-3, seed=1)
     rec = sweep_run(out, "sharkey", [0.3, 3.0], [0.5, 1.0, 2.0], {}, tc, dict(n_features=48, d=24, m=3.0), eval_samples=4000)
-    assert {p.name for p in out.iterdir()} == {SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS}
+    assert {p.name for p in out.iterdir()} == {SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, CHECKPOINT, STATE}
     assert (out / SWEEP_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / SWEEP_JSON).read_text())
     assert saved["dict_sizes"] == [24, 48, 96] and len(saved["cells"]) == 6
@@ -66,19 +67,13 @@ def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp
 def test_refusals_leave_nothing_behind(tmp_path):
     data = TMSData(TMSConfig(n_features=8, d=4))
     tc = TrainConfig(n_samples=64 * 2, batch_size=64)
-    with pytest.raises(ValueError, match="untied decoders without the orthogonality penalty"):
-        sweep(data, [0.1], [8], dict(tied=True), tc)
-    with pytest.raises(ValueError, match="untied decoders without the orthogonality penalty"):
-        sweep(data, [0.1], [8], dict(orth=0.1), tc)
-    with pytest.raises(ValueError, match="resampling"):
-        sweep(data, [0.1], [8], {}, TrainConfig(n_samples=128, batch_size=64, resample_every=5))
     with pytest.raises(ValueError, match="repeated dictionary sizes"):
         sweep_run(tmp_path / "a", "tms", [0.1], [1.0, 1.01], {}, tc)
     with pytest.raises(ValueError, match="share every setting but l1"):
-        Ensemble([Trainer(SAEConfig(d_in=4, dict_size=8, k=k, arch="topk"), tc, data).sae for k in (2, 3)])
+        Ensemble([Trainer(SAEConfig(d_in=4, dict_size=8, k=k, arch="topk"), tc).build(data).groups[0].members()[0] for k in (2, 3)])
     x = torch.randn(256, 4)
     x[200, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"batch at step \d contains NaN or inf; sweep stopped, nothing written"):
+    with pytest.raises(ValueError, match=r"batch at step \d contains NaN or inf; training stopped, no checkpoint was written"):
         sweep(x, [0.1], [8], {}, TrainConfig(n_samples=64 * 4, batch_size=64, init_samples=64))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("keep")
@@ -86,3 +81,41 @@ def test_refusals_leave_nothing_behind(tmp_path):
         sweep_run(tmp_path / "full", "tms", [0.1], [1.0], {}, tc)
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("extra, train_extra", [
+    (dict(tied=True), {}),  # autograd through each member's forward
+    (dict(orth=0.1), {}),
+    ({}, dict(resample_every=6, resample_duplicates=0.5, dead_window=64)),  # the kernel, with resampling
+    ({}, dict(bf16=True)),
+])  # fmt: skip
+def test_sweeps_have_what_single_runs_have_and_each_member_ends_where_its_single_run_ends(extra, train_extra):
+    """Tied decoders, the orthogonality penalty, resampling and bf16 (refused by sweeps when they
+    had a loop of their own) come from the one engine: every member equals its single run."""
+    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    tc = TrainConfig(n_samples=64 * 24, batch_size=64, warmup_steps=5, seed=4, **train_extra)
+    res = sweep(data, [0.05, 0.3, 1.0], [16], extra, tc)
+    for i, l1 in enumerate(res.l1s):
+        single = train(SAEConfig(d_in=8, dict_size=16, l1=l1, **extra), tc, data).sae_
+        for name, v in single.state_dict().items():
+            tol = dict(rtol=2e-2, atol=2e-3) if tc.bf16 else dict(rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(res.saes[i][0].state_dict()[name], v, **tol, msg=f"l1={l1} {name}")
+    if train_extra.get("resample_every"):  # resampling did happen: a run without it ends elsewhere
+        plain = train(SAEConfig(d_in=8, dict_size=16, l1=0.05), TrainConfig(n_samples=64 * 24, batch_size=64, warmup_steps=5, seed=4), data).sae_
+        assert not torch.allclose(plain.W_dec, res.saes[0][0].W_dec, atol=1e-3)
+
+
+def test_a_stopped_sweep_resumes_to_the_same_weights(tmp_path):
+    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    full = sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7))
+    sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 11, batch_size=64, seed=2, resample_every=7), tmp_path)
+    with pytest.raises(ValueError, match=r"sweep l1s is \[0.05, 0.5\] here but \[0.05, 0.3\] in the run"):
+        sweep(data, [0.05, 0.5], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="seed is 3 here but 2 in the run"):
+        sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=3, resample_every=7), tmp_path, resume=True)
+    resumed = sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7), tmp_path, resume=True)
+    assert resumed.final_loss == full.final_loss
+    for i in range(2):
+        for j in range(2):
+            for name, v in full.saes[i][j].state_dict().items():
+                assert torch.equal(resumed.saes[i][j].state_dict()[name], v), (i, j, name)

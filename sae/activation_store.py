@@ -1,0 +1,290 @@
+"""An on-disk activation store: fixed-size safetensors shards plus a manifest, written and read.
+
+Layout of a store folder::
+
+    manifest.json            format, model, layer, dtype, width, rows (tokens), shard_rows,
+                             gradients (what they are the gradient of, or null), weight file,
+                             complete, and per shard {file, rows, sha256}
+    shard_000000.safetensors "activations" [rows, width] (and "gradients" [rows, width])
+    weight.safetensors       "weight" [width, fan_in]: the layer's weight matrix (for --init svd)
+
+``StoreWriter`` takes tensors (running the model is the caller's job): rows are buffered and
+written a shard at a time, each shard to a temporary name then renamed, and only then entered in
+the manifest (itself replaced atomically). Re-opened on an interrupted store it resumes after
+the last complete shard: ``rows_done`` says how many rows to skip, no shard is half-written or
+entered twice. ``ActivationStore`` reads a store (checking every shard against the manifest) and
+``StoreBatches`` streams shuffled batches from it with bounded memory (see its docstring).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from sae.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+
+FORMAT = "polylens-activation-store/1"
+MANIFEST = "manifest.json"
+WEIGHT = "weight.safetensors"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SAFETENSORS_DTYPE = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
+
+def is_store(path) -> bool:
+    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StoreWriter:
+    """Write rows ``[n, width]`` into a store folder, ``shard_rows`` rows a shard.
+
+    meta: what the rows are (``model``, ``layer``, ``context`` …), recorded in the manifest; a store
+    re-opened with other meta, width, dtype or gradients is refused (it is another store).
+    weight: the layer's weight matrix ``[width, fan_in]`` (written once). gradients: what the
+    gradients are of (``"next-token loss"``), or None for none.
+    """
+
+    def __init__(self, out_dir: str | Path, *, width: int, dtype: str = "float32", shard_rows: int = 65536, meta: dict | None = None,
+                 weight: Tensor | None = None, gradients: str | None = None):  # fmt: skip
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        if shard_rows < 1 or width < 1:
+            raise ValueError(f"shard_rows={shard_rows} and width={width} must be positive")
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        fields = {"format": FORMAT, "width": width, "dtype": dtype, "shard_rows": shard_rows, "gradients": gradients, **(meta or {})}
+        path = self.out / MANIFEST
+        if path.is_file():
+            self.manifest = read_json(path)
+            for key, value in fields.items():
+                if self.manifest.get(key) != value:
+                    raise ValueError(f"{self.out} holds another store ({key} {self.manifest.get(key)!r}, not {value!r}); "
+                                     "give another --out, or --force to replace it")  # fmt: skip
+        else:
+            self.manifest = {**fields, "rows": 0, "weight": None, "complete": False, "shards": []}
+            if weight is not None:
+                save_tensors_atomic({"weight": weight.detach().float().contiguous().cpu()}, self.out / WEIGHT)
+                self.manifest["weight"] = WEIGHT
+            write_json_atomic(self.manifest, path)
+        self.dtype = DTYPES[dtype]
+        self.rows_done = self.manifest["rows"]
+        """Rows already in complete shards: feed rows from this one on (``begin``)."""
+        self._drop = 0
+        self._acts: list[Tensor] = []
+        self._grads: list[Tensor] = []
+        self._buffered = 0
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    def begin(self, at_row: int) -> None:
+        """The caller feeds rows from ``at_row`` (≤ ``rows_done``, e.g. the start of the input that
+        holds row ``rows_done``): the rows before ``rows_done`` are dropped, not written again."""
+        if not 0 <= at_row <= self.rows_done:
+            raise ValueError(f"at_row={at_row} must be between 0 and rows_done={self.rows_done}")
+        self._drop = self.rows_done - at_row
+
+    def add(self, acts: Tensor, grads: Tensor | None = None) -> None:
+        width = self.manifest["width"]
+        if acts.dim() != 2 or acts.shape[1] != width:
+            raise ValueError(f"rows must be [n, {width}], got {tuple(acts.shape)}")
+        if (grads is None) != (self.manifest["gradients"] is None) or (grads is not None and grads.shape != acts.shape):
+            raise ValueError("gradients must come with every row batch, shaped as the activations, exactly when the store holds them")
+        if self._drop:
+            k = min(self._drop, acts.shape[0])
+            acts, grads = acts[k:], (None if grads is None else grads[k:])
+            self._drop -= k
+        if not acts.shape[0]:
+            return
+        self._acts.append(acts.detach().to("cpu", self.dtype))
+        if grads is not None:
+            self._grads.append(grads.detach().to("cpu", self.dtype))
+        self._buffered += acts.shape[0]
+        while self._buffered >= self.manifest["shard_rows"]:
+            self._flush(self.manifest["shard_rows"])
+
+    def close(self) -> dict:
+        """Write the last (possibly shorter) shard and mark the store complete; returns the manifest."""
+        if self._buffered:
+            self._flush(self._buffered)
+        self.manifest["complete"] = True
+        write_json_atomic(self.manifest, self.out / MANIFEST)
+        return self.manifest
+
+    def _flush(self, n: int) -> None:
+        acts = torch.cat(self._acts)
+        tensors = {"activations": acts[:n].contiguous()}
+        self._acts = [acts[n:]]
+        if self._grads:
+            grads = torch.cat(self._grads)
+            tensors["gradients"] = grads[:n].contiguous()
+            self._grads = [grads[n:]]
+        self._buffered -= n
+        name = f"shard_{len(self.manifest['shards']):06d}.safetensors"
+        save_tensors_atomic(tensors, self.out / name)  # complete on disk before the manifest names it
+        self.manifest["shards"].append({"file": name, "rows": n, "sha256": sha256(self.out / name)})
+        self.manifest["rows"] += n
+        self.rows_done = self.manifest["rows"]
+        write_json_atomic(self.manifest, self.out / MANIFEST)
+
+
+class ActivationStore:
+    """A store folder opened for reading: every shard named in the manifest must exist with the
+    manifest's dtype, width and row count (checked on opening, from the headers), and its sha256
+    must match (checked the first time the shard is read). Any disagreement is a one-line
+    ValueError naming the shard."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not is_store(self.path):
+            raise FileNotFoundError(f"{self.path} is not an activation store (no {MANIFEST}); write one with polylens cache")
+        m = self.manifest = read_json(self.path / MANIFEST)
+        if m.get("format") != FORMAT:
+            raise ValueError(f"{self.path / MANIFEST} is not a polylens activation store manifest (format {m.get('format')!r})")
+        if not m.get("complete"):
+            raise ValueError(f"the store {self.path} is incomplete (its writing stopped); run polylens cache again to finish it")
+        if not m["shards"]:
+            raise ValueError(f"the store {self.path} holds no rows")
+        self.width, self.rows, self.dtype = int(m["width"]), int(m["rows"]), m["dtype"]
+        self.d = self.width
+        self.has_gradients = m.get("gradients") is not None
+        self.starts = []
+        total = 0
+        for shard in m["shards"]:
+            self._check_header(shard)
+            self.starts.append(total)
+            total += shard["rows"]
+        if total != self.rows:
+            raise ValueError(f"the store {self.path}'s shards hold {total} rows, its manifest says {self.rows}")
+        self._verified: set[str] = set()
+        self._cache: tuple[int, dict[str, Tensor]] | None = None
+
+    def _check_header(self, shard: dict) -> None:
+        path = self.path / shard["file"]
+        if not path.is_file():
+            raise ValueError(f"shard {path} named in the manifest is missing; the store is damaged (write it again with polylens cache --force)")
+        try:
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"shard {path} is not a readable safetensors file ({err})") from None
+        want = SAFETENSORS_DTYPE[self.manifest["dtype"]]
+        for key in ("activations", "gradients") if self.manifest.get("gradients") else ("activations",):
+            info = header.get(key)
+            if info is None:
+                raise ValueError(f"shard {path} has no {key!r} tensor")
+            if info["dtype"] != want or info["shape"] != [shard["rows"], self.manifest["width"]]:
+                raise ValueError(f"shard {path}: {key} is {info['dtype']} {info['shape']}, the manifest says "
+                                 f"{want} {[shard['rows'], self.manifest['width']]}")  # fmt: skip
+
+    def shard(self, i: int) -> dict[str, Tensor]:
+        """Shard ``i``'s tensors (float32), its checksum verified once."""
+        if self._cache is not None and self._cache[0] == i:
+            return self._cache[1]
+        info = self.manifest["shards"][i]
+        path = self.path / info["file"]
+        if info["file"] not in self._verified:
+            if sha256(path) != info["sha256"]:
+                raise ValueError(f"shard {path}: its sha256 does not match the manifest; the store is damaged (write it again with polylens cache --force)")
+            self._verified.add(info["file"])
+        tensors, _ = load_tensors(path, "shard")
+        out = {k: v.float() for k, v in tensors.items()}
+        self._cache = (i, out)
+        return out
+
+    def read(self, lo: int, hi: int, key: str = "activations") -> Tensor:
+        """Rows ``[lo, hi)`` of the store (float32)."""
+        import bisect
+
+        parts = []
+        while lo < hi:
+            i = bisect.bisect_right(self.starts, lo) - 1
+            start, rows = self.starts[i], self.manifest["shards"][i]["rows"]
+            take = min(hi, start + rows) - lo
+            parts.append(self.shard(i)[key][lo - start : lo - start + take])
+            lo += take
+        return torch.cat(parts) if parts else torch.empty(0, self.width)
+
+    def weight(self) -> Tensor | None:
+        """The layer's weight matrix ``[width, fan_in]`` recorded with the store, or None."""
+        if not self.manifest.get("weight"):
+            return None
+        return load_tensors(self.path / self.manifest["weight"], "weight file")[0]["weight"]
+
+
+class StoreBatches:
+    """Shuffled batches from a store with bounded memory; batch t is a pure function of (seed, t,
+    rank, world size).
+
+    An epoch cuts the store into chunks of ``chunk_rows`` consecutive rows (a tail shorter than a
+    chunk is left out of that epoch) and orders them by a permutation seeded by (seed, epoch). A
+    window of ``window_chunks`` chunks in that order is the shuffle buffer: its rows are permuted
+    by (seed, epoch, window) and cut into global batches of ``batch_size``; rank r of a world of
+    W takes rows [r·B/W, (r+1)·B/W) of each. Only one window is held in memory.
+    """
+
+    def __init__(self, store: ActivationStore, batch_size: int, seed: int, *, chunk_rows: int = 4096, buffer_bytes: int = 1 << 30,
+                 rank: int = 0, world: int = 1, key: str = "activations"):  # fmt: skip
+        self.store, self.batch_size, self.seed, self.rank, self.world, self.key = store, batch_size, seed, rank, world, key
+        if batch_size % world:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
+        self.chunk_rows = min(chunk_rows, store.rows)
+        self.n_chunks = store.rows // self.chunk_rows
+        per_window = max(1, -(-batch_size // self.chunk_rows), buffer_bytes // (4 * store.width * self.chunk_rows))
+        self.window_chunks = min(per_window, self.n_chunks)
+        if self.window_chunks * self.chunk_rows < batch_size:
+            raise ValueError(f"batch_size={batch_size} is more than the store's {store.rows} rows")
+        n_windows = -(-self.n_chunks // self.window_chunks)
+        self.window_batches = [(min(self.n_chunks, (w + 1) * self.window_chunks) - w * self.window_chunks) * self.chunk_rows // batch_size
+                               for w in range(n_windows)]  # fmt: skip
+        self.per_epoch = sum(self.window_batches)
+        self._window: tuple[tuple[int, int], Tensor] | None = None
+
+    def _locate(self, step: int) -> tuple[int, int, int]:
+        epoch, j = divmod(step, self.per_epoch)
+        for w, n in enumerate(self.window_batches):
+            if j < n:
+                return epoch, w, j
+            j -= n
+        raise AssertionError("unreachable")
+
+    def _load(self, epoch: int, w: int) -> Tensor:
+        if self._window is not None and self._window[0] == (epoch, w):
+            return self._window[1]
+        self._window = None  # the old window goes first: one in memory at a time
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.n_chunks, generator=g)[w * self.window_chunks : (w + 1) * self.window_chunks]
+        rows = torch.cat([self.store.read(int(c) * self.chunk_rows, (int(c) + 1) * self.chunk_rows, self.key) for c in order.sort().values])
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 7_919 + w + 1)
+        rows = rows[torch.randperm(rows.shape[0], generator=g)]
+        self._window = ((epoch, w), rows)
+        return rows
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` rows from random chunks (resampling pools), a function of ``generator``."""
+        k = min(self.n_chunks, -(-n // self.chunk_rows))
+        chunks = torch.randperm(self.n_chunks, generator=generator)[:k].sort().values
+        rows = torch.cat([self.store.read(int(c) * self.chunk_rows, (int(c) + 1) * self.chunk_rows, self.key) for c in chunks])
+        return rows[torch.randperm(rows.shape[0], generator=generator)[:n]]
+
+    def global_batch(self, step: int) -> Tensor:
+        epoch, w, j = self._locate(step)
+        return self._load(epoch, w)[j * self.batch_size : (j + 1) * self.batch_size]
+
+    def batch(self, step: int) -> Tensor:
+        """This rank's slice of global batch ``step``."""
+        per = self.batch_size // self.world
+        return self.global_batch(step)[self.rank * per : (self.rank + 1) * per]
