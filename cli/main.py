@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommand modules, each with ``register(subparsers)``. Adding a command touches this list only.
-COMMANDS = ["cli.cluster", "cli.compare", "cli.codes", "cli.density", "cli.sae"]
+COMMANDS = ["cli.cache", "cli.cluster", "cli.compare", "cli.codes", "cli.density", "cli.sae"]
 
 
 class UsageError(Exception):

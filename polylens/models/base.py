@@ -34,6 +34,7 @@ class ModelAdapter:
     describe_output: model output ``[n, ...]`` -> one label per input (class name or top token),
         for setting density peaks against output changes.
     provenance: extra facts to record (weights source, checksum, config).
+    tokenize: text -> token ids, with no length limit and no BOS (language models; else None).
     piecewise_linear_modules: the adapter's own module classes that are piecewise-linear (a
         concatenation, a padded max-pool), beside the standard ones ``polylens.exactness`` knows;
         exact counting is certified only across modules of these kinds.
@@ -48,6 +49,7 @@ class ModelAdapter:
     describe_output: Callable[[Tensor], list[str]] | None = None
     provenance: dict = field(default_factory=dict)
     piecewise_linear_modules: tuple = ()
+    tokenize: Callable[[str], list[int]] | None = None
     _float64: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def float64_module(self) -> nn.Module:

@@ -298,6 +298,7 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
         describe_output=describe_output,
         provenance={"model": name, "n_layers": n_layers, "d_mlp": model.cfg.d_mlp, "act_fn": model.cfg.act_fn, **facts},
         piecewise_linear_modules=(HookPoint,),  # identities; LayerNorm and attention are not
+        tokenize=lambda text: list(tok().encode(text, add_special_tokens=False)),
     )
 
 

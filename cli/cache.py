@@ -1,0 +1,212 @@
+"""``polylens cache``: run a model up to a layer and store its activations (and, on request, their
+gradients) as an on-disk activation store for SAE training (``polylens sae train --data DIR``).
+
+Rows: one per token position for GPT-2 (every position of each context but the BOS), one per
+spatial position for a conv layer (its channel vector), one per input otherwise. The store is
+written by ``sae.activation_store.StoreWriter``; this module is the glue that runs the model
+(``polylens.capture``, stopping at the layer unless gradients are asked for). Re-run on an
+interrupted store, it resumes after the last complete shard.
+
+Python equivalent: ``cli.cache.cache_activations(adapter, layer, out, ...)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+GRADIENT_TARGETS = {"loss": "the next-token loss summed over the context (GPT-2)", "logit": "the logit of the predicted class (classifiers)"}
+
+
+def layer_weight(adapter, layer: str):
+    """The weight matrix ``[width, fan_in]`` that produces ``layer``'s output, or None: a linear or
+    conv module's own weight, or for a TransformerLens ``mlp.hook_pre`` the block's ``W_in``."""
+    modules = dict(adapter.module.named_modules())
+    module = modules.get(layer)
+    weight = getattr(module, "weight", None)
+    if weight is None and layer.endswith("mlp.hook_pre"):
+        parent = modules.get(layer.rsplit(".", 1)[0])
+        w_in = getattr(parent, "W_in", None)
+        return None if w_in is None else w_in.detach().T.contiguous()  # [d_mlp, d_model]
+    if weight is None or weight.dim() < 2:
+        return None
+    return weight.detach().reshape(weight.shape[0], -1)
+
+
+def rows_of(value, is_text: bool):
+    """A captured ``[B, ...]`` value as rows ``[n, width]`` (see the module docstring)."""
+    if value.dim() == 2:
+        return value
+    if value.dim() == 3:  # [B, T, d]
+        return (value[:, 1:] if is_text else value).reshape(-1, value.shape[-1])
+    if value.dim() == 4:  # [B, C, H, W] -> channel vectors
+        return value.permute(0, 2, 3, 1).reshape(-1, value.shape[1])
+    raise ValueError(f"the layer's output has shape {tuple(value.shape)}; cache takes [B, d], [B, T, d] or [B, C, H, W] layers")
+
+
+def text_contexts(adapter, path: str, context: int, tokens: int | None):
+    """Token contexts ``[n, context]`` (BOS first) cut from the text file at ``path``."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--input {path} does not exist")
+    if context < 2 or context > adapter.module.cfg.n_ctx:
+        raise ValueError(f"--context {context} must be between 2 and the model's n_ctx={adapter.module.cfg.n_ctx}")
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"--input {path} is not UTF-8 text; GPT-2 reads a text file") from None
+    ids = adapter.tokenize(text)
+    step = context - 1
+    if len(ids) < step:
+        raise ValueError(f"--input {path} holds {len(ids)} tokens, fewer than one context of {context} (BOS + {step}); "
+                         "give more text or a smaller --context")  # fmt: skip
+    n = len(ids) // step
+    if tokens is not None:
+        n = min(n, -(-tokens // step))
+    body = torch.tensor(ids[: n * step], dtype=torch.long).reshape(n, step)
+    from polylens.models.gpt2 import EOT
+
+    return torch.cat([torch.full((n, 1), EOT, dtype=torch.long), body], dim=1)
+
+
+def model_inputs(adapter, args):
+    """The model inputs ``[n, ...]`` and whether they are token contexts."""
+    from cli.modelargs import default_batch, prepare_inputs
+
+    if adapter.tokenize is not None:
+        if not args.input:
+            raise ValueError("GPT-2 caches a text file: give --input FILE.txt")
+        if len(args.input) > 1:
+            raise ValueError("give one text file with --input")
+        return text_contexts(adapter, args.input[0], args.context, args.tokens), True
+    if args.input:
+        return prepare_inputs(adapter, args.input, "--input"), False
+    return default_batch(adapter, args.n), False
+
+
+def _target(kind: str, is_text: bool, tokens):
+    import torch
+
+    if kind == "loss":
+        if not is_text:
+            raise ValueError("--gradients loss is the next-token loss of a language model; for a classifier use --gradients logit")
+        return lambda logits: torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1), reduction="none"
+        ).reshape(tokens.shape[0], -1).sum(1)  # fmt: skip
+    if is_text:
+        raise ValueError("--gradients logit is for classifiers; for GPT-2 use --gradients loss")
+    return lambda out: out.gather(1, out.argmax(1, keepdim=True)).squeeze(1)
+
+
+def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: bool = False, dtype: str = "float32",
+                      gradients: str | None = None, tokens: int | None = None, batch_size: int = 16, shard_rows: int | None = None,
+                      progress: bool = False, meta: dict | None = None) -> dict:  # fmt: skip
+    """Run ``adapter`` on ``inputs`` (a batch at a time) up to ``layer`` and write the rows into the
+    store at ``out`` (resuming an incomplete one); returns the manifest."""
+    import torch
+
+    from polylens.capture import capture
+    from sae.activation_store import DTYPES, StoreWriter
+
+    if gradients is not None and gradients not in GRADIENT_TARGETS:
+        raise ValueError(f"--gradients {gradients!r}: choose {' or '.join(GRADIENT_TARGETS)}")
+    first = capture(adapter.module, inputs[:1], [layer]).activations[layer]
+    per_input = rows_of(first, is_text).shape[0]
+    width = rows_of(first, is_text).shape[1]
+    total = per_input * inputs.shape[0] if tokens is None else min(tokens, per_input * inputs.shape[0])
+    elt = torch.finfo(DTYPES[dtype]).bits // 8
+    shard_rows = shard_rows or max(1024, min(1 << 20, (256 << 20) // (elt * width)))
+    what = None if gradients is None else GRADIENT_TARGETS[gradients]
+    writer = StoreWriter(out, width=width, dtype=dtype, shard_rows=shard_rows, gradients=what, weight=layer_weight(adapter, layer),
+                         meta={"model": adapter.name, "layer": layer, "tokens": total, **(meta or {})})  # fmt: skip
+    if writer.complete:
+        raise FileExistsError(f"the store {out} is complete; pass --force to write it again")
+    start = writer.rows_done // per_input  # resume: the input holding the first row not yet stored
+    writer.begin(start * per_input)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=writer.rows_done, unit="row", file=sys.stderr, dynamic_ncols=True, desc=f"cache {layer}")
+    done = start * per_input
+    try:
+        for lo in range(start, inputs.shape[0], batch_size):
+            if done >= total:
+                break
+            batch = inputs[lo : lo + batch_size]
+            target = None if gradients is None else _target(gradients, is_text, batch)
+            got = capture(adapter.module, batch, [layer], target=target)
+            acts = rows_of(got.activations[layer], is_text)
+            grads = None if target is None else rows_of(got.gradients[layer][:, 0], is_text)
+            keep = min(acts.shape[0], total - done)
+            writer.add(acts[:keep], None if grads is None else grads[:keep])
+            done += keep
+            if bar is not None:
+                bar.update(keep)
+    finally:
+        if bar is not None:
+            bar.close()
+    return writer.close()
+
+
+def run(args) -> int:
+    import shutil
+
+    from cli.modelargs import load_from_args
+    from cli.output import check_outputs
+
+    check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json)
+    for name in ("tokens", "context", "n", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}={value} must be a positive integer")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder")
+    from sae.activation_store import MANIFEST
+
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        if not args.force:
+            raise FileExistsError(f"--out {args.out} holds other files; give an empty or new folder, or --force to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"folder {parent} does not exist; create it first")
+    adapter = load_from_args(args)
+    layer = adapter.check_layer(args.layer)
+    inputs, is_text = model_inputs(adapter, args)
+    if args.force and out.exists():
+        shutil.rmtree(out)
+    manifest = cache_activations(adapter, layer, out, inputs, is_text=is_text, dtype=args.dtype, gradients=args.gradients, tokens=args.tokens,
+                                 batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty(),
+                                 meta={"context": args.context if is_text else None})  # fmt: skip
+    stream = sys.stderr if args.json == "-" else sys.stdout
+    print(f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows of width {manifest['width']} ({manifest['dtype']}) "
+          f"in {len(manifest['shards'])} shards -> {args.out}", file=stream)  # fmt: skip
+    from cli.output import write_json
+
+    write_json({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"]), "out": args.out}, args.json)
+    return 0
+
+
+def register(sub) -> None:
+    from cli.modelargs import add_model_args
+
+    p = sub.add_parser("cache", help="store a layer's activations (and gradients) on disk for SAE training", description=__doc__.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("--layer", required=True, metavar="NAME", help="the layer whose output is stored (e.g. blocks.6.mlp.hook_pre, conv2)")
+    p.add_argument("--input", action="append", default=[], metavar="PATH",
+                   help="GPT-2: a text file; other models: input files (.npy, images); default: the model's bundled inputs")  # fmt: skip
+    p.add_argument("--n", type=int, default=360, help="without --input: the first N bundled inputs (default 360, the digits test split)")
+    p.add_argument("--tokens", type=int, help="store at most this many rows (GPT-2: tokens)")
+    p.add_argument("--context", type=int, default=128, help="GPT-2: tokens per context, BOS included (default 128)")
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float32", help="stored dtype (default float32)")
+    p.add_argument("--gradients", choices=sorted(GRADIENT_TARGETS), metavar="TARGET",
+                   help="also store the gradient of TARGET w.r.t. each row: loss (GPT-2's next-token loss) or logit (the predicted class's)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default 16)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the store folder (re-run to resume an interrupted one)")
+    p.add_argument("--json", metavar="PATH", help="write the manifest summary as JSON to PATH ('-' for stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.set_defaults(handler=run)
