@@ -1,7 +1,7 @@
 """Run ``polylens compare`` over several seeds and print mean/min/max per setup, method and metric.
 
 Run: .venv/bin/python examples/compare_seeds.py [n_seeds]
-(The README's results table comes from this script.)
+(The results table in docs/compare.md comes from this script.)
 """
 
 import sys

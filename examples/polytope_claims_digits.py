@@ -84,7 +84,8 @@ prof = shell_profile(model, x[:n_shell], layer, alpha_max=3.0, n_bins=30)
 edges, density = np.array(prof.bin_edges), np.array(prof.density, dtype=float)
 peak = int(np.nanargmax(density))
 peak_r = float(0.5 * (edges[peak] + edges[peak + 1]))
-norms = capture(model.module, x, [layer]).activations[layer].reshape(len(x), -1).double().norm(dim=1).numpy()
+real = x if layer == "input" else capture(model.module, x, [layer]).activations[layer]
+norms = real.reshape(len(x), -1).double().norm(dim=1).numpy()
 claim2 = {
     "n_paths": prof.n_paths, "layer": layer, "alpha_max": 3.0, "peak_radius": peak_r,
     "peak_bin": [float(edges[peak]), float(edges[peak + 1])], "peak_density": float(density[peak]),
