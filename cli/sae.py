@@ -34,7 +34,9 @@ def _positive(args, *names) -> None:
 
 def _sae_fields(args) -> dict:
     fields = {"arch": args.arch, "l1": args.l1, "k": args.k, "init": args.init, "orth": args.orth, "orth_full": args.orth_full,
-              "decoder_norm": args.decoder_norm, "tied": args.tied, "init_blend": args.init_blend}
+              "decoder_norm": args.decoder_norm, "tied": args.tied, "init_blend": args.init_blend, "init_matrix": args.init_matrix or ""}
+    if args.init_matrix and args.init != "svd":
+        raise ValueError("--init-matrix is read by --init svd only")
     if args.dict_size is not None:
         fields["dict_size"] = args.dict_size
     for name in ("l1", "orth"):
@@ -71,6 +73,7 @@ def _emit(record: dict, json_path: str | None, summary: str) -> None:
 # flag -> (section of the recorded run, field): what --resume must not silently change
 RESUME_FIELDS = {
     "--arch": ("sae", "arch"), "--k": ("sae", "k"), "--init": ("sae", "init"), "--init-blend": ("sae", "init_blend"),
+    "--init-matrix": ("sae", "init_matrix"),
     "--orth": ("sae", "orth"), "--orth-full": ("sae", "orth_full"), "--decoder-norm": ("sae", "decoder_norm"),
     "--tied": ("sae", "tied"), "--dict-size": ("sae", "dict_size"), "--l1": ("sae", "l1"),
     "--batch-size": ("train", "batch_size"), "--lr": ("train", "lr"), "--warmup": ("train", "warmup_steps"),
@@ -201,7 +204,8 @@ def _add_model_and_training(p) -> None:
     g = p.add_argument_group("SAE")
     g.add_argument("--arch", choices=ARCHS, default="relu", help="relu (+L1), topk or batchtopk (default relu)")
     g.add_argument("--k", type=int, default=d["k"].default, help=f"active latents for topk/batchtopk (default {d['k'].default})")
-    g.add_argument("--init", choices=INITS, default="kaiming", help="initialisation scheme (default kaiming)")
+    g.add_argument("--init", choices=INITS, default="kaiming", help="initialisation scheme (default kaiming; svd: the layer's weight matrix)")
+    g.add_argument("--init-matrix", metavar="FILE.safetensors:KEY", help="svd init: the weight matrix of the layer (default: the activation store's)")
     g.add_argument("--init-blend", type=float, default=d["init_blend"].default, help="data init: weight of the data sample (default 0.8)")
     g.add_argument("--orth", type=float, default=0.0, help="decoder orthogonality penalty weight (default 0: off)")
     g.add_argument("--orth-full", action="store_true", help="O(n^2) orthogonality penalty over all latents (small dictionaries)")

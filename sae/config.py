@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 ARCHS = ("relu", "topk", "batchtopk")
-INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit")
+INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit", "svd")
 DECODER_NORMS = ("unit", "weighted_l1")
 RESAMPLE_TARGETS = ("input", "residual")
 
@@ -34,12 +34,16 @@ class SAEConfig:
     decoder_norm: Literal["unit", "weighted_l1"] = "unit"
     """'unit': decoder rows kept unit-norm, the gradient parallel to each row removed;
     'weighted_l1': rows free, the L1 term weighs each latent by its row norm (Anthropic April 2024)."""
-    init: Literal["kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit"] = "kaiming"
-    """Initialisation scheme; 'data' and 'pca' need a data sample (see ``initialize``)."""
+    init: Literal["kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit", "svd"] = "kaiming"
+    """Initialisation scheme; 'data' and 'pca' need a data sample, 'svd' the layer's weight matrix
+    (see ``initialize``)."""
+    init_matrix: str = ""
+    """'svd' init: ``FILE.safetensors:KEY``, the weight matrix of the layer whose activations are
+    the data (``[width, fan_in]`` or its transpose); empty: the one an activation store records."""
     init_blend: float = 0.8
     """'data' init: weight p of the centred data sample against a random direction (1 − p)."""
     init_noise: float = 0.1
-    """'pca' / 'unit' init: expected norm of the Gaussian noise added to each copied (unit) direction."""
+    """'pca' / 'unit' / 'svd' init: expected norm of the Gaussian noise added to each copied (unit) direction."""
     orth: float = 0.0
     """Decoder orthogonality penalty weight λ (0: off)."""
     orth_full: bool = False

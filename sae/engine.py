@@ -99,11 +99,32 @@ def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource)
     return x.cpu()
 
 
-def initial_sae(sae_config: SAEConfig, config: TrainConfig, sample: Tensor) -> SparseAutoencoder:
-    """The SAE a run with ``config.seed`` starts from: ``sae_config.init`` applied to ``sample``."""
+def init_matrix(sae_config: SAEConfig, source: BatchSource) -> Tensor | None:
+    """The weight matrix the 'svd' init reads: ``init_matrix`` (``FILE.safetensors:KEY``), else the
+    one the activation store records; None for other inits."""
+    if sae_config.init != "svd":
+        return None
+    if sae_config.init_matrix:
+        path, sep, key = sae_config.init_matrix.rpartition(":")
+        if not sep or not path or not key:
+            raise ValueError(f"--init-matrix {sae_config.init_matrix!r} must be FILE.safetensors:KEY")
+        tensors, _ = load_tensors(path, "--init-matrix file")
+        if key not in tensors:
+            raise ValueError(f"--init-matrix {path} has no tensor {key!r}; it holds {', '.join(sorted(tensors))}")
+        return tensors[key]
+    matrix = source.store.store.weight() if source.store is not None else None
+    if matrix is None:
+        where = "the activation store records none (its layer has no weight matrix)" if source.store is not None else "the data is not an activation store"
+        raise ValueError(f"--init svd needs the weight matrix of the layer being interpreted and {where}; give --init-matrix FILE.safetensors:KEY")
+    return matrix
+
+
+def initial_sae(sae_config: SAEConfig, config: TrainConfig, sample: Tensor, matrix: Tensor | None = None) -> SparseAutoencoder:
+    """The SAE a run with ``config.seed`` starts from: ``sae_config.init`` applied to ``sample``
+    (and, for 'svd', to the layer's weight ``matrix``)."""
     gen = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(sae_config, generator=gen)
-    initialize(sae, sample, gen)
+    initialize(sae, sample, gen, matrix=matrix)
     return sae.to(config.device)
 
 
@@ -122,6 +143,23 @@ def read_checkpoint(out_dir: str | Path) -> tuple[dict[str, Tensor], dict]:
     if meta.get("step") != str(state.get("step")):
         raise ValueError(f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state.get('step')}")
     return tensors, state
+
+
+def store_identity(source: BatchSource) -> dict | None:
+    """What an activation store holds (model, layer, width, rows), recorded with a run trained on it."""
+    if source.store is None:
+        return None
+    m = source.store.store.manifest
+    return {k: m.get(k) for k in ("model", "layer", "width", "rows", "gradients")}
+
+
+def check_same_store(state: dict, store: dict | None, out_dir) -> None:
+    """Refuse to resume a run on another activation store than the one it was trained on."""
+    theirs = state.get("store")
+    if theirs is not None and store != theirs:
+        got = "not an activation store" if store is None else f"model {store['model']} layer {store['layer']} width {store['width']} ({store['rows']:,} rows)"
+        raise ValueError(f"the run in {out_dir} trained on the activation store of model {theirs['model']} layer {theirs['layer']} "
+                         f"width {theirs['width']} ({theirs['rows']:,} rows); this data is {got}: resume it on its own store")  # fmt: skip
 
 
 class Engine:

@@ -8,6 +8,10 @@
 * ``pca``: decoder rows = the data's top principal directions, cycled when n > d, plus Gaussian
   noise of norm ≈ ``init_noise``; encoder = decoderᵀ.
 * ``unit``: decoder rows = standard-basis vectors (cycled) plus noise (privileged-basis guess).
+* ``svd``: decoder rows = the left singular vectors of the weight matrix W ``[d, fan_in]`` that
+  produces the layer (z = W x + b: the major axes of the pre-activations' variation), in order of
+  their singular values, cycled when n > rank, plus noise as ``pca``; encoder = decoderᵀ. No SAE
+  library has it; the seeds' proposal. W comes from ``SAEConfig.init_matrix`` or an activation store.
 Decoder rows are unit-norm afterwards in ``decoder_norm="unit"`` mode (norm 0.1 in weighted-L1
 mode, as SAELens). ``b_dec`` = data mean when data is given, else 0.
 """
@@ -38,10 +42,32 @@ def _noise(n: int, d: int, scale: float, gen) -> Tensor:
     return torch.randn(n, d, generator=gen) * (scale / math.sqrt(d))
 
 
-def initial_decoder(init: str, n: int, d: int, data: Tensor | None, gen, blend: float, noise: float) -> Tensor:
-    """Decoder rows ``[n, d]`` (unit norm) for scheme ``init``; ``data [N, d]`` for 'data'/'pca'."""
+def svd_directions(matrix: Tensor, d: int) -> Tensor:
+    """Left singular vectors ``[rank, d]`` (rows, by decreasing singular value) of the weight matrix
+    whose output space is R^d: ``matrix`` is ``[d, fan_in]``, or ``[fan_in, d]`` (transposed here)."""
+    W = matrix.detach().float()
+    if W.dim() != 2 or d not in W.shape:
+        raise ValueError(f"the init matrix has shape {tuple(W.shape)}; the 'svd' init needs one side equal to d_in={d}")
+    if W.shape[0] != d:
+        W = W.T
+    U, S, _ = torch.linalg.svd(W, full_matrices=False)
+    keep = S > S[0] * 1e-6 if S.numel() and S[0] > 0 else torch.zeros_like(S, dtype=torch.bool)
+    if not bool(keep.any()):
+        raise ValueError("the init matrix is zero: it has no singular directions")
+    return U[:, keep].T
+
+
+def initial_decoder(init: str, n: int, d: int, data: Tensor | None, gen, blend: float, noise: float, matrix: Tensor | None = None) -> Tensor:
+    """Decoder rows ``[n, d]`` (unit norm) for scheme ``init``; ``data [N, d]`` for 'data'/'pca',
+    the layer's weight ``matrix`` for 'svd'."""
     if init in NEEDS_DATA and data is None:
         raise ValueError(f"init={init!r} needs a data sample; pass data= to initialize (or use another init)")
+    if init == "svd":
+        if matrix is None:
+            raise ValueError("init='svd' needs the weight matrix of the layer: train on an activation store (polylens cache records it) "
+                             "or give --init-matrix FILE.safetensors:KEY")  # fmt: skip
+        base = svd_directions(matrix, d)
+        return _unit(base[torch.arange(n) % base.shape[0]] + _noise(n, d, noise, gen))
     if init in ("kaiming", "enc_dec_transpose"):
         return _unit(_kaiming(n, d, gen))
     if init == "orthogonal":
@@ -67,18 +93,19 @@ def initial_decoder(init: str, n: int, d: int, data: Tensor | None, gen, blend: 
 
 
 @torch.no_grad()
-def initialize(sae, data: Tensor | None = None, generator: torch.Generator | None = None, placeholder: bool = False) -> None:
+def initialize(sae, data: Tensor | None = None, generator: torch.Generator | None = None, placeholder: bool = False,
+               matrix: Tensor | None = None) -> None:
     """(Re-)initialise ``sae`` in place according to ``sae.config.init`` (a data sample for 'data'/'pca').
 
     ``placeholder=True`` (used by the constructor) lets a data-dependent init start from Kaiming
     weights until the trainer calls ``initialize(sae, data)``.
     """
     c = sae.config
-    if c.init in NEEDS_DATA and data is None and placeholder:
+    if (c.init in NEEDS_DATA and data is None or c.init == "svd" and matrix is None) and placeholder:
         # Constructed without data: a placeholder until the trainer calls initialize(sae, data).
         dec = _unit(_kaiming(c.dict_size, c.d_in, generator))
     else:
-        dec = initial_decoder(c.init, c.dict_size, c.d_in, data, generator, c.init_blend, c.init_noise)
+        dec = initial_decoder(c.init, c.dict_size, c.d_in, data, generator, c.init_blend, c.init_noise, matrix)
     if c.decoder_norm == "weighted_l1":
         dec = 0.1 * dec
     if c.tied:

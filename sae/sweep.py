@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sae.config import SAEConfig, TrainConfig
-from sae.engine import Engine, check_resources, init_sample, initial_sae, read_checkpoint
+from sae.engine import Engine, check_resources, init_matrix, init_sample, initial_sae, read_checkpoint
 from sae.ensemble import Ensemble
 from sae.model import SparseAutoencoder
 from sae.sources import BatchSource
@@ -56,8 +56,9 @@ def sweep_engine(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict
     if resume:
         groups = [Ensemble([SparseAutoencoder(SAEConfig(**fields, dict_size=n, l1=l1)).to(config.device) for l1 in l1s]) for n in dict_sizes]
     else:
-        sample = init_sample(SAEConfig(**fields, dict_size=dict_sizes[0], l1=l1s[0]), config, source)  # drawn once, read by every member
-        groups = [Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, sample) for l1 in l1s]) for n in dict_sizes]
+        first = SAEConfig(**fields, dict_size=dict_sizes[0], l1=l1s[0])
+        sample, matrix = init_sample(first, config, source), init_matrix(first, source)  # drawn once, read by every member
+        groups = [Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, sample, matrix) for l1 in l1s]) for n in dict_sizes]
     labels = [[f"l1={l1:g} n={n}" for l1 in l1s] for n in dict_sizes]
     record = {"sweep": {"l1s": list(l1s), "dict_sizes": list(dict_sizes), "sae": fields}, "data": data_record}
     engine = Engine(groups, config, source, out_dir, labels=labels, record=record)

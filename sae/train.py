@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from sae.config import SAEConfig, TrainConfig
-from sae.engine import Engine, check_resources, init_sample, initial_sae, read_checkpoint
+from sae.engine import Engine, check_resources, check_same_store, init_matrix, init_sample, initial_sae, read_checkpoint, store_identity
 from sae.ensemble import Ensemble
 from sae.files import CHECKPOINT
 from sae.model import SparseAutoencoder
@@ -60,11 +60,13 @@ class Trainer:
         if source.d is not None and source.d != self.sae_config.d_in:
             raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}")
         if self._checkpoint is None:
-            sae = initial_sae(self.sae_config, self.config, init_sample(self.sae_config, self.config, source))
+            sae = initial_sae(self.sae_config, self.config, init_sample(self.sae_config, self.config, source), init_matrix(self.sae_config, source))
         else:
             sae = SparseAutoencoder(self.sae_config).to(self.config.device)  # weights come from the checkpoint
-        engine = Engine([Ensemble([sae])], self.config, source, self.out_dir, record={"sae": asdict(self.sae_config)})
+        record = {"sae": asdict(self.sae_config), "store": store_identity(source)}
+        engine = Engine([Ensemble([sae])], self.config, source, self.out_dir, record=record)
         if self._checkpoint is not None:
+            check_same_store(self._checkpoint[1], record["store"], self.out_dir)
             engine.restore(*self._checkpoint)
         return engine
 

@@ -177,3 +177,50 @@ def test_cache_gpt2_text_contexts_with_the_next_token_loss_gradient(tmp_path, ca
     empty.write_text("")
     with pytest.raises(ValueError, match="holds 0 tokens"):
         text_contexts(gpt, str(empty), 16, None)
+
+
+def test_svd_init_copies_the_left_singular_vectors_of_the_stored_weight_matrix(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from cli.main import main
+    from sae.config import SAEConfig, TrainConfig
+    from sae.train import Trainer
+
+    W = torch.randn(6, 10)  # a layer with 6 outputs (the SAE's d_in) and fan-in 10: rank 6
+    _write(tmp_path / "s", torch.randn(600, 6), weight=W)
+    sc = SAEConfig(d_in=6, dict_size=9, init="svd", init_noise=0.0)
+    dec = Trainer(sc, TrainConfig(n_samples=64, batch_size=64)).build(tmp_path / "s").groups[0].decoders()[0]
+    U = torch.linalg.svd(W, full_matrices=False).U.T  # [6, 6] rows by decreasing singular value
+    cycled = U[torch.arange(9) % 6]
+    assert torch.allclose((dec * cycled).sum(-1).abs(), torch.ones(9), atol=1e-5)  # row i = ±u_(i mod 6)
+    save_file({"w_t": W.T.contiguous()}, str(tmp_path / "w.safetensors"))  # the transpose, from a file, is read the same way
+    sc2 = SAEConfig(d_in=6, dict_size=9, init="svd", init_noise=0.0, init_matrix=f"{tmp_path / 'w.safetensors'}:w_t")
+    dec2 = Trainer(sc2, TrainConfig(n_samples=64, batch_size=64)).build(torch.randn(600, 6)).groups[0].decoders()[0]
+    assert torch.allclose((dec2 * cycled).sum(-1).abs(), torch.ones(9), atol=1e-5)
+    code = main(["sae", "train", "--data", str(tmp_path / "s"), "--init", "svd", "--samples", "640", "--batch-size", "64",
+                 "--dict-size", "12", "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    import numpy as np
+
+    np.save(tmp_path / "a.npy", np.random.randn(300, 6).astype(np.float32))
+    code = main(["sae", "train", "--data", str(tmp_path / "a.npy"), "--init", "svd", "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--init-matrix FILE.safetensors:KEY" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+
+
+def test_resuming_on_another_store_is_refused(tmp_path):
+    from sae.config import SAEConfig, TrainConfig
+    from sae.train import Trainer
+
+    _write(tmp_path / "a", torch.randn(600, 6))
+    w = StoreWriter(tmp_path / "b", width=6, shard_rows=100, meta={"model": "m", "layer": "other"})  # same width, another layer
+    w.add(torch.randn(600, 6))
+    w.close()
+    sc = SAEConfig(d_in=6, dict_size=8)
+    Trainer(sc, TrainConfig(n_samples=64 * 3, batch_size=64), tmp_path / "run").fit(tmp_path / "a")
+    with pytest.raises(ValueError, match="trained on the activation store of model m layer l width 6.*this data is model m layer other"):
+        Trainer.resume(tmp_path / "run", n_samples=64 * 6).fit(tmp_path / "b")
+    with pytest.raises(ValueError, match="this data is not an activation store"):
+        Trainer.resume(tmp_path / "run", n_samples=64 * 6).fit(torch.randn(600, 6))
+    Trainer.resume(tmp_path / "run", n_samples=64 * 6).fit(tmp_path / "a")  # its own store: fine
