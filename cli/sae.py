@@ -131,6 +131,8 @@ def run_train(args) -> int:
         record = resume_run(args.out, args.samples, data, options if data else None, eval_samples, progress)
     else:
         record = train_run(args.out, args.data, _sae_fields(args), _train_config(args, TrainConfig.n_samples), options, eval_samples, args.force)
+    if record.get("rank"):  # a data-parallel run: rank 0 reports
+        return 0
     _emit(record, args.json, f"trained {record['steps']} steps -> {args.out}\n" + _summary(record))
     return 0
 
@@ -160,6 +162,8 @@ def run_sweep(args) -> int:
     fields.pop("l1")
     record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples or 20_000,
                        force=args.force, resume=args.resume)  # fmt: skip
+    if record.get("rank"):
+        return 0
     _emit(record, args.json, f"swept {len(l1s)} L1 x {len(ratios)} ratios -> {args.out}\n" + record["table"])
     return 0
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEConfig, TrainConfig
+from sae.distributed import Context
 from sae.ensemble import Ensemble
 from sae.files import CHECKPOINT, STATE, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from sae.inits import NEEDS_DATA, initialize
@@ -171,8 +172,10 @@ class Engine:
     """
 
     def __init__(self, groups: list[Ensemble], config: TrainConfig, source: BatchSource, out_dir: str | Path | None = None,
-                 labels: list[list[str]] | None = None, record: dict | None = None):  # fmt: skip
+                 labels: list[list[str]] | None = None, record: dict | None = None, ctx: Context | None = None):  # fmt: skip
         self.groups, self.config, self.source = groups, config, source
+        self.ctx = ctx or Context()
+        """Data-parallel place (``sae.distributed``): ranks train on slices of each global batch."""
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.labels = labels or [[f"member {e}" for e in range(g.size)] for g in groups]
         self.record = dict(record or {})
@@ -198,8 +201,9 @@ class Engine:
             g.train()
             if self.step == 0:  # (not on resume: renormalising unit rows again would change their last bits)
                 g.project_(before_step=False)
+                self.ctx.broadcast_([getattr(g, n).data for n in g.names])  # one start on every rank
         bar = None
-        if c.progress:
+        if c.progress and self.ctx.main:
             from tqdm import tqdm
 
             n = sum(g.size for g in self.groups)
@@ -214,7 +218,7 @@ class Engine:
                 for j, (g, opt) in enumerate(zip(self.groups, self.opts)):
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.step, c)
-                    s = g.step_grads_(x, c.dead_window, fused=c.fused, bf16=c.bf16)
+                    s = self._synced(g, g.step_grads_(x, c.dead_window, fused=c.fused, bf16=c.bf16), x.shape[0])
                     if not bool(torch.isfinite(s.loss).all()):  # a NaN/inf in x always gets here (err contains −x)
                         self._stop(x, [self.labels[j][e] for e in (~torch.isfinite(s.loss)).nonzero().flatten().tolist()], s.loss)
                     g.project_(before_step=True)
@@ -244,6 +248,19 @@ class Engine:
         for g in self.groups:
             g.eval()
         return self
+
+    def _synced(self, g: Ensemble, s, rows: int):
+        """Agree across ranks (no-op alone): mean gradients, losses and BatchTopK thresholds, the
+        union of the fired latents; then the dead-latent counters advance by the global batch."""
+        from sae.ensemble import StepStats
+
+        if self.ctx.world > 1:
+            self.ctx.mean_([*g.grads(), *([g.threshold] if g.config.arch == "batchtopk" else [])])
+            numbers = torch.stack([s.loss.float(), s.mse.float(), s.l0.float()])
+            self.ctx.mean_([numbers])
+            s = StepStats(numbers[0], numbers[1], numbers[2], self.ctx.any_(s.fired))
+        g.count_fired_(s.fired, rows * self.ctx.world)
+        return s
 
     def _log(self, stats, bar) -> None:
         per = {
@@ -302,6 +319,9 @@ class Engine:
                 pool = self.resample_pool(x) if pool is None else pool
                 row.append(self._resample_member(g, opt, e, pool, dead))
             done.append(row)
+            if self.ctx.world > 1:  # rank 0's result everywhere (an iterable's pool is each rank's own batch)
+                moments = [st[k] for p in g.parameters() if p in opt.state for st in (opt.state[p],) for k in ("exp_avg", "exp_avg_sq")]
+                self.ctx.broadcast_([*(getattr(g, n).data for n in g.names), g.since_fired, *moments])
         return done
 
     def _resample_member(self, g: Ensemble, opt, e: int, pool: Tensor, dead: Tensor) -> dict[str, int]:
@@ -395,6 +415,9 @@ class Engine:
         moment leaves the previous checkpoint or the new one, never a mix. ``checkpoint.json``
         (the same state, for people and tools) follows it."""
         if self.out_dir is None:
+            return
+        if not self.ctx.main:  # rank 0 writes; the others know it is written
+            self.last_checkpoint = self.step
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = {"step": self.step, **self.record, "train": asdict(self.config), "tail_from": self.tail_from, "history": self.history}

@@ -100,16 +100,21 @@ class Ensemble(nn.Module):
         return torch.func.functional_call(shell, self.member_tensors(e), (x,), {"dead": dead})
 
     def step_grads_(self, x: Tensor, dead_window: int, *, fused: bool = True, bf16: bool = False) -> StepStats:
-        """Losses on batch ``x [B, d]``; sets ``.grad`` of every stacked parameter, and advances the
-        BatchTopK thresholds and the dead-latent counters."""
+        """Losses on batch ``x [B, d]``; sets ``.grad`` of every stacked parameter and advances the
+        BatchTopK thresholds. The dead-latent counters move in ``count_fired_`` (after the ranks of a
+        data-parallel run have agreed on which latents fired)."""
         dead = self.dead_mask(dead_window)
         if fused and not bf16 and self.fused:
-            stats = self._kernel_step(x, dead)
-        else:
-            stats = self._autograd_step(x, dead, bf16)
-        with torch.no_grad():
-            self.since_fired = torch.where(stats.fired, torch.zeros_like(self.since_fired), self.since_fired + x.shape[0])
-        return stats
+            return self._kernel_step(x, dead)
+        return self._autograd_step(x, dead, bf16)
+
+    @torch.no_grad()
+    def count_fired_(self, fired: Tensor, n_samples: int) -> None:
+        """Reset the counters of the latents that ``fired [E, n]``, advance the others by ``n_samples``."""
+        self.since_fired = torch.where(fired, torch.zeros_like(self.since_fired), self.since_fired + n_samples)
+
+    def grads(self) -> list[Tensor]:
+        return [getattr(self, n).grad for n in self.names if getattr(self, n).grad is not None]
 
     @torch.no_grad()
     def _kernel_step(self, x: Tensor, dead: Tensor) -> StepStats:

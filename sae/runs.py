@@ -85,6 +85,23 @@ def run_lock(out: Path, *, clear: bool = False) -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def main_lock(out: Path, ctx, *, clear: bool = False) -> Iterator[None]:
+    """``run_lock`` on rank 0 of a data-parallel run (which alone writes the folder); the other
+    ranks wait for it to hold the lock, so none of them starts before a refusal."""
+    if ctx.world == 1:
+        with run_lock(out, clear=clear):
+            yield
+        return
+    if ctx.main:
+        with run_lock(out, clear=clear):
+            ctx.barrier()
+            yield
+    else:
+        ctx.barrier()
+        yield
+
+
 def check_run_folder(out: Path, resume: bool, force: bool, *, can_resume: bool = True) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; give a folder")
@@ -127,7 +144,7 @@ def train_run(
         sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
     trainer = Trainer(sae_config, train_config, out, eval_samples=eval_samples)
     engine = trainer.build(source)  # checks sizes, data and init before the folder is touched
-    with run_lock(out, clear=force):
+    with main_lock(out, engine.ctx, clear=force):
         return _fit_export_evaluate(trainer, engine, out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
@@ -145,15 +162,19 @@ def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | No
             raise ValueError(f"{out} does not record its data; pass the data again")
     data_options = dict(data_options or {})
     source = make_data(data, seed=read_checkpoint(out)[1]["train"]["seed"], **data_options)
-    with run_lock(out):
-        trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
-        return _fit_export_evaluate(trainer, trainer.build(source), out, {"spec": data, "options": data_options}, source, eval_samples)
+    trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
+    engine = trainer.build(source)
+    with main_lock(out, engine.ctx):
+        return _fit_export_evaluate(trainer, engine, out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
 def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source, eval_samples: int) -> dict:
     from sae.export import export_saelens
 
     record = {"data": data, "sae": asdict(trainer.sae_config), "train": asdict(trainer.config)}
+    if not engine.ctx.main:  # rank 0 records, exports and evaluates
+        engine.fit()
+        return {**record, "steps": engine.step, "rank": engine.ctx.rank}
     write_json_atomic(record, out / RUN)  # names the data before training, so a stopped run can resume
     engine.fit()
     sae = engine.groups[0].members()[0]

@@ -62,14 +62,17 @@ def load_array(path: str | Path) -> Tensor:
 class BatchSource:
     """``batch(step)`` → ``[batch_size, d]``, a pure function of (seed, step) (see the module docstring)."""
 
-    def __init__(self, data, batch_size: int, seed: int, device: str | torch.device = "cpu"):
+    def __init__(self, data, batch_size: int, seed: int, device: str | torch.device = "cpu", rank: int = 0, world: int = 1):
+        if batch_size % world:
+            raise ValueError(f"--batch-size {batch_size} must be a multiple of the {world} processes (each takes an equal slice)")
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
+        self.rank, self.world = rank, world
         self.stream = self.array = self.batches = self.iterable = self.store = None
         self.d = None
         if isinstance(data, (str, Path)):
             data = ActivationStore(data) if is_store(data) else load_array(data)
         if isinstance(data, ActivationStore):
-            self.store, self.d = StoreBatches(data, batch_size, seed), data.width
+            self.store, self.d = StoreBatches(data, batch_size, seed, rank=rank, world=world), data.width
             return
         if isinstance(data, np.ndarray):
             data = torch.from_numpy(np.asarray(data, dtype=np.float32))
@@ -102,8 +105,18 @@ class BatchSource:
         return g
 
     def batch(self, step: int) -> Tensor:
+        """This process's rows of global batch ``step`` (all of it in a single process)."""
         if self.store is not None:
             return self.store.batch(step).to(self.device)
+        x = self.global_batch(step)
+        if self.world == 1:
+            return x
+        per = x.shape[0] // self.world
+        return x[self.rank * per : (self.rank + 1) * per]
+
+    def global_batch(self, step: int) -> Tensor:
+        if self.store is not None:
+            return self.store.global_batch(step).to(self.device)
         if self.stream is not None:
             return self.stream.sample(self.batch_size, self.generator(step))
         if self.array is not None:

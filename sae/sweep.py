@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sae.config import SAEConfig, TrainConfig
+from sae.distributed import context
 from sae.engine import Engine, check_resources, init_matrix, init_sample, initial_sae, read_checkpoint
 from sae.ensemble import Ensemble
 from sae.model import SparseAutoencoder
@@ -46,7 +47,8 @@ def sweep_engine(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict
     the run's, or a ValueError names the one that differs and the run's value."""
     if not l1s or not dict_sizes:
         raise ValueError("a sweep needs at least one L1 coefficient and one dictionary size")
-    source = BatchSource(data, config.batch_size, config.seed, config.device)
+    ctx = context(config.device)
+    source = BatchSource(data, config.batch_size, config.seed, config.device, ctx.rank, ctx.world)
     fields = {k: v for k, v in sae_fields.items() if k not in ("l1", "dict_size")}
     fields.setdefault("d_in", source.d)
     if source.d is not None and source.d != fields["d_in"]:
@@ -61,7 +63,7 @@ def sweep_engine(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict
         groups = [Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, sample, matrix) for l1 in l1s]) for n in dict_sizes]
     labels = [[f"l1={l1:g} n={n}" for l1 in l1s] for n in dict_sizes]
     record = {"sweep": {"l1s": list(l1s), "dict_sizes": list(dict_sizes), "sae": fields}, "data": data_record}
-    engine = Engine(groups, config, source, out_dir, labels=labels, record=record)
+    engine = Engine(groups, config, source, out_dir, labels=labels, record=record, ctx=ctx)
     if resume:
         tensors, state = read_checkpoint(out_dir)
         if "sweep" not in state:
@@ -118,7 +120,7 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     size per L1) and ``sweep.safetensors`` (each cell's weights, keys ``l1_{i}.n_{j}.W_enc`` …).
     """
     from sae.metrics import evaluate
-    from sae.runs import check_run_folder, eval_batch, run_lock
+    from sae.runs import check_run_folder, eval_batch, main_lock
     from sae.files import save_tensors_atomic, write_json_atomic
     from sae.synthetic import make_data
 
@@ -130,8 +132,11 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     truth = getattr(source, "features", None)
     n_true = truth.shape[0] if truth is not None else source.shape[1]
     sizes = dict_sizes_for(list(ratios), n_true)
-    with run_lock(out, clear=force and not resume):
+    ctx = context(config.device)
+    with main_lock(out, ctx, clear=force and not resume):
         result = sweep(source, list(l1s), sizes, dict(sae_fields or {}), config, out, resume, {"spec": data, "options": data_options})
+        if not ctx.main:  # rank 0 evaluates and writes
+            return {"steps": result.steps, "rank": ctx.rank}
         x, truth, codes = eval_batch(source, eval_samples, config.seed)
         cells, tensors = [], {}
         for i, l1 in enumerate(result.l1s):

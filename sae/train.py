@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 from sae.config import SAEConfig, TrainConfig
+from sae.distributed import context
 from sae.engine import Engine, check_resources, check_same_store, init_matrix, init_sample, initial_sae, read_checkpoint, store_identity
 from sae.ensemble import Ensemble
 from sae.files import CHECKPOINT
@@ -56,7 +57,8 @@ class Trainer:
     def build(self, data) -> Engine:
         """The engine for ``data``: one ensemble of one, initialised (or restored from the checkpoint)."""
         check_resources(self.sae_config, self.config, eval_samples=self.eval_samples)
-        source = BatchSource(data, self.config.batch_size, self.config.seed, self.config.device)
+        ctx = context(self.config.device)
+        source = BatchSource(data, self.config.batch_size, self.config.seed, self.config.device, ctx.rank, ctx.world)
         if source.d is not None and source.d != self.sae_config.d_in:
             raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}")
         if self._checkpoint is None:
@@ -64,7 +66,7 @@ class Trainer:
         else:
             sae = SparseAutoencoder(self.sae_config).to(self.config.device)  # weights come from the checkpoint
         record = {"sae": asdict(self.sae_config), "store": store_identity(source)}
-        engine = Engine([Ensemble([sae])], self.config, source, self.out_dir, record=record)
+        engine = Engine([Ensemble([sae])], self.config, source, self.out_dir, record=record, ctx=ctx)
         if self._checkpoint is not None:
             check_same_store(self._checkpoint[1], record["store"], self.out_dir)
             engine.restore(*self._checkpoint)
