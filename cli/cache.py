@@ -151,6 +151,30 @@ def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: 
     return writer.close()
 
 
+class LiveLayer:
+    """A layer's activations computed live every batch (a cache-free run), as a stream the SAE
+    trainer reads like a synthetic one: ``sample(n, generator)`` runs the model on inputs the
+    generator draws and returns ``n`` rows ``[n, d]`` (see ``rows_of``), so every SAE trained on
+    it with the same seed sees the same rows."""
+
+    def __init__(self, adapter, layer: str, inputs, *, is_text: bool = False, batch_size: int = 16):
+        from polylens.capture import capture
+
+        self.adapter, self.layer, self.inputs, self.is_text, self.batch_size = adapter, layer, inputs, is_text, batch_size
+        first = rows_of(capture(adapter.module, inputs[:1], [layer]).activations[layer], is_text)
+        self.per_input, self.d = first.shape
+
+    def sample(self, n: int, generator=None):
+        import torch
+
+        from polylens.capture import capture
+
+        k = -(-n // self.per_input)
+        idx = torch.randint(0, self.inputs.shape[0], (k,), generator=generator, device=getattr(generator, "device", "cpu"))
+        got = capture(self.adapter.module, self.inputs[idx.cpu()], [self.layer], batch_size=self.batch_size).activations[self.layer]
+        return rows_of(got, self.is_text)[:n]
+
+
 def run(args) -> int:
     import shutil
 
