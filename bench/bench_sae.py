@@ -16,6 +16,12 @@
 (iii) Sweep: an ensemble of 16 SAEs in one pass (``sae.sweep``) vs the same 16 trained one after
       another, on the stream and on one pre-generated array, --sweep-steps each (default 200: past
       the first ~75 steps, in which every member is dense whatever its L1). Goal: >= 3x.
+(iv)  SAELens on its own ground: data from ``sae_lens.synthetic`` (a FeatureDictionary and an
+      ActivationGenerator with Zipfian firing) on two configurations (``SUITE``; one with 8
+      features a dimension), our TopK SAE trained from it (as a stream, its defaults, and one
+      variant) and theirs (``train_toy_sae`` with its defaults) at the same sample budget and
+      architecture, both scored by their ``eval_sae_on_synthetic_data``: MCC, uniqueness, dead
+      latents, classification F1, explained variance, shrinkage.
 
 SAELens is fed without a language model: ``SAETrainer(cfg, sae, data_provider)`` takes any iterator of
 ``[batch, d_in]`` tensors (this is what ``sae_lens.synthetic.train_toy_sae`` does); wandb, evals and
@@ -225,6 +231,71 @@ def bench_sweep(args, data: SharkeyData) -> None:
           f"{sum(v < SPARSE_MAX_DENSITY for v in density)} of {E} on the sparse path")
 
 
+# ---- (iv) SAELens's own synthetic suite ------------------------------------------------------------
+SUITE = {
+    # name: (features, dims, latents, k, firing: Zipfian max / min probability)
+    "superposed": (1024, 128, 1024, 4, 0.3, 0.003),  # 8 features a dimension
+    "moderate": (512, 128, 512, 4, 0.3, 0.01),  # 4 a dimension
+}
+
+
+class TheirStream:
+    """SAELens's generator as one of our streams: ``sample(n, generator)`` seeds the global RNG their
+    ``ActivationGenerator`` draws from with a number from ``generator``, so each of our steps gets
+    a fixed batch of their data."""
+
+    def __init__(self, feature_dict, activations):
+        self.feature_dict, self.activations = feature_dict, activations
+        self.d = feature_dict.feature_vectors.shape[1]
+        self.features = feature_dict.feature_vectors.detach()
+
+    @torch.no_grad()
+    def sample(self, n, generator=None):
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        return self.feature_dict(self.activations.sample(n))
+
+
+def bench_synthetic_suite(args, data=None) -> None:
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, eval_sae_on_synthetic_data, train_toy_sae, zipfian_firing_probabilities
+
+    print(f"\n(iv) SAELens's synthetic suite (FeatureDictionary, ActivationGenerator with Zipfian firing), TopK, "
+          f"{args.suite_samples:,} training samples each, scored by sae_lens.synthetic.eval_sae_on_synthetic_data on 100,000 samples")
+    for name, (n_feat, dim, latents, k, pmax, pmin) in SUITE.items():
+        torch.manual_seed(0)
+        fd = FeatureDictionary(num_features=n_feat, hidden_dim=dim, seed=0)
+        gen = ActivationGenerator(num_features=n_feat, firing_probabilities=zipfian_firing_probabilities(n_feat, max_prob=pmax, min_prob=pmin),
+                                  std_firing_magnitudes=0.0, mean_firing_magnitudes=1.0)  # fmt: skip
+        rows = {}
+        variants = {
+            "ours (defaults: dead window 100k for topk)": dict(),
+            "ours, dead window 1M (the default before)": dict(train=dict(dead_window=1_000_000)),
+            "ours, also init enc_dec_transpose": dict(sae=dict(init="enc_dec_transpose")),
+        }
+        for label, opts in variants.items():
+            sc = SAEConfig(d_in=dim, dict_size=latents, arch="topk", k=k, **opts.get("sae", {}))
+            tc = TrainConfig(n_samples=args.suite_samples, **opts.get("train", {}))
+            t0 = time.perf_counter()
+            sae = Trainer(sc, tc).fit(TheirStream(fd, gen)).sae_
+            seconds = time.perf_counter() - t0
+            torch.manual_seed(123)
+            rows[label] = (eval_sae_on_synthetic_data(sae, fd, gen, num_samples=100_000), seconds)
+        torch.manual_seed(0)
+        theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=dim, d_sae=latents, k=k))
+        t0 = time.perf_counter()
+        train_toy_sae(theirs, fd, gen, training_samples=args.suite_samples)
+        seconds = time.perf_counter() - t0
+        torch.manual_seed(123)
+        rows["SAELens (train_toy_sae defaults)"] = (eval_sae_on_synthetic_data(theirs, fd, gen, num_samples=100_000), seconds)
+        true_l0 = next(iter(rows.values()))[0].true_l0
+        print(f"  {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), Zipfian firing {pmin}..{pmax} (true L0 {true_l0:.2f}), "
+              f"{latents} latents, k = {k}")
+        for label, (r, sec) in rows.items():
+            print(f"    {label:<50} MCC {r.mcc:.3f}  uniqueness {r.uniqueness:.3f}  dead {r.dead_latents:>4} of {latents}  "
+                  f"F1 {r.classification.f1_score:.3f}  EV {r.explained_variance:.3f}  shrinkage {r.shrinkage:.3f}  L0 {r.sae_l0:.2f}  ({sec:.0f} s)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -244,7 +315,8 @@ def main() -> None:
     p.add_argument("--saelens-l1", type=float, help="(ii) SAELens's l1_coefficient instead of its default")
     p.add_argument("--members", type=int, default=16, help="(iii) SAEs in the sweep (default 16)")
     p.add_argument("--sweep-steps", type=int, default=200, help="(iii) steps per SAE (default 200)")
-    p.add_argument("--only", choices=("i", "ii", "iii"), help="run one part")
+    p.add_argument("--suite-samples", type=int, default=2_000_000, help="(iv) training samples per SAE (default 2M)")
+    p.add_argument("--only", choices=("i", "ii", "iii", "iv"), help="run one part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -255,7 +327,7 @@ def main() -> None:
     print(f"sae-lens {sae_lens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     start = time.perf_counter()
-    for part, fn in (("i", bench_throughput), ("ii", bench_recovery), ("iii", bench_sweep)):
+    for part, fn in (("i", bench_throughput), ("ii", bench_recovery), ("iii", bench_sweep), ("iv", bench_synthetic_suite)):
         if args.only in (None, part):
             fn(args, data)
     print(f"\ntotal {time.perf_counter() - start:.0f} s; load average now {os.getloadavg()[0]:.2f} "

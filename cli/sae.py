@@ -229,7 +229,8 @@ def _add_model_and_training(p) -> None:
                    help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)")  # fmt: skip
     h.add_argument("--resample-dead-towards", choices=RESAMPLE_TARGETS, default="input",
                    help="a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat")  # fmt: skip
-    h.add_argument("--dead-window", type=int, default=t["dead_window"].default, help="samples without firing that make a latent dead")
+    h.add_argument("--dead-window", type=int, default=None,
+                   help="samples without firing that make a latent dead (default 1000000 for relu, 100000 for topk/batchtopk)")
     h.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)")
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     h.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -218,7 +218,7 @@ class Engine:
                 for j, (g, opt) in enumerate(zip(self.groups, self.opts)):
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.step, c)
-                    s = self._synced(g, g.step_grads_(x, c.dead_window, fused=c.fused, bf16=c.bf16), x.shape[0])
+                    s = self._synced(g, g.step_grads_(x, c.window(g.config.arch), fused=c.fused, bf16=c.bf16), x.shape[0])
                     if not bool(torch.isfinite(s.loss).all()):  # a NaN/inf in x always gets here (err contains −x)
                         self._stop(x, [self.labels[j][e] for e in (~torch.isfinite(s.loss)).nonzero().flatten().tolist()], s.loss)
                     g.project_(before_step=True)
@@ -267,7 +267,7 @@ class Engine:
             "loss": [s.loss.tolist() for s in stats],
             "mse": [s.mse.tolist() for s in stats],
             "l0": [s.l0.tolist() for s in stats],
-            "dead_fraction": [g.dead_mask(self.config.dead_window).float().mean(1).tolist() for g in self.groups],
+            "dead_fraction": [g.dead_mask(self.config.window(g.config.arch)).float().mean(1).tolist() for g in self.groups],
         }
         rec = {"step": self.step, **({k: v[0][0] for k, v in per.items()} if self.single else per)}
         self.history.append(rec)
@@ -312,7 +312,7 @@ class Engine:
         for g, opt in zip(self.groups, self.opts):
             row = []
             for e in range(g.size):
-                dead = g.dead_mask(c.dead_window)[e] if g.config.arch == "relu" else torch.zeros_like(g.since_fired[e], dtype=torch.bool)
+                dead = g.dead_mask(c.window("relu"))[e] if g.config.arch == "relu" else torch.zeros_like(g.since_fired[e], dtype=torch.bool)
                 if not bool(dead.any()) and not c.resample_duplicates:
                     row.append({"dead": 0, "duplicates": 0})
                     continue
