@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if "sae.distributed" in sys.modules:  # a torchrun rank: leave without C++ teardown (see exit_rank)
+        sys.modules["sae.distributed"].exit_rank(code)
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

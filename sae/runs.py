@@ -88,7 +88,9 @@ def run_lock(out: Path, *, clear: bool = False) -> Iterator[None]:
 @contextmanager
 def main_lock(out: Path, ctx, *, clear: bool = False) -> Iterator[None]:
     """``run_lock`` on rank 0 of a data-parallel run (which alone writes the folder); the other
-    ranks wait for it to hold the lock, so none of them starts before a refusal."""
+    ranks wait for it to hold the lock, so none of them starts before a refusal, and at the end
+    for it to finish writing, so that all ranks leave the process group together (a rank that
+    exits while another still works can abort in gloo's teardown)."""
     if ctx.world == 1:
         with run_lock(out, clear=clear):
             yield
@@ -97,9 +99,11 @@ def main_lock(out: Path, ctx, *, clear: bool = False) -> Iterator[None]:
         with run_lock(out, clear=clear):
             ctx.barrier()
             yield
+        ctx.barrier()
     else:
         ctx.barrier()
         yield
+        ctx.barrier()
 
 
 def check_run_folder(out: Path, resume: bool, force: bool, *, can_resume: bool = True) -> None:
