@@ -51,15 +51,17 @@ class SAEOptions:
 def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None = SAEOptions()) -> dict:
     """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``.
 
-    The PCAs propose ``n_directions``; the SAE proposes its whole dictionary (decoder rows).
+    The PCAs propose ``n_directions``, LIB as many (fewer if the activations span fewer); the SAE
+    proposes its whole dictionary (decoder rows).
     """
-    from polylens.directions import ActivationPCA, GradientPCA
+    from polylens.directions import LIB, ActivationPCA, GradientPCA
 
     acts = toy.activations()
     grads = toy.gradients()
     found = {
         "activation_pca": ActivationPCA(n_directions).fit(acts).components_,
         "gradient_pca": GradientPCA(n_directions).fit(grads).components_,
+        "lib": LIB().fit(acts, grads).components_[:n_directions],  # at most the activations' rank
     }
     if sae is not None and sae.enabled:
         found["sae"] = _sae_directions(acts, toy.truth.shape[0], seed, sae)

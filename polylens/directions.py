@@ -1,4 +1,4 @@
-"""Direction finders (activation PCA, gradient PCA) and the one direction scorer.
+"""Direction finders (activation PCA, gradient PCA, the Local Interaction Basis) and the one direction scorer.
 
 Both finders eigendecompose a second-moment matrix of rows ``X: [n, dim]``:
 
@@ -104,6 +104,63 @@ class GradientPCA(_SecondMomentPCA):
 
     def __init__(self, n_components: int | None = None, *, center: bool = False):
         super().__init__(n_components, center=center)
+
+
+class LIB:
+    """The Local Interaction Basis of one layer (Bushnaq et al. 2024, arXiv:2405.10928; the
+    ``"jacobian"`` basis of Apollo's ``rib``), from activations ``[n, dim]`` and the gradients of a
+    downstream target with respect to them (``[n, dim]`` or Jacobian rows ``[n, k, dim]``):
+
+    1. eigendecompose the activation Gram matrix G = E[a aᵀ] = U D Uᵀ (uncentred, as ``rib``,
+       which folds biases into the weights) and drop eigenvalues below ``tol`` × the largest;
+    2. whiten: coordinates w = D^{-1/2} Uᵀ a, in which the target's gradients are g D^{1/2} U;
+    3. eigendecompose M = E[(J U D^{1/2})ᵀ (J U D^{1/2})] = V Λ Vᵀ;
+    4. the features are f = Λ^{1/2} Vᵀ w; each one's direction in activation space (the column of
+       U D^{1/2} V that reconstructs a from f) is a row of ``components_`` (unit), ordered by
+       ``importance_`` = Λ, the feature's share of E‖J‖² (gradient energy), highest first.
+
+    Equivalently the directions are the eigenvectors of G·E[JᵀJ]. They lie in the span of the
+    activations (step 1), so a read-out direction outside that span is found only in part.
+    """
+
+    def __init__(self, n_components: int | None = None, *, tol: float = 1e-5):
+        self.n_components = n_components
+        self.tol = tol
+
+    def fit(self, X, gradients):
+        n = X.shape[0]
+        A = _as_rows(X, "activations")
+        grads_n = gradients.shape[0]
+        J = _as_rows(gradients, "gradients")
+        if grads_n != n:
+            raise ValueError(f"{n} activation rows but {grads_n} gradient rows; give the gradients of the same inputs")
+        if J.shape[1] != A.shape[1]:
+            raise ValueError(f"activations have {A.shape[1]} features but gradients {J.shape[1]}; they must be of the same layer")
+        G = A.T @ A / n
+        H = J.T @ J / n  # E[JᵀJ] (summed over the k target columns)
+        d, U = np.linalg.eigh(G)
+        keep = d > self.tol * max(float(d.max()), 0.0)
+        if not keep.any():
+            raise ValueError("the activations are all zero: there is no basis to find")
+        U, d = U[:, keep], d[keep]
+        half = U * np.sqrt(d)  # U D^{1/2}: [dim, r]
+        M = half.T @ H @ half
+        lam, V = np.linalg.eigh(M)
+        order = np.argsort(lam)[::-1]
+        k = len(order) if self.n_components is None else self.n_components
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(order):
+            raise ValueError(f"n_components={self.n_components} must be between 1 and the {len(order)} directions the activations span")
+        order = order[:k]
+        comps = (half @ V[:, order]).T  # [k, dim]
+        comps = comps / np.linalg.norm(comps, axis=1, keepdims=True)
+        signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
+        self.components_ = comps * np.where(signs == 0, 1.0, signs)[:, None]
+        self.importance_ = np.clip(lam[order], 0.0, None)
+        total = float(np.trace(H))
+        self.importance_ratio_ = self.importance_ / total if total > 0 else np.zeros_like(self.importance_)
+        self.rank_ = int(keep.sum())
+        self.n_features_in_ = A.shape[1]
+        return self
 
 
 class DirectionScores(NamedTuple):

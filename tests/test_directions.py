@@ -90,3 +90,40 @@ def test_full_basis_covers_everything_but_is_not_recovery():
     s = score_directions(T, np.eye(4))
     assert s.subspace_overlap == pytest.approx(1.0)
     assert s.frac_recovered < 1.0
+
+
+def test_lib_on_a_linear_toy_equals_the_closed_form():
+    """y = W a: every Jacobian is W. LIB's directions are the eigenvectors of G·WᵀW (G = E[a aᵀ]),
+    ordered by eigenvalue; with whitened activations (G = I) they are W's right singular vectors
+    with importance the squared singular values."""
+    from polylens.directions import LIB
+
+    rng = np.random.default_rng(0)
+    d, k, n = 6, 3, 4000
+    L = rng.normal(size=(d, d))
+    A = rng.normal(size=(n, d)) @ L.T  # anisotropic
+    W = rng.normal(size=(k, d))
+    J = np.broadcast_to(W, (n, k, d))
+    lib = LIB().fit(A, J)
+    G = A.T @ A / n
+    evals, evecs = np.linalg.eig(G @ W.T @ W)
+    order = np.argsort(evals.real)[::-1][:k]  # rank k: the rest have eigenvalue 0
+    closed = np.real(evecs[:, order]).T
+    closed /= np.linalg.norm(closed, axis=1, keepdims=True)
+    assert np.allclose(np.abs((lib.components_[:k] * closed).sum(1)), 1.0, atol=1e-6)
+    assert np.allclose(lib.importance_[:k], np.sort(evals.real)[::-1][:k], rtol=1e-6)
+    assert np.allclose(lib.importance_[k:], 0.0, atol=1e-8)
+    # whitened activations: right singular vectors of W, importance s²
+    Z = A @ np.linalg.inv(np.linalg.cholesky(G)).T
+    white = LIB(k).fit(Z, J)
+    _, s, vt = np.linalg.svd(W, full_matrices=False)
+    assert np.allclose(np.abs((white.components_ * vt).sum(1)), 1.0, atol=1e-6)
+    assert np.allclose(white.importance_, s**2, rtol=1e-6)
+    # only the activations' span: a layer living in 2 of 6 dimensions gives 2 directions, inside it
+    flat = A[:, :2] @ rng.normal(size=(2, d))
+    two = LIB().fit(flat, J)
+    assert two.rank_ == 2 and two.components_.shape == (2, d)
+    _, _, span = np.linalg.svd(flat, full_matrices=False)
+    assert np.allclose(np.linalg.norm(two.components_ @ span[:2].T, axis=1), 1.0, atol=1e-8)
+    with pytest.raises(ValueError, match="between 1 and the 2 directions"):
+        LIB(3).fit(flat, J)
