@@ -52,7 +52,8 @@ def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None 
     """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``.
 
     The PCAs propose ``n_directions``, LIB as many (fewer if the activations span fewer); the SAE
-    proposes its whole dictionary (decoder rows).
+    (on the activations) and the gradient SAE (on the gradients, b_dec fixed at 0) propose their
+    whole dictionaries (decoder rows).
     """
     from polylens.directions import LIB, ActivationPCA, GradientPCA
 
@@ -65,17 +66,21 @@ def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None 
     }
     if sae is not None and sae.enabled:
         found["sae"] = _sae_directions(acts, toy.truth.shape[0], seed, sae)
+        # on the gradients (Jacobian rows), uncentred as gradient PCA is: a learned b_dec would
+        # absorb x²'s constant gradient w_out and leave the dictionary empty
+        found["gradient_sae"] = _sae_directions(grads, toy.truth.shape[0], seed, sae, learn_b_dec=False)
     return found
 
 
-def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions):
+def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_dec: bool = True):
     from sae.config import SAEConfig, TrainConfig
     from sae.train import train
 
+    acts = acts.reshape(-1, acts.shape[-1])  # Jacobian rows [n, k, dim] are n·k rows
     dim = acts.shape[1]
     n = opts.dict_size or 2 * max(n_truth, dim)
     batch = min(256, acts.shape[0])
-    config = SAEConfig(d_in=dim, dict_size=n, l1=opts.l1)
+    config = SAEConfig(d_in=dim, dict_size=n, l1=opts.l1, learn_b_dec=learn_b_dec)
     result = train(config, TrainConfig(n_samples=batch * opts.steps, batch_size=batch, lr=3e-3, seed=seed, log_every=opts.steps), acts.float())
     return result.sae_.decoder.detach().clone()
 

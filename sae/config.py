@@ -56,6 +56,10 @@ class SAEConfig:
     """Dead latents used by AuxK per sample (0: d_in // 2)."""
     threshold_decay: float = 0.99
     """BatchTopK: EMA decay of the inference threshold θ (mean of the smallest kept activation)."""
+    learn_b_dec: bool = True
+    """Learn the decoder bias b_dec (initialised at the data mean). False: b_dec stays 0, for
+    uncentred data such as gradients: on the x² toy every gradient is w_out, and a learned b_dec
+    would absorb it and leave the dictionary empty (``polylens compare``'s ``gradient_sae``)."""
 
     def __post_init__(self):
         for name in ("d_in", "dict_size", "k"):

@@ -104,9 +104,10 @@ class Ensemble(nn.Module):
         BatchTopK thresholds. The dead-latent counters move in ``count_fired_`` (after the ranks of a
         data-parallel run have agreed on which latents fired)."""
         dead = self.dead_mask(dead_window)
-        if fused and not bf16 and self.fused:
-            return self._kernel_step(x, dead)
-        return self._autograd_step(x, dead, bf16)
+        stats = self._kernel_step(x, dead) if fused and not bf16 and self.fused else self._autograd_step(x, dead, bf16)
+        if not self.config.learn_b_dec and self.b_dec.grad is not None:
+            self.b_dec.grad.zero_()  # Adam then never moves it from 0 (zero moments, zero step)
+        return stats
 
     @torch.no_grad()
     def count_fired_(self, fired: Tensor, n_samples: int) -> None:

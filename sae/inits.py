@@ -117,5 +117,6 @@ def initialize(sae, data: Tensor | None = None, generator: torch.Generator | Non
         else:
             sae.W_enc.copy_(dec.T)
     sae.b_enc.zero_()
-    sae.b_dec.copy_(data.detach().float().reshape(-1, c.d_in).mean(0) if data is not None else torch.zeros(c.d_in))
+    centred = data is not None and c.learn_b_dec
+    sae.b_dec.copy_(data.detach().float().reshape(-1, c.d_in).mean(0) if centred else torch.zeros(c.d_in))
     sae.threshold.zero_()

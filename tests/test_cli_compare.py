@@ -17,6 +17,9 @@ def test_compare_x2_meets_the_published_contrast(capsys, tmp_path):
     assert grad["mmcs"] >= 0.99 and grad["frac_recovered_0.9"] == 1.0
     assert act["mmcs"] < 0.2
     assert res["methods"]["sae"]["n_directions"] == 128  # the whole dictionary: 2 x max(1, 64)
+    # on the gradients (b_dec fixed at 0) the SAE finds w_out; on the activations it cannot
+    assert res["methods"]["gradient_sae"]["mmcs"] >= 0.99 > res["methods"]["sae"]["mmcs"]
+    assert res["methods"]["lib"]["n_directions"] == 1
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gradient_pca" in err  # the table goes to stderr when JSON goes to stdout
 

@@ -236,3 +236,17 @@ def test_dead_latents_point_at_an_input_or_at_its_residual(towards):
     assert float((other @ row).max()) < 0.99
     with pytest.raises(ValueError, match="resample_dead_towards='target' is unknown"):
         TrainConfig(resample_dead_towards="target")
+
+
+def test_a_fixed_zero_decoder_bias_lets_an_sae_on_constant_gradients_find_them():
+    """The x² toy's gradients are all w_out: a learned b_dec absorbs it (the dictionary learns
+    nothing), b_dec fixed at 0 puts it into a decoder row."""
+    w = torch.nn.functional.normalize(torch.randn(16), dim=0)
+    grads = w.repeat(2048, 1)
+    tc = TrainConfig(n_samples=256 * 300, batch_size=256, lr=3e-3)
+    fixed = train(SAEConfig(d_in=16, dict_size=8, l1=0.3, learn_b_dec=False), tc, grads).sae_
+    learned = train(SAEConfig(d_in=16, dict_size=8, l1=0.3), tc, grads).sae_
+    assert torch.equal(fixed.b_dec, torch.zeros(16))
+    assert float((torch.nn.functional.normalize(fixed.W_dec.detach(), dim=-1) @ w).abs().max()) > 0.99
+    assert torch.allclose(learned.b_dec, w, atol=1e-3)  # absorbed
+    assert float(learned.encode(grads[:4]).abs().max()) < 1e-3  # and no latent is used
