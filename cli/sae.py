@@ -13,7 +13,8 @@ DATA_HELP = "sharkey (Sharkey et al. ground truth, default), tms (toy-models fea
 def _data_options(args) -> dict:
     """Synthetic-data flags -> config fields, refusing flags that do not apply to the chosen data."""
     flags = {"features": ("n_features", ("sharkey", "tms")), "dim": ("d", ("sharkey", "tms")), "active": ("m", ("sharkey",)),
-             "uncorrelated": ("correlated", ("sharkey",)), "sparsity": ("sparsity", ("tms",))}
+             "uncorrelated": ("correlated", ("sharkey",)), "sparsity": ("sparsity", ("tms",)),
+             "scale_sigma": ("scale_sigma", ("sharkey",))}
     options = {}
     for flag, (field, kinds) in flags.items():
         value = getattr(args, flag, None)
@@ -195,6 +196,7 @@ def _add_data(p, default="sharkey") -> None:
     g.add_argument("--active", type=float, help="sharkey: expected active features per sample (default 5)")
     g.add_argument("--uncorrelated", action="store_true", help="sharkey: independent firing (no Gaussian copula)")
     g.add_argument("--sparsity", type=float, help="tms: probability a feature is 0 (default 0.95)")
+    g.add_argument("--scale-sigma", type=float, metavar="S", help="sharkey: per-feature coefficient scales, log-normal with sigma S (default 0: equal)")
     p.add_argument("--eval-samples", type=int, help="held-out samples for the evaluation (default 20000; eval: the run's)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")

@@ -61,8 +61,14 @@ class SharkeyConfig:
     """Correlate firing through a Gaussian copula (Σ drawn once per dataset)."""
     seed: int = 0
     """Seed of the features and Σ (batches take their own generator)."""
+    scale_sigma: float = 0.0
+    """Feature scales that are not normalised: each feature's coefficients are U[0, 1) times its
+    own scale s_i = exp(σ z_i − σ²/2), z_i ~ N(0, 1) drawn once per dataset (log-normal, mean 1);
+    0 (default): every feature on the same scale, as Sharkey et al."""
 
     def __post_init__(self):
+        if not (math.isfinite(self.scale_sigma) and self.scale_sigma >= 0):
+            raise ValueError(f"scale_sigma={self.scale_sigma} must be a finite number >= 0")
         for name in ("n_features", "d"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -92,6 +98,11 @@ class SharkeyData:
             S = S / dsq[:, None] / dsq[None, :]
             S = S + 1e-6 * torch.eye(c.n_features, dtype=torch.float64)
             self.chol = torch.linalg.cholesky(S).float().to(device)  # Σ = L Lᵀ, once per dataset
+        self.feature_scales = torch.ones(c.n_features, device=device)
+        """Each feature's coefficient scale ``[n]`` (all 1 unless ``scale_sigma``)."""
+        if c.scale_sigma > 0:  # its own generator: the features and Σ stay those of scale_sigma=0
+            z = torch.randn(c.n_features, generator=torch.Generator().manual_seed(c.seed * 1_000_003 + 17))
+            self.feature_scales = torch.exp(c.scale_sigma * z - c.scale_sigma**2 / 2).to(device)
         self.device = torch.device(device)
 
     @property
@@ -107,7 +118,7 @@ class SharkeyData:
         return _expected_fire(self.fire_scale.double().cpu()).float()
 
     def sample_codes(self, batch: int, generator: torch.Generator) -> Tensor:
-        """Sparse feature coefficients ``[batch, n]`` (U[0, 1) where active, else 0)."""
+        """Sparse feature coefficients ``[batch, n]`` (U[0, 1) × the feature's scale where active, else 0)."""
         n = self.config.n_features
         kw = dict(generator=generator, device=self.device)
         if self.chol is not None:
@@ -116,7 +127,8 @@ class SharkeyData:
         else:
             u = torch.rand(batch, n, **kw)
         fire = torch.rand(batch, n, **kw) < (self.fire_scale * u).clamp(max=1)
-        return torch.rand(batch, n, **kw) * fire
+        codes = torch.rand(batch, n, **kw) * fire
+        return codes * self.feature_scales if self.config.scale_sigma > 0 else codes
 
     def sample(self, batch: int, generator: torch.Generator) -> Tensor:
         """Activations ``[batch, d]`` = codes @ features."""

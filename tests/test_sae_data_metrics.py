@@ -143,3 +143,26 @@ def test_reconstruction_metrics_closed_forms():
     assert metrics.l0(acts) == 1.5
     assert metrics.dead_fraction(acts) == pytest.approx(1 / 3)
     assert math.isnan(metrics.mmcs_learned(_orthonormal(2, 4), _orthonormal(2, 4), alive=torch.zeros(2, dtype=torch.bool)))
+
+
+def test_sharkey_feature_scales_are_log_normal_per_feature_and_off_by_default():
+    import math
+
+    from sae.synthetic import SharkeyConfig, SharkeyData
+
+    base = SharkeyData(SharkeyConfig(n_features=64, d=16, m=8.0, correlated=False))
+    spread = SharkeyData(SharkeyConfig(n_features=64, d=16, m=8.0, correlated=False, scale_sigma=1.0))
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    a, b = base.sample_codes(40_000, g()), spread.sample_codes(40_000, g())
+    assert torch.equal(base.features, spread.features)  # the same features; only the scales differ
+    assert torch.equal(b, a * spread.feature_scales)  # the same draws, scaled per feature
+    assert torch.equal(base.feature_scales, torch.ones(64))
+    logs = spread.feature_scales.log()
+    assert abs(float(logs.std()) - 1.0) < 0.3 and abs(float(logs.mean()) + 0.5) < 0.3  # log-normal(−σ²/2, σ)
+    active = (b > 0).float()
+    mean_active = (b.sum(0) / active.sum(0).clamp_min(1))
+    frequent = active.sum(0) > 500
+    assert torch.allclose(mean_active[frequent], 0.5 * spread.feature_scales[frequent], rtol=0.1)  # U[0,1) mean 1/2, scaled
+    with pytest.raises(ValueError, match="scale_sigma=-1"):
+        SharkeyConfig(scale_sigma=-1.0)
+    assert not math.isnan(spread.expected_active())
