@@ -107,6 +107,7 @@ def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions |
             f"frac_recovered_{threshold:g}": scores.frac_recovered,
             "subspace_overlap": scores.subspace_overlap,
             "n_directions": scores.n_directions,
+            "best_cos": list(scores.best_cos),  # per ground-truth direction: the distribution behind mmcs
         }
     result = CompareResult(setup, seed, {"n_directions": n_truth, "dim": dim}, methods, toy.describe())
     return result, toy, directions
@@ -114,7 +115,7 @@ def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions |
 
 def format_table(result: CompareResult) -> str:
     rows = list(result.methods.items())
-    keys = [k for k in rows[0][1] if k != "n_directions"] + ["n_directions"]
+    keys = [k for k in rows[0][1] if k not in ("n_directions", "best_cos")] + ["n_directions"]
     head = f"{'method':<16}" + "".join(f"{k:>20}" for k in keys)
     lines = [
         f"setup={result.setup} seed={result.seed}: {result.ground_truth['n_directions']} ground-truth directions in {result.ground_truth['dim']} dims",

@@ -173,6 +173,7 @@ class DirectionScores(NamedTuple):
     subspace_overlap: mean over truth of ‖P u‖ for unit u, P the projector
         onto span(found): 1 when every truth vector lies in that span.
     n_directions: how many directions were found.
+    best_cos: per truth direction, its best |cos|.
     """
 
     mmcs: float
@@ -180,6 +181,9 @@ class DirectionScores(NamedTuple):
     frac_recovered: float
     subspace_overlap: float
     n_directions: int
+    best_cos: tuple = ()
+    """Each truth direction's best |cos| (the values ``mmcs`` averages): their distribution tells
+    "every direction half-found" from "half the directions found"."""
 
 
 def abs_cosines(truth, found) -> np.ndarray:
@@ -216,4 +220,5 @@ def score_directions(truth, found, threshold: float = 0.9) -> DirectionScores:
         frac_recovered=float((best >= threshold).mean()),
         subspace_overlap=overlap,
         n_directions=int(F.shape[0]),
+        best_cos=tuple(float(v) for v in best),
     )

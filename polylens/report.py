@@ -16,7 +16,7 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
     """Ground-truth vs recovered directions, written as a PNG to ``path``.
 
     truth: ``[g, dim]``; found: method -> ``[m, dim]``. The first panel gives
-    each ground-truth direction's best |cos| per method. Then, for g <= 4, one
+    each ground-truth direction's best |cos| per method, the last their histogram. Then, for g <= 4, one
     panel per ground-truth direction with its entries and each method's best
     match (sign-aligned); for larger g, one |cos| heatmap per method with the
     columns in Hungarian-matched order.
@@ -33,7 +33,7 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
     cos = {name: abs_cosines(truth, found[name]) for name in names}
     g = truth.shape[0]
     vectors = g <= _MAX_VECTOR_PANELS
-    n_panels = 1 + (g if vectors else len(names))
+    n_panels = 2 + (g if vectors else len(names))
     fig, axes = plt.subplots(1, n_panels, figsize=(3.8 * n_panels, 3.6), squeeze=False, layout="constrained")
     axes = axes[0]
 
@@ -44,6 +44,16 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
     axes[0].set(ylim=(0, 1.05), xlabel="ground-truth direction", ylabel="best |cos|", title="best match per ground-truth direction")
     axes[0].set_xticks(np.arange(g) if g <= 20 else np.arange(0, g, max(1, g // 10)))
     axes[0].legend(fontsize=7, loc="lower right")
+
+    # the distribution of the best |cos| per ground-truth direction: "all half-found" vs "half found"
+    hist = axes[-1]
+    bins = np.linspace(0, 1, 21)
+    for name in names:
+        hist.hist(cos[name].max(axis=1), bins=bins, histtype="step", lw=1.4, label=name)
+    hist.axvline(0.9, color="k", lw=0.8, ls="--")
+    hist.set(xlabel="best |cos| of a ground-truth direction", ylabel="ground-truth directions", title="distribution of best matches")
+    hist.legend(fontsize=7, loc="upper left")
+    axes = axes[:-1]
 
     if vectors:
         for j, ax in enumerate(axes[1:]):

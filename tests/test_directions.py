@@ -127,3 +127,13 @@ def test_lib_on_a_linear_toy_equals_the_closed_form():
     assert np.allclose(np.linalg.norm(two.components_ @ span[:2].T, axis=1), 1.0, atol=1e-8)
     with pytest.raises(ValueError, match="between 1 and the 2 directions"):
         LIB(3).fit(flat, J)
+
+
+def test_best_cos_is_the_distribution_mmcs_averages():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(5, 8))
+    found = np.vstack([truth[:2] + 0.01 * rng.normal(size=(2, 8)), rng.normal(size=(3, 8))])
+    s = score_directions(truth, found)
+    assert len(s.best_cos) == 5 and np.mean(s.best_cos) == pytest.approx(s.mmcs)
+    assert np.allclose(s.best_cos, abs_cosines(truth, found).max(axis=1))
+    assert min(s.best_cos[:2]) > 0.99 and max(s.best_cos[2:]) < 0.99  # two found, three not
