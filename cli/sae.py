@@ -143,9 +143,17 @@ def run_eval(args) -> int:
     from sae.runs import eval_run
 
     _positive(args, "eval_samples")
-    check_outputs(args.force, inputs=[args.data], json=args.json)
+    check_outputs(args.force, inputs=[args.data], json=args.json, plot=args.plot)
     data = args.data if args.data_given else None
     record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples)
+    if args.plot:
+        best = record.get("best_cos") or []
+        if not best:
+            raise ValueError("--plot draws the per-feature best cosines, which need ground truth (synthetic data: sharkey or tms)")
+        from cli.output import write_with
+        from sae.metrics import plot_best_cos
+
+        write_with(args.plot, lambda tmp: plot_best_cos(best, tmp, f"{args.dir}: MMCS {record['evaluation']['mmcs']:.3f}"))
     _emit(record, args.json, _summary(record))
     return 0
 
@@ -259,6 +267,7 @@ def register(sub) -> None:
     e = cmds.add_parser("eval", help="evaluate a trained SAE folder (or a SAELens folder)")
     e.add_argument("dir", metavar="DIR", help="run folder from 'sae train', or a SAELens folder with cfg.json")
     _add_data(e, default=None)
+    e.add_argument("--plot", metavar="PATH", help="write a PNG histogram of the per-feature best cosines (synthetic data)")
     e.set_defaults(handler=run_eval)
 
     s = cmds.add_parser("sweep", help="train a grid of L1 x dictionary ratio as one batched ensemble")

@@ -119,3 +119,17 @@ def test_outputs_get_the_usual_file_mode(capsys, tmp_path):
         os.umask(mask)
     for p in (tmp_path / "r.json", tmp_path / "r" / "run.json", tmp_path / "r" / "checkpoint.safetensors"):
         assert p.stat().st_mode & 0o777 == 0o644, p
+
+
+def test_eval_gives_the_per_feature_best_cosines_and_their_histogram(capsys, tmp_path):
+    code, _, err = run(capsys, "sae", "train", *TMS, "--samples", 64 * 20, "--out", tmp_path / "r", "--no-progress")
+    assert code == 0, err
+    code, stdout, err = run(capsys, "sae", "eval", tmp_path / "r", "--json", "-", "--plot", tmp_path / "h.png")
+    assert code == 0, err
+    rec = json.loads(stdout)
+    assert len(rec["best_cos"]) == 12 and sum(rec["best_cos"]) / 12 == pytest.approx(rec["evaluation"]["mmcs"], abs=1e-6)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["best_cos"] == pytest.approx(rec["best_cos"], abs=1e-6)
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32))
+    code, _, err = run(capsys, "sae", "eval", tmp_path / "r", "--data", tmp_path / "a.npy", "--plot", tmp_path / "h2.png")
+    assert code == 2 and "need ground truth" in err and not (tmp_path / "h2.png").exists()
