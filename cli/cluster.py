@@ -91,7 +91,8 @@ def run(args) -> int:
 
     import numpy as np
 
-    from cli.output import _finite, check_output_dir, check_outputs, write_dir, write_json
+    from cli.output import check_output_dir, check_outputs, write_dir, write_json
+    from sae.files import finite
     from polylens.cluster_analysis import cluster_layer
     from polylens.cluster_report import render_html, summary_figures
 
@@ -118,7 +119,7 @@ def run(args) -> int:
         for space, lab in labelings.items():
             if lab is not primary:
                 np.save(folder / f"labels_{space}.npy", lab)
-        (folder / "clusters.json").write_text(json.dumps(_finite(result.to_json()), indent=1) + "\n")
+        (folder / "clusters.json").write_text(json.dumps(finite(result.to_json()), indent=1) + "\n")
         (folder / "report.html").write_text(page, encoding="utf-8")
 
     write_dir(args.out, writer)

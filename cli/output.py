@@ -7,7 +7,6 @@ write *before* computing anything, then ``write_json`` / ``write_with`` at the e
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -85,36 +84,20 @@ def check_outputs(force: bool, *, inputs=(), **paths: str | None) -> None:
 
 
 def write_with(path: str, writer: Callable[[str], None]) -> None:
-    """Call ``writer(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent if str(p.parent) else ".")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Call ``writer(tmp_path)`` then rename onto ``path``: readers never see a half-written file
+    (``sae.files.atomic_write``, the one atomic writer; torch-free)."""
+    from sae.files import atomic_write
 
-
-def _finite(obj):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    atomic_write(path, writer)
 
 
 def write_json(obj, path: str | None) -> None:
     """Write ``obj`` as JSON to ``path`` (``-`` for stdout; None: nothing)."""
     if path is None:
         return
-    text = json.dumps(_finite(obj), indent=2) + "\n"
+    from sae.files import finite  # JSON has no NaN/inf: they become null
+
+    text = json.dumps(finite(obj), indent=2) + "\n"
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()

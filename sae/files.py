@@ -12,8 +12,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # importing this module must not import torch: cli.output writes through it
+    from torch import Tensor
 
 CHECKPOINT = "checkpoint.safetensors"
 STATE = "checkpoint.json"
@@ -34,20 +36,20 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
         raise
 
 
-def _finite(obj):
+def finite(obj):
     """JSON has no NaN/inf: they become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite(v) for v in obj]
     return obj
 
 
 def write_json_atomic(obj, path: str | Path) -> None:
     """``obj`` as JSON (NaN/inf as null), written to a temp file and renamed onto ``path``."""
-    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(finite(obj), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
