@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sae.config import SAEConfig, TrainConfig
 from sae.distributed import Context
-from sae.ensemble import Ensemble
+from sae.ensemble import Ensemble, StepStats
 from sae.files import CHECKPOINT, STATE, load_tensors, read_json, save_tensors_atomic, write_json_atomic
 from sae.inits import NEEDS_DATA, initialize
 from sae.model import SparseAutoencoder
@@ -215,10 +215,11 @@ class Engine:
                 if x.shape[-1] != d_in:
                     raise ValueError(f"batch at step {self.step} has dimension {x.shape[-1]}, the SAE's d_in is {d_in}")
                 stats = []
+                logged = (self.step + 1) % c.log_every == 0 or self.step + 1 == c.steps
                 for j, (g, opt) in enumerate(zip(self.groups, self.opts)):
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.step, c)
-                    s = self._synced(g, g.step_grads_(x, c.window(g.config.arch), fused=c.fused, bf16=c.bf16), x.shape[0])
+                    s = self._synced(g, g.step_grads_(x, c.window(g.config.arch), fused=c.fused, bf16=c.bf16, l0=logged), x.shape[0])
                     if not bool(torch.isfinite(s.loss).all()):  # a NaN/inf in x always gets here (err contains −x)
                         self._stop(x, [self.labels[j][e] for e in (~torch.isfinite(s.loss)).nonzero().flatten().tolist()], s.loss)
                     g.project_(before_step=True)
@@ -252,8 +253,6 @@ class Engine:
     def _synced(self, g: Ensemble, s, rows: int):
         """Agree across ranks (no-op alone): mean gradients, losses and BatchTopK thresholds, the
         union of the fired latents; then the dead-latent counters advance by the global batch."""
-        from sae.ensemble import StepStats
-
         if self.ctx.world > 1:
             self.ctx.mean_([*g.grads(), *([g.threshold] if g.config.arch == "batchtopk" else [])])
             numbers = torch.stack([s.loss.float(), s.mse.float(), s.l0.float()])

@@ -99,12 +99,13 @@ class Ensemble(nn.Module):
         shell = self._shells[e].train(train)
         return torch.func.functional_call(shell, self.member_tensors(e), (x,), {"dead": dead})
 
-    def step_grads_(self, x: Tensor, dead_window: int, *, fused: bool = True, bf16: bool = False) -> StepStats:
+    def step_grads_(self, x: Tensor, dead_window: int, *, fused: bool = True, bf16: bool = False, l0: bool = True) -> StepStats:
         """Losses on batch ``x [B, d]``; sets ``.grad`` of every stacked parameter and advances the
         BatchTopK thresholds. The dead-latent counters move in ``count_fired_`` (after the ranks of a
-        data-parallel run have agreed on which latents fired)."""
+        data-parallel run have agreed on which latents fired). ``l0=False``: skip the L0 (a pass over
+        the [E, B, n] activations; zeros then), for the steps nobody logs."""
         dead = self.dead_mask(dead_window)
-        stats = self._kernel_step(x, dead) if fused and not bf16 and self.fused else self._autograd_step(x, dead, bf16)
+        stats = self._kernel_step(x, dead, l0) if fused and not bf16 and self.fused else self._autograd_step(x, dead, bf16, l0)
         if not self.config.learn_b_dec and self.b_dec.grad is not None:
             self.b_dec.grad.zero_()  # Adam then never moves it from 0 (zero moments, zero step)
         return stats
@@ -118,7 +119,7 @@ class Ensemble(nn.Module):
         return [getattr(self, n).grad for n in self.names if getattr(self, n).grad is not None]
 
     @torch.no_grad()
-    def _kernel_step(self, x: Tensor, dead: Tensor) -> StepStats:
+    def _kernel_step(self, x: Tensor, dead: Tensor, want_l0: bool = True) -> StepStats:
         """The batched kernel. On CPU it runs on ``CPU_MEMBERS_PER_CALL`` members at a time (views of
         the stacked parameters; the gradients are stacked again): the whole stack's [E, B, n]
         buffers fall out of cache (see the constant). Elsewhere it runs on the whole stack at once."""
@@ -136,10 +137,10 @@ class Ensemble(nn.Module):
         if c.arch == "batchtopk":
             update_threshold_(self.threshold, torch.cat([o.kept_min for o in outs]), c.threshold_decay)
         cat = lambda key: torch.cat([getattr(o, key) for o in outs])  # noqa: E731
-        l0 = torch.cat([(o.acts != 0).float().sum(-1).mean(-1) for o in outs])
+        l0 = torch.cat([(o.acts != 0).float().sum(-1).mean(-1) if want_l0 else o.loss.new_zeros(o.loss.shape) for o in outs])
         return StepStats(cat("loss"), cat("mse"), l0, cat("fired"))
 
-    def _autograd_step(self, x: Tensor, dead: Tensor, bf16: bool) -> StepStats:
+    def _autograd_step(self, x: Tensor, dead: Tensor, bf16: bool, want_l0: bool = True) -> StepStats:
         """Autograd through each member's forward (tied decoders, the orthogonality penalty, bf16)."""
         for name in self.names:
             getattr(self, name).grad = None
@@ -154,7 +155,7 @@ class Ensemble(nn.Module):
                 losses.append(loss.detach())
                 mses.append(out.mse.detach().float())
                 nonzero = out.acts.detach() != 0
-                l0s.append(nonzero.float().sum(-1).mean())
+                l0s.append(nonzero.float().sum(-1).mean() if want_l0 else loss.new_zeros(()))
                 fired.append(nonzero.any(0))
             total.backward()
         return StepStats(torch.stack(losses), torch.stack(mses), torch.stack(l0s), torch.stack(fired))
