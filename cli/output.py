@@ -54,7 +54,9 @@ def write_dir(path: str, writer: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent if str(p.parent) else "."))
     try:
         writer(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
+        from sae.files import current_umask
+
+        os.chmod(tmp, 0o777 & ~current_umask())
         if p.exists():
             old = p.with_name(f".{p.name}.old.{os.getpid()}")
             os.replace(p, old)
@@ -109,8 +111,3 @@ def write_json(obj, path: str | None) -> None:
 
     write_with(path, dump)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -28,7 +28,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
@@ -86,7 +86,8 @@ def read_json(path: str | Path) -> dict:
         raise ValueError(f"{p} is not valid JSON ({err})") from None
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
