@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from polylens.rows import rows_of  # noqa: F401 (the store's row layout; imported from here by bench/)
+
 GRADIENT_TARGETS = {"loss": "the next-token loss summed over the context (GPT-2)", "logit": "the logit of the predicted class (classifiers)"}
 
 
@@ -31,17 +33,6 @@ def layer_weight(adapter, layer: str):
     if weight is None or weight.dim() < 2:
         return None
     return weight.detach().reshape(weight.shape[0], -1)
-
-
-def rows_of(value, is_text: bool):
-    """A captured ``[B, ...]`` value as rows ``[n, width]`` (see the module docstring)."""
-    if value.dim() == 2:
-        return value
-    if value.dim() == 3:  # [B, T, d]
-        return (value[:, 1:] if is_text else value).reshape(-1, value.shape[-1])
-    if value.dim() == 4:  # [B, C, H, W] -> channel vectors
-        return value.permute(0, 2, 3, 1).reshape(-1, value.shape[1])
-    raise ValueError(f"the layer's output has shape {tuple(value.shape)}; cache takes [B, d], [B, T, d] or [B, C, H, W] layers")
 
 
 def text_contexts(adapter, path: str, context: int, tokens: int | None):
@@ -87,17 +78,13 @@ def model_inputs(adapter, args):
 
 
 def _target(kind: str, is_text: bool, tokens):
-    import torch
+    from polylens.targets import Target
 
-    if kind == "loss":
-        if not is_text:
-            raise ValueError("--gradients loss is the next-token loss of a language model; for a classifier use --gradients logit")
-        return lambda logits: torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1), reduction="none"
-        ).reshape(tokens.shape[0], -1).sum(1)  # fmt: skip
-    if is_text:
+    if kind == "loss" and not is_text:
+        raise ValueError("--gradients loss is the next-token loss of a language model; for a classifier use --gradients logit")
+    if kind == "logit" and is_text:
         raise ValueError("--gradients logit is for classifiers; for GPT-2 use --gradients loss")
-    return lambda out: out.gather(1, out.argmax(1, keepdim=True)).squeeze(1)
+    return Target("loss" if kind == "loss" else "predicted", 0, is_text).fn(tokens=tokens)
 
 
 def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: bool = False, dtype: str = "float32",

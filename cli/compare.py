@@ -1,7 +1,7 @@
-"""``polylens compare``: which ground-truth directions does each method recover on a toy?
+"""``polylens compare``: which directions does each method recover: on a toy, against its ground truth (``--setup``), or in a model's layer (``--model --layer``)?
 
-The Python equivalent is ``cli.compare.compare`` (it lives here because it is
-the place where ``polylens`` and ``sae`` meet).
+The Python equivalents are ``cli.compare.compare`` (toys) and ``cli.compare_model.compare_layer``
+(model layers); they live in ``cli/`` because it is the place where ``polylens`` and ``sae`` meet.
 """
 
 from __future__ import annotations
@@ -144,11 +144,24 @@ def _options_from_args(args) -> dict:
 def run(args) -> int:
     from cli.output import check_outputs, write_json, write_with
 
+    if args.setup is None and args.model is None:
+        raise ValueError("one of --setup or --model is required: --setup x2|superposition (a toy with ground truth) or --model SPEC --layer NAME")
+    if args.setup is not None and args.model is not None:
+        raise ValueError("give --setup (a toy) or --model (a model's layer), not both")
+    if args.model is not None:
+        from cli.compare_model import run_model_layer
+
+        return run_model_layer(args)
+    for flag in ("layer", "target", "k", "n", "sae_k", "context"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to --model, not to --setup")
+    if args.input:
+        raise ValueError("--input applies to --model, not to --setup")
     if args.setup not in ("x2", "superposition"):
         raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
     options = _options_from_args(args)
     check_outputs(args.force, json=args.json, plot=args.plot)
-    sae = SAEOptions(args.sae_dict, args.sae_l1, args.sae_steps, not args.no_sae)
+    sae = SAEOptions(args.sae_dict, args.sae_l1, SAEOptions.steps if args.sae_steps is None else args.sae_steps, not args.no_sae)
     for flag, value in (("--sae-dict", sae.dict_size), ("--sae-steps", sae.steps)):
         if value is not None and value <= 0:
             raise ValueError(f"{flag}={value} must be a positive integer")
@@ -169,10 +182,10 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="which ground-truth directions do activation PCA, gradient PCA (and SAEs) recover on a toy",
+        help="which directions do PCAs, LIB and SAEs recover: on a toy (--setup) or in a model's layer (--model --layer)",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--setup", required=True, help="toy: x2 (read-out of an x² fit) or superposition (TMS autoencoder)")
+    p.add_argument("--setup", help="toy: x2 (read-out of an x² fit) or superposition (TMS autoencoder)")
     p.add_argument("--seed", type=int, default=0, help="seed for training and data (default 0)")
     p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of ground-truth vs recovered directions")
@@ -185,9 +198,24 @@ def register(sub) -> None:
     g.add_argument("--p-active", type=float, help="superposition: probability a feature is active, default 0.05")
     g.add_argument("--importance-decay", type=float, help="superposition: importance of feature i is decay**i, default 1")
     g.add_argument("--steps", type=int, help="training steps (default 3000)")
-    s = p.add_argument_group("SAE method (a ReLU+L1 sparse autoencoder on the hidden activations)")
-    s.add_argument("--no-sae", action="store_true", help="leave the SAE out")
-    s.add_argument("--sae-dict", type=int, help="dictionary size (default 2 x max(ground-truth count, layer width))")
-    s.add_argument("--sae-l1", type=float, default=SAEOptions.l1, help=f"L1 coefficient (default {SAEOptions.l1})")
-    s.add_argument("--sae-steps", type=int, default=SAEOptions.steps, help=f"training steps of batch 256 (default {SAEOptions.steps})")
+    from cli.compare_model import LayerSAEOptions
+    from cli.modelargs import add_model_args
+
+    add_model_args(p)
+    m = p.add_argument_group("a model's layer (--model; no ground truth: what the directions do)")
+    m.add_argument("--layer", metavar="NAME", help="the layer whose directions are compared (e.g. conv2, blocks.6.mlp.hook_pre)")
+    m.add_argument("--target", help="what the gradients differentiate: logits (default), loss (needs labels or text), predicted, or a class index")
+    m.add_argument("--input", action="append", default=[], metavar="PATH",
+                   help="GPT-2: a text file; other models: input files; default: the model's bundled inputs (digits: its 360 test images)")  # fmt: skip
+    m.add_argument("--n", type=int, help="how many inputs (bundled ones, or GPT-2 contexts from --input)")
+    m.add_argument("--context", type=int, help="GPT-2 with --input: tokens per context, BOS included (default 64)")
+    m.add_argument("--k", type=int, help="top-k directions per method (default 10; at most the layer width)")
+    m.add_argument("--ablation", default="mean", help="how directions are ablated: mean (default: the activations' component along them is replaced by "
+                   "the mean activation's) or project (set to 0)")  # fmt: skip
+    s = p.add_argument_group("SAE methods (toys: ReLU+L1 on the hidden activations; --model: TopK SAEs)")
+    s.add_argument("--no-sae", action="store_true", help="leave the SAEs out")
+    s.add_argument("--sae-dict", type=int, help="dictionary size (toys: 2 x max(ground-truth count, width); --model: 4 x the layer width)")
+    s.add_argument("--sae-l1", type=float, default=SAEOptions.l1, help=f"toys: L1 coefficient (default {SAEOptions.l1})")
+    s.add_argument("--sae-k", type=int, help="--model: active latents per row of the TopK SAEs (default max(2, min(32, width // 8)))")
+    s.add_argument("--sae-steps", type=int, help=f"training steps of batch 256 (toys: default {SAEOptions.steps}; --model: {LayerSAEOptions.steps})")
     p.set_defaults(handler=run)

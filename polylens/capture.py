@@ -133,6 +133,8 @@ def recording(
             if not isinstance(value, Tensor):
                 raise ValueError(f"layer {name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one")
             if keep_graph and site == "output":
+                if not (value.is_floating_point() or value.is_complex()):
+                    raise ValueError(f"layer {name!r} outputs {value.dtype} values: no gradient reaches it; pick a layer with floating-point output")
                 if not value.requires_grad:
                     value = value.detach().requires_grad_(True)
                 if name in wanted:
@@ -266,13 +268,21 @@ def _collect_gradients(value: Tensor, acts: dict[str, Tensor], grads: dict[str, 
         raise ValueError("target must return a tensor of shape [batch] or [batch, k]")
     columns = value.unsqueeze(1) if value.dim() == 1 else value  # [batch, k]
     names = list(acts)
+    if not columns.requires_grad:
+        raise ValueError(f"the target does not depend on layer {', '.join(map(repr, names))} through autograd (a detached or integer output); "
+                         "no gradient exists: pick another layer or target")  # fmt: skip
     tensors = [acts[n] for n in names]
     rows: list[list[Tensor]] = [[] for _ in names]
+    unused: list[list[bool]] = [[] for _ in names]
     k = columns.shape[1]
     for j in range(k):
         # Sum over the batch: sample i's target depends only on sample i's activations.
         got = torch.autograd.grad(columns[:, j].sum(), tensors, retain_graph=j < k - 1, allow_unused=True)
         for i, g in enumerate(got):
             rows[i].append(torch.zeros_like(tensors[i]) if g is None else g.detach())
+            unused[i].append(g is None)
     for i, name in enumerate(names):
+        if all(unused[i]):
+            raise ValueError(f"layer {name!r} has no gradient path to the target (the model detaches it, or the target does not read it); "
+                             "pick a layer the output depends on")  # fmt: skip
         grads.setdefault(name, []).append(_store(torch.stack(rows[i], dim=1), device))

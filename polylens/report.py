@@ -151,3 +151,40 @@ def plot_shell_profile(profile, path: str, title: str = "") -> None:
     ax.set_title(title or f"{prof['model']}: shell profile over {prof['n_paths']} scaling paths ({kind})", fontsize=10)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def plot_layer_comparison(result: Mapping, path: str, title: str = "") -> None:
+    """``polylens compare --model``'s result as a PNG at ``path``: the ablation curves (KL to the
+    original output, and the accuracy drop where labels exist) over k per method, the variance and
+    gradient-energy shares over k, and the methods' agreement matrix (mean max |cos|)."""
+    plt = _pyplot()
+    methods = result["methods"]
+    with_acc = any(m["ablation"]["accuracy_drop"] for m in methods.values())
+    n_panels = 4 + with_acc
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), layout="constrained")
+    panels = [("kl", "KL(original ‖ ablated)", True)] + ([("accuracy_drop", "accuracy drop", False)] if with_acc else [])
+    panels += [("activation_variance", "share of activation variance", False), ("gradient_energy", "share of gradient energy", False)]
+    for ax, (key, label, log) in zip(axes, panels):
+        for i, (name, m) in enumerate(methods.items()):
+            ys = m["ablation"][key]
+            style = dict(color="k", ls="--") if name == "random" else dict(color=f"C{i}")
+            ax.plot(m["ablation"]["k"], [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name, **style)
+        ax.set(xlabel="top-k directions", ylabel=label, title=label if key in ("kl", "accuracy_drop") else label + " in the span")
+        if log:
+            ax.set_yscale("symlog", linthresh=1e-3)
+    axes[0].legend(fontsize=7)
+    ag = result["agreement"]
+    M = np.asarray(ag["mmcs"], dtype=np.float64)
+    ax = axes[-1]
+    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(ag["methods"])), ag["methods"], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(ag["methods"])), ag["methods"], fontsize=7)
+    for i in range(M.shape[0]):
+        for j in range(M.shape[1]):
+            ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w" if M[i, j] < 0.6 else "k")
+    ax.set(title="agreement: mean max |cos| (row vs column)")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 ARCHS = ("relu", "topk", "batchtopk")
-DEAD_WINDOW = {"relu": 1_000_000, "topk": 100_000, "batchtopk": 100_000}
+GRADIENT_ARCHS = ("gsae",)
+"""Rules whose data rows carry the gradient beside the activation (``SAEConfig.data_width``):
+the Python API trains them; ``polylens sae train`` offers ``ARCHS`` only."""
+DEAD_WINDOW = {"relu": 1_000_000, "topk": 100_000, "batchtopk": 100_000, "gsae": 100_000}
 """Default dead-latent windows in samples (``TrainConfig.dead_window``)."""
 INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit", "svd")
 DECODER_NORMS = ("unit", "weighted_l1")
@@ -23,8 +26,15 @@ class SAEConfig:
     """Input (activation) dimension d."""
     dict_size: int
     """Number of latents n."""
-    arch: Literal["relu", "topk", "batchtopk"] = "relu"
-    """Activation rule: ReLU + L1 penalty, per-sample TopK, or BatchTopK."""
+    arch: Literal["relu", "topk", "batchtopk", "gsae"] = "relu"
+    """Activation rule: ReLU + L1 penalty, per-sample TopK, BatchTopK, or the g-SAE (Olmo et al.
+    2024, arXiv:2411.10397): TopK whose selection ranks latents by activation × ‖J d_i‖ (for one
+    gradient g, activation × |g · d_i|), J the Jacobian rows of a downstream target with respect to
+    the input and d_i the decoder row, so it keeps the latents the output reads. A g-SAE's data rows
+    are ``[x, J rows]`` (``data_width`` wide); ``encode`` on rows of width ``d_in`` (no gradient)
+    falls back to plain TopK."""
+    grad_columns: int = 1
+    """g-SAE: Jacobian rows per sample stored after the activation (1: one scalar target's gradient)."""
     l1: float = 0.1
     """L1 coefficient (relu only), on Σ|a| summed over latents. With unit-norm decoder rows a latent
     is soft-thresholded at about l1/2 in activation units; 0.1 suits the Sharkey data (coefficients
@@ -66,8 +76,10 @@ class SAEConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch={self.arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+        if self.arch not in ARCHS + GRADIENT_ARCHS:
+            raise ValueError(f"arch={self.arch!r} is unknown; choose one of {', '.join(ARCHS + GRADIENT_ARCHS)}")
+        if not isinstance(self.grad_columns, int) or isinstance(self.grad_columns, bool) or self.grad_columns <= 0:
+            raise ValueError(f"grad_columns={self.grad_columns!r} must be a positive integer")
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
         if self.decoder_norm not in DECODER_NORMS:
@@ -84,6 +96,11 @@ class SAEConfig:
             raise ValueError(f"k={self.k} must be <= dict_size={self.dict_size}")
         if self.aux_k < 0:
             raise ValueError(f"aux_k={self.aux_k} must be >= 0")
+
+    @property
+    def data_width(self) -> int:
+        """Width of a training row: ``d_in``, or for a g-SAE ``d_in × (1 + grad_columns)`` ([x, J rows])."""
+        return self.d_in * (1 + self.grad_columns) if self.arch in GRADIENT_ARCHS else self.d_in
 
 
 @dataclass

@@ -125,7 +125,7 @@ def initial_sae(sae_config: SAEConfig, config: TrainConfig, sample: Tensor, matr
     (and, for 'svd', to the layer's weight ``matrix``)."""
     gen = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(sae_config, generator=gen)
-    initialize(sae, sample, gen, matrix=matrix)
+    initialize(sae, sample[:, : sae_config.d_in], gen, matrix=matrix)  # a g-SAE's rows: [x, J rows]
     return sae.to(config.device)
 
 
@@ -208,7 +208,7 @@ class Engine:
 
             n = sum(g.size for g in self.groups)
             bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, unit="step", dynamic_ncols=True, desc=None if self.single else f"{n} SAEs")
-        d_in = self.groups[0].config.d_in
+        d_in = self.groups[0].config.data_width  # a g-SAE's rows: [x, J rows]
         try:
             while self.step < c.steps:
                 x = self.source.batch(self.step)
@@ -334,6 +334,7 @@ class Engine:
             mass = out.acts.sum(0)
             dup[torch.where(mass[i] < mass[j], i, j)] = True
             dup &= ~dead
+        pool = pool[:, : g.config.d_in]  # a g-SAE's rows carry the Jacobian after x
         residual = pool - out.recon
         err = residual.pow(2).sum(-1).double() + 1e-12
         gen = self.source.generator(self.step, salt=2)  # each member draws what its single run would draw

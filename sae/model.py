@@ -97,12 +97,25 @@ class SparseAutoencoder(nn.Module):
     def encode_pre(self, x: Tensor) -> Tensor:
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
-    def activate(self, pre: Tensor) -> Tensor:
-        """Latent activations ``[batch, n]`` from pre-activations (training vs eval rule for BatchTopK)."""
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """A g-SAE's row ``[x, J rows]`` as (activations ``[B, d_in]``, Jacobian rows ``[B, k, d_in]``);
+        other rules, or rows of width ``d_in``: (x, None)."""
+        c = self.config
+        if c.arch == "gsae" and x.shape[-1] == c.data_width:
+            return x[..., : c.d_in], x[..., c.d_in :].reshape(*x.shape[:-1], c.grad_columns, c.d_in)
+        return x, None
+
+    def activate(self, pre: Tensor, jac: Tensor | None = None) -> Tensor:
+        """Latent activations ``[batch, n]`` from pre-activations (training vs eval rule for BatchTopK;
+        for a g-SAE the Jacobian rows ``jac [batch, k, d_in]`` rank the latents)."""
         c = self.config
         post = torch.relu(pre)
         if c.arch == "relu":
             return post
+        if c.arch == "gsae":
+            score = post if jac is None else post * gradient_reach(jac, self.decoder)
+            idx = score.detach().topk(c.k, dim=-1).indices
+            return torch.zeros_like(post).scatter(-1, idx, post.gather(-1, idx))
         if c.arch == "topk":
             vals, idx = post.topk(c.k, dim=-1)
             return torch.zeros_like(post).scatter(-1, idx, vals)
@@ -118,7 +131,8 @@ class SparseAutoencoder(nn.Module):
         return post * (post > self.threshold)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.activate(self.encode_pre(x))
+        x, jac = self.split(x)
+        return self.activate(self.encode_pre(x), jac)
 
     def decode(self, acts: Tensor) -> Tensor:
         return acts @ self.decoder + self.b_dec
@@ -126,8 +140,9 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: Tensor, dead: Tensor | None = None) -> SAEOutput:
         """Reconstruct ``x [batch, d_in]``; ``dead [n]`` (bool) enables AuxK for topk/batchtopk."""
         c = self.config
+        x, jac = self.split(x)
         pre = self.encode_pre(x)
-        acts = self.activate(pre)
+        acts = self.activate(pre, jac)
         recon = self.decode(acts)
         err = recon - x
         mse = err.pow(2).sum(-1).mean()
@@ -145,6 +160,12 @@ class SparseAutoencoder(nn.Module):
         if c.orth > 0:
             orth = c.orth * (orthogonality_full(self.decoder) if c.orth_full else orthogonality_active(self.decoder, acts))
         return SAEOutput(recon, acts, pre, mse + sparsity + aux + orth, mse, sparsity, aux, orth)
+
+
+def gradient_reach(jac: Tensor, decoder: Tensor) -> Tensor:
+    """‖J d_i‖ for every latent: ``jac [B, k, d]``, ``decoder [n, d]`` → ``[B, n]`` (k = 1: |g · d_i|),
+    how much the target moves per unit of latent i (the g-SAE's ranking weight)."""
+    return torch.linalg.vector_norm(jac.detach() @ decoder.detach().T, dim=-2)
 
 
 def auxk_loss(sae: SparseAutoencoder, pre: Tensor, residual: Tensor, dead: Tensor) -> Tensor:

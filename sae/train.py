@@ -59,8 +59,9 @@ class Trainer:
         check_resources(self.sae_config, self.config, eval_samples=self.eval_samples)
         ctx = context(self.config.device)
         source = BatchSource(data, self.config.batch_size, self.config.seed, self.config.device, ctx.rank, ctx.world)
-        if source.d is not None and source.d != self.sae_config.d_in:
-            raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}")
+        if source.d is not None and source.d != self.sae_config.data_width:
+            rows = "" if self.sae_config.data_width == self.sae_config.d_in else f" (a g-SAE's rows are [x, J rows], {self.sae_config.data_width} wide)"
+            raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}{rows}")
         if self._checkpoint is None:
             sae = initial_sae(self.sae_config, self.config, init_sample(self.sae_config, self.config, source), init_matrix(self.sae_config, source))
         else:

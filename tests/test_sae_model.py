@@ -113,3 +113,42 @@ def test_orthogonality_penalty_lowers_max_pairwise_cos():
         cfg = SAEConfig(d_in=12, dict_size=24, l1=0.05, orth=orth)
         res[orth] = max_pairwise_cos(train(cfg, TrainConfig(n_samples=256 * 300, batch_size=256, lr=3e-3), data).sae_.decoder)
     assert res[1.0] < res[0.0] - 0.05, res
+
+
+def test_gsae_keeps_the_k_latents_with_the_largest_activation_times_gradient_reach():
+    """Olmo et al.'s g-SAE: top-k of ReLU(pre)_i · ‖J d_i‖, brute force over latents and samples."""
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+    c = SAEConfig(d_in=6, dict_size=12, arch="gsae", k=3, grad_columns=2)
+    sae = SparseAutoencoder(c, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    x, J = torch.randn(7, 6, generator=g), torch.randn(7, 2, 6, generator=g)
+    acts = sae.encode(torch.cat([x, J.reshape(7, -1)], dim=1))
+    post = torch.relu(sae.encode_pre(x))
+    for b in range(7):
+        score = [float(post[b, i]) * float(torch.linalg.norm(J[b] @ sae.decoder[i])) for i in range(12)]
+        keep = sorted(range(12), key=lambda i: -score[i])[:3]
+        want = torch.zeros(12)
+        want[keep] = post[b, keep]
+        assert torch.equal(acts[b], want)
+    # without the gradient it is plain TopK; and the selection differs from it on these rows
+    plain = sae.encode(x)
+    assert torch.equal((plain != 0).sum(1), torch.full((7,), 3))
+    assert not torch.equal(plain != 0, acts != 0)
+
+
+def test_gsae_trains_through_the_one_engine_and_checks_its_rows():
+    from sae.config import SAEConfig, TrainConfig
+    from sae.train import train
+
+    c = SAEConfig(d_in=4, dict_size=8, arch="gsae", k=2)
+    rows = torch.randn(512, 8, generator=torch.Generator().manual_seed(0))
+    fitted = train(c, TrainConfig(n_samples=64 * 20, batch_size=64, log_every=20), rows)
+    assert fitted.steps_ == 20 and torch.allclose(fitted.sae_.decoder.norm(dim=1), torch.ones(8), atol=1e-5)
+    from sae.engine import initial_sae
+
+    start = initial_sae(c, TrainConfig(), rows)  # b_dec starts at the activations' mean (the first d_in columns)
+    assert torch.allclose(start.b_dec, rows[:, :4].mean(0))
+    with pytest.raises(ValueError, match=r"d_in=4 \(a g-SAE's rows are \[x, J rows\], 8 wide\)"):
+        train(c, TrainConfig(n_samples=64, batch_size=64), rows[:, :4])

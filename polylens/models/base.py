@@ -35,6 +35,7 @@ class ModelAdapter:
         for setting density peaks against output changes.
     provenance: extra facts to record (weights source, checksum, config).
     tokenize: text -> token ids, with no length limit and no BOS (language models; else None).
+    default_labels: ``n -> [n]`` the class labels of ``default_inputs(n)`` (``None`` when unknown).
     piecewise_linear_modules: the adapter's own module classes that are piecewise-linear (a
         concatenation, a padded max-pool), beside the standard ones ``polylens.exactness`` knows;
         exact counting is certified only across modules of these kinds.
@@ -50,6 +51,7 @@ class ModelAdapter:
     provenance: dict = field(default_factory=dict)
     piecewise_linear_modules: tuple = ()
     tokenize: Callable[[str], list[int]] | None = None
+    default_labels: Callable[[int], Tensor] | None = None
     _float64: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
 
     def float64_module(self) -> nn.Module:

@@ -130,6 +130,11 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
         load_weights(model, weights, what=f"{spec}'s module")
+    if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
+        import sys
+
+        print(f"note: {spec} returned a model in training mode with batch-norm or dropout; polylens puts it in eval mode "
+              "(running statistics, no dropout), so each input's result depends on that input alone", file=sys.stderr)  # fmt: skip
     model = model.to(device).eval()
     example_fn = getattr(user_module, "example_inputs", None)
     names = [n for n, _ in model.named_modules() if n]

@@ -181,6 +181,7 @@ def _adapter(model: DigitsCNN, name: str, facts: dict, seed: int, device: str) -
         space_layers=layers,
         prepare=prepare,
         default_inputs=default_inputs,
+        default_labels=lambda n: torch.from_numpy(test_split()["y_test"][:n].astype(np.int64)).to(device),
         describe_output=lambda out: [CLASSES[i] for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
         provenance={"model": name, **facts},
     )

@@ -1,0 +1,208 @@
+"""``polylens compare --model``: each method's directions measured in a real layer (digits CNN,
+random-weights GPT-2), against independent computations: the PCAs' optimal shares (closed form
+from the eigenvalues), a full-rank projection ablation against zeroing the layer by hand, and the
+bad inputs the issue lists."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli_run import run
+
+from cli.compare_model import LayerSAEOptions, capture_rows, compare_layer
+from polylens.targets import parse_target
+
+FAST = LayerSAEOptions(steps=150)
+
+
+@pytest.fixture(scope="module")
+def digits_result(digits):
+    from polylens.models import load_model
+
+    adapter = load_model("digits")
+    inputs = adapter.default_inputs(120)
+    labels = adapter.default_labels(120)
+    result, directions = compare_layer(adapter, "relu1", inputs, target="logits", k=6, labels=labels, sae=FAST)
+    return adapter, inputs, labels, result, directions
+
+
+def test_result_has_the_documented_shape(digits_result):
+    _, _, _, res, _ = digits_result
+    assert set(res) >= {"model", "layer", "target", "n_inputs", "methods", "agreement"}
+    assert res["model"] == "digits-cnn" and res["layer"] == "relu1" and res["n_inputs"] == 120
+    assert set(res["methods"]) == {"activation_pca", "gradient_pca", "lib", "sae", "gradient_sae", "gsae", "random"}
+    for m in res["methods"].values():
+        assert m["n_directions"] == 6
+        assert 0 <= m["activation_variance"] <= 1 + 1e-9 and 0 <= m["gradient_energy"] <= 1 + 1e-9
+        ab = m["ablation"]
+        assert ab["k"] == [1, 2, 4, 6] and len(ab["kl"]) == 4 and len(ab["accuracy_drop"]) == 4
+        assert all(v >= -1e-9 for v in ab["kl"])
+    names, M = res["agreement"]["methods"], np.array(res["agreement"]["mmcs"])
+    assert "random" in names and M.shape == (7, 7)
+    assert np.allclose(np.diag(M), 1.0)
+    json.dumps(res)  # JSON-ready
+
+
+def test_pca_shares_are_the_closed_form_optimum(digits_result):
+    """Ky Fan: no k directions hold more variance than the top-k PCs (and for gradient energy, the
+    top-k eigenvectors of E[JᵀJ]); the share equals the top-k eigenvalues over the trace."""
+    adapter, inputs, labels, res, _ = digits_result
+    tgt = parse_target("logits", (1, 10), is_text=False, has_labels=True)
+    A, J = capture_rows(adapter, "relu1", inputs, tgt, is_text=False)
+    A = A.double().numpy()
+    J = J.double().numpy().reshape(-1, A.shape[1])
+    cov = np.cov(A.T, bias=True)
+    ev = np.sort(np.linalg.eigvalsh(cov))[::-1]
+    eg = np.sort(np.linalg.eigvalsh(J.T @ J))[::-1]
+    methods = res["methods"]
+    assert methods["activation_pca"]["activation_variance"] == pytest.approx(ev[:6].sum() / ev.sum(), rel=1e-6)
+    assert methods["gradient_pca"]["gradient_energy"] == pytest.approx(eg[:6].sum() / eg.sum(), rel=1e-6)
+    for m in methods.values():
+        assert m["activation_variance"] <= methods["activation_pca"]["activation_variance"] + 1e-9
+        assert m["gradient_energy"] <= methods["gradient_pca"]["gradient_energy"] + 1e-9
+    # random directions are far from the optimum on a trained model's layer
+    assert methods["random"]["activation_variance"] < methods["activation_pca"]["activation_variance"] - 0.1
+
+
+def test_full_rank_projection_ablation_equals_zeroing_the_layer(digits_result):
+    adapter, inputs, labels, _, _ = digits_result
+    from polylens.layer_eval import ablation_curve, output_change
+
+    full = np.eye(16)
+    curve = ablation_curve(adapter.module, inputs, "relu1", full, [16], is_text=False, mode="project", labels=labels)
+    model = adapter.module
+    with torch.no_grad():
+        reference = model(inputs)
+        handle = model.relu1.register_forward_hook(lambda m, a, out: torch.zeros_like(out))
+        try:
+            zeroed = model(inputs)
+        finally:
+            handle.remove()
+    kl, acc = output_change(reference, zeroed, is_text=False, labels=labels)
+    p = torch.softmax(reference.double(), -1)
+    kl_by_hand = float((p * (torch.log_softmax(reference.double(), -1) - torch.log_softmax(zeroed.double(), -1))).sum(-1).mean())
+    assert curve["kl"][0] == pytest.approx(kl_by_hand, rel=1e-5) and kl == pytest.approx(kl_by_hand, rel=1e-9)
+    base = float((reference.argmax(1) == labels).double().mean())
+    assert curve["accuracy_drop"][0] == pytest.approx(base - acc)
+    # the mean-ablation of every direction replaces each row by the mean row
+    rows, _ = capture_rows(adapter, "relu1", inputs, parse_target("0", (1, 10), is_text=False, has_labels=False), is_text=False)
+    mean = rows.double().mean(0)
+    m = ablation_curve(adapter.module, inputs, "relu1", full, [16], is_text=False, mode="mean", mean=mean.numpy())
+    with torch.no_grad():
+        const = mean.float()[None, :, None, None].expand(inputs.shape[0], 16, 8, 8)
+        handle = model.relu1.register_forward_hook(lambda mod, a, out: const)
+        try:
+            by_hand = model(inputs)
+        finally:
+            handle.remove()
+    assert m["kl"][0] == pytest.approx(output_change(reference, by_hand, is_text=False)[0], rel=1e-4)
+
+
+def test_the_output_reads_the_pca_directions_more_than_random_ones(digits_result):
+    methods = digits_result[3]["methods"]
+    for name in ("activation_pca", "gradient_pca", "lib"):
+        assert methods[name]["ablation"]["kl"][-1] > 3 * methods["random"]["ablation"]["kl"][-1]
+
+
+def test_cli_digits_writes_json_and_png(capsys, tmp_path, digits):
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    code, stdout, _ = run(capsys, "compare", "--model", "digits", "--layer", "fc1", "--n", "60", "--k", "4", "--target", "loss",
+                          "--sae-steps", "100", "--json", out, "--plot", png)  # fmt: skip
+    assert code == 0, stdout
+    res = json.loads(out.read_text())
+    assert res["target"] == "loss" and res["n_inputs"] == 60 and res["methods"]["random"]["ablation"]["k"] == [1, 2, 4]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gradient_pca" in stdout
+
+
+def test_gpt2_random_weights_sketched_logits():
+    from polylens.models import load_model
+
+    tiny = {"n_layers": 1, "d_model": 32, "d_mlp": 64, "n_heads": 2, "d_head": 16, "n_ctx": 32}
+    adapter = load_model("gpt2", random_weights=True, config=tiny, seed=1)
+    inputs = adapter.default_inputs(4)
+    res, _ = compare_layer(adapter, "blocks.0.mlp.hook_post", inputs, target="logits", k=3, is_text=True, sae=LayerSAEOptions(steps=20))
+    assert "sketch" in res["gradient_rows"] and "estimate" in res["gradient_rows"]
+    assert res["n_rows"] == 4 * (inputs.shape[1] - 1)  # the BOS position is left out
+    assert res["methods"]["gradient_pca"]["ablation"]["accuracy_drop"] is not None  # next-token accuracy
+    loss, _ = compare_layer(adapter, "blocks.0.mlp.hook_post", inputs, target="loss", k=2, is_text=True, sae=None)
+    assert "next-token" in loss["gradient_rows"] and set(loss["methods"]) == {"activation_pca", "gradient_pca", "lib", "random"}
+
+
+BAD_MODEL = '''
+import torch
+from torch import nn
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.cut = nn.Identity()
+        self.ids = nn.Identity()
+        self.fc2 = nn.Linear(8, 3)
+    def forward(self, x):
+        h = self.cut(self.fc1(x))
+        self.ids((h > 0).long())
+        return self.fc2(h.detach() + 0 * x.sum(1, keepdim=True))
+
+def make():
+    return M()
+
+def example_inputs(n):
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+'''
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--layer", "relu1", "--target", "12"], "between 0 and 9"),
+        (["--layer", "relu1", "--target", "probs"], "is not a target of this model"),
+        (["--layer", "relu1", "--k", "17"], "the layer's width 16"),
+        (["--layer", "relu1", "--ablation", "shuffle"], "choose mean or project"),
+        (["--layer", "nope"], "unknown layer"),
+        (["--layer", "relu1", "--hidden", "4"], "toy option"),
+        (["--setup", "x2", "--layer", "relu1"], "not both"),
+    ],
+)
+def test_bad_input_digits(capsys, tmp_path, digits, extra, message):
+    out = tmp_path / "r.json"
+    code, _, err = run(capsys, "compare", "--model", "digits", "--n", "20", *extra, "--json", out)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("layer, message", [("cut", "no gradient path"), ("ids", "no gradient reaches it")])
+def test_layer_without_gradient_path_is_refused(capsys, tmp_path, layer, message):
+    model = tmp_path / "bad.py"
+    model.write_text(BAD_MODEL)
+    out = tmp_path / "r.json"
+    code, _, err = run(capsys, "compare", "--model", f"{model}:make", "--layer", layer, "--n", "8", "--k", "2", "--json", out)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_training_mode_batch_norm_is_refused_in_python(digits):
+    from polylens.models import load_model
+
+    adapter = load_model("digits")
+    adapter.module.add_module("bn", torch.nn.BatchNorm1d(3))
+    adapter.module.train()
+    try:
+        with pytest.raises(ValueError, match="training mode and has batch-norm"):
+            compare_layer(adapter, "relu1", adapter.default_inputs(8), k=2, sae=None)
+    finally:
+        del adapter.module.bn
+        adapter.module.eval()
+
+
+def test_cli_switches_a_training_mode_model_to_eval_and_says_so(capsys, tmp_path):
+    model = tmp_path / "bn.py"
+    model.write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))\n    return m.train()\n"
+        "def example_inputs(n):\n    return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))\n"
+    )
+    code, out, err = run(capsys, "compare", "--model", f"{model}:make", "--layer", "2", "--n", "16", "--k", "2", "--no-sae")
+    assert code == 0 and "eval mode" in err and "random" in out
