@@ -45,7 +45,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # SAETrainer.fit always opens a prog
 import torch  # noqa: E402
 
 from sae.kernels import SPARSE_MAX_DENSITY  # noqa: E402
-from sae.metrics import mmcs  # noqa: E402
+from sae.metrics import mmcs_signed  # noqa: E402
 from sae.model import SAEConfig  # noqa: E402
 from sae.synthetic import SharkeyConfig, SharkeyData  # noqa: E402
 from sae.train import TrainConfig, Trainer  # noqa: E402
@@ -128,7 +128,7 @@ class Watched:
         self.trace: list[tuple[int, float]] = []
 
     def score(self, step: int) -> float:
-        s = mmcs(self.truth, self.decoder().detach())
+        s = mmcs_signed(self.truth, self.decoder().detach())
         self.trace.append((step, s))
         return s
 

@@ -46,14 +46,18 @@ class SAEOptions:
     steps: int = 3000
     """Adam steps of batch 256 over the toy's evaluation activations (lr 3e-3)."""
     enabled: bool = True
+    gsae_k: int = 4
+    """The g-SAE's active latents per sample (it is a TopK SAE; the superposition toy has about 2
+    active features a sample)."""
 
 
 def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None = SAEOptions()) -> dict:
     """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``.
 
     The PCAs propose ``n_directions``, LIB as many (fewer if the activations span fewer); the SAE
-    (on the activations) and the gradient SAE (on the gradients, b_dec fixed at 0) propose their
-    whole dictionaries (decoder rows).
+    (on the activations), the gradient SAE (on the gradients, b_dec fixed at 0) and the g-SAE (a
+    TopK SAE on the activations selecting by activation × gradient reach) propose their whole
+    dictionaries (decoder rows).
     """
     from polylens.directions import LIB, ActivationPCA, GradientPCA
 
@@ -69,7 +73,20 @@ def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None 
         # on the gradients (Jacobian rows), uncentred as gradient PCA is: a learned b_dec would
         # absorb x²'s constant gradient w_out and leave the dictionary empty
         found["gradient_sae"] = _sae_directions(grads, toy.truth.shape[0], seed, sae, learn_b_dec=False)
+        found["gsae"] = _gsae_directions(acts, grads, toy.truth.shape[0], seed, sae)
     return found
+
+
+def _gsae_directions(acts, grads, n_truth: int, seed: int, opts: SAEOptions):
+    import torch
+
+    from cli.compare_model import LayerSAEOptions, train_topk_sae
+
+    jac = grads if grads.dim() == 3 else grads.unsqueeze(1)  # [n, k, dim] Jacobian rows
+    dim = acts.shape[1]
+    paired = torch.cat([acts, jac.reshape(jac.shape[0], -1)], dim=1).float()
+    options = LayerSAEOptions(opts.dict_size or 2 * max(n_truth, dim), opts.gsae_k, opts.steps)
+    return train_topk_sae(paired, dim, options, seed, arch="gsae", grad_columns=jac.shape[1]).decoder.detach().clone()
 
 
 def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_dec: bool = True):
@@ -107,7 +124,7 @@ def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions |
             f"frac_recovered_{threshold:g}": scores.frac_recovered,
             "subspace_overlap": scores.subspace_overlap,
             "n_directions": scores.n_directions,
-            "best_cos": list(scores.best_cos),  # per ground-truth direction: the distribution behind mmcs
+            "best_abs_cos": list(scores.best_abs_cos),  # per ground-truth direction: the distribution behind mmcs
         }
     result = CompareResult(setup, seed, {"n_directions": n_truth, "dim": dim}, methods, toy.describe())
     return result, toy, directions
@@ -115,7 +132,7 @@ def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions |
 
 def format_table(result: CompareResult) -> str:
     rows = list(result.methods.items())
-    keys = [k for k in rows[0][1] if k not in ("n_directions", "best_cos")] + ["n_directions"]
+    keys = [k for k in rows[0][1] if k not in ("n_directions", "best_abs_cos")] + ["n_directions"]
     head = f"{'method':<16}" + "".join(f"{k:>20}" for k in keys)
     lines = [
         f"setup={result.setup} seed={result.seed}: {result.ground_truth['n_directions']} ground-truth directions in {result.ground_truth['dim']} dims",

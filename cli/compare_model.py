@@ -60,7 +60,8 @@ def capture_rows(adapter, layer: str, inputs, target, *, is_text: bool, labels=N
     return torch.cat(acts), torch.cat(jacs)
 
 
-def _topk_sae(rows, d: int, opts: LayerSAEOptions, seed: int, *, arch: str = "topk", learn_b_dec: bool = True, grad_columns: int = 1):
+def train_topk_sae(rows, d: int, opts: LayerSAEOptions, seed: int, *, arch: str = "topk", learn_b_dec: bool = True, grad_columns: int = 1):
+    """A TopK SAE (or with ``arch="gsae"`` a g-SAE, whose rows are ``[x, J rows]``) of width ``d`` on ``rows``."""
     from sae.config import SAEConfig, TrainConfig
     from sae.train import train
 
@@ -111,13 +112,13 @@ def layer_directions(A, J, k: int, seed: int, sae: LayerSAEOptions | None = Laye
         j_scale = float(J.pow(2).sum(-1).mean().sqrt().clamp_min(1e-30))
         As, Js = A / a_scale, J / j_scale
         c = J.shape[1]
-        s = _topk_sae(As, d, sae, seed)
+        s = train_topk_sae(As, d, sae, seed)
         found["sae"] = _ranked(s, As, lambda f, x: f.pow(2), k)
         G = Js.reshape(-1, d)
-        s = _topk_sae(G, d, sae, seed, learn_b_dec=False)
+        s = train_topk_sae(G, d, sae, seed, learn_b_dec=False)
         found["gradient_sae"] = _ranked(s, G, lambda f, x: f.pow(2), k)
         paired = torch.cat([As, Js.reshape(Js.shape[0], -1)], dim=1)
-        s = _topk_sae(paired, d, sae, seed, arch="gsae", grad_columns=c)
+        s = train_topk_sae(paired, d, sae, seed, arch="gsae", grad_columns=c)
         from sae.model import gradient_reach
 
         found["gsae"] = _ranked(s, paired, lambda f, x: f * gradient_reach(s.split(x)[1], s.decoder), k)

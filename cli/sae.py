@@ -60,7 +60,7 @@ def _train_config(args, samples_default: int):
 
 def _summary(record: dict) -> str:
     ev = record["evaluation"]
-    keys = ["mmcs", "mmcs_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction", "shrinkage"]
+    keys = ["mmcs_signed", "mmcs_signed_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction", "shrinkage"]
     return "\n".join(f"{k:<22}{ev[k]:.4f}" for k in keys if ev.get(k) == ev.get(k))  # skip NaN (no ground truth)
 
 
@@ -147,13 +147,13 @@ def run_eval(args) -> int:
     data = args.data if args.data_given else None
     record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples)
     if args.plot:
-        best = record.get("best_cos") or []
+        best = record.get("best_signed_cos") or []
         if not best:
             raise ValueError("--plot draws the per-feature best cosines, which need ground truth (synthetic data: sharkey or tms)")
         from cli.output import write_with
-        from sae.metrics import plot_best_cos
+        from sae.metrics import plot_best_signed_cos
 
-        write_with(args.plot, lambda tmp: plot_best_cos(best, tmp, f"{args.dir}: MMCS {record['evaluation']['mmcs']:.3f}"))
+        write_with(args.plot, lambda tmp: plot_best_signed_cos(best, tmp, f"{args.dir}: mmcs_signed {record['evaluation']['mmcs_signed']:.3f}"))
     _emit(record, args.json, _summary(record))
     return 0
 

@@ -25,5 +25,5 @@ g = torch.Generator().manual_seed(12345)  # held-out samples with their true coe
 codes = data.sample_codes(20_000, g)
 ev = evaluate(result.sae_, codes @ data.features, data.features, codes)
 print(f"{dict_size} latents, l1={l1}, {n_samples:,} samples:")
-for key in ("mmcs", "mmcs_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction"):
+for key in ("mmcs_signed", "mmcs_signed_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction"):
     print(f"  {key:<20} {getattr(ev, key):.4f}")

@@ -166,14 +166,16 @@ class LIB:
 class DirectionScores(NamedTuple):
     """How well ``found`` directions recover ``truth`` directions (all sign-invariant).
 
-    mmcs: mean over truth of the best |cos| with any found direction.
+    mmcs: mean over truth of the best |cos| with any found direction (sign-invariant, for PCA-like
+        bases whose signs are arbitrary; ``sae.metrics.mmcs_signed`` is the signed one, for
+        dictionaries with non-negative coefficients).
     hungarian_mean_cos: mean |cos| over the optimal one-to-one matching
         (unmatched truth directions, when fewer are found, count as 0).
     frac_recovered: share of truth directions whose best |cos| >= threshold.
     subspace_overlap: mean over truth of ‖P u‖ for unit u, P the projector
         onto span(found): 1 when every truth vector lies in that span.
     n_directions: how many directions were found.
-    best_cos: per truth direction, its best |cos|.
+    best_abs_cos: per truth direction, its best |cos|.
     """
 
     mmcs: float
@@ -181,7 +183,7 @@ class DirectionScores(NamedTuple):
     frac_recovered: float
     subspace_overlap: float
     n_directions: int
-    best_cos: tuple = ()
+    best_abs_cos: tuple = ()
     """Each truth direction's best |cos| (the values ``mmcs`` averages): their distribution tells
     "every direction half-found" from "half the directions found"."""
 
@@ -220,5 +222,5 @@ def score_directions(truth, found, threshold: float = 0.9) -> DirectionScores:
         frac_recovered=float((best >= threshold).mean()),
         subspace_overlap=overlap,
         n_directions=int(F.shape[0]),
-        best_cos=tuple(float(v) for v in best),
+        best_abs_cos=tuple(float(v) for v in best),
     )

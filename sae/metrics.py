@@ -24,12 +24,16 @@ def cosines(truth: Tensor, learned: Tensor) -> Tensor:
     return _unit(truth) @ _unit(learned).T
 
 
-def mmcs(truth: Tensor, learned: Tensor) -> float:
-    """Mean over ground-truth features of the max signed cosine with any learned row (GT → learned)."""
+def mmcs_signed(truth: Tensor, learned: Tensor) -> float:
+    """Mean over ground-truth features of the max signed cosine with any learned row (GT → learned).
+
+    Signed, for dictionary features whose coefficients are non-negative: a decoder row pointing
+    away from a feature cannot reconstruct it. ``polylens.directions``'s ``mmcs`` (``polylens
+    compare``) is the sign-invariant one, for PCA-like bases whose signs are arbitrary."""
     return float(cosines(truth, learned).max(dim=1).values.mean())
 
 
-def mmcs_learned(truth: Tensor, learned: Tensor, alive: Tensor | None = None) -> float:
+def mmcs_signed_learned(truth: Tensor, learned: Tensor, alive: Tensor | None = None) -> float:
     """Mean over (alive) learned rows of the max signed cosine with a ground-truth feature (learned → GT)."""
     cos = cosines(truth, learned).T  # [n, G]
     if alive is not None:
@@ -112,8 +116,8 @@ def dead_fraction(acts: Tensor) -> float:
 class Evaluation(NamedTuple):
     """Everything ``evaluate`` measures (ground-truth fields are NaN without ground truth)."""
 
-    mmcs: float
-    mmcs_learned: float
+    mmcs_signed: float
+    mmcs_signed_learned: float
     hungarian_mean_cos: float
     frac_recovered_0_9: float
     mean_l2_ratio: float
@@ -150,7 +154,7 @@ def evaluate(sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None =
     if truth is not None:
         acts = torch.cat(acts_all).to_dense() if codes is not None else None
         l2 = mean_l2_ratio(truth, dec, codes, acts)
-        gt = (mmcs(truth, dec), mmcs_learned(truth, dec, alive), hungarian(truth, dec)[2], frac_recovered(truth, dec), l2)
+        gt = (mmcs_signed(truth, dec), mmcs_signed_learned(truth, dec, alive), hungarian(truth, dec)[2], frac_recovered(truth, dec), l2)
     else:
         gt = (nan,) * 5
     return Evaluation(
@@ -164,14 +168,14 @@ def evaluate(sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None =
     )
 
 
-def best_cosines(truth: Tensor, learned: Tensor) -> list[float]:
-    """Per ground-truth feature, its best signed cosine with a learned row: the values ``mmcs``
+def best_signed_cosines(truth: Tensor, learned: Tensor) -> list[float]:
+    """Per ground-truth feature, its best signed cosine with a learned row: the values ``mmcs_signed``
     averages, whose distribution tells "all features half-found" from "half the features found"."""
     return [float(v) for v in cosines(truth, learned).max(dim=1).values]
 
 
-def plot_best_cos(best_cos, path, title: str = "") -> None:
-    """Histogram of the per-feature best cosines (``Evaluation.best_cos``) as a PNG at ``path``."""
+def plot_best_signed_cos(best_signed_cos, path, title: str = "") -> None:
+    """Histogram of the per-feature best cosines (``Evaluation.best_signed_cos``) as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,7 +183,7 @@ def plot_best_cos(best_cos, path, title: str = "") -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
-    ax.hist(np.asarray(best_cos), bins=np.linspace(-1, 1, 41), color="C0")
+    ax.hist(np.asarray(best_signed_cos), bins=np.linspace(-1, 1, 41), color="C0")
     ax.axvline(0.9, color="k", lw=0.8, ls="--", label="0.9")
     ax.set(xlabel="best cosine of a ground-truth feature with a decoder row", ylabel="features", title=title or "per-feature best cosine")
     ax.legend(fontsize=7)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEConfig, TrainConfig
-from sae.metrics import best_cosines, evaluate
+from sae.metrics import best_signed_cosines, evaluate
 from sae.files import CHECKPOINT, STATE, read_json, write_json_atomic
 from sae.synthetic import make_data
 from sae.engine import read_checkpoint
@@ -185,7 +185,7 @@ def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source
     export_saelens(sae, out / EXPORT, overwrite=True)
     x, truth, codes = eval_batch(source, eval_samples, trainer.config.seed)
     record.update(steps=engine.step, eval_samples=eval_samples, evaluation=evaluate(sae, x, truth, codes)._asdict(),
-                  best_cos=None if truth is None else best_cosines(truth, sae.decoder), history_tail=engine.history[-5:])
+                  best_signed_cos=None if truth is None else best_signed_cosines(truth, sae.decoder), history_tail=engine.history[-5:])
     write_json_atomic(record, out / RUN)
     return record
 
@@ -220,7 +220,7 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
         raise ValueError(f"data dimension {d} does not match the SAE's d_in={sae.config.d_in}")
     x, truth, codes = eval_batch(source, eval_samples, seed)
     return {"sae": asdict(sae.config), "data": {"spec": data, "options": data_options or {}}, "evaluation": evaluate(sae, x, truth, codes)._asdict(),
-            "best_cos": None if truth is None else best_cosines(truth, sae.decoder)}  # per feature: the distribution behind mmcs
+            "best_signed_cos": None if truth is None else best_signed_cosines(truth, sae.decoder)}  # per feature: the distribution behind mmcs_signed
 
 
 __all__ = ["EXPORT", "RUN", "run_lock", "eval_batch", "eval_run", "resume_run", "train_run"]

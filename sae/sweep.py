@@ -164,7 +164,7 @@ def _grid(cells: list[dict], key: str, l1s: list[float], sizes: list[int]) -> li
 
 def format_table(cells: list[dict], l1s: list[float], sizes: list[int], with_truth: bool) -> str:
     """Rows L1, columns dictionary size; each cell 'MMCS dead-fraction final-loss' (MMCS only with ground truth)."""
-    keys = (["mmcs"] if with_truth else []) + ["dead_fraction", "final_loss"]
+    keys = (["mmcs_signed"] if with_truth else []) + ["dead_fraction", "final_loss"]
     grids = {k: _grid(cells, k, l1s, sizes) for k in keys}
     head = "l1 \\ latents".ljust(14) + "".join(f"{n:>24}" for n in sizes)
     lines = [f"cells: {' / '.join(keys)}", head]
@@ -185,9 +185,9 @@ def plot_sweep(record: dict, path: str | Path) -> None:
     from sae.files import atomic_write
 
     l1s, sizes, ratios, cells = record["l1s"], record["dict_sizes"], record["ratios"], record["cells"]
-    keys = [k for k in ("mmcs", "dead_fraction", "final_loss") if all(c[k] == c[k] for c in cells)]  # NaN: no ground truth
+    keys = [k for k in ("mmcs_signed", "dead_fraction", "final_loss") if all(c[k] == c[k] for c in cells)]  # NaN: no ground truth
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.8), layout="constrained")
-    titles = {"mmcs": "MMCS (ground truth → learned)", "dead_fraction": "dead fraction (held out)", "final_loss": "final training loss"}
+    titles = {"mmcs_signed": "signed MMCS (ground truth → learned)", "dead_fraction": "dead fraction (held out)", "final_loss": "final training loss"}
     for ax, key in zip(axes, keys):
         grid = np.array(_grid(cells, key, l1s, sizes))
         bounds = {"vmin": 0.0, "vmax": 1.0} if key != "final_loss" else {}

@@ -21,7 +21,8 @@ def test_train_writes_checkpoint_export_and_eval_reproduces_its_numbers(capsys, 
     rec = json.loads(stdout)
     assert rec["steps"] == 60 and rec["sae"]["dict_size"] == 24 and rec["data"]["options"] == {"n_features": 12, "d": 6}
     ev = rec["evaluation"]
-    assert 0 <= ev["mmcs"] <= 1 and ev["n_samples"] == 2000 and "mmcs" in err  # the summary goes to stderr with --json -
+    assert 0 <= ev["mmcs_signed"] <= 1 and ev["n_samples"] == 2000 and "mmcs_signed" in err  # the summary goes to stderr with --json -
+    assert "mmcs" not in ev  # "mmcs" is compare's sign-invariant score; the SAE's signed one has its own name
     sae = load_sae(out)
     exported = import_saelens(out / "saelens")
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -32,7 +33,7 @@ def test_train_writes_checkpoint_export_and_eval_reproduces_its_numbers(capsys, 
     assert json.loads(stdout)["evaluation"] == pytest.approx(ev)
     # ... and on a SAELens folder alone, given the data.
     code, stdout, _ = run(capsys, "sae", "eval", out / "saelens", *TMS[:6], "--eval-samples", 2000, "--json", "-")
-    assert code == 0 and json.loads(stdout)["evaluation"]["mmcs"] == pytest.approx(ev["mmcs"])
+    assert code == 0 and json.loads(stdout)["evaluation"]["mmcs_signed"] == pytest.approx(ev["mmcs_signed"])
 
 
 def test_resume_from_the_command_line_equals_one_uninterrupted_run(capsys, tmp_path):
@@ -53,8 +54,8 @@ def test_array_file_without_ground_truth(capsys, tmp_path):
                             "--eval-samples", 256, "--out", tmp_path / "run", "--json", "-")  # fmt: skip
     assert code == 0, err
     ev = json.loads(stdout)["evaluation"]
-    assert ev["mmcs"] is None and ev["explained_variance"] is not None  # no ground truth: null, not NaN
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["evaluation"]["mmcs"] is None
+    assert ev["mmcs_signed"] is None and ev["explained_variance"] is not None  # no ground truth: null, not NaN
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["evaluation"]["mmcs_signed"] is None
 
 
 def test_sweep_command_writes_its_folder(capsys, tmp_path):
@@ -127,8 +128,8 @@ def test_eval_gives_the_per_feature_best_cosines_and_their_histogram(capsys, tmp
     code, stdout, err = run(capsys, "sae", "eval", tmp_path / "r", "--json", "-", "--plot", tmp_path / "h.png")
     assert code == 0, err
     rec = json.loads(stdout)
-    assert len(rec["best_cos"]) == 12 and sum(rec["best_cos"]) / 12 == pytest.approx(rec["evaluation"]["mmcs"], abs=1e-6)
-    assert json.loads((tmp_path / "r" / "run.json").read_text())["best_cos"] == pytest.approx(rec["best_cos"], abs=1e-6)
+    assert len(rec["best_signed_cos"]) == 12 and sum(rec["best_signed_cos"]) / 12 == pytest.approx(rec["evaluation"]["mmcs_signed"], abs=1e-6)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["best_signed_cos"] == pytest.approx(rec["best_signed_cos"], abs=1e-6)
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     np.save(tmp_path / "a.npy", np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32))
     code, _, err = run(capsys, "sae", "eval", tmp_path / "r", "--data", tmp_path / "a.npy", "--plot", tmp_path / "h2.png")

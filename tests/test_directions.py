@@ -134,6 +134,19 @@ def test_best_cos_is_the_distribution_mmcs_averages():
     truth = rng.normal(size=(5, 8))
     found = np.vstack([truth[:2] + 0.01 * rng.normal(size=(2, 8)), rng.normal(size=(3, 8))])
     s = score_directions(truth, found)
-    assert len(s.best_cos) == 5 and np.mean(s.best_cos) == pytest.approx(s.mmcs)
-    assert np.allclose(s.best_cos, abs_cosines(truth, found).max(axis=1))
-    assert min(s.best_cos[:2]) > 0.99 and max(s.best_cos[2:]) < 0.99  # two found, three not
+    assert len(s.best_abs_cos) == 5 and np.mean(s.best_abs_cos) == pytest.approx(s.mmcs)
+    assert np.allclose(s.best_abs_cos, abs_cosines(truth, found).max(axis=1))
+    assert min(s.best_abs_cos[:2]) > 0.99 and max(s.best_abs_cos[2:]) < 0.99  # two found, three not
+
+
+def test_the_two_mmcs_differ_exactly_on_sign_flipped_directions():
+    """polylens's mmcs is sign-invariant, sae's mmcs_signed is not: on a dictionary whose rows are
+    the truth flipped, the first is 1 and the second -1 (each computed in its one place)."""
+    import torch
+
+    from polylens.directions import score_directions
+    from sae.metrics import mmcs_signed
+
+    truth = np.eye(4)[:1]
+    assert score_directions(truth, -truth).mmcs == pytest.approx(1.0)
+    assert mmcs_signed(torch.tensor(truth, dtype=torch.float32), torch.tensor(-truth, dtype=torch.float32)) == pytest.approx(-1.0)

@@ -95,16 +95,16 @@ def test_metrics_on_a_permuted_sign_flipped_copy():
     assert h == pytest.approx(1.0, abs=1e-6)
     assert metrics.frac_recovered(T, L) == 1.0
     # Signed MMCS: the two flipped features' best cosine with the orthonormal rest is 0.
-    assert metrics.mmcs(T, L) == pytest.approx(4 / 6, abs=1e-6)
-    assert metrics.mmcs_learned(T, L, alive=torch.tensor([1, 0, 1, 0, 1, 1]).bool()) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.mmcs_signed(T, L) == pytest.approx(4 / 6, abs=1e-6)
+    assert metrics.mmcs_signed_learned(T, L, alive=torch.tensor([1, 0, 1, 0, 1, 1]).bool()) == pytest.approx(1.0, abs=1e-6)
     assert metrics.mean_l2_ratio(T, L) == pytest.approx(2.5, rel=1e-5)
 
 
 def test_hungarian_is_one_to_one_where_mmcs_is_not():
     T = _orthonormal(4, 8)
     L = T[[0, 0, 0, 0]]  # four copies of one feature
-    assert metrics.mmcs_learned(T, L) == pytest.approx(1.0, abs=1e-6)
-    assert metrics.mmcs(T, L) == pytest.approx(0.25, abs=1e-6)
+    assert metrics.mmcs_signed_learned(T, L) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.mmcs_signed(T, L) == pytest.approx(0.25, abs=1e-6)
     assert metrics.hungarian(T, L)[2] == pytest.approx(0.25, abs=1e-6)
 
 
@@ -142,7 +142,7 @@ def test_reconstruction_metrics_closed_forms():
     acts = torch.tensor([[0.0, 1.0, 0.0], [2.0, 3.0, 0.0]])
     assert metrics.l0(acts) == 1.5
     assert metrics.dead_fraction(acts) == pytest.approx(1 / 3)
-    assert math.isnan(metrics.mmcs_learned(_orthonormal(2, 4), _orthonormal(2, 4), alive=torch.zeros(2, dtype=torch.bool)))
+    assert math.isnan(metrics.mmcs_signed_learned(_orthonormal(2, 4), _orthonormal(2, 4), alive=torch.zeros(2, dtype=torch.bool)))
 
 
 def test_sharkey_feature_scales_are_log_normal_per_feature_and_off_by_default():

@@ -49,19 +49,19 @@ def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp
     cell = {(c["l1"], c["dict_size"]): c for c in saved["cells"]}
     # At a suitable L1 the features are recovered once the dictionary has as many latents as
     # there are features; half as many latents cannot cover them; a far too large L1 kills latents.
-    assert cell[(0.3, 48)]["mmcs"] > 0.97 and cell[(0.3, 96)]["mmcs"] > 0.97
-    assert cell[(0.3, 24)]["mmcs"] < 0.85
+    assert cell[(0.3, 48)]["mmcs_signed"] > 0.97 and cell[(0.3, 96)]["mmcs_signed"] > 0.97
+    assert cell[(0.3, 24)]["mmcs_signed"] < 0.85
     assert cell[(3.0, 48)]["dead_fraction"] > cell[(0.3, 48)]["dead_fraction"]
     assert all(c["final_loss"] > 0 for c in saved["cells"])
     assert "0.3" in rec["table"] and "96" in rec["table"]
     # The weights file holds every cell: the reloaded (l1=0.3, n=48) SAE scores what the JSON says.
-    from sae.metrics import mmcs
+    from sae.metrics import mmcs_signed
     from sae.model import SparseAutoencoder
 
     tensors, _ = load_tensors(out / SWEEP_WEIGHTS)
     sae = SparseAutoencoder(SAEConfig(d_in=24, dict_size=48, l1=0.3))
     sae.load_state_dict({k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith("l1_0.n_1.")})
-    assert mmcs(data.features, sae.decoder.detach()) == pytest.approx(cell[(0.3, 48)]["mmcs"], abs=1e-6)
+    assert mmcs_signed(data.features, sae.decoder.detach()) == pytest.approx(cell[(0.3, 48)]["mmcs_signed"], abs=1e-6)
 
 
 def test_refusals_leave_nothing_behind(tmp_path):
