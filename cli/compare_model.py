@@ -52,7 +52,7 @@ def capture_rows(adapter, layer: str, inputs, target, *, is_text: bool, labels=N
     acts, jacs = [], []
     for lo in range(0, inputs.shape[0], batch_size):
         batch = inputs[lo : lo + batch_size]
-        fn = target.fn(tokens=batch if is_text else None, labels=None if labels is None else labels[lo : lo + batch_size])
+        fn = target.fn(tokens=batch if is_text else None, labels=None if labels is None else labels[lo : lo + batch_size], offset=lo)
         got = capture(adapter.module, batch, [layer], target=fn)
         acts.append(rows_of(got.activations[layer], is_text).float())
         g = got.gradients[layer]  # [B, c, ...]

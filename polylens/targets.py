@@ -8,8 +8,10 @@ outputs at s and after).
 
 ``"logits"`` is the Jacobian of every logit when there are at most ``MAX_JACOBIAN_COLUMNS``
 (digits: 10). Beyond that (GPT-2's 50,257, InceptionV1's 1,008) it is a random sketch: k =
-``SKETCH_COLUMNS`` columns ``Σ_t out_t · r_{t,j} / √k`` with r Gaussian, drawn per position,
-whose Jacobian rows give E[JᵀJ] without bias (E[r rᵀ] = I): an estimate, and ``describe`` says so.
+``SKETCH_COLUMNS`` columns ``Σ_t out_t · r_{t,j} / √k`` with r Gaussian,
+drawn afresh for every input and position, whose Jacobian rows give E[JᵀJ] without bias
+(E[r rᵀ] = I) and, averaged over many inputs, many independent projections: an estimate, and
+``describe`` says so.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Target:
         if self.kind == "logits":
             if self.sketched:
                 return (f"a random sketch of the Jacobian of the {self.n_outputs} logits{where}: {SKETCH_COLUMNS} Gaussian projections "
-                        "per position (an unbiased estimate of E[JᵀJ], not the exact value)")  # fmt: skip
+                        f"per input{' and position' if self.is_text else ''}, drawn afresh for each (an unbiased estimate of E[JᵀJ], not the exact value)")  # fmt: skip
             return f"the Jacobian of all {self.n_outputs} logits"
         if self.kind == "loss":
             return "the next-token cross-entropy summed over the context" if self.is_text else "the cross-entropy with the input's label"
@@ -55,8 +57,10 @@ class Target:
             return "the logit of the predicted class"
         return f"the logit of class {self.index}{where}"
 
-    def fn(self, tokens=None, labels=None):
-        """``out -> [B]`` or ``[B, k]`` for one batch (``tokens`` / ``labels``: that batch's)."""
+    def fn(self, tokens=None, labels=None, offset: int = 0):
+        """``out -> [B]`` or ``[B, k]`` for one batch (``tokens`` / ``labels``: that batch's;
+        ``offset``: the index of its first input, so a sketch draws the same projections for an
+        input whatever the batch size)."""
         import torch
         import torch.nn.functional as F
 
@@ -73,14 +77,15 @@ class Target:
             return lambda out: out
         k = SKETCH_COLUMNS
 
-        def sketch(out):
-            def proj(t):  # r_t [V, k], the same for every batch
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-                return torch.randn(self.n_outputs, k, generator=g).to(out.device, out.dtype)
+        def proj(i: int, t: int, like):  # r_{i,t} [V, k] for input i (counted from 0 over the run) and position t
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) * 4_099 + t)
+            return torch.randn(self.n_outputs, k, generator=g).to(like.device, like.dtype)
 
+        def sketch(out):
+            B = out.shape[0]
             if not self.is_text:
-                return out @ proj(0) / math.sqrt(k)
-            return sum(out[:, t] @ proj(t) for t in range(out.shape[1])) / math.sqrt(k)
+                return torch.stack([out[b] @ proj(offset + b, 0, out) for b in range(B)]) / math.sqrt(k)
+            return sum(torch.stack([out[b, t] @ proj(offset + b, t, out) for b in range(B)]) for t in range(out.shape[1])) / math.sqrt(k)
 
         return sketch
 

@@ -206,3 +206,26 @@ def test_cli_switches_a_training_mode_model_to_eval_and_says_so(capsys, tmp_path
     )
     code, out, err = run(capsys, "compare", "--model", f"{model}:make", "--layer", "2", "--n", "16", "--k", "2", "--no-sae")
     assert code == 0 and "eval mode" in err and "random" in out
+
+
+def test_the_logit_sketch_estimates_the_jacobian_second_moment_without_bias():
+    """A linear read-out with 40 > 32 outputs: every input's Jacobian is W, so E[JᵀJ] = WᵀW; the
+    sketch's 8 columns per input, drawn afresh for each input, average to it."""
+    from polylens.capture import capture
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Linear(6, 40)).eval()
+    W = model[1].weight.detach().double()
+    tgt = parse_target("logits", (1, 40), is_text=False, has_labels=False)
+    assert tgt.sketched and tgt.columns == 8 and "estimate" in tgt.describe()
+    x = torch.randn(3000, 5)
+    rows = []
+    for lo in range(0, 3000, 500):  # batches see their own inputs' projections (offset)
+        rows.append(capture(model, x[lo : lo + 500], ["0"], target=tgt.fn(offset=lo)).gradients["0"])
+    J = torch.cat(rows).double().reshape(-1, 6)
+    est = J.T @ J / 3000
+    assert float((est - W.T @ W).norm() / (W.T @ W).norm()) < 0.05
+    one = capture(model, x[:500], ["0"], target=tgt.fn(offset=0)).gradients["0"]
+    assert torch.equal(one[:250], capture(model, x[:250], ["0"], target=tgt.fn(offset=0)).gradients["0"])  # batch-size free
+    exact = parse_target("logits", (1, 10), is_text=False, has_labels=False)
+    assert not exact.sketched and exact.columns == 10 and "all 10 logits" in exact.describe()
