@@ -142,12 +142,17 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
     from polylens.rows import rows_of
     from polylens.targets import parse_target
 
+    from polylens.capture import capture
+    from polylens.layer_eval import ABLATIONS
+
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation {ablation!r} is unknown; choose {' or '.join(ABLATIONS)}")
     module = adapter.module
     _check_eval_mode(module)
     with torch.no_grad():
-        from polylens.capture import capture
-
         first = capture(module, inputs[:1], [layer], keep_output=True)
+    if first.output is None:
+        raise ValueError(f"model {adapter.name} does not return a tensor; compare reads its output as logits [batch, classes] (or [batch, positions, vocabulary])")
     width = rows_of(first.activations[layer], is_text).shape[1]
     if not isinstance(k, int) or not 1 <= k <= width:
         raise ValueError(f"--k {k} must be between 1 and the layer's width {width} ({layer})")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sae.config import SAEConfig
-from sae.kernels import kernel_supports, sae_loss_and_grads
+from sae.kernels import gsae_inputs, kernel_supports, sae_loss_and_grads
 from sae.model import SparseAutoencoder, remove_parallel_grad_, unit_rows_, update_threshold_
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -125,13 +125,13 @@ class Ensemble(nn.Module):
         buffers fall out of cache (see the constant). Elsewhere it runs on the whole stack at once."""
         c, E = self.config, self.size
         per_call = CPU_MEMBERS_PER_CALL if self.W_enc.is_cpu else E
-        outs = [
-            sae_loss_and_grads(
-                x, *(getattr(self, name)[lo : lo + per_call] for name in PARAMS), arch=c.arch, l1=self.l1[lo : lo + per_call], k=c.k,
-                decoder_norm=c.decoder_norm, aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead[lo : lo + per_call],
-            )  # fmt: skip
-            for lo in range(0, E, per_call)
-        ]
+        outs = []
+        for lo in range(0, E, per_call):
+            xs, arch, weight = gsae_inputs(c, x, self.W_dec[lo : lo + per_call])  # a g-SAE's rows: [x, J rows]
+            outs.append(sae_loss_and_grads(
+                xs, *(getattr(self, name)[lo : lo + per_call] for name in PARAMS), arch=arch, l1=self.l1[lo : lo + per_call], k=c.k,
+                decoder_norm=c.decoder_norm, aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead[lo : lo + per_call], rank_weight=weight,
+            ))  # fmt: skip
         for i, name in enumerate(PARAMS):
             getattr(self, name).grad = outs[0].grads[i] if len(outs) == 1 else torch.cat([o.grads[i] for o in outs])
         if c.arch == "batchtopk":

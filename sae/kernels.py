@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae.model import SAEConfig, SparseAutoencoder, update_threshold_
+from sae.model import SAEConfig, SparseAutoencoder, gradient_reach, update_threshold_
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk")
 SPARSE_MAX_DENSITY = 0.1
@@ -75,6 +75,7 @@ def sae_loss_and_grads(
     aux_k: int = 0,
     dead: Tensor | None = None,
     sparse: bool | None = None,
+    rank_weight: Tensor | None = None,
 ) -> KernelOutput:
     """Loss and gradients of E stacked untied SAEs on one batch (the maths in the module docstring).
 
@@ -83,14 +84,18 @@ def sae_loss_and_grads(
     a per-member ``[E]`` tensor (relu only); ``dead [E, n]`` or ``[n]`` (bool) turns on AuxK for
     topk / batchtopk when ``aux_coef > 0``, as ``SparseAutoencoder.forward``. ``sparse``: force the
     sparse (True) or dense (False) path (AuxK steps are always dense); None picks by density.
-    No tensor argument is changed.
+    ``rank_weight [E, B, n]`` (topk only): select the k latents with the largest ReLU(pre) ×
+    weight, keeping their ReLU(pre) values: the g-SAE's rule (``gsae_inputs``). No tensor argument
+    is changed.
     """
     _check(x, W_enc, b_enc, W_dec, b_dec, arch, k)
     E, d, n = W_enc.shape
     xs = x.unsqueeze(0) if x.dim() == 2 else x  # [1 or E, B, d]
     xc = xs - b_dec.unsqueeze(1)  # [E, B, d] (a new tensor: x is never written)
     pre = torch.baddbmm(b_enc.unsqueeze(1), xc, W_enc)  # [E, B, n]
-    acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k)  # pre now holds ReLU(pre)
+    if rank_weight is not None and arch != "topk":
+        raise ValueError(f"rank_weight applies to arch='topk' (the g-SAE), not {arch!r}")
+    acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k, rank_weight)  # pre now holds ReLU(pre)
     use_aux = arch != "relu" and aux_coef > 0 and dead is not None and bool(dead.any())
     if use_aux or sparse is not None:
         on_sparse = torch.full((E,), bool(sparse) and not use_aux)
@@ -197,7 +202,7 @@ def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor
         raise ValueError(f"k={k} must be between 1 and the number of latents n={n} for arch={arch!r}")
 
 
-def _activate_(pre: Tensor, arch: str, k: int) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+def _activate_(pre: Tensor, arch: str, k: int, rank_weight: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """``(acts [E, B, n], topk_vals, topk_idx, kept_min)``; ``pre`` is overwritten with ReLU(pre).
     TopK also returns its ``[E, B, k]`` values and indices (the sparsity pattern), BatchTopK each
     member's smallest kept positive value (inf: none) for the inference threshold."""
@@ -206,7 +211,11 @@ def _activate_(pre: Tensor, arch: str, k: int) -> tuple[Tensor, Tensor | None, T
         return post, None, None, None
     E, B, n = post.shape
     if arch == "topk":
-        vals, idx = post.topk(k, dim=-1, sorted=False)  # the same entries as sorted=True, unordered
+        if rank_weight is not None:  # the g-SAE: chosen by activation x gradient reach, valued by activation
+            idx = (post * rank_weight).topk(k, dim=-1, sorted=False).indices
+            vals = post.gather(-1, idx)
+        else:
+            vals, idx = post.topk(k, dim=-1, sorted=False)  # the same entries as sorted=True, unordered
         return torch.zeros_like(post).scatter_(-1, idx, vals), vals, idx, None
     flat = post.reshape(E, B * n)
     vals, idx = flat.topk(min(k * B, B * n), dim=-1, sorted=False)
@@ -339,7 +348,19 @@ def _auxk_(post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, 
 
 def kernel_supports(config: SAEConfig) -> bool:
     """Whether ``fused_backward_`` computes this SAE's loss (untied, no orthogonality penalty)."""
-    return config.arch in KERNEL_ARCHS and not config.tied and config.orth == 0
+    return config.arch in KERNEL_ARCHS + ("gsae",) and not config.tied and config.orth == 0
+
+
+def gsae_inputs(config: SAEConfig, x: Tensor, W_dec: Tensor) -> tuple[Tensor, str, Tensor | None]:
+    """``(x, arch, rank_weight)`` for the kernel: a g-SAE's rows ``[x, J rows]`` become the
+    activations, arch 'topk' and the ranking weight ‖J d_i‖ of every stacked member (``W_dec
+    [E, n, d]``); other rules pass through."""
+    if config.arch != "gsae":
+        return x, config.arch, None
+    d = config.d_in
+    if x.shape[-1] != config.data_width:
+        return x, "topk", None  # rows without the gradient: plain TopK, as SparseAutoencoder.encode
+    return x[..., :d], "topk", gradient_reach(x[..., d:].reshape(x.shape[0], config.grad_columns, d), W_dec)
 
 
 @torch.no_grad()
@@ -349,14 +370,15 @@ def fused_backward_(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = Non
     Returns the losses as scalars, ``acts [B, n]`` and ``fired [n]``; gradients keep a leading 1."""
     c = sae.config
     if not kernel_supports(c):
-        raise ValueError(f"the kernel needs an untied SAE without orthogonality penalty and arch in {KERNEL_ARCHS}; "
+        raise ValueError(f"the kernel needs an untied SAE without orthogonality penalty and arch in {KERNEL_ARCHS + ('gsae',)}; "
                          f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}")  # fmt: skip
     if c.arch == "batchtopk" and not sae.training:
         raise ValueError("the kernel computes BatchTopK's training rule; call sae.train() first (eval uses the threshold θ)")
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    x, arch, weight = gsae_inputs(c, x, sae.W_dec.unsqueeze(0))
     out = sae_loss_and_grads(
-        x, *(p.unsqueeze(0) for p in params), arch=c.arch, l1=c.l1, k=c.k, decoder_norm=c.decoder_norm,
-        aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead, sparse=sparse,
+        x, *(p.unsqueeze(0) for p in params), arch=arch, l1=c.l1, k=c.k, decoder_norm=c.decoder_norm,
+        aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead, sparse=sparse, rank_weight=weight,
     )  # fmt: skip
     for p, g in zip(params, out.grads):
         p.grad = g[0]

@@ -163,9 +163,14 @@ class SparseAutoencoder(nn.Module):
 
 
 def gradient_reach(jac: Tensor, decoder: Tensor) -> Tensor:
-    """‖J d_i‖ for every latent: ``jac [B, k, d]``, ``decoder [n, d]`` → ``[B, n]`` (k = 1: |g · d_i|),
-    how much the target moves per unit of latent i (the g-SAE's ranking weight)."""
-    return torch.linalg.vector_norm(jac.detach() @ decoder.detach().T, dim=-2)
+    """‖J d_i‖ for every latent: ``jac [B, k, d]``, ``decoder [n, d]`` → ``[B, n]`` (or a stack
+    ``[E, n, d]`` → ``[E, B, n]``; k = 1: |g · d_i|), how much the target moves per unit of latent i
+    (the g-SAE's ranking weight)."""
+    jacT = jac.detach().transpose(-1, -2)  # [B, d, k]
+    decoder = decoder.detach()
+    if decoder.dim() == 3:  # [E, 1, n, d] @ [1, B, d, k] -> [E, B, n, k]
+        return torch.linalg.vector_norm(decoder.unsqueeze(1) @ jacT.unsqueeze(0), dim=-1)
+    return torch.linalg.vector_norm(decoder @ jacT, dim=-1)  # [n, d] @ [B, d, k] -> [B, n, k]
 
 
 def auxk_loss(sae: SparseAutoencoder, pre: Tensor, residual: Tensor, dead: Tensor) -> Tensor:

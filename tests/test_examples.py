@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_ARGS = {
-    "compare_seeds.py": ["1"],
+    "compare_seeds.py": ["1", "300"],
     "compare_digits_layers.py": ["1", "100", "relu3"],
     "density_digits.py": ["relu1", "density.png"],
     "sae_sharkey.py": ["64", "0.1", "20000"],

@@ -188,3 +188,20 @@ def test_unsupported_configs_raise_and_the_trainer_falls_back_to_autograd():
     for sc, tc in ((SAEConfig(d_in=D, dict_size=N, tied=True), {}), (SAEConfig(d_in=D, dict_size=N), dict(bf16=True))):
         res = Trainer(sc, TrainConfig(n_samples=128, batch_size=64, **tc)).fit(x)
         assert res.steps_ == 2 and all(torch.isfinite(p).all() for p in res.sae_.parameters())
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_gsae_kernel_equals_autograd(with_dead):
+    """The g-SAE through the kernel (TopK chosen by activation × ‖J d‖) gives autograd's loss and gradients."""
+    sae = _sae(arch="gsae", k=4, grad_columns=2)
+    x = _x(shape=(B, 3 * D))  # [x, two Jacobian rows]
+    dead = _dead() if with_dead else None
+    ref, grads = _autograd(sae, x, dead)
+    assert kernel_supports(sae.config)
+    out = fused_backward_(sae, x, dead=dead)
+    for name in ("loss", "mse", "aux", "acts"):
+        torch.testing.assert_close(getattr(out, name), getattr(ref, name).detach(), msg=name)
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(sae, name).grad, grads[name], msg=name)
+    plain = _sae(arch="topk", k=4)
+    assert not torch.equal((out.acts != 0), (plain.encode(x[:, :D]) != 0))  # the selection is not TopK's
