@@ -54,7 +54,7 @@ class Target:
         if self.kind == "loss":
             return "the next-token cross-entropy summed over the context" if self.is_text else "the cross-entropy with the input's label"
         if self.kind == "predicted":
-            return "the logit of the predicted class"
+            return "the logit of the predicted token" + where if self.is_text else "the logit of the predicted class"
         return f"the logit of class {self.index}{where}"
 
     def fn(self, tokens=None, labels=None, offset: int = 0):
@@ -70,6 +70,8 @@ class Target:
                                                    reduction="none").reshape(tokens.shape[0], -1).sum(1)  # fmt: skip
             return lambda out: F.cross_entropy(out.float(), labels, reduction="none")
         if self.kind == "predicted":
+            if self.is_text:  # each position's top logit, summed over the context
+                return lambda out: out.max(-1).values.sum(1)
             return lambda out: out.gather(1, out.argmax(1, keepdim=True)).squeeze(1)
         if self.kind == "class":
             return (lambda out: out[:, :, self.index].sum(1)) if self.is_text else (lambda out: out[:, self.index])

@@ -128,6 +128,9 @@ def test_gpt2_random_weights_sketched_logits():
     assert res["methods"]["gradient_pca"]["ablation"]["accuracy_drop"] is not None  # next-token accuracy
     loss, _ = compare_layer(adapter, "blocks.0.mlp.hook_post", inputs, target="loss", k=2, is_text=True, sae=None)
     assert "next-token" in loss["gradient_rows"] and set(loss["methods"]) == {"activation_pca", "gradient_pca", "lib", "random"}
+    top = parse_target("predicted", (1, 5, 7), is_text=True, has_labels=False).fn()
+    out = torch.randn(2, 5, 7)
+    assert torch.equal(top(out), out.max(-1).values.sum(1))  # each position's top logit, summed
 
 
 BAD_MODEL = '''
