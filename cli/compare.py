@@ -89,17 +89,22 @@ def _gsae_directions(acts, grads, n_truth: int, seed: int, opts: SAEOptions):
     return train_topk_sae(paired, dim, options, seed, arch="gsae", grad_columns=jac.shape[1]).decoder.detach().clone()
 
 
-def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_dec: bool = True):
+def train_sae(rows, steps: int, seed: int, **fields):
+    """The SAE every ``compare`` method trains: ``SAEConfig(**fields)`` (``d_in`` among them) fitted
+    with ``steps`` Adam steps of batch min(256, n) at lr 3e-3 on ``rows [n, width]``."""
     from sae.config import SAEConfig, TrainConfig
     from sae.train import train
 
+    batch = min(256, rows.shape[0])
+    config = TrainConfig(n_samples=batch * steps, batch_size=batch, lr=3e-3, seed=seed, log_every=steps)
+    return train(SAEConfig(**fields), config, rows.float()).sae_
+
+
+def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_dec: bool = True):
     acts = acts.reshape(-1, acts.shape[-1])  # Jacobian rows [n, k, dim] are n·k rows
     dim = acts.shape[1]
     n = opts.dict_size or 2 * max(n_truth, dim)
-    batch = min(256, acts.shape[0])
-    config = SAEConfig(d_in=dim, dict_size=n, l1=opts.l1, learn_b_dec=learn_b_dec)
-    result = train(config, TrainConfig(n_samples=batch * opts.steps, batch_size=batch, lr=3e-3, seed=seed, log_every=opts.steps), acts.float())
-    return result.sae_.decoder.detach().clone()
+    return train_sae(acts, opts.steps, seed, d_in=dim, dict_size=n, l1=opts.l1, learn_b_dec=learn_b_dec).decoder.detach().clone()
 
 
 def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options):

@@ -42,34 +42,32 @@ def _check_eval_mode(module) -> None:
 
 
 def capture_rows(adapter, layer: str, inputs, target, *, is_text: bool, labels=None, batch_size: int = 32):
-    """The layer's rows ``A [n, d]`` and their Jacobian rows ``J [n, c, d]`` (c = the target's
-    columns), a batch at a time."""
+    """The layer's rows ``A [n, d]``, their Jacobian rows ``J [n, c, d]`` (c = the target's
+    columns) and the model's output on ``inputs``, a batch at a time."""
     import torch
 
     from polylens.capture import capture
     from polylens.rows import rows_of
 
-    acts, jacs = [], []
+    acts, jacs, outs = [], [], []
     for lo in range(0, inputs.shape[0], batch_size):
         batch = inputs[lo : lo + batch_size]
         fn = target.fn(tokens=batch if is_text else None, labels=None if labels is None else labels[lo : lo + batch_size], offset=lo)
-        got = capture(adapter.module, batch, [layer], target=fn)
+        got = capture(adapter.module, batch, [layer], target=fn, keep_output=True)
+        outs.append(got.output)
         acts.append(rows_of(got.activations[layer], is_text).float())
         g = got.gradients[layer]  # [B, c, ...]
         jacs.append(torch.stack([rows_of(g[:, j], is_text) for j in range(g.shape[1])], dim=1).float())
-    return torch.cat(acts), torch.cat(jacs)
+    return torch.cat(acts), torch.cat(jacs), torch.cat(outs)
 
 
 def train_topk_sae(rows, d: int, opts: LayerSAEOptions, seed: int, *, arch: str = "topk", learn_b_dec: bool = True, grad_columns: int = 1):
     """A TopK SAE (or with ``arch="gsae"`` a g-SAE, whose rows are ``[x, J rows]``) of width ``d`` on ``rows``."""
-    from sae.config import SAEConfig, TrainConfig
-    from sae.train import train
+    from cli.compare import train_sae
 
     n = opts.dict_size or 4 * d
     k = opts.k or max(2, min(32, d // 8))
-    batch = min(256, rows.shape[0])
-    config = SAEConfig(d_in=d, dict_size=n, arch=arch, k=min(k, n), learn_b_dec=learn_b_dec, grad_columns=grad_columns)
-    return train(config, TrainConfig(n_samples=batch * opts.steps, batch_size=batch, lr=3e-3, seed=seed, log_every=opts.steps), rows).sae_
+    return train_sae(rows, opts.steps, seed, d_in=d, dict_size=n, arch=arch, k=min(k, n), learn_b_dec=learn_b_dec, grad_columns=grad_columns)
 
 
 def _ranked(sae, rows, weight, top: int):
@@ -138,7 +136,7 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
     """
     import torch
 
-    from polylens.layer_eval import ablation_curve, ablation_ks, agreement, run_model, subspace_shares
+    from polylens.layer_eval import ablation_curve, ablation_ks, agreement, subspace_shares
     from polylens.rows import rows_of
     from polylens.targets import parse_target
 
@@ -157,13 +155,12 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
     if not isinstance(k, int) or not 1 <= k <= width:
         raise ValueError(f"--k {k} must be between 1 and the layer's width {width} ({layer})")
     tgt = parse_target(target, first.output.shape, is_text=is_text, has_labels=labels is not None, seed=seed)
-    A, J = capture_rows(adapter, layer, inputs, tgt, is_text=is_text, labels=labels, batch_size=batch_size)
+    A, J, reference = capture_rows(adapter, layer, inputs, tgt, is_text=is_text, labels=labels, batch_size=batch_size)
     if not bool(J.abs().sum() > 0):
         raise ValueError(f"the gradient of the target with respect to {layer} is zero on every input: there is no gradient energy to share out; "
                          "pick another layer or --target")  # fmt: skip
     directions = layer_directions(A, J, k, seed, sae)
     ks = ablation_ks(k)
-    reference = run_model(module, inputs, layer, batch_size=batch_size)
     mean = A.double().mean(0).numpy()
     methods = {}
     for name, D in directions.items():

@@ -32,6 +32,9 @@ from torch import Tensor
 from sae.model import SAEConfig, SparseAutoencoder, gradient_reach, update_threshold_
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk")
+"""The rules ``sae_loss_and_grads`` computes; a g-SAE reaches it as TopK with a ranking weight."""
+SUPPORTED_ARCHS = KERNEL_ARCHS + ("gsae",)
+"""The ``SAEConfig.arch`` values the trainer's kernel path takes (``kernel_supports``)."""
 SPARSE_MAX_DENSITY = 0.1
 """Fraction of active entries under which the sparse path is taken. bench/bench_sae_kernels.py at
 d=256, 512 latents, batch 4096 (1 and 2 threads): sparse 2.7x faster at 0.01, 1.3x at 0.08, even
@@ -348,7 +351,7 @@ def _auxk_(post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, 
 
 def kernel_supports(config: SAEConfig) -> bool:
     """Whether ``fused_backward_`` computes this SAE's loss (untied, no orthogonality penalty)."""
-    return config.arch in KERNEL_ARCHS + ("gsae",) and not config.tied and config.orth == 0
+    return config.arch in SUPPORTED_ARCHS and not config.tied and config.orth == 0
 
 
 def gsae_inputs(config: SAEConfig, x: Tensor, W_dec: Tensor) -> tuple[Tensor, str, Tensor | None]:
@@ -370,7 +373,7 @@ def fused_backward_(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = Non
     Returns the losses as scalars, ``acts [B, n]`` and ``fired [n]``; gradients keep a leading 1."""
     c = sae.config
     if not kernel_supports(c):
-        raise ValueError(f"the kernel needs an untied SAE without orthogonality penalty and arch in {KERNEL_ARCHS + ('gsae',)}; "
+        raise ValueError(f"the kernel needs an untied SAE without orthogonality penalty and arch in {SUPPORTED_ARCHS}; "
                          f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}")  # fmt: skip
     if c.arch == "batchtopk" and not sae.training:
         raise ValueError("the kernel computes BatchTopK's training rule; call sae.train() first (eval uses the threshold θ)")

@@ -49,7 +49,9 @@ def test_pca_shares_are_the_closed_form_optimum(digits_result):
     top-k eigenvectors of E[JᵀJ]); the share equals the top-k eigenvalues over the trace."""
     adapter, inputs, labels, res, _ = digits_result
     tgt = parse_target("logits", (1, 10), is_text=False, has_labels=True)
-    A, J = capture_rows(adapter, "relu1", inputs, tgt, is_text=False)
+    A, J, out = capture_rows(adapter, "relu1", inputs, tgt, is_text=False)
+    with torch.no_grad():
+        torch.testing.assert_close(out, adapter.module(inputs))  # the reference output of the ablations
     A = A.double().numpy()
     J = J.double().numpy().reshape(-1, A.shape[1])
     cov = np.cov(A.T, bias=True)
@@ -86,7 +88,7 @@ def test_full_rank_projection_ablation_equals_zeroing_the_layer(digits_result):
     base = float((reference.argmax(1) == labels).double().mean())
     assert curve["accuracy_drop"][0] == pytest.approx(base - acc)
     # the mean-ablation of every direction replaces each row by the mean row
-    rows, _ = capture_rows(adapter, "relu1", inputs, parse_target("0", (1, 10), is_text=False, has_labels=False), is_text=False)
+    rows, _, _ = capture_rows(adapter, "relu1", inputs, parse_target("0", (1, 10), is_text=False, has_labels=False), is_text=False)
     mean = rows.double().mean(0)
     m = ablation_curve(adapter.module, inputs, "relu1", full, [16], is_text=False, mode="mean", mean=mean.numpy())
     with torch.no_grad():
