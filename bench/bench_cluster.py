@@ -29,9 +29,9 @@ import time
 
 import numpy as np
 
-from polylens import hamming
-from polylens.cluster import HDBSCAN
-from polylens.codes import pack_bits, unpack_bits
+from polylens.clustering import hamming
+from polylens.clustering.estimators import HDBSCAN
+from polylens.lens.codes import pack_bits, unpack_bits
 
 UNITS, W, K = 3072, 48, 15
 SLOW = 15.0  # a measurement whose first run takes longer is run once

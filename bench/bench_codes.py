@@ -2,7 +2,7 @@
 
 Goal (issue 4): extraction ≤ 1.1× the time of TransformerLens' ``model(tokens, stop_at_layer=L+1)``
 (blocks 0..L, the least forward pass that reaches ``blocks.L.mlp.hook_pre``). Extraction is
-``polylens.codes.extract_codes``: capture with the forward pass aborted at the hook (so block L's
+``polylens.lens.codes.extract_codes``: capture with the forward pass aborted at the hook (so block L's
 GELU, ``W_out`` and everything after are never computed) plus sign bits and bit packing.
 Weights are random (offline), which does not change the cost. Same process, same inputs,
 measurements interleaved, median of REPEATS. Run: .venv/bin/python bench/bench_codes.py [--threads N]
@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from polylens.capture import capture  # noqa: E402
-from polylens.codes import extract_codes  # noqa: E402
+from polylens.lens.codes import extract_codes  # noqa: E402
 from polylens.models import load_model  # noqa: E402
 
 BATCH, SEQ, REPEATS = 4, 64, 5

@@ -14,10 +14,10 @@ from collections import Counter
 import torch
 from torch import nn
 
-from polylens.density import boundary_density
+from polylens.lens.density import boundary_density
 from polylens.models import load_model
 from polylens.models.base import ModelAdapter
-from polylens.paths import interpolation_path, scaling_path
+from polylens.lens.paths import interpolation_path, scaling_path
 
 N_SAMPLES = 10_000
 

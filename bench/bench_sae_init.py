@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cli.cache import cache_activations  # noqa: E402
+from cli.experiments.cache import cache_activations  # noqa: E402
 from polylens.models import load_model  # noqa: E402
 from polylens.models.digits import digits_data  # noqa: E402
 from sae.activation_store import ActivationStore  # noqa: E402

@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cli.cache import LiveLayer, cache_activations, rows_of  # noqa: E402
+from cli.experiments.cache import LiveLayer, cache_activations  # noqa: E402
+from polylens.rows import rows_of  # noqa: E402
 from polylens.capture import capture  # noqa: E402
 from polylens.models import load_model  # noqa: E402
 from sae.activation_store import ActivationStore  # noqa: E402

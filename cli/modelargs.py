@@ -9,6 +9,7 @@ def add_model_args(p) -> None:
     g.add_argument("--weights", metavar="PATH", help="weights file or directory for the model")
     g.add_argument("--random-weights", action="store_true", help="use random weights (offline tests; never reported under a pretrained name)")
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (inputs, images or tokens done, rate, time left)")
     g.add_argument(
         "--activation",
         metavar="LAYER=KIND",
@@ -53,3 +54,26 @@ def default_batch(adapter, n: int, flag: str = "--n"):
     if adapter.default_inputs is None:
         raise ValueError(f"model {adapter.name} has no bundled inputs; give them with --input")
     return adapter.default_inputs(n)
+
+
+def model_inputs(adapter, args, *, context: int, tokens: int | None = None, n_default: int | None = None):
+    """``(inputs [n, ...], is_text, labels [n] or None)`` from ``--input`` / ``--n``.
+
+    A language model reads one text file cut into contexts of ``context`` tokens (BOS first; at
+    most ``tokens`` of them, and ``--n`` contexts); other models read input files, or else the
+    first ``--n`` bundled inputs (default ``n_default``; 360, the digits test split, for a model
+    with labelled bundled inputs, else 8), with their labels where they have them.
+    """
+    from cli.experiments.cache import text_contexts
+
+    is_text = adapter.tokenize is not None
+    if is_text and args.input:
+        if len(args.input) > 1:
+            raise ValueError("give one text file with --input")
+        contexts = text_contexts(adapter, args.input[0], context, tokens)
+        return (contexts[: args.n] if args.n else contexts), True, None
+    if args.input:
+        return prepare_inputs(adapter, args.input, "--input"), is_text, None
+    labelled = adapter.default_labels is not None
+    inputs = default_batch(adapter, args.n or n_default or (360 if labelled else 8))
+    return inputs, is_text, (adapter.default_labels(inputs.shape[0]) if labelled else None)

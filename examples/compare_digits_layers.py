@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from cli.compare_model import LayerSAEOptions, compare_layer
+from cli.experiments.compare_layer import compare_layer
+from cli.experiments.sae_methods import LayerSAEOptions
 from polylens.models import load_model
 
 n_seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 3

@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from cli.compare import SAEOptions, compare
+from cli.experiments.compare_toys import compare
+from cli.experiments.sae_methods import SAEOptions
 
 SETUPS = {"x2": {}, "x2 (no bias)": {"bias": False}, "superposition": {}}
 

@@ -6,10 +6,10 @@ Run: .venv/bin/python examples/density_digits.py [LAYER] [OUT.png]
 
 import sys
 
-from polylens.density import boundary_density
+from polylens.lens.density import boundary_density
 from polylens.models import load_model
-from polylens.paths import interpolation_path
-from polylens.report import plot_density_path
+from polylens.lens.paths import interpolation_path
+from polylens.plots import plot_density_path
 
 layer = sys.argv[1] if len(sys.argv) > 1 else "relu1"
 out = sys.argv[2] if len(sys.argv) > 2 else "density_digits.png"

@@ -8,7 +8,7 @@
 2. The shell: along scaling paths α·a(x), where crossings per unit radius peak, against the
    distribution of the real activation norms ‖a(x)‖ at that layer (all test images).
 3. How much the local affine map (path space → logits) changes at each crossing: ‖A₊ − A₋‖_F
-   (``polylens.affine_change``), over every crossing of the paths in 1, split by whether the
+   (``polylens.lens.affine_change``), over every crossing of the paths in 1, split by whether the
    output changes in the crossing's step.
 
 Run: .venv/bin/python examples/polytope_claims_digits.py [N_PATHS] [LAYER] [SHELL_INPUTS] [OUT.json]
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from polylens.capture import capture
-from polylens.density import boundary_density
+from polylens.lens.density import boundary_density
 from polylens.models import load_model
 from polylens.models.digits import digits_data
-from polylens.paths import interpolation_path
-from polylens.shell import shell_profile
+from polylens.lens.paths import interpolation_path
+from polylens.lens.shell import shell_profile
 
 n_paths = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 layer = sys.argv[2] if len(sys.argv) > 2 else "relu1"

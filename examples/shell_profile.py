@@ -9,8 +9,8 @@ import sys
 import numpy as np
 
 from polylens.models import load_model
-from polylens.report import plot_shell_profile
-from polylens.shell import shell_profile
+from polylens.plots import plot_shell_profile
+from polylens.lens.shell import shell_profile
 
 layer = sys.argv[1] if len(sys.argv) > 1 else "relu1"
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 100

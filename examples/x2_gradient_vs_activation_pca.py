@@ -4,7 +4,7 @@ Run: .venv/bin/python examples/x2_gradient_vs_activation_pca.py
 """
 
 from polylens import ActivationPCA, GradientPCA, capture, score_directions
-from polylens.toys import X2Config, train_x2
+from polylens.directions.toys import X2Config, train_x2
 
 toy = train_x2(X2Config(n_hidden=64, bias=True, seed=0))  # h = ReLU(E x + b), y = w_out·h ≈ x²
 w_out = toy.truth  # [1, 64]: the only direction downstream computation reads

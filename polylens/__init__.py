@@ -13,13 +13,13 @@ import importlib
 _EXPORTS = {
     "capture": "polylens.capture",
     "load_model": "polylens.models",
-    "SplineCodes": "polylens.codes",
-    "extract_codes": "polylens.codes",
-    "boundary_density": "polylens.density",
-    "shell_profile": "polylens.shell",
-    "ActivationPCA": "polylens.directions",
-    "GradientPCA": "polylens.directions",
-    "score_directions": "polylens.directions",
+    "SplineCodes": "polylens.lens.codes",
+    "extract_codes": "polylens.lens.codes",
+    "boundary_density": "polylens.lens.density",
+    "shell_profile": "polylens.lens.shell",
+    "ActivationPCA": "polylens.directions.finders",
+    "GradientPCA": "polylens.directions.finders",
+    "score_directions": "polylens.directions.finders",
 }
 
 __all__ = list(_EXPORTS)

@@ -28,7 +28,7 @@ def mmcs_signed(truth: Tensor, learned: Tensor) -> float:
     """Mean over ground-truth features of the max signed cosine with any learned row (GT → learned).
 
     Signed, for dictionary features whose coefficients are non-negative: a decoder row pointing
-    away from a feature cannot reconstruct it. ``polylens.directions``'s ``mmcs`` (``polylens
+    away from a feature cannot reconstruct it. ``polylens.directions.finders``'s ``mmcs`` (``polylens
     compare``) is the sign-invariant one, for PCA-like bases whose signs are arbitrary."""
     return float(cosines(truth, learned).max(dim=1).values.mean())
 
@@ -45,7 +45,7 @@ def hungarian(truth: Tensor, learned: Tensor) -> tuple[np.ndarray, np.ndarray, f
     """One-to-one match maximising Σ|cos| (SciPy); returns (truth idx, learned idx, score).
 
     The score is Σ matched |cos| / G: averaged over the ground-truth features, an unmatched one
-    (fewer latents than features) counting 0, as ``polylens.directions.score_directions``. With at
+    (fewer latents than features) counting 0, as ``polylens.directions.finders.score_directions``. With at
     least as many latents as features this is SAELens's "MCC"."""
     from scipy.optimize import linear_sum_assignment
 

@@ -108,7 +108,7 @@ def test_training_from_a_store_resumes_bitwise(tmp_path):
 
 
 def test_cache_command_stores_conv_channel_vectors_and_gradients_an_sae_trains_on(tmp_path, capsys, digits):
-    from cli.cache import cache_activations
+    from cli.experiments.cache import cache_activations
     from cli.main import main
     from polylens.capture import capture
 
@@ -154,7 +154,7 @@ def test_cache_command_stores_conv_channel_vectors_and_gradients_an_sae_trains_o
 
 
 def test_cache_gpt2_text_contexts_with_the_next_token_loss_gradient(tmp_path, capsys):
-    from cli.cache import cache_activations, text_contexts
+    from cli.experiments.cache import cache_activations, text_contexts
     from polylens.models import load_model
 
     gpt = load_model("gpt2", random_weights=True, config=dict(n_layers=2, d_model=64, n_heads=2, n_ctx=64), seed=3)

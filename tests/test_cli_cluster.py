@@ -5,7 +5,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from polylens.toys import planted_codes
+from polylens.directions.toys import planted_codes
 from tests.cli_run import run
 
 

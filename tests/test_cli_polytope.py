@@ -5,7 +5,7 @@ import pytest
 import torch
 from cli_run import run
 
-from polylens.codes import SplineCodes
+from polylens.lens.codes import SplineCodes
 from polylens.models import load_model
 
 MODEL_FILE = '''

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score as ari
 
-from polylens.cluster import HDBSCAN, Agglomerative, KMedoids
-from polylens.codes import pack_bits
-from polylens.toys import planted_codes
+from polylens.clustering.estimators import HDBSCAN, Agglomerative, KMedoids
+from polylens.lens.codes import pack_bits
+from polylens.directions.toys import planted_codes
 
 
 @pytest.fixture(scope="module")

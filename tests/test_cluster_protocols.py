@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from polylens import protocols
+from polylens.clustering import points as protocols
 from polylens.capture import capture
-from polylens.cluster_analysis import cluster_layer, purity
+from polylens.clustering.analysis import cluster_layer, purity
 from polylens.models import load_model
 
 TINY = dict(n_layers=2, d_model=64, n_heads=2, n_ctx=64)

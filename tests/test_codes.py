@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from polylens.codes import SplineCodes, extract_codes, hard_code, pack_bits, soft_code, unpack_bits
+from polylens.lens.codes import SplineCodes, extract_codes, hard_code, pack_bits, soft_code, unpack_bits
 from polylens.models.base import ModelAdapter
 
 
@@ -45,7 +45,7 @@ def test_hamming_matches_brute_force():
 
 
 def test_popcount_fallback_for_numpy_1(monkeypatch):
-    from polylens import codes as codes_module
+    from polylens.lens import codes as codes_module
 
     words = pack_bits(np.random.default_rng(3).random((5, 150)) > 0.3)
     fast = codes_module.popcount_rows(words)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from cli_run import run
 
-from cli.compare_model import LayerSAEOptions, capture_rows, compare_layer
+from cli.experiments.compare_layer import capture_rows, compare_layer
+from cli.experiments.sae_methods import LayerSAEOptions
 from polylens.targets import parse_target
 
 FAST = LayerSAEOptions(steps=150)
@@ -69,7 +70,7 @@ def test_pca_shares_are_the_closed_form_optimum(digits_result):
 
 def test_full_rank_projection_ablation_equals_zeroing_the_layer(digits_result):
     adapter, inputs, labels, _, _ = digits_result
-    from polylens.layer_eval import ablation_curve, output_change
+    from polylens.directions.ablation import ablation_curve, output_change
 
     full = np.eye(16)
     curve = ablation_curve(adapter.module, inputs, "relu1", full, [16], is_text=False, mode="project", labels=labels)

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 from polylens.capture import capture
-from polylens.density import boundary_density
+from polylens.lens.density import boundary_density
 from polylens.models.base import ModelAdapter
-from polylens.paths import ActivationPath, interpolation_path, polyline_path, scaling_path
-from polylens.shell import shell_profile
+from polylens.lens.paths import ActivationPath, interpolation_path, polyline_path, scaling_path
+from polylens.lens.shell import shell_profile
 
 
 def _adapter(net, acts, name="net"):

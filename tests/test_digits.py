@@ -3,11 +3,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from polylens.codes import extract_codes
-from polylens.density import boundary_density
+from polylens.lens.codes import extract_codes
+from polylens.lens.density import boundary_density
 from polylens.models import load_model
 from polylens.models.digits import digits_data
-from polylens.paths import interpolation_path
+from polylens.lens.paths import interpolation_path
 
 
 def test_trains_on_first_use_caches_and_reloads_identically(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from polylens.directions import ActivationPCA, GradientPCA, abs_cosines, score_directions
+from polylens.directions.finders import ActivationPCA, GradientPCA, abs_cosines, score_directions
 
 
 def test_gradient_pca_of_linear_map_recovers_row_space_exactly():
@@ -96,7 +96,7 @@ def test_lib_on_a_linear_toy_equals_the_closed_form():
     """y = W a: every Jacobian is W. LIB's directions are the eigenvectors of G·WᵀW (G = E[a aᵀ]),
     ordered by eigenvalue; with whitened activations (G = I) they are W's right singular vectors
     with importance the squared singular values."""
-    from polylens.directions import LIB
+    from polylens.directions.finders import LIB
 
     rng = np.random.default_rng(0)
     d, k, n = 6, 3, 4000
@@ -144,7 +144,7 @@ def test_the_two_mmcs_differ_exactly_on_sign_flipped_directions():
     the truth flipped, the first is 1 and the second -1 (each computed in its one place)."""
     import torch
 
-    from polylens.directions import score_directions
+    from polylens.directions.finders import score_directions
     from sae.metrics import mmcs_signed
 
     truth = np.eye(4)[:1]

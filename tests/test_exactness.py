@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from polylens.density import _choose_layers, boundary_density
+from polylens.lens.density import _choose_layers, boundary_density
 from polylens.models.base import ModelAdapter
-from polylens.paths import interpolation_path
+from polylens.lens.paths import interpolation_path
 
 
 def _adapter(net, acts):

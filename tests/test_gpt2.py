@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from polylens.capture import capture
-from polylens.codes import extract_codes
+from polylens.lens.codes import extract_codes
 from polylens.models import gpt2 as gpt2_mod
 from polylens.models import load_model
 

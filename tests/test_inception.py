@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from polylens.capture import capture
-from polylens.codes import extract_codes
+from polylens.lens.codes import extract_codes
 from polylens.models import images, load_model
 from polylens.models.inception import InceptionV1, conv_layers, load_weights
 

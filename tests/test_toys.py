@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from polylens.directions import ActivationPCA, GradientPCA, score_directions
-from polylens.toys import SuperpositionConfig, X2Config, make_toy, train_x2
+from polylens.directions.finders import ActivationPCA, GradientPCA, score_directions
+from polylens.directions.toys import SuperpositionConfig, X2Config, make_toy, train_x2
 
 
 def test_x2_is_deterministic_and_fits():

@@ -37,7 +37,7 @@ class ModelAdapter:
     tokenize: text -> token ids, with no length limit and no BOS (language models; else None).
     default_labels: ``n -> [n]`` the class labels of ``default_inputs(n)`` (``None`` when unknown).
     piecewise_linear_modules: the adapter's own module classes that are piecewise-linear (a
-        concatenation, a padded max-pool), beside the standard ones ``polylens.exactness`` knows;
+        concatenation, a padded max-pool), beside the standard ones ``polylens.lens.exactness`` knows;
         exact counting is certified only across modules of these kinds.
     """
 

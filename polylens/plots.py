@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from polylens.directions import abs_cosines
+from polylens.directions.finders import abs_cosines
 
 # Up to this many ground-truth directions, draw the vectors themselves; beyond, |cos| heatmaps.
 _MAX_VECTOR_PANELS = 4
@@ -91,7 +91,7 @@ def _pyplot():
 def plot_density_path(result, path: str, title: str = "") -> None:
     """Crossings along a path (histogram over t, per counted layer) with the output label under it.
 
-    result: a ``polylens.density.DensityResult`` (or its JSON dict).
+    result: a ``polylens.lens.density.DensityResult`` (or its JSON dict).
     """
     plt = _pyplot()
     res = result if isinstance(result, dict) else result.to_json()
@@ -131,7 +131,7 @@ def plot_density_path(result, path: str, title: str = "") -> None:
 def plot_shell_profile(profile, path: str, title: str = "") -> None:
     """Crossings per unit radius vs radius, with the histogram of real activation norms.
 
-    profile: a ``polylens.shell.ShellProfile`` (or its JSON dict).
+    profile: a ``polylens.lens.shell.ShellProfile`` (or its JSON dict).
     """
     plt = _pyplot()
     prof = profile if isinstance(profile, dict) else profile.to_json()

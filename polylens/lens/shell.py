@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from torch import Tensor
 
-from polylens.density import boundary_density
+from polylens.lens.density import boundary_density
 from polylens.models.base import ModelAdapter
-from polylens.paths import scaling_path
+from polylens.lens.paths import scaling_path
 
 
 @dataclass

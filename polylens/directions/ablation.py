@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from polylens.capture import recording
-from polylens.directions import abs_cosines
+from polylens.directions.finders import abs_cosines
 from polylens.rows import map_rows
 
 ABLATIONS = ("mean", "project")
@@ -112,7 +112,7 @@ def ablation_curve(module, inputs, layer: str, directions, ks, *, is_text: bool,
 
 
 def agreement(directions: dict) -> tuple[list[str], list[list[float]]]:
-    """Sign-invariant mean max |cos| (``mmcs``, as ``polylens.directions.score_directions``) of each method's directions (rows) against
+    """Sign-invariant mean max |cos| (``mmcs``, as ``polylens.directions.finders.score_directions``) of each method's directions (rows) against
     each other's: entry [i][j] is the mean over i's directions of their best |cos| with j's."""
     names = list(directions)
     return names, [[float(abs_cosines(directions[a], directions[b]).max(axis=1).mean()) for b in names] for a in names]

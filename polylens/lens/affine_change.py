@@ -23,7 +23,7 @@ import torch.autograd.forward_ad as fwAD
 
 from polylens.capture import recording
 from polylens.models.base import ModelAdapter
-from polylens.paths import ActivationPath
+from polylens.lens.paths import ActivationPath
 
 SLOPE_JUMP = {"relu": 1.0, "identity": 0.0}  # |φ'₊ − φ'₋| at the boundary z = 0
 _OUTPUT_BUDGET = 20_000_000  # output elements (and as many tangents) held per batch

@@ -1,6 +1,6 @@
 """``polylens codes``: spline codes (which neurons are on) of inputs at activation layers.
 
-Python equivalent: ``polylens.codes.extract_codes(load_model(spec), inputs, layers)``.
+Python equivalent: ``polylens.lens.codes.extract_codes(load_model(spec), inputs, layers)``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def summary(codes) -> dict:
 
 def run(args) -> int:
     from cli.output import check_outputs, write_json, write_with
-    from polylens.codes import extract_codes
+    from polylens.lens.codes import extract_codes
 
     check_outputs(args.force, inputs=[*args.input, args.weights], out=args.out, json=args.json)
     if not args.out.endswith(".npz"):
@@ -43,7 +43,8 @@ def run(args) -> int:
         if len(position) != 2:
             raise ValueError(f"--position {args.position!r} must be H,W (two integers), e.g. 3,3")
     codes = extract_codes(
-        adapter, inputs, layers, soft=args.soft, beta=args.beta, input_ids=ids, per_position=args.per_position, position=position, batch_size=args.batch_size
+        adapter, inputs, layers, soft=args.soft, beta=args.beta, input_ids=ids, per_position=args.per_position, position=position, batch_size=args.batch_size,
+        progress=not args.no_progress,
     )
     codes.provenance.update({k: v for k, v in adapter.provenance.items() if k not in codes.provenance})
     write_with(args.out, codes.save)

@@ -191,8 +191,8 @@ class SplineCodes:
 
     def hamming_matrix(self, other: SplineCodes | None = None) -> np.ndarray:
         """All pairwise Hamming distances ``[n, m]`` int32 (``other`` defaults to self), computed
-        blockwise by the fastest exact route here (``polylens.hamming.pairwise``)."""
-        from polylens.hamming import pairwise
+        blockwise by the fastest exact route here (``polylens.clustering.hamming.pairwise``)."""
+        from polylens.clustering.hamming import pairwise
 
         other = self if other is None else other
         self._check_compatible(other)
@@ -258,6 +258,7 @@ def extract_codes(
     input_ids: Sequence[str] | None = None,
     per_position: bool = False,
     position: tuple[int, int] | None = None,
+    progress: bool = False,
 ) -> SplineCodes:
     """Spline codes of ``inputs [n, ...]`` at activation ``layers`` of a ``ModelAdapter``.
 
@@ -266,15 +267,20 @@ def extract_codes(
     axis 1 of each pre-activation (tokens of ``[n, seq, d]``) as separate rows: ``[n·seq, d]``.
     position: ``(h, w)``: keep only the channel vector at that spatial position of conv layers
     ``[n, C, H, W]`` → ``[n, C]`` (the Polytope Lens paper's protocol for image models).
+    progress: a bar on stderr (inputs done, rate, time left).
     """
+    from polylens.progress import progress_bar
+
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be a positive integer")
     if soft and not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta={beta} (--beta) must be a finite number > 0: the SiLU/Swish soft code is σ(βz)")
     ids = list(input_ids) if input_ids is not None else [str(i) for i in range(inputs.shape[0])]
     parts, seq_len = [], None
+    bar = progress_bar(inputs.shape[0], f"codes {adapter.name}", enabled=progress)
     for start in range(0, inputs.shape[0], batch_size):  # packed a batch at a time: float activations never pile up
         names, preacts = layer_preactivations(adapter, inputs[start : start + batch_size], layers, batch_size=batch_size, position=position)
+        bar.update(min(batch_size, inputs.shape[0] - start))
         if per_position:
             seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
             if len(seq) != 1 or any(z.dim() < 3 for z in preacts.values()):
@@ -282,6 +288,7 @@ def extract_codes(
             (seq_len,) = seq
             preacts = {n: z.reshape(z.shape[0] * seq_len, *z.shape[2:]) for n, z in preacts.items()}
         parts.append(SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta))
+    bar.close()
     if per_position:
         ids = [f"{i}@{p}" for i in ids for p in range(seq_len)]
     prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta, "position": list(position) if position else None}

@@ -1,6 +1,6 @@
 """Cluster the points of a layer on codes and on activations, score both, describe each cluster.
 
-``cluster_layer(points, method=..., on=...)`` runs one clusterer class (``polylens.cluster``) on the
+``cluster_layer(points, method=..., on=...)`` runs one clusterer class (``polylens.clustering.estimators``) on the
 hard codes (Hamming) and on the raw pre-activations (Euclidean and cosine) of the same points, and
 returns a ``ClusterResult`` (plain fields, ``to_json``).
 
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from polylens.cluster import METHODS
-from polylens.hamming import pairwise
-from polylens.neighbors import Points
+from polylens.clustering.estimators import METHODS
+from polylens.clustering.hamming import pairwise
+from polylens.clustering.neighbors import Points
 
 ON = ("codes", "activations", "both")
 SPACES = {"codes": "hamming", "activations": "euclidean", "activations_cosine": "cosine"}
@@ -95,7 +95,7 @@ def make_clusterer(method: str, params: dict, metric: str):
 
 def cluster_layer(points, *, method: str = "hdbscan", on: str = "both", params: dict | None = None,
                   cosine: bool = True, top_examples: int = 8) -> tuple[ClusterResult, dict[str, np.ndarray]]:
-    """Cluster ``points`` (a ``polylens.protocols.LayerPoints``); returns the result and the labels
+    """Cluster ``points`` (a ``polylens.clustering.points.LayerPoints``); returns the result and the labels
     of each space (``codes``, ``activations``, ``activations_cosine``)."""
     if on not in ON:
         raise ValueError(f"on={on!r} must be one of {', '.join(ON)}")

@@ -1,6 +1,6 @@
 """Polytope boundary density along paths: exact for piecewise-linear networks, sampled otherwise.
 
-A *crossing* is a position t ∈ [0, 1] on a path (``polylens.paths``) where unit u of an
+A *crossing* is a position t ∈ [0, 1] on a path (``polylens.lens.paths``) where unit u of an
 activation layer changes its hard code 1[z > 0]. Crossings are counted at the activation
 layers at and after the path's layer (or a named subset); density = crossings / path length
 (Euclidean, in the path layer's space).
@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from polylens.affine_change import affine_changes
+from polylens.lens.affine_change import affine_changes
 from polylens.capture import capture
-from polylens.exactness import EVAL_ONLY, first_smooth_step
+from polylens.lens.exactness import EVAL_ONLY, first_smooth_step
 from polylens.memory import available_memory
 from polylens.models.base import PIECEWISE_LINEAR, ModelAdapter
-from polylens.paths import ActivationPath, Evaluator
+from polylens.lens.paths import ActivationPath, Evaluator
 
 # Relative linearity tolerance. float64 roundoff in a forward pass is ~fan_in · 2^-53 · scale
 # (≈1e-12 for fan-in 10^4), so 1e-9 leaves a 1000× margin against false kinks, while a real kink
@@ -274,7 +274,7 @@ def boundary_density(
     ValueError. n_samples: sampled mode's steps over the whole path. n_profile: grid steps for the
     Hamming/output profile (0: none). affine_change: give each crossing ``affine_change``, the
     Frobenius norm of the change of the linearised map (path space → model output) across it
-    (``polylens.affine_change``; exact mode only, else None).
+    (``polylens.lens.affine_change``; exact mode only, else None).
     """
     for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
         if value < 1:

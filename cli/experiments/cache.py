@@ -1,13 +1,9 @@
-"""``polylens cache``: run a model up to a layer and store its activations (and, on request, their
-gradients) as an on-disk activation store for SAE training (``polylens sae train --data DIR``).
+"""Write a model layer's activations (and on request their gradients) into an on-disk activation
+store (``sae.activation_store``), and the same rows computed live for a cache-free run.
 
-Rows: one per token position for GPT-2 (every position of each context but the BOS), one per
-spatial position for a conv layer (its channel vector), one per input otherwise. The store is
-written by ``sae.activation_store.StoreWriter``; this module is the glue that runs the model
-(``polylens.capture``, stopping at the layer unless gradients are asked for). Re-run on an
-interrupted store, it resumes after the last complete shard.
-
-Python equivalent: ``cli.cache.cache_activations(adapter, layer, out, ...)``.
+Rows: one per token position for a language model (every position of each context but the BOS),
+one per spatial position for a conv layer (its channel vector), one per input otherwise
+(``polylens.rows``). Re-run on an interrupted store, it resumes after the last complete shard.
 """
 
 from __future__ import annotations
@@ -15,7 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from polylens.rows import rows_of  # noqa: F401 (the store's row layout; imported from here by bench/)
+from polylens.rows import rows_of
+
 
 GRADIENT_TARGETS = {"loss": "the next-token loss summed over the context (GPT-2)", "logit": "the logit of the predicted class (classifiers)"}
 
@@ -62,21 +59,6 @@ def text_contexts(adapter, path: str, context: int, tokens: int | None):
     return torch.cat([torch.full((n, 1), EOT, dtype=torch.long), body], dim=1)
 
 
-def model_inputs(adapter, args):
-    """The model inputs ``[n, ...]`` and whether they are token contexts."""
-    from cli.modelargs import default_batch, prepare_inputs
-
-    if adapter.tokenize is not None:
-        if not args.input:
-            raise ValueError("GPT-2 caches a text file: give --input FILE.txt")
-        if len(args.input) > 1:
-            raise ValueError("give one text file with --input")
-        return text_contexts(adapter, args.input[0], args.context, args.tokens), True
-    if args.input:
-        return prepare_inputs(adapter, args.input, "--input"), False
-    return default_batch(adapter, args.n), False
-
-
 def _target(kind: str, is_text: bool, tokens):
     from polylens.targets import Target
 
@@ -112,11 +94,9 @@ def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: 
         raise FileExistsError(f"the store {out} is complete; pass --force to write it again")
     start = writer.rows_done // per_input  # resume: the input holding the first row not yet stored
     writer.begin(start * per_input)
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from polylens.progress import progress_bar
 
-        bar = tqdm(total=total, initial=writer.rows_done, unit="row", file=sys.stderr, dynamic_ncols=True, desc=f"cache {layer}")
+    bar = progress_bar(total, f"cache {layer}", unit="tok" if is_text else "row", enabled=progress, initial=writer.rows_done)
     done = start * per_input
     try:
         for lo in range(start, inputs.shape[0], batch_size):
@@ -130,11 +110,9 @@ def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: 
             keep = min(acts.shape[0], total - done)
             writer.add(acts[:keep], None if grads is None else grads[:keep])
             done += keep
-            if bar is not None:
-                bar.update(keep)
+            bar.update(keep)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return writer.close()
 
 
@@ -160,64 +138,3 @@ class LiveLayer:
         idx = torch.randint(0, self.inputs.shape[0], (k,), generator=generator, device=getattr(generator, "device", "cpu"))
         got = capture(self.adapter.module, self.inputs[idx.cpu()], [self.layer], batch_size=self.batch_size).activations[self.layer]
         return rows_of(got, self.is_text)[:n]
-
-
-def run(args) -> int:
-    import shutil
-
-    from cli.modelargs import load_from_args
-    from cli.output import check_outputs
-
-    check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json)
-    for name in ("tokens", "context", "n", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')}={value} must be a positive integer")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out} is a file; give a folder")
-    from sae.activation_store import MANIFEST
-
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        if not args.force:
-            raise FileExistsError(f"--out {args.out} holds other files; give an empty or new folder, or --force to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"folder {parent} does not exist; create it first")
-    adapter = load_from_args(args)
-    layer = adapter.check_layer(args.layer)
-    inputs, is_text = model_inputs(adapter, args)
-    if args.force and out.exists():
-        shutil.rmtree(out)
-    manifest = cache_activations(adapter, layer, out, inputs, is_text=is_text, dtype=args.dtype, gradients=args.gradients, tokens=args.tokens,
-                                 batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty(),
-                                 meta={"context": args.context if is_text else None})  # fmt: skip
-    stream = sys.stderr if args.json == "-" else sys.stdout
-    print(f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows of width {manifest['width']} ({manifest['dtype']}) "
-          f"in {len(manifest['shards'])} shards -> {args.out}", file=stream)  # fmt: skip
-    from cli.output import write_json
-
-    write_json({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"]), "out": args.out}, args.json)
-    return 0
-
-
-def register(sub) -> None:
-    from cli.modelargs import add_model_args
-
-    p = sub.add_parser("cache", help="store a layer's activations (and gradients) on disk for SAE training", description=__doc__.splitlines()[0])
-    add_model_args(p)
-    p.add_argument("--layer", required=True, metavar="NAME", help="the layer whose output is stored (e.g. blocks.6.mlp.hook_pre, conv2)")
-    p.add_argument("--input", action="append", default=[], metavar="PATH",
-                   help="GPT-2: a text file; other models: input files (.npy, images); default: the model's bundled inputs")  # fmt: skip
-    p.add_argument("--n", type=int, default=360, help="without --input: the first N bundled inputs (default 360, the digits test split)")
-    p.add_argument("--tokens", type=int, help="store at most this many rows (GPT-2: tokens)")
-    p.add_argument("--context", type=int, default=128, help="GPT-2: tokens per context, BOS included (default 128)")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float32", help="stored dtype (default float32)")
-    p.add_argument("--gradients", choices=sorted(GRADIENT_TARGETS), metavar="TARGET",
-                   help="also store the gradient of TARGET w.r.t. each row: loss (GPT-2's next-token loss) or logit (the predicted class's)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default 16)")
-    p.add_argument("--out", required=True, metavar="DIR", help="the store folder (re-run to resume an interrupted one)")
-    p.add_argument("--json", metavar="PATH", help="write the manifest summary as JSON to PATH ('-' for stdout)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--force", action="store_true", help="replace an existing store")
-    p.set_defaults(handler=run)

@@ -45,7 +45,7 @@ def _img_png(arr: np.ndarray, scale: int = 1) -> str:
 
 def summary_figures(result, words: np.ndarray) -> dict[str, str]:
     """base64 PNGs: ``sizes``, ``scores`` (when labels exist), ``embedding`` (≥ 3 clusters)."""
-    from polylens.hamming import pairwise
+    from polylens.clustering.hamming import pairwise
 
     plt = _pyplot()
     figs = {}
@@ -54,7 +54,10 @@ def summary_figures(result, words: np.ndarray) -> dict[str, str]:
         if res and res["sizes"]:
             ax.plot(np.arange(1, len(res["sizes"]) + 1), res["sizes"], marker=".", label=f"{space} ({res['n_clusters']})")
     ax.set(xlabel="cluster rank", ylabel="points", yscale="log", title="cluster sizes")
-    ax.legend(fontsize=8)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:  # every point is noise: no cluster to plot
+        ax.text(0.5, 0.5, "no clusters: every point is noise", ha="center", va="center", transform=ax.transAxes)
     figs["sizes"] = _png(fig)
     labelled = [(s, r) for s, r in result.on.items() if r and r.get("by_label")]
     if labelled:

@@ -1,7 +1,7 @@
 """``polylens cluster``: cluster a layer's spline codes (and, beside them, its activations) and write
 labels, JSON and a self-contained HTML report.
 
-Python equivalent: ``polylens.cluster_analysis.cluster_layer(polylens.protocols.digits_points(
+Python equivalent: ``polylens.clustering.analysis.cluster_layer(polylens.clustering.points.digits_points(
 load_model("digits"), "fc1"))``; the protocols are ``gpt2_points``, ``image_points``,
 ``digits_points``, ``array_points``.
 """
@@ -17,7 +17,7 @@ from cli.modelargs import add_model_args, load_from_args
 
 def load_points(args):
     """The ``LayerPoints`` the flags name: a codes file, or a model's protocol."""
-    from polylens import protocols
+    from polylens.clustering import points as protocols
 
     if args.codes:
         return codes_points(args.codes, args.layer)
@@ -27,18 +27,18 @@ def load_points(args):
         if not args.input:
             raise ValueError("GPT-2 clustering needs --input: a text file or a folder of .txt files")
         return protocols.gpt2_points(adapter, args.layer, args.input, max_sequences=args.max_sequences,
-                                     skip=args.skip, per_seq=args.per_seq, progress=sys.stderr.isatty())
+                                     skip=args.skip, per_seq=args.per_seq, progress=not args.no_progress)
     if spec == "inceptionv1" or spec.startswith("torchvision"):
         if not args.input:
             raise ValueError(f"{spec} clustering needs --input FOLDER of images")
         layer = args.layer or ("mixed4a" if spec == "inceptionv1" else None)
         if layer is None:
             raise ValueError("give --layer (an activation layer of the model)")
-        return protocols.image_points(adapter, layer, args.input, position=_position(args.position))
+        return protocols.image_points(adapter, layer, args.input, position=_position(args.position), progress=not args.no_progress)
     if args.input:
-        return protocols.array_points(adapter, args.layer, args.input)
+        return protocols.array_points(adapter, args.layer, args.input, progress=not args.no_progress)
     if spec == "digits":
-        return protocols.digits_points(adapter, args.layer)
+        return protocols.digits_points(adapter, args.layer, progress=not args.no_progress)
     raise ValueError(f"model {spec} has no bundled inputs; give them with --input FILE.npy")
 
 
@@ -47,9 +47,9 @@ def codes_points(path: str, layer: str | None):
     import numpy as np
     import torch
 
-    from polylens.codes import SplineCodes
+    from polylens.lens.codes import SplineCodes
     from polylens.models.base import npy_error
-    from polylens.protocols import LayerPoints
+    from polylens.clustering.points import LayerPoints
 
     p = Path(path)
     if not p.is_file():
@@ -93,8 +93,8 @@ def run(args) -> int:
 
     from cli.output import check_output_dir, check_outputs, write_dir, write_json
     from sae.files import finite
-    from polylens.cluster_analysis import cluster_layer
-    from polylens.cluster_report import render_html, summary_figures
+    from polylens.clustering.analysis import cluster_layer
+    from polylens.clustering.report_html import render_html, summary_figures
 
     check_output_dir(args.out, args.force)
     check_outputs(args.force, inputs=[args.input, args.codes, args.weights], json=args.json)
@@ -108,7 +108,7 @@ def run(args) -> int:
     on = args.on or ("both" if points.activations is not None else "codes")
     params = {"min_cluster_size": args.min_cluster_size, "min_samples": args.min_samples, "max_dense": args.max_dense,
               "knn": args.knn, "sample": args.sample, "random_state": args.seed, "n_clusters": args.n_clusters,
-              "progress": sys.stderr.isatty(), "verbose": True}
+              "progress": not args.no_progress, "verbose": True}
     result, labelings = cluster_layer(points, method=args.method, on=on, params=params)
     figures = summary_figures(result, points.codes.words)
     page = render_html(result, points, figures)
@@ -129,13 +129,18 @@ def run(args) -> int:
     print(f"{result.model} {result.layer}: {result.n_points} points, {result.n_unique_codes} distinct codes, {result.method}", file=stream)
     for space, res in result.on.items():
         if res:
-            extra = "" if res["nmi"] is None else f"  purity {res['purity']:.3f}  NMI {res['nmi']:.3f}  ARI {res['ari']:.3f}"
+            extra = "" if res["nmi"] is None else f"  purity {_num(res['purity'])}  NMI {_num(res['nmi'])}  ARI {_num(res['ari'])}"
             print(f"  {space:<20} {res['n_clusters']:>5} clusters  noise {res['noise_frac']:.3f}  [{res['route']}]{extra}", file=stream)
     if result.agreement_ari is not None:
         print(f"  ARI codes vs activations: {result.agreement_ari:.3f}", file=stream)
     print(f"  -> {args.out}/labels.npy, clusters.json, report.html ({result.seconds:.1f} s)", file=stream)
     write_json(summary, args.json)
     return 0
+
+
+def _num(value) -> str:
+    """A score for the summary line; ``n/a`` where it is undefined (purity when every point is noise)."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def register(sub) -> None:

@@ -1,5 +1,5 @@
 """One interface to distances and neighbours over the points a clusterer sees: packed spline codes
-under Hamming distance (``polylens.hamming``) or activation vectors under Euclidean or cosine
+under Hamming distance (``polylens.clustering.hamming``) or activation vectors under Euclidean or cosine
 distance (torch matmuls, faiss HNSW for the approximate k-NN).
 
 ``Points`` wraps either kind; clusterers call ``pairwise``, ``knn`` and ``knn_to`` and never ask
@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from polylens import hamming
-from polylens.hamming import Neighbors
+from polylens.clustering import hamming
+from polylens.clustering.hamming import Neighbors
 
 Metric = Literal["hamming", "euclidean", "cosine"]
 

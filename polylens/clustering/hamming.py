@@ -1,6 +1,6 @@
 """Exact Hamming distances and nearest neighbours on bit-packed spline codes.
 
-Codes are ``[n, n_words]`` uint64 words as ``polylens.codes.pack_bits`` writes them (padding bits
+Codes are ``[n, n_words]`` uint64 words as ``polylens.lens.codes.pack_bits`` writes them (padding bits
 zero, so they never add to a distance). Everything here is blockwise: memory stays at one block of
 distances, whatever ``n`` is, except where a full matrix is what the caller asked for.
 
@@ -73,7 +73,7 @@ def unique_rows(x: np.ndarray) -> Unique:
 def _as_words(words: np.ndarray, name: str = "codes") -> np.ndarray:
     words = np.asarray(words)
     if words.ndim != 2 or words.dtype != np.uint64:
-        raise ValueError(f"{name} must be packed uint64 words [n, n_words] (polylens.codes.pack_bits), got {words.dtype} {words.shape}")
+        raise ValueError(f"{name} must be packed uint64 words [n, n_words] (polylens.lens.codes.pack_bits), got {words.dtype} {words.shape}")
     return np.ascontiguousarray(words)
 
 
@@ -81,8 +81,8 @@ def _as_words(words: np.ndarray, name: str = "codes") -> np.ndarray:
 # the numba kernels (compiled on first use, cached on disk)
 
 def _numba_kernels():
-    """The numba kernels (``polylens._popcount``), imported on first use: numba costs ~1 s to import."""
-    from polylens import _popcount
+    """The numba kernels (``polylens.clustering._popcount``), imported on first use: numba costs ~1 s to import."""
+    from polylens.clustering import _popcount
 
     return _popcount
 

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from polylens.hamming import Unique, unique_rows
+from polylens.clustering.hamming import Unique, unique_rows
 from polylens.memory import available_memory
-from polylens.neighbors import Points
+from polylens.clustering.neighbors import Points
 
 DENSE_MEMORY_SHARE = 0.5  # a dense distance matrix may take at most this share of available memory
 
@@ -34,7 +34,7 @@ DENSE_MEMORY_SHARE = 0.5  # a dense distance matrix may take at most this share 
 def as_points(X, metric: str | None = None) -> Points:
     """``X`` as ``Points``: codes (SplineCodes, uint64 words, 0/1 or bool arrays) → Hamming;
     float arrays → ``metric`` (default euclidean)."""
-    from polylens.codes import SplineCodes, pack_bits
+    from polylens.lens.codes import SplineCodes, pack_bits
 
     if isinstance(X, Points):
         return X
@@ -199,7 +199,7 @@ class HDBSCAN(_Base):
             nbrs = pts.knn(k, method=method, seed=self.random_state, progress=self.progress)
             self.knn_recall_ = None
             if method == "hnsw" and pts.metric == "hamming":
-                from polylens.hamming import knn_recall
+                from polylens.clustering.hamming import knn_recall
 
                 self.knn_recall_ = knn_recall(pts.data, nbrs, n_queries=min(300, nu), seed=self.random_state)
                 self._say(f"HNSW k-NN graph (k={k}): recall {self.knn_recall_:.3f} against exact k-NN on {min(300, nu)} points")

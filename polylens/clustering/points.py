@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from polylens.codes import SplineCodes, layer_preactivations
+from polylens.lens.codes import SplineCodes, layer_preactivations
 from polylens.models.base import read_npy
 
 
@@ -46,11 +46,23 @@ class LayerPoints:
     notes: list[str] = field(default_factory=list)
 
 
-def _points(adapter, inputs: torch.Tensor, layers: list[str], *, position=None, batch_size: int = 64):
-    names, pre = layer_preactivations(adapter, inputs, layers, batch_size=batch_size, position=position)
-    kinds = {n: adapter.activation_layers[n] for n in names}
-    acts = torch.cat([pre[n].reshape(pre[n].shape[0], -1) for n in names], dim=1).float().numpy()
-    return SplineCodes.from_preactivations(pre, kinds, provenance={"model": adapter.name, "layers": names}), acts
+def _points(adapter, inputs: torch.Tensor, layers: list[str], *, position=None, batch_size: int = 64, progress: bool = False,
+            unit: str = "input"):  # fmt: skip
+    """Codes and float activations ``[n, units]`` of ``inputs`` at ``layers``, a batch at a time."""
+    from polylens.progress import progress_bar
+
+    bar = progress_bar(inputs.shape[0], f"{adapter.name} {','.join(layers)}", unit=unit, enabled=progress)
+    parts: dict[str, list[torch.Tensor]] = {}
+    for lo in range(0, inputs.shape[0], batch_size):
+        names, pre = layer_preactivations(adapter, inputs[lo : lo + batch_size], layers, batch_size=batch_size, position=position)
+        for n in names:
+            parts.setdefault(n, []).append(pre[n])
+        bar.update(min(batch_size, inputs.shape[0] - lo))
+    bar.close()
+    pre = {n: torch.cat(v) for n, v in parts.items()}
+    kinds = {n: adapter.activation_layers[n] for n in pre}
+    acts = torch.cat([z.reshape(z.shape[0], -1) for z in pre.values()], dim=1).float().numpy()
+    return SplineCodes.from_preactivations(pre, kinds, provenance={"model": adapter.name, "layers": list(pre)}), acts
 
 
 def _single_layer(adapter, layer: str | None, default: str | None = None) -> list[str]:
@@ -59,29 +71,29 @@ def _single_layer(adapter, layer: str | None, default: str | None = None) -> lis
     return [layer]
 
 
-def digits_points(adapter, layer: str | None = None, *, batch_size: int = 256) -> LayerPoints:
+def digits_points(adapter, layer: str | None = None, *, batch_size: int = 256, progress: bool = False) -> LayerPoints:
     """All 1797 bundled digits (``sklearn.datasets.load_digits``) at ``layer`` (default ``fc1``)."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = torch.from_numpy((data.images / 16.0).astype(np.float32)[:, None])
     layers = _single_layer(adapter, layer, "fc1")
-    codes, acts = _points(adapter, x, layers, batch_size=batch_size)
+    codes, acts = _points(adapter, x, layers, batch_size=batch_size, progress=progress, unit="img")
     images = (data.images / 16.0 * 255).astype(np.uint8)
     return LayerPoints(adapter.name, layers[0], codes, acts, labels={"class": data.target.astype(np.int64)},
                        label_names={"class": {i: str(i) for i in range(10)}},
                        examples=[{"image": img} for img in images])
 
 
-def array_points(adapter, layer: str | None, path: str | Path, *, batch_size: int = 64) -> LayerPoints:
+def array_points(adapter, layer: str | None, path: str | Path, *, batch_size: int = 64, progress: bool = False) -> LayerPoints:
     """Inputs ``[n, ...]`` from an ``.npy`` (float; float64 is converted) at ``layer``."""
     arr = read_npy(path, integers=True)
     if arr.ndim < 2:
         raise ValueError(f"input file {str(path)!r} must be shaped [n_inputs, ...] (one row an input), got shape {arr.shape}")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     layers = _single_layer(adapter, layer)
-    codes, acts = _points(adapter, x, layers, batch_size=batch_size)
-    return LayerPoints(adapter.name, layers[0], codes, acts, examples=[{"input": f"{path.name}[{i}]"} for i in range(len(x))])
+    codes, acts = _points(adapter, x, layers, batch_size=batch_size, progress=progress)
+    return LayerPoints(adapter.name, layers[0], codes, acts, examples=[{"input": f"{Path(path).name}[{i}]"} for i in range(len(x))])
 
 
 def block_preactivation_layers(adapter, layer: str) -> list[str]:
@@ -100,7 +112,7 @@ def block_preactivation_layers(adapter, layer: str) -> list[str]:
 
 
 def image_points(adapter, layer: str, folder: str | Path, *, position: tuple[int, int] | None = None,
-                 batch_size: int = 16, thumb: int = 64) -> LayerPoints:
+                 batch_size: int = 16, thumb: int = 64, progress: bool = False) -> LayerPoints:
     """One vector per image in ``folder``: all channels of ``layer`` at ``position`` (default centre)."""
     from PIL import Image
 
@@ -116,7 +128,7 @@ def image_points(adapter, layer: str, folder: str | Path, *, position: tuple[int
         if len(shape) != 4:
             raise ValueError(f"layer {layer!r} is not a conv layer [n, C, H, W]; image points need one")
         position = (shape[2] // 2, shape[3] // 2)
-    codes, acts = _points(adapter, x, layers, position=position, batch_size=batch_size)
+    codes, acts = _points(adapter, x, layers, position=position, batch_size=batch_size, progress=progress, unit="img")
     examples = []
     for f in files:
         with Image.open(f) as img:
@@ -185,12 +197,12 @@ def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 
         raise ValueError(f"no sequence in {str(path)!r} is longer than skip={skip} tokens; give more text")
     parts_acts, labels = [], {"token": [], "next_token": [], "position": []}
     examples = []
-    from tqdm.auto import tqdm
+    from polylens.progress import progress_bar
 
-    bar = tqdm(total=len(seqs), desc=f"GPT-2 {layers[0]}", leave=False, disable=not progress)
+    bar = progress_bar(sum(len(s) for _, s, _ in seqs), f"{adapter.name} {layers[0]}", unit="tok", enabled=progress)
     for b0 in range(0, len(seqs), batch_size):
         batch = seqs[b0 : b0 + batch_size]
-        bar.update(len(batch))
+        bar.update(sum(len(seq) for _, seq, _ in batch))
         by_len: dict[int, list[int]] = {}
         for j, (_, seq, _) in enumerate(batch):  # equal lengths run together
             by_len.setdefault(len(seq), []).append(j)

@@ -1,13 +1,12 @@
 """``polylens compare``: which directions does each method recover: on a toy, against its ground truth (``--setup``), or in a model's layer (``--model --layer``)?
 
-The Python equivalents are ``cli.compare.compare`` (toys) and ``cli.compare_model.compare_layer``
-(model layers); they live in ``cli/`` because it is the place where ``polylens`` and ``sae`` meet.
+The Python equivalents are ``cli.experiments.compare_toys.compare`` (toys) and
+``cli.experiments.compare_layer.compare_layer`` (model layers).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 
 # Setup-specific options: CLI flag -> (config field, setups it applies to).
 OPTIONS = {
@@ -21,121 +20,7 @@ OPTIONS = {
 }
 
 
-@dataclass
-class CompareResult:
-    """Scores of every method against a toy's ground truth (serialises to the documented JSON)."""
-
-    setup: str
-    seed: int
-    ground_truth: dict
-    methods: dict[str, dict]
-    toy: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"setup": self.setup, "seed": self.seed, "ground_truth": self.ground_truth, "methods": self.methods, "toy": self.toy}
-
-
-@dataclass
-class SAEOptions:
-    """The SAE method of ``compare``: a ReLU+L1 SAE trained on the toy's hidden activations."""
-
-    dict_size: int | None = None
-    """Latents; default twice the larger of the ground-truth count and the layer width."""
-    l1: float = 0.3
-    """L1 coefficient (SAELens/Anthropic convention: Σ over latents, squared error Σ over dims)."""
-    steps: int = 3000
-    """Adam steps of batch 256 over the toy's evaluation activations (lr 3e-3)."""
-    enabled: bool = True
-    gsae_k: int = 4
-    """The g-SAE's active latents per sample (it is a TopK SAE; the superposition toy has about 2
-    active features a sample)."""
-
-
-def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None = SAEOptions()) -> dict:
-    """Directions each available method proposes in the toy's hidden layer: name -> ``[m, dim]``.
-
-    The PCAs propose ``n_directions``, LIB as many (fewer if the activations span fewer); the SAE
-    (on the activations), the gradient SAE (on the gradients, b_dec fixed at 0) and the g-SAE (a
-    TopK SAE on the activations selecting by activation × gradient reach) propose their whole
-    dictionaries (decoder rows).
-    """
-    from polylens.directions import LIB, ActivationPCA, GradientPCA
-
-    acts = toy.activations()
-    grads = toy.gradients()
-    found = {
-        "activation_pca": ActivationPCA(n_directions).fit(acts).components_,
-        "gradient_pca": GradientPCA(n_directions).fit(grads).components_,
-        "lib": LIB().fit(acts, grads).components_[:n_directions],  # at most the activations' rank
-    }
-    if sae is not None and sae.enabled:
-        found["sae"] = _sae_directions(acts, toy.truth.shape[0], seed, sae)
-        # on the gradients (Jacobian rows), uncentred as gradient PCA is: a learned b_dec would
-        # absorb x²'s constant gradient w_out and leave the dictionary empty
-        found["gradient_sae"] = _sae_directions(grads, toy.truth.shape[0], seed, sae, learn_b_dec=False)
-        found["gsae"] = _gsae_directions(acts, grads, toy.truth.shape[0], seed, sae)
-    return found
-
-
-def _gsae_directions(acts, grads, n_truth: int, seed: int, opts: SAEOptions):
-    import torch
-
-    from cli.compare_model import LayerSAEOptions, train_topk_sae
-
-    jac = grads if grads.dim() == 3 else grads.unsqueeze(1)  # [n, k, dim] Jacobian rows
-    dim = acts.shape[1]
-    paired = torch.cat([acts, jac.reshape(jac.shape[0], -1)], dim=1).float()
-    options = LayerSAEOptions(opts.dict_size or 2 * max(n_truth, dim), opts.gsae_k, opts.steps)
-    return train_topk_sae(paired, dim, options, seed, arch="gsae", grad_columns=jac.shape[1]).decoder.detach().clone()
-
-
-def train_sae(rows, steps: int, seed: int, **fields):
-    """The SAE every ``compare`` method trains: ``SAEConfig(**fields)`` (``d_in`` among them) fitted
-    with ``steps`` Adam steps of batch min(256, n) at lr 3e-3 on ``rows [n, width]``."""
-    from sae.config import SAEConfig, TrainConfig
-    from sae.train import train
-
-    batch = min(256, rows.shape[0])
-    config = TrainConfig(n_samples=batch * steps, batch_size=batch, lr=3e-3, seed=seed, log_every=steps)
-    return train(SAEConfig(**fields), config, rows.float()).sae_
-
-
-def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_dec: bool = True):
-    acts = acts.reshape(-1, acts.shape[-1])  # Jacobian rows [n, k, dim] are n·k rows
-    dim = acts.shape[1]
-    n = opts.dict_size or 2 * max(n_truth, dim)
-    return train_sae(acts, opts.steps, seed, d_in=dim, dict_size=n, l1=opts.l1, learn_b_dec=learn_b_dec).decoder.detach().clone()
-
-
-def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options):
-    """Train toy ``setup`` (options: fields of its config) and score every method.
-
-    Returns ``(CompareResult, toy, directions)``. Each PCA proposes as many
-    directions as there are ground-truth directions (at most the layer width);
-    the SAE (``sae=None`` leaves it out) proposes its whole dictionary.
-    """
-    from polylens.directions import score_directions
-    from polylens.toys import make_toy
-
-    toy = make_toy(setup, seed=seed, **options)
-    n_truth, dim = toy.truth.shape
-    directions = method_directions(toy, min(n_truth, dim), seed, sae)
-    methods = {}
-    for name, found in directions.items():
-        scores = score_directions(toy.truth, found, threshold=threshold)
-        methods[name] = {
-            "mmcs": scores.mmcs,
-            "hungarian_mean_cos": scores.hungarian_mean_cos,
-            f"frac_recovered_{threshold:g}": scores.frac_recovered,
-            "subspace_overlap": scores.subspace_overlap,
-            "n_directions": scores.n_directions,
-            "best_abs_cos": list(scores.best_abs_cos),  # per ground-truth direction: the distribution behind mmcs
-        }
-    result = CompareResult(setup, seed, {"n_directions": n_truth, "dim": dim}, methods, toy.describe())
-    return result, toy, directions
-
-
-def format_table(result: CompareResult) -> str:
+def format_table(result) -> str:
     rows = list(result.methods.items())
     keys = [k for k in rows[0][1] if k not in ("n_directions", "best_abs_cos")] + ["n_directions"]
     head = f"{'method':<16}" + "".join(f"{k:>20}" for k in keys)
@@ -164,6 +49,8 @@ def _options_from_args(args) -> dict:
 
 
 def run(args) -> int:
+    from cli.experiments.compare_toys import compare
+    from cli.experiments.sae_methods import SAEOptions
     from cli.output import check_outputs, write_json, write_with
 
     if args.setup is None and args.model is None:
@@ -171,8 +58,6 @@ def run(args) -> int:
     if args.setup is not None and args.model is not None:
         raise ValueError("give --setup (a toy) or --model (a model's layer), not both")
     if args.model is not None:
-        from cli.compare_model import run_model_layer
-
         return run_model_layer(args)
     for flag in ("layer", "target", "k", "n", "sae_k", "context"):
         if getattr(args, flag) is not None:
@@ -183,7 +68,8 @@ def run(args) -> int:
         raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
     options = _options_from_args(args)
     check_outputs(args.force, json=args.json, plot=args.plot)
-    sae = SAEOptions(args.sae_dict, args.sae_l1, SAEOptions.steps if args.sae_steps is None else args.sae_steps, not args.no_sae)
+    sae = SAEOptions(dict_size=args.sae_dict, l1=args.sae_l1, enabled=not args.no_sae,
+                     **({} if args.sae_steps is None else {"steps": args.sae_steps}))
     for flag, value in (("--sae-dict", sae.dict_size), ("--sae-steps", sae.steps)):
         if value is not None and value <= 0:
             raise ValueError(f"{flag}={value} must be a positive integer")
@@ -193,7 +79,7 @@ def run(args) -> int:
     # Keep stdout parseable when the JSON goes there.
     print(format_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.plot:
-        from polylens.report import plot_direction_recovery
+        from polylens.plots import plot_direction_recovery
 
         title = f"polylens compare --setup {args.setup} --seed {args.seed}"
         write_with(args.plot, lambda tmp: plot_direction_recovery(toy.truth, directions, tmp, title))
@@ -212,7 +98,7 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of ground-truth vs recovered directions")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    g = p.add_argument_group("toy options (defaults: see polylens.toys)")
+    g = p.add_argument_group("toy options (defaults: see polylens.directions.toys)")
     g.add_argument("--hidden", type=int, help="hidden width (x2: ReLU units, default 64; superposition: d, default 10)")
     g.add_argument("--inputs", type=int, help="x2: input dimension k (y_i = x_i^2), default 1")
     g.add_argument("--no-bias", action="store_true", help="x2: no bias in the hidden layer and read-out")
@@ -220,7 +106,7 @@ def register(sub) -> None:
     g.add_argument("--p-active", type=float, help="superposition: probability a feature is active, default 0.05")
     g.add_argument("--importance-decay", type=float, help="superposition: importance of feature i is decay**i, default 1")
     g.add_argument("--steps", type=int, help="training steps (default 3000)")
-    from cli.compare_model import LayerSAEOptions
+    from cli.experiments.sae_methods import LayerSAEOptions, SAEOptions
     from cli.modelargs import add_model_args
 
     add_model_args(p)
@@ -241,3 +127,63 @@ def register(sub) -> None:
     s.add_argument("--sae-k", type=int, help="--model: active latents per row of the TopK SAEs (default max(2, min(32, width // 8)))")
     s.add_argument("--sae-steps", type=int, help=f"training steps of batch 256 (toys: default {SAEOptions.steps}; --model: {LayerSAEOptions.steps})")
     p.set_defaults(handler=run)
+
+
+def format_layer_table(result: dict) -> str:
+    k = result["k"]
+    head = f"{'method':<16}{'n':>4}{'act. variance':>15}{'grad. energy':>14}{f'KL@{k}':>12}" + (
+        f"{f'acc. drop@{k}':>14}" if any(m["ablation"]["accuracy_drop"] for m in result["methods"].values()) else "")
+    lines = [
+        f"{result['model']} {result['layer']}: {result['n_rows']:,} rows of width {result['width']} from {result['n_inputs']} inputs; "
+        f"target {result['target']} ({result['gradient_rows']}); top-{k} directions, {result['ablation']}-ablated",
+        head,
+        "-" * len(head),
+    ]
+    for name, m in result["methods"].items():
+        ab = m["ablation"]
+        drop = ab["accuracy_drop"]
+        lines.append(f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}{ab['kl'][-1]:>12.4g}"
+                     + (f"{drop[-1]:>14.4f}" if drop else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_model_layer(args) -> int:
+    from cli.experiments.compare_layer import compare_layer
+    from cli.experiments.sae_methods import LayerSAEOptions
+    from cli.modelargs import load_from_args, model_inputs
+    from cli.output import check_outputs, write_json, write_with
+    from polylens.directions.ablation import ABLATIONS
+
+    for flag in ("hidden", "inputs", "features", "p_active", "importance_decay", "steps"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} is a toy option (--setup); it does not apply to --model")
+    if args.no_bias:
+        raise ValueError("--no-bias is a toy option (--setup); it does not apply to --model")
+    if not args.layer:
+        raise ValueError("--model needs --layer NAME: the layer whose directions are compared")
+    if args.ablation not in ABLATIONS:
+        raise ValueError(f"--ablation {args.ablation!r}: choose {' or '.join(ABLATIONS)}")
+    for flag, value in (("--k", args.k), ("--n", args.n), ("--sae-dict", args.sae_dict), ("--sae-k", args.sae_k),
+                        ("--sae-steps", args.sae_steps), ("--context", args.context)):  # fmt: skip
+        if value is not None and value <= 0:
+            raise ValueError(f"{flag}={value} must be a positive integer")
+    check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json, plot=args.plot)
+    adapter = load_from_args(args)
+    layer = adapter.check_layer(args.layer)
+    inputs, is_text, labels = model_inputs(adapter, args, context=args.context or 64)
+    sae = LayerSAEOptions(dict_size=args.sae_dict, k=args.sae_k, enabled=not args.no_sae,
+                          **({} if args.sae_steps is None else {"steps": args.sae_steps}))
+    if args.k is None:
+        from polylens.capture import capture
+        from polylens.rows import rows_of
+
+        args.k = min(10, rows_of(capture(adapter.module, inputs[:1], [layer]).activations[layer], is_text).shape[1])
+    result, _ = compare_layer(adapter, layer, inputs, target=args.target or "logits", k=args.k, is_text=is_text, labels=labels, seed=args.seed,
+                              ablation=args.ablation, sae=sae, progress=not args.no_progress)  # fmt: skip
+    print(format_layer_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.plot:
+        from polylens.plots import plot_layer_comparison
+
+        write_with(args.plot, lambda tmp: plot_layer_comparison(result, tmp, f"polylens compare --model {adapter.name} --layer {layer}"))
+    write_json(result, args.json)
+    return 0

@@ -1,8 +1,8 @@
 """``polylens density``: polytope boundary crossings along a path (exact for piecewise-linear nets).
 
-Python equivalent: ``polylens.density.boundary_density(adapter, path)`` with a path from
-``polylens.paths`` (``interpolation_path``, ``scaling_path``, ``polyline_path``), or
-``polylens.shell.shell_profile`` for ``--path shell``.
+Python equivalent: ``polylens.lens.density.boundary_density(adapter, path)`` with a path from
+``polylens.lens.paths`` (``interpolation_path``, ``scaling_path``, ``polyline_path``), or
+``polylens.lens.shell.shell_profile`` for ``--path shell``.
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ def format_result(res) -> str:
 
 def run_shell(args, adapter, stream):
     from cli.output import write_json, write_with
-    from polylens.shell import shell_profile
+    from polylens.lens.shell import shell_profile
 
     inputs = prepare_inputs(adapter, args.input, "--input") if args.input else default_batch(adapter, args.n)
     prof = shell_profile(adapter, inputs, args.layer, alpha_max=args.alpha_max, n_bins=args.bins, count_layers=_count_layers(args), exact=_exact(args), n_samples=args.samples)
     print(f"{prof.model}: shell profile in {prof.layer} over {prof.n_paths} scaling paths, {prof.n_crossings} crossings ({'exact' if prof.exact else 'sampled'})", file=stream)
     if args.plot:
-        from polylens.report import plot_shell_profile
+        from polylens.plots import plot_shell_profile
 
         write_with(args.plot, lambda tmp: plot_shell_profile(prof, tmp))
     write_json(prof.to_json(), args.json)
@@ -75,8 +75,8 @@ def run(args) -> int:
     adapter.check_layer(layer, allowed=["input", *adapter.space_layers])
     if args.path == "shell":
         return run_shell(args, adapter, stream)
-    from polylens.density import boundary_density
-    from polylens.paths import interpolation_path, scaling_path
+    from polylens.lens.density import boundary_density
+    from polylens.lens.paths import interpolation_path, scaling_path
 
     x0 = adapter.prepare(args.from_)
     if args.path == "scale":
@@ -88,7 +88,7 @@ def run(args) -> int:
     res = boundary_density(adapter, path, count_layers=_count_layers(args), exact=_exact(args), n_samples=args.samples, n_profile=args.profile_steps)
     print(format_result(res), file=stream)
     if args.plot:
-        from polylens.report import plot_density_path
+        from polylens.plots import plot_density_path
 
         write_with(args.plot, lambda tmp: plot_density_path(res, tmp))
     write_json(res.to_json(), args.json)
