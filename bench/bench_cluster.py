@@ -112,12 +112,19 @@ def cpu_header() -> None:
     import numba
     import torch
 
-    info = {k.strip(): v.strip() for k, v in (x.split(":", 1) for x in reversed(open("/proc/cpuinfo").read().splitlines()) if ":" in x)}
+    info = {
+        k.strip(): v.strip()
+        for k, v in (x.split(":", 1) for x in reversed(open("/proc/cpuinfo").read().splitlines()) if ":" in x)
+    }
     model, flags = info.get("model name", "?"), set(info.get("flags", "").split())  # cpu 0's (read last)
     want = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni", "avx_vnni")
-    print(f"CPU: {model}; {os.cpu_count()} cpus; flags: " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in want))
-    print(f"torch.backends.cpu.get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}; threads: torch {torch.get_num_threads()}, "
-          f"numba {numba.get_num_threads()}, faiss {faiss.omp_get_max_threads()}; faiss {faiss.__version__}; {load()}")
+    print(
+        f"CPU: {model}; {os.cpu_count()} cpus; flags: " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in want)
+    )
+    print(
+        f"torch.backends.cpu.get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}; threads: torch {torch.get_num_threads()}, "
+        f"numba {numba.get_num_threads()}, faiss {faiss.omp_get_max_threads()}; faiss {faiss.__version__}; {load()}"
+    )
 
 
 def warm_up() -> tuple[float, float]:
@@ -156,8 +163,11 @@ def bench_pairwise(args) -> None:
     ba, bb = unpack_bits(a[:n], UNITS), unpack_bits(b[:n], UNITS)
     t_sk, r_sk, sk = timed(lambda: pairwise_distances(ba, bb, metric="hamming"))
     assert np.array_equal(np.rint(sk * UNITS).astype(np.int32), ref[:n, :n])
-    peers = [("numpy bitwise_count(XOR), blockwise", t_np, r_np, pairs), ("faiss.hammings", t_fa, r_fa, pairs),
-             (f"sklearn pairwise_distances hamming, bool [{n} x {n}]", t_sk, r_sk, n * n)]
+    peers = [
+        ("numpy bitwise_count(XOR), blockwise", t_np, r_np, pairs),
+        ("faiss.hammings", t_fa, r_fa, pairs),
+        (f"sklearn pairwise_distances hamming, bool [{n} x {n}]", t_sk, r_sk, n * n),
+    ]
     mine = []
     for rt in hamming._available_routes():
         t1 = time.perf_counter()
@@ -167,12 +177,18 @@ def bench_pairwise(args) -> None:
         assert np.array_equal(d, ref[:rows]), f"route {rt} differs from numpy"
         mine.append((f"ours, route={rt}" + (f" [{rows} x {len(b)}]" if rows < len(a) else ""), tr, rr, rows * len(b)))
     rate = pairs / t
-    table(f"## 1. Distance kernel, {UNITS}-bit random codes, {len(a)} x {len(b)} (exact: all equal numpy)",
-          [(f"**ours: hamming.pairwise, route auto -> {route}**", t, r, pairs)] + peers + mine, rate)
+    table(
+        f"## 1. Distance kernel, {UNITS}-bit random codes, {len(a)} x {len(b)} (exact: all equal numpy)",
+        [(f"**ours: hamming.pairwise, route auto -> {route}**", t, r, pairs)] + peers + mine,
+        rate,
+    )
     best = max(peers, key=lambda p: p[3] / p[1])
     pop = next((m for m in mine if m[0].endswith("popcount")), None)
-    print(f"ours (auto) / fastest peer ({best[0]}): {rate / (best[3] / best[1]):.2f}x (goal >= 1.2x)"
-          + (f"; route=popcount / fastest peer: {(pop[3] / pop[1]) / (best[3] / best[1]):.2f}x" if pop else "") + f"; {load()}")
+    print(
+        f"ours (auto) / fastest peer ({best[0]}): {rate / (best[3] / best[1]):.2f}x (goal >= 1.2x)"
+        + (f"; route=popcount / fastest peer: {(pop[3] / pop[1]) / (best[3] / best[1]):.2f}x" if pop else "")
+        + f"; {load()}"
+    )
 
 
 def bench_knn(args) -> None:
@@ -193,21 +209,38 @@ def bench_knn(args) -> None:
     nn = NearestNeighbors(n_neighbors=K, metric="hamming", algorithm="brute").fit(unpack_bits(base, UNITS))
     qb = unpack_bits(q[:m], UNITS)
     t_sk, r_sk, (sd, _) = timed(lambda: nn.kneighbors(qb))
-    same = {"faiss knn_hamming": np.array_equal(ours.distances, fd), "IndexBinaryFlat": np.array_equal(ours.distances, xd),
-            "numpy": np.array_equal(ours.distances[:n], nd), "sklearn": np.array_equal(ours.distances[:m], np.rint(sd * UNITS)),
-            "route=popcount": np.array_equal(ours.distances, pc.distances)}
+    same = {
+        "faiss knn_hamming": np.array_equal(ours.distances, fd),
+        "IndexBinaryFlat": np.array_equal(ours.distances, xd),
+        "numpy": np.array_equal(ours.distances[:n], nd),
+        "sklearn": np.array_equal(ours.distances[:m], np.rint(sd * UNITS)),
+        "route=popcount": np.array_equal(ours.distances, pc.distances),
+    }
     assert np.array_equal(ours.distances[:, -1], fd[:, -1]), "k-th distances differ from faiss"
-    peers = [("faiss.knn_hamming (hc)", t_hc, r_hc, pairs), ("faiss IndexBinaryFlat.search", t_ix, r_ix, pairs),
-             (f"numpy blockwise + argpartition [{n} queries]", t_np, r_np, n * len(base)),
-             (f"sklearn NearestNeighbors brute hamming, bool [{m} queries]", t_sk, r_sk, m * len(base))]
+    peers = [
+        ("faiss.knn_hamming (hc)", t_hc, r_hc, pairs),
+        ("faiss IndexBinaryFlat.search", t_ix, r_ix, pairs),
+        (f"numpy blockwise + argpartition [{n} queries]", t_np, r_np, n * len(base)),
+        (f"sklearn NearestNeighbors brute hamming, bool [{m} queries]", t_sk, r_sk, m * len(base)),
+    ]
     rate = pairs / t
-    table(f"## 2. Exact k-NN, k={K}, {len(q)} queries x {len(base)} base, {UNITS}-bit random codes",
-          [(f"**ours: hamming.knn, route auto -> {route}**", t, r, pairs)] + peers + [("ours, route=popcount", t_pc, r_pc, pairs)], rate)
+    table(
+        f"## 2. Exact k-NN, k={K}, {len(q)} queries x {len(base)} base, {UNITS}-bit random codes",
+        [(f"**ours: hamming.knn, route auto -> {route}**", t, r, pairs)]
+        + peers
+        + [("ours, route=popcount", t_pc, r_pc, pairs)],
+        rate,
+    )
     best = max(peers, key=lambda p: p[3] / p[1])
-    print(f"distances equal to ours (all k columns): " + ", ".join(f"{k} {v}" for k, v in same.items())
-          + f"; indices equal to faiss knn_hamming: {np.mean(ours.indices == fi):.4f} of entries (ties may order differently)")
-    print(f"ours (auto) / fastest peer ({best[0]}): {rate / (best[3] / best[1]):.2f}x; route=popcount / fastest peer: "
-          f"{(pairs / t_pc) / (best[3] / best[1]):.2f}x; {load()}")
+    print(
+        "distances equal to ours (all k columns): "
+        + ", ".join(f"{k} {v}" for k, v in same.items())
+        + f"; indices equal to faiss knn_hamming: {np.mean(ours.indices == fi):.4f} of entries (ties may order differently)"
+    )
+    print(
+        f"ours (auto) / fastest peer ({best[0]}): {rate / (best[3] / best[1]):.2f}x; route=popcount / fastest peer: "
+        f"{(pairs / t_pc) / (best[3] / best[1]):.2f}x; {load()}"
+    )
 
 
 def describe(m, y) -> str:
@@ -221,7 +254,9 @@ def bench_hdbscan(args) -> None:
     from sklearn.metrics import adjusted_rand_score as ari
 
     mcs = args.min_cluster_size
-    print(f"\n## 3-4. HDBSCAN, planted codes ({UNITS} bits, 20 prototypes, 5.1-10.2% bits flipped), min_cluster_size={mcs}")
+    print(
+        f"\n## 3-4. HDBSCAN, planted codes ({UNITS} bits, 20 prototypes, 5.1-10.2% bits flipped), min_cluster_size={mcs}"
+    )
     print("| run | n | runs | median s | route | result vs planted |\n|---|---:|---:|---:|---|---|")
     words, y = planted(args.n_hdbscan, 20, 0.05, 0.10, 5)
     X = unpack_bits(words, UNITS)
@@ -232,7 +267,9 @@ def bench_hdbscan(args) -> None:
         t_sk, _, sk = timed(lambda: SkHDBSCAN(metric="hamming", min_cluster_size=mcs, copy=True).fit(X[:n]), repeats=1)
         print(f"| sklearn.cluster.HDBSCAN(metric='hamming'), bool | {n} | 1 | {t_sk:.3f} | - | {describe(sk, y[:n])} |")
         t_o, r_o, mo = timed(lambda: HDBSCAN(min_cluster_size=mcs).fit(X[:n])) if n != len(X) else (t, r, m)
-        print(f"speedup sklearn s / ours s at n={n}: {t_sk / t_o:.1f}x (goal >= 30x); ARI ours vs sklearn {ari(sk.labels_, mo.labels_):.4f}")
+        print(
+            f"speedup sklearn s / ours s at n={n}: {t_sk / t_o:.1f}x (goal >= 30x); ARI ours vs sklearn {ari(sk.labels_, mo.labels_):.4f}"
+        )
     words, y = planted(args.n_mid, 20, 0.05, 0.10, 6)
     t, r, m = timed(lambda: HDBSCAN(min_cluster_size=mcs).fit(words))
     print(f"| ours, packed input | {len(words)} | {r} | {t:.3f} | {m.route_} | {describe(m, y)} |")
@@ -249,25 +286,64 @@ def large_child(args) -> None:
     def monitor():
         while True:
             time.sleep(60)
-            print(f"[large] {time.perf_counter() - start:.0f} s into fit, rss {status_mb('VmRSS'):.0f} MB (peak {status_mb('VmHWM'):.0f} MB), "
-                  f"{load()}", file=sys.stderr, flush=True)
+            print(
+                f"[large] {time.perf_counter() - start:.0f} s into fit, rss {status_mb('VmRSS'):.0f} MB (peak {status_mb('VmHWM'):.0f} MB), "
+                f"{load()}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     threading.Thread(target=monitor, daemon=True).start()
-    m = HDBSCAN(min_cluster_size=args.min_cluster_size, knn="hnsw", sample=args.large_child or None, progress=True).fit(words)
+    m = HDBSCAN(min_cluster_size=args.min_cluster_size, knn="hnsw", sample=args.large_child or None, progress=True).fit(
+        words
+    )
     fit = time.perf_counter() - start
     from sklearn.metrics import adjusted_rand_score
 
-    print("RESULT " + json.dumps(dict(fit=fit, gen=gen, probe=probe, warm=warm, rss0=rss0, hwm=status_mb("VmHWM"), maxrss=maxrss_mb(), route=m.route_,
-                                      ari=adjusted_rand_score(y, m.labels_), noise=float(np.mean(m.labels_ < 0)), clusters=m.n_clusters_,
-                                      recall=m.knn_recall_, n_unique=m.n_unique_, notes=m.notes_, load=load())), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            dict(
+                fit=fit,
+                gen=gen,
+                probe=probe,
+                warm=warm,
+                rss0=rss0,
+                hwm=status_mb("VmHWM"),
+                maxrss=maxrss_mb(),
+                route=m.route_,
+                ari=adjusted_rand_score(y, m.labels_),
+                noise=float(np.mean(m.labels_ < 0)),
+                clusters=m.n_clusters_,
+                recall=m.knn_recall_,
+                n_unique=m.n_unique_,
+                notes=m.notes_,
+                load=load(),
+            )
+        ),
+        flush=True,
+    )
 
 
 def bench_large(args) -> None:
-    print(f"\n## 5. HDBSCAN knn='hnsw', {args.n_large:,} planted codes ({UNITS} bits, 50 prototypes, 5.1% flipped), child process")
-    print("| run | fit s | peak RSS MB (VmHWM) | ru_maxrss MB | peak before fit MB | route | recall | ARI | noise | clusters |\n"
-          "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    print(
+        f"\n## 5. HDBSCAN knn='hnsw', {args.n_large:,} planted codes ({UNITS} bits, 50 prototypes, 5.1% flipped), child process"
+    )
+    print(
+        "| run | fit s | peak RSS MB (VmHWM) | ru_maxrss MB | peak before fit MB | route | recall | ARI | noise | clusters |\n"
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    )
     for sample in [0 if r == "all" else int(r) for r in args.large_runs.split(",")]:
-        cmd = [sys.executable, __file__, "--large-child", str(sample), "--n-large", str(args.n_large), "--min-cluster-size", str(args.min_cluster_size)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--large-child",
+            str(sample),
+            "--n-large",
+            str(args.n_large),
+            "--min-cluster-size",
+            str(args.min_cluster_size),
+        ]
         name = "all points" if not sample else f"sample={sample:,} + assign"
         proc, tail = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), [""]
 
@@ -283,8 +359,13 @@ def bench_large(args) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            seen = re.findall(r"\[large\][^\n]*", tail[0])[-1:] + re.findall(r"(?:HNSW \w+|exact k-NN): *\d+%(?:(?!\[large)[^\r\n])*", tail[0])[-1:]
-            print(f"| {name} | > {args.large_timeout} (stopped; child wall time) | - | - | - | - | - | - | - | - |\n  (last seen: {' / '.join(seen)})")
+            seen = (
+                re.findall(r"\[large\][^\n]*", tail[0])[-1:]
+                + re.findall(r"(?:HNSW \w+|exact k-NN): *\d+%(?:(?!\[large)[^\r\n])*", tail[0])[-1:]
+            )
+            print(
+                f"| {name} | > {args.large_timeout} (stopped; child wall time) | - | - | - | - | - | - | - | - |\n  (last seen: {' / '.join(seen)})"
+            )
             continue
         line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -292,11 +373,17 @@ def bench_large(args) -> None:
             continue
         res = json.loads(line[7:])
         rec = "-" if res["recall"] is None else f"{res['recall']:.3f}"
-        print(f"| {name} | {res['fit']:.1f} | {res['hwm']:.0f} | {res['maxrss']:.0f} | {res['rss0']:.0f} | {res['route']} | {rec} | {res['ari']:.4f} "
-              f"| {res['noise']:.4f} | {res['clusters']} |")
-        print(f"  (child: probe {res['probe']:.1f} s, warm-up {res['warm']:.1f} s, generation {res['gen']:.1f} s; {res['n_unique']:,} distinct; "
-              f"{res['load']}; notes: {' | '.join(res['notes'])})")
-    print(f"goal: <= 900 s, peak RSS <= 8192 MB (ru_maxrss of a child starts at the parent's peak, {maxrss_mb():.0f} MB: Linux keeps it over exec)")
+        print(
+            f"| {name} | {res['fit']:.1f} | {res['hwm']:.0f} | {res['maxrss']:.0f} | {res['rss0']:.0f} | {res['route']} | {rec} | {res['ari']:.4f} "
+            f"| {res['noise']:.4f} | {res['clusters']} |"
+        )
+        print(
+            f"  (child: probe {res['probe']:.1f} s, warm-up {res['warm']:.1f} s, generation {res['gen']:.1f} s; {res['n_unique']:,} distinct; "
+            f"{res['load']}; notes: {' | '.join(res['notes'])})"
+        )
+    print(
+        f"goal: <= 900 s, peak RSS <= 8192 MB (ru_maxrss of a child starts at the parent's peak, {maxrss_mb():.0f} MB: Linux keeps it over exec)"
+    )
 
 
 def main() -> None:
@@ -304,22 +391,32 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="small sizes everywhere (under a minute)")
     p.add_argument("--pair-n", type=int, default=4000, help="distance kernel: n x n codes")
     p.add_argument("--pair-sk", type=int, default=1000, help="sklearn pairwise subset (n x n)")
-    p.add_argument("--route-rows", type=int, default=500, help="rows for our routes that would take > 3 s on the full block")
+    p.add_argument(
+        "--route-rows", type=int, default=500, help="rows for our routes that would take > 3 s on the full block"
+    )
     p.add_argument("--knn-q", type=int, default=20_000)
     p.add_argument("--knn-base", type=int, default=20_000)
     p.add_argument("--knn-np", type=int, default=500, help="numpy k-NN: queries (subset)")
     p.add_argument("--knn-sk", type=int, default=100, help="sklearn NearestNeighbors: queries (subset)")
     p.add_argument("--n-hdbscan", type=int, default=5000)
-    p.add_argument("--sklearn-hdbscan-n", type=int, default=None, help="points for sklearn's HDBSCAN (default --n-hdbscan)")
+    p.add_argument(
+        "--sklearn-hdbscan-n", type=int, default=None, help="points for sklearn's HDBSCAN (default --n-hdbscan)"
+    )
     p.add_argument("--skip-sklearn-hdbscan", action="store_true")
     p.add_argument("--n-mid", type=int, default=20_000)
     p.add_argument("--n-large", type=int, default=1_000_000)
     p.add_argument("--skip-large", action="store_true")
-    p.add_argument("--large-runs", default="100000", help="comma-separated: all (every point; did not finish in 20 min here) and/or N (sample=N, then assign; default 100000)")
+    p.add_argument(
+        "--large-runs",
+        default="100000",
+        help="comma-separated: all (every point; did not finish in 20 min here) and/or N (sample=N, then assign; default 100000)",
+    )
     p.add_argument("--large-timeout", type=int, default=1200, help="stop a large run after this many seconds")
     p.add_argument("--min-cluster-size", type=int, default=20)
     p.add_argument("--skip", default="", help="comma-separated sections to skip: pairwise,knn,hdbscan")
-    p.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)  # internal: the large run (its sample, 0: all)
+    p.add_argument(
+        "--large-child", type=int, default=None, help=argparse.SUPPRESS
+    )  # internal: the large run (its sample, 0: all)
     args = p.parse_args()
     if args.quick:
         args.pair_n, args.pair_sk, args.knn_q, args.knn_base, args.knn_np, args.knn_sk = 1000, 200, 2000, 2000, 200, 50
@@ -329,7 +426,9 @@ def main() -> None:
         return large_child(args)
     cpu_header()
     probe, warm = warm_up()
-    print(f"warm-up (numba compile / cache load of every route, tiny dense, HNSW and sampled fits): {warm:.2f} s; excluded from timings below")
+    print(
+        f"warm-up (numba compile / cache load of every route, tiny dense, HNSW and sampled fits): {warm:.2f} s; excluded from timings below"
+    )
     skip = set(args.skip.split(","))
     for name, fn in (("pairwise", bench_pairwise), ("knn", bench_knn), ("hdbscan", bench_hdbscan)):
         if name not in skip:

@@ -43,8 +43,12 @@ def main() -> None:
     adapter = load_model("gpt2", random_weights=True, seed=0)
     model = adapter.module
     tokens = torch.randint(0, model.cfg.d_vocab, (BATCH, SEQ), generator=torch.Generator().manual_seed(0))
-    print(f"model: {adapter.name}; input [{BATCH}, {SEQ}] tokens; threads {torch.get_num_threads()}; median of {REPEATS}")
-    print(f"{'layer':<24}{'codes s':>9}{'capture s':>11}{'stop_at s':>11}{'full s':>9}{'codes/stop_at':>15}{'codes/full':>12}")
+    print(
+        f"model: {adapter.name}; input [{BATCH}, {SEQ}] tokens; threads {torch.get_num_threads()}; median of {REPEATS}"
+    )
+    print(
+        f"{'layer':<24}{'codes s':>9}{'capture s':>11}{'stop_at s':>11}{'full s':>9}{'codes/stop_at':>15}{'codes/full':>12}"
+    )
     with torch.no_grad():
         model(tokens[:, :8])  # warm up kernels and allocator
         for L in LAYERS:
@@ -57,8 +61,10 @@ def main() -> None:
                 runs["full"].append(timed(lambda: model(tokens)))
             med = {k: statistics.median(v) for k, v in runs.items()}
             f = med["full"]
-            print(f"{hook:<24}{med['codes']:>9.3f}{med['capture']:>11.3f}{med['stop_at']:>11.3f}{f:>9.3f}"
-                  f"{med['codes'] / med['stop_at']:>14.2f}x{med['codes'] / f:>11.2f}x")
+            print(
+                f"{hook:<24}{med['codes']:>9.3f}{med['capture']:>11.3f}{med['stop_at']:>11.3f}{f:>9.3f}"
+                f"{med['codes'] / med['stop_at']:>14.2f}x{med['codes'] / f:>11.2f}x"
+            )
     print("goal: codes/stop_at ≤ 1.10x (the machine may be shared: rerun before quoting a number)")
 
 

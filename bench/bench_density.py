@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from polylens.lens.density import boundary_density
+from polylens.lens.paths import interpolation_path, scaling_path
 from polylens.models import load_model
 from polylens.models.base import ModelAdapter
-from polylens.lens.paths import interpolation_path, scaling_path
 
 N_SAMPLES = 10_000
 
@@ -30,7 +30,9 @@ def mlp(seed: int = 0, width: int = 64, depth: int = 4) -> ModelAdapter:
         acts[str(2 * i)] = "relu"
         d = width
     net = nn.Sequential(*layers, nn.Linear(d, 10)).eval()
-    return ModelAdapter("random ReLU MLP 16-64x4-10", net, acts, [n for n, _ in net.named_modules() if n], prepare=torch.as_tensor)
+    return ModelAdapter(
+        "random ReLU MLP 16-64x4-10", net, acts, [n for n, _ in net.named_modules() if n], prepare=torch.as_tensor
+    )
 
 
 def paths():
@@ -38,16 +40,26 @@ def paths():
     x = digits.default_inputs(40)
     labels = digits.describe_output(digits.module(x))
     j = next(k for k in range(40) if labels[k] != labels[0])
-    yield digits, f"input space, digit {labels[0]} -> {labels[j]}", interpolation_path(digits, x[:1], x[j : j + 1], "input")
+    yield (
+        digits,
+        f"input space, digit {labels[0]} -> {labels[j]}",
+        interpolation_path(digits, x[:1], x[j : j + 1], "input"),
+    )
     yield digits, "relu1 space, same pair", interpolation_path(digits, x[:1], x[j : j + 1], "relu1")
     yield digits, "scaling a(x) at relu1, α ∈ [0, 3]", scaling_path(digits, x[:1], "relu1", 3.0)
     net = mlp()
     g = torch.Generator().manual_seed(0)
-    yield net, "input space, 2 random points", interpolation_path(net, torch.randn(1, 16, generator=g) * 3, torch.randn(1, 16, generator=g) * 3, "input")
+    yield (
+        net,
+        "input space, 2 random points",
+        interpolation_path(net, torch.randn(1, 16, generator=g) * 3, torch.randn(1, 16, generator=g) * 3, "input"),
+    )
 
 
 def main() -> None:
-    print(f"{'model / path':<58}{'exact evals':>12}{'sampled evals':>14}{'evals ratio':>12}{'exact found':>12}{'sampled found':>14}{'found ratio':>12}{'exact s':>9}{'sampled s':>10}")
+    print(
+        f"{'model / path':<58}{'exact evals':>12}{'sampled evals':>14}{'evals ratio':>12}{'exact found':>12}{'sampled found':>14}{'found ratio':>12}{'exact s':>9}{'sampled s':>10}"
+    )
     for adapter, label, path in paths():
         t0 = time.perf_counter()
         exact = boundary_density(adapter, path, n_profile=0)

@@ -70,7 +70,11 @@ def saelens(d: int, n: int, batch: int, n_samples: int, data, l1: float | None =
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(0)  # SAELens initialises from the global generator
-    sae_cfg = StandardTrainingSAEConfig(d_in=d, d_sae=n) if l1 is None else StandardTrainingSAEConfig(d_in=d, d_sae=n, l1_coefficient=l1)
+    sae_cfg = (
+        StandardTrainingSAEConfig(d_in=d, d_sae=n)
+        if l1 is None
+        else StandardTrainingSAEConfig(d_in=d, d_sae=n, l1_coefficient=l1)
+    )
     cfg = SAETrainerConfig(
         total_training_samples=n_samples,
         train_batch_size_samples=batch,
@@ -95,8 +99,10 @@ def bench_throughput(args, data: SharkeyData) -> None:
     d, n, b, steps = data.d, args.dict_size, args.batch, args.steps
     t0 = time.perf_counter()
     batches = sharkey_batches(data, steps, b, seed=1)
-    print(f"(i) throughput: relu+L1, d={d}, {n} latents, batch {b}, fp32, {steps} steps per run, "
-          f"median of {args.repeats} (batches generated once in {time.perf_counter() - t0:.1f} s, not timed)")
+    print(
+        f"(i) throughput: relu+L1, d={d}, {n} latents, batch {b}, fp32, {steps} steps per run, "
+        f"median of {args.repeats} (batches generated once in {time.perf_counter() - t0:.1f} s, not timed)"
+    )
     warm = batches[:2]
     timed_fit(ours(d, n, b, 2 * b, list(warm)))
     timed_fit(saelens(d, n, b, 2 * b, warm))
@@ -106,7 +112,9 @@ def bench_throughput(args, data: SharkeyData) -> None:
         runs["saelens"].append(timed_fit(saelens(d, n, b, steps * b, batches)))
     rate = {k: steps * b / statistics.median(v) for k, v in runs.items()}
     for k, v in runs.items():
-        print(f"    {k:<8} {rate[k]:>10,.0f} samples/s   ({statistics.median(v) / steps * 1e3:.0f} ms/step; runs {', '.join(f'{t:.2f}' for t in v)} s)")
+        print(
+            f"    {k:<8} {rate[k]:>10,.0f} samples/s   ({statistics.median(v) / steps * 1e3:.0f} ms/step; runs {', '.join(f'{t:.2f}' for t in v)} s)"
+        )
     print(f"    ratio ours/SAELens: {rate['ours'] / rate['saelens']:.2f}x   (goal >= 1.6x)")
 
 
@@ -155,15 +163,19 @@ def bench_recovery(args, data: SharkeyData) -> None:
     batches = list(pool.split(b))[: args.pool_samples // b]
     held_out = data.sample(8192, torch.Generator().manual_seed(99))
     budget = args.budget_samples // b * b
-    print(f"\n(ii) samples to MMCS >= {args.target} on default Sharkey data ({data.config.n_features} features, d={d}); "
-          f"{n} latents, batch {b} for both, each library's default SAE/optimiser settings unless overridden; "
-          f"MMCS every {args.eval_every} steps ({args.eval_every * b:,} samples); budget {budget:,} samples; "
-          f"stop after {args.patience} checks without a gain of {args.min_delta}; pool of {len(batches) * b:,} samples "
-          f"cycled (generated in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"\n(ii) samples to MMCS >= {args.target} on default Sharkey data ({data.config.n_features} features, d={d}); "
+        f"{n} latents, batch {b} for both, each library's default SAE/optimiser settings unless overridden; "
+        f"MMCS every {args.eval_every} steps ({args.eval_every * b:,} samples); budget {budget:,} samples; "
+        f"stop after {args.patience} checks without a gain of {args.min_delta}; pool of {len(batches) * b:,} samples "
+        f"cycled (generated in {time.perf_counter() - t0:.1f} s)"
+    )
     for name, build, l1 in (("ours", ours, args.ours_l1), ("saelens", saelens, args.saelens_l1)):
         watch = Watched(batches, data.features, args.eval_every, args.target, args.patience, args.min_delta)
         trainer = build(d, n, b, budget, watch, l1)
-        watch.decoder = (lambda g=trainer.groups[0]: g.decoders()[0]) if name == "ours" else (lambda s=trainer.sae: s.W_dec)
+        watch.decoder = (
+            (lambda g=trainer.groups[0]: g.decoders()[0]) if name == "ours" else (lambda s=trainer.sae: s.W_dec)
+        )
         start = time.perf_counter()
         try:
             trainer.fit()
@@ -183,19 +195,26 @@ def bench_recovery(args, data: SharkeyData) -> None:
             stats = "weights not finite"
         setting = f"l1={l1}" if l1 is not None else "defaults"
         if how == "reached":
-            print(f"    {name:<8} ({setting}) reached MMCS {watch.trace[-1][1]:.4f} after {steps * b:,} samples "
-                  f"({steps} steps, {wall:.0f} s); {stats}")
+            print(
+                f"    {name:<8} ({setting}) reached MMCS {watch.trace[-1][1]:.4f} after {steps * b:,} samples "
+                f"({steps} steps, {wall:.0f} s); {stats}"
+            )
         elif how.startswith("training failed"):
             print(f"    {name:<8} ({setting}) NOT reached: {how} ({wall:.0f} s); {stats}")
         else:
             best = max(watch.trace, key=lambda t: t[1])
             why = {"plateau": "MMCS stopped improving", "budget": "budget spent"}.get(how, how)
-            print(f"    {name:<8} ({setting}) NOT reached: {why} after {steps * b:,} samples ({wall:.0f} s); "
-                  f"best MMCS {best[1]:.4f} at {best[0] * b:,}; {stats}")
+            print(
+                f"    {name:<8} ({setting}) NOT reached: {why} after {steps * b:,} samples ({wall:.0f} s); "
+                f"best MMCS {best[1]:.4f} at {best[0] * b:,}; {stats}"
+            )
         if not watch.trace:
             continue
         shown = sorted({*range(0, len(watch.trace), max(1, len(watch.trace) // 6)), len(watch.trace) - 1})
-        print("             MMCS by samples: " + ", ".join(f"{watch.trace[i][0] * b / 1e6:.2f}M {watch.trace[i][1]:.3f}" for i in shown))
+        print(
+            "             MMCS by samples: "
+            + ", ".join(f"{watch.trace[i][0] * b / 1e6:.2f}M {watch.trace[i][1]:.3f}" for i in shown)
+        )
 
 
 # ---- (iii) sweeps -------------------------------------------------------------------------------
@@ -212,8 +231,10 @@ def bench_sweep(args, data: SharkeyData) -> None:
     config = TrainConfig(n_samples=steps * b, batch_size=b)
     t0 = time.perf_counter()
     pool = torch.cat(sharkey_batches(data, steps, b, seed=3))
-    print(f"\n(iii) sweep: {E} relu SAEs (l1 {l1s[0]:g}..{l1s[-1]:g}), d={d}, {n} latents, batch {b}, {steps} steps each "
-          f"(array of {pool.shape[0]:,} samples generated in {time.perf_counter() - t0:.1f} s)")
+    print(
+        f"\n(iii) sweep: {E} relu SAEs (l1 {l1s[0]:g}..{l1s[-1]:g}), d={d}, {n} latents, batch {b}, {steps} steps each "
+        f"(array of {pool.shape[0]:,} samples generated in {time.perf_counter() - t0:.1f} s)"
+    )
     for label, source in (("Sharkey stream", data), ("pre-generated array", pool)):
         t0 = time.perf_counter()
         for l1 in l1s:
@@ -223,12 +244,16 @@ def bench_sweep(args, data: SharkeyData) -> None:
         result = sweep(source, l1s, [n], {}, config)
         ens = time.perf_counter() - t0
         total = E * steps * b
-        print(f"    {label:<20} sequential {seq:6.1f} s ({total / seq:>9,.0f} SAE-samples/s)   ensemble {ens:6.1f} s "
-              f"({total / ens:>9,.0f})   ratio {seq / ens:.2f}x  (goal >= 3x)")
+        print(
+            f"    {label:<20} sequential {seq:6.1f} s ({total / seq:>9,.0f} SAE-samples/s)   ensemble {ens:6.1f} s "
+            f"({total / ens:>9,.0f})   ratio {seq / ens:.2f}x  (goal >= 3x)"
+        )
     with torch.no_grad():  # which kernel path each member ended on (sae.kernels.SPARSE_MAX_DENSITY)
         density = [float((row[0].encode(pool[:4096]) != 0).float().mean()) for row in result.saes]
-    print(f"    active share per member at the end (l1 ascending): {' '.join(f'{v:.3f}' for v in density)}; "
-          f"{sum(v < SPARSE_MAX_DENSITY for v in density)} of {E} on the sparse path")
+    print(
+        f"    active share per member at the end (l1 ascending): {' '.join(f'{v:.3f}' for v in density)}; "
+        f"{sum(v < SPARSE_MAX_DENSITY for v in density)} of {E} on the sparse path"
+    )
 
 
 # ---- (iv) SAELens's own synthetic suite ------------------------------------------------------------
@@ -258,15 +283,27 @@ class TheirStream:
 
 def bench_synthetic_suite(args, data=None) -> None:
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, eval_sae_on_synthetic_data, train_toy_sae, zipfian_firing_probabilities
+    from sae_lens.synthetic import (
+        ActivationGenerator,
+        FeatureDictionary,
+        eval_sae_on_synthetic_data,
+        train_toy_sae,
+        zipfian_firing_probabilities,
+    )
 
-    print(f"\n(iv) SAELens's synthetic suite (FeatureDictionary, ActivationGenerator with Zipfian firing), TopK, "
-          f"{args.suite_samples:,} training samples each, scored by sae_lens.synthetic.eval_sae_on_synthetic_data on 100,000 samples")
+    print(
+        f"\n(iv) SAELens's synthetic suite (FeatureDictionary, ActivationGenerator with Zipfian firing), TopK, "
+        f"{args.suite_samples:,} training samples each, scored by sae_lens.synthetic.eval_sae_on_synthetic_data on 100,000 samples"
+    )
     for name, (n_feat, dim, latents, k, pmax, pmin) in SUITE.items():
         torch.manual_seed(0)
         fd = FeatureDictionary(num_features=n_feat, hidden_dim=dim, seed=0)
-        gen = ActivationGenerator(num_features=n_feat, firing_probabilities=zipfian_firing_probabilities(n_feat, max_prob=pmax, min_prob=pmin),
-                                  std_firing_magnitudes=0.0, mean_firing_magnitudes=1.0)  # fmt: skip
+        gen = ActivationGenerator(
+            num_features=n_feat,
+            firing_probabilities=zipfian_firing_probabilities(n_feat, max_prob=pmax, min_prob=pmin),
+            std_firing_magnitudes=0.0,
+            mean_firing_magnitudes=1.0,
+        )
         rows = {}
         variants = {
             "ours (defaults: dead window 100k for topk)": dict(),
@@ -287,13 +324,20 @@ def bench_synthetic_suite(args, data=None) -> None:
         train_toy_sae(theirs, fd, gen, training_samples=args.suite_samples)
         seconds = time.perf_counter() - t0
         torch.manual_seed(123)
-        rows["SAELens (train_toy_sae defaults)"] = (eval_sae_on_synthetic_data(theirs, fd, gen, num_samples=100_000), seconds)
+        rows["SAELens (train_toy_sae defaults)"] = (
+            eval_sae_on_synthetic_data(theirs, fd, gen, num_samples=100_000),
+            seconds,
+        )
         true_l0 = next(iter(rows.values()))[0].true_l0
-        print(f"  {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), Zipfian firing {pmin}..{pmax} (true L0 {true_l0:.2f}), "
-              f"{latents} latents, k = {k}")
+        print(
+            f"  {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), Zipfian firing {pmin}..{pmax} (true L0 {true_l0:.2f}), "
+            f"{latents} latents, k = {k}"
+        )
         for label, (r, sec) in rows.items():
-            print(f"    {label:<50} MCC {r.mcc:.3f}  uniqueness {r.uniqueness:.3f}  dead {r.dead_latents:>4} of {latents}  "
-                  f"F1 {r.classification.f1_score:.3f}  EV {r.explained_variance:.3f}  shrinkage {r.shrinkage:.3f}  L0 {r.sae_l0:.2f}  ({sec:.0f} s)")
+            print(
+                f"    {label:<50} MCC {r.mcc:.3f}  uniqueness {r.uniqueness:.3f}  dead {r.dead_latents:>4} of {latents}  "
+                f"F1 {r.classification.f1_score:.3f}  EV {r.explained_variance:.3f}  shrinkage {r.shrinkage:.3f}  L0 {r.sae_l0:.2f}  ({sec:.0f} s)"
+            )
 
 
 def main() -> None:
@@ -304,13 +348,28 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="(i) steps per timed run (default 8)")
     p.add_argument("--repeats", type=int, default=3, help="(i) timed runs per trainer (default 3)")
     p.add_argument("--target", type=float, default=0.99, help="(ii) MMCS to reach (default 0.99)")
-    p.add_argument("--recovery-dict-size", type=int, default=1024, help="(ii) latents (default 1024: 2x the true features)")
-    p.add_argument("--recovery-batch", type=int, default=256, help="(ii) batch size for both (default 256, the Sharkey replication's)")
-    p.add_argument("--budget-samples", type=int, default=4_000_000, help="(ii) samples per trainer at most (default 4M)")
+    p.add_argument(
+        "--recovery-dict-size", type=int, default=1024, help="(ii) latents (default 1024: 2x the true features)"
+    )
+    p.add_argument(
+        "--recovery-batch",
+        type=int,
+        default=256,
+        help="(ii) batch size for both (default 256, the Sharkey replication's)",
+    )
+    p.add_argument(
+        "--budget-samples", type=int, default=4_000_000, help="(ii) samples per trainer at most (default 4M)"
+    )
     p.add_argument("--eval-every", type=int, default=250, help="(ii) steps between MMCS checks (default 250)")
-    p.add_argument("--patience", type=int, default=4, help="(ii) stop after this many checks without a gain (0: never; default 4)")
-    p.add_argument("--min-delta", type=float, default=0.002, help="(ii) MMCS gain that counts as progress (default 0.002)")
-    p.add_argument("--pool-samples", type=int, default=524_288, help="(ii) pre-generated samples, cycled (default 524,288)")
+    p.add_argument(
+        "--patience", type=int, default=4, help="(ii) stop after this many checks without a gain (0: never; default 4)"
+    )
+    p.add_argument(
+        "--min-delta", type=float, default=0.002, help="(ii) MMCS gain that counts as progress (default 0.002)"
+    )
+    p.add_argument(
+        "--pool-samples", type=int, default=524_288, help="(ii) pre-generated samples, cycled (default 524,288)"
+    )
     p.add_argument("--ours-l1", type=float, help="(ii) our L1 coefficient instead of the default")
     p.add_argument("--saelens-l1", type=float, help="(ii) SAELens's l1_coefficient instead of its default")
     p.add_argument("--members", type=int, default=16, help="(iii) SAEs in the sweep (default 16)")
@@ -324,14 +383,23 @@ def main() -> None:
     except ImportError:
         raise SystemExit("bench_sae needs SAELens: install the bench extra (pip install -e '.[bench]')") from None
     data = SharkeyData(SharkeyConfig())
-    print(f"sae-lens {sae_lens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"sae-lens {sae_lens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     start = time.perf_counter()
-    for part, fn in (("i", bench_throughput), ("ii", bench_recovery), ("iii", bench_sweep), ("iv", bench_synthetic_suite)):
+    for part, fn in (
+        ("i", bench_throughput),
+        ("ii", bench_recovery),
+        ("iii", bench_sweep),
+        ("iv", bench_synthetic_suite),
+    ):
         if args.only in (None, part):
             fn(args, data)
-    print(f"\ntotal {time.perf_counter() - start:.0f} s; load average now {os.getloadavg()[0]:.2f} "
-          "(the machine may be shared: rerun before quoting a number)")
+    print(
+        f"\ntotal {time.perf_counter() - start:.0f} s; load average now {os.getloadavg()[0]:.2f} "
+        "(the machine may be shared: rerun before quoting a number)"
+    )
 
 
 if __name__ == "__main__":

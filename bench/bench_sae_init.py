@@ -38,7 +38,9 @@ from sae.train import Trainer  # noqa: E402
 INITS = ("kaiming", "orthogonal", "data", "pca", "svd")
 
 
-def samples_to(store_dir: Path, init: str, seed: int, args, x_eval: torch.Tensor, width: int) -> dict[float, int | None]:
+def samples_to(
+    store_dir: Path, init: str, seed: int, args, x_eval: torch.Tensor, width: int
+) -> dict[float, int | None]:
     """Samples until explained variance first reaches each target (None: not within the budget)."""
     sc = SAEConfig(d_in=width, dict_size=args.ratio * width, l1=args.l1, init=init)
     config = TrainConfig(n_samples=args.budget, batch_size=args.batch, seed=seed)
@@ -73,9 +75,11 @@ def main() -> None:
     model = load_model("digits")
     data = digits_data()
     x = torch.from_numpy(__import__("numpy").concatenate([data["x_train"], data["x_test"]]))
-    print(f"digits CNN ({model.name}), all {len(x)} digits; ReLU + L1 {args.l1}, {args.ratio}x latents, batch {args.batch}, "
-          f"budget {args.budget:,} samples, explained variance every {args.every} steps on 4096 stored rows; "
-          f"seeds 0..{args.seeds - 1}; {torch.get_num_threads()} threads")
+    print(
+        f"digits CNN ({model.name}), all {len(x)} digits; ReLU + L1 {args.l1}, {args.ratio}x latents, batch {args.batch}, "
+        f"budget {args.budget:,} samples, explained variance every {args.every} steps on 4096 stored rows; "
+        f"seeds 0..{args.seeds - 1}; {torch.get_num_threads()} threads"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for layer in args.layers.split(","):
             t0 = time.perf_counter()
@@ -83,9 +87,14 @@ def main() -> None:
             cache_activations(model, layer, store_dir, x, batch_size=256)
             store = ActivationStore(store_dir)
             x_eval = store.read(0, min(4096, store.rows))
-            print(f"\n{layer}: {store.rows:,} rows of width {store.width} (cached in {time.perf_counter() - t0:.1f} s), "
-                  f"weight matrix {tuple(store.weight().shape)}")
-            runs = {init: [samples_to(store_dir, init, s, args, x_eval, store.width) for s in range(args.seeds)] for init in INITS}
+            print(
+                f"\n{layer}: {store.rows:,} rows of width {store.width} (cached in {time.perf_counter() - t0:.1f} s), "
+                f"weight matrix {tuple(store.weight().shape)}"
+            )
+            runs = {
+                init: [samples_to(store_dir, init, s, args, x_eval, store.width) for s in range(args.seeds)]
+                for init in INITS
+            }
             for t in args.targets:
                 cells = {}
                 for init, rs in runs.items():

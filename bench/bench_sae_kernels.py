@@ -81,7 +81,9 @@ def bench_loss_and_grads(batches: list[torch.Tensor], steps: int) -> None:
 
 def bench_trainer(batches: list[torch.Tensor], repeats: int) -> None:
     steps = len(batches)
-    print(f"(b) Trainer.fit, relu+L1 defaults, {steps} steps per run from initialisation, median of {repeats} interleaved runs")
+    print(
+        f"(b) Trainer.fit, relu+L1 defaults, {steps} steps per run from initialisation, median of {repeats} interleaved runs"
+    )
 
     def run(fused: bool) -> float:
         tc = TrainConfig(n_samples=steps * BATCH, batch_size=BATCH, fused=fused)
@@ -111,24 +113,33 @@ def interleaved(fns: dict, steps: int, warmup: int = 2) -> dict[str, float]:
 
 
 def bench_paths(x: torch.Tensor, steps: int) -> None:
-    print(f"(c) dense vs sparse path of the kernel (sparse taken below density {SPARSE_MAX_DENSITY}), median of {steps}")
+    print(
+        f"(c) dense vs sparse path of the kernel (sparse taken below density {SPARSE_MAX_DENSITY}), median of {steps}"
+    )
     print(f"    {'setting':<20}{'density':>8}{'dense ms':>10}{'sparse ms':>11}{'dense/sparse':>14}")
     for arch, l0s in (("relu", (5, 20, 40, 60, 80, 120)), ("topk", (8, 32, 64))):
         for l0 in l0s:
             sae = make_sae(dict(arch=arch, k=l0), l0 if arch == "relu" else None, x)
             med = interleaved({sp: (lambda sp=sp: fused_backward_(sae, x, sparse=sp)) for sp in (False, True)}, steps)
-            print(f"    {f'{arch} L0={l0}':<20}{l0 / N:>8.3f}{med[False]:>10.1f}{med[True]:>11.1f}{med[False] / med[True]:>13.2f}x")
+            print(
+                f"    {f'{arch} L0={l0}':<20}{l0 / N:>8.3f}{med[False]:>10.1f}{med[True]:>11.1f}{med[False] / med[True]:>13.2f}x"
+            )
     E = 4
     saes = [make_sae(dict(l1=l1), None, x) for l1 in (1.0, 2.0, 5.0, 10.0)]
     names = ("W_enc", "b_enc", "W_dec", "b_dec")
     stacked = [torch.stack([getattr(s, n).detach() for s in saes]) for n in names]
     l1 = torch.tensor([s.config.l1 for s in saes])
-    med = interleaved({
-        "ensemble": lambda: sae_loss_and_grads(x, *stacked, l1=l1),
-        "singles": lambda: [sae_loss_and_grads(x, *(t[e : e + 1] for t in stacked), l1=l1[e]) for e in range(E)],
-    }, max(3, steps // 4))  # fmt: skip
-    print(f"    relu ensemble E={E} (l1 1..10, at init): one call {med['ensemble']:.1f} ms, {E} single calls "
-          f"{med['singles']:.1f} ms ({med['singles'] / med['ensemble']:.2f}x)")
+    med = interleaved(
+        {
+            "ensemble": lambda: sae_loss_and_grads(x, *stacked, l1=l1),
+            "singles": lambda: [sae_loss_and_grads(x, *(t[e : e + 1] for t in stacked), l1=l1[e]) for e in range(E)],
+        },
+        max(3, steps // 4),
+    )
+    print(
+        f"    relu ensemble E={E} (l1 1..10, at init): one call {med['ensemble']:.1f} ms, {E} single calls "
+        f"{med['singles']:.1f} ms ({med['singles'] / med['ensemble']:.2f}x)"
+    )
 
 
 def main() -> None:
@@ -141,8 +152,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = SharkeyData(SharkeyConfig(n_features=N, d=D))
     batches = [data.sample(BATCH, torch.Generator().manual_seed(i)) for i in range(max(4, args.trainer_steps))]
-    print(f"d={D}, {N} latents, batch {BATCH}, fp32, threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    print(
+        f"d={D}, {N} latents, batch {BATCH}, fp32, threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    )
     bench_loss_and_grads(batches[:4], args.steps)
     bench_trainer(batches[: args.trainer_steps], args.repeats)
     bench_paths(batches[0], max(5, args.steps // 2))

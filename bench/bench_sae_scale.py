@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from cli.experiments.cache import LiveLayer, cache_activations  # noqa: E402
-from polylens.rows import rows_of  # noqa: E402
 from polylens.capture import capture  # noqa: E402
 from polylens.models import load_model  # noqa: E402
+from polylens.rows import rows_of  # noqa: E402
 from sae.activation_store import ActivationStore  # noqa: E402
 from sae.config import SAEConfig, TrainConfig  # noqa: E402
 from sae.sweep import sweep  # noqa: E402
@@ -60,11 +60,15 @@ def bench_store(gpt, contexts: torch.Tensor, tmp: Path, batch: int) -> Path:
     for i in range(2):
         times["forward"].append(timed(forward))
         out = tmp / f"store{i}"
-        times["store"].append(timed(lambda out=out: cache_activations(gpt, LAYER, out, contexts, is_text=True, batch_size=batch)))
+        times["store"].append(
+            timed(lambda out=out: cache_activations(gpt, LAYER, out, contexts, is_text=True, batch_size=batch))
+        )
     f, s = min(times["forward"]), min(times["store"])
     size = sum(p.stat().st_size for p in (tmp / "store0").iterdir()) / 2**20
-    print(f"(a) {rows:,} tokens of {LAYER} (width 3072, float32, {size:.0f} MB): forward only {rows / f:,.0f} tokens/s, "
-          f"writing the store {rows / s:,.0f} tokens/s: ratio {f / s:.2f}x (goal >= 0.8x; best of 2)")
+    print(
+        f"(a) {rows:,} tokens of {LAYER} (width 3072, float32, {size:.0f} MB): forward only {rows / f:,.0f} tokens/s, "
+        f"writing the store {rows / s:,.0f} tokens/s: ratio {f / s:.2f}x (goal >= 0.8x; best of 2)"
+    )
     return tmp / "store0"
 
 
@@ -79,34 +83,71 @@ def bench_from_store(store_dir: Path, steps: int) -> None:
             engine = Trainer(sc, tc).build(data)
             runs[name].append(timed(engine.fit))
     a, s = min(runs["array"]), min(runs["store"])
-    print(f"(b) SAE 3072 -> 1024, batch 256, {steps} steps: from memory {steps * 256 / a:,.0f} samples/s, from the store "
-          f"{steps * 256 / s:,.0f}: ratio {a / s:.2f}x (goal >= 0.9x; best of 2, interleaved)")
+    print(
+        f"(b) SAE 3072 -> 1024, batch 256, {steps} steps: from memory {steps * 256 / a:,.0f} samples/s, from the store "
+        f"{steps * 256 / s:,.0f}: ratio {a / s:.2f}x (goal >= 0.9x; best of 2, interleaved)"
+    )
 
 
 def bench_processes(tmp: Path, threads: int) -> None:
-    args = ["sae", "train", "--data", "sharkey", "--samples", str(1024 * 150), "--batch-size", "1024", "--dict-size", "1024", "--no-progress"]
+    args = [
+        "sae",
+        "train",
+        "--data",
+        "sharkey",
+        "--samples",
+        str(1024 * 150),
+        "--batch-size",
+        "1024",
+        "--dict-size",
+        "1024",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
-    t1 = timed(lambda: subprocess.run([sys.executable, "-m", "cli.main", *args, "--out", str(tmp / "p1")], env=env, check=True, capture_output=True))
+    t1 = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "cli.main", *args, "--out", str(tmp / "p1")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    )
     env2 = {**env, "OMP_NUM_THREADS": str(max(1, threads // 2))}
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29611", "-m", "cli.main"]
-    t2 = timed(lambda: subprocess.run([*torchrun, *args, "--out", str(tmp / "p2")], env=env2, check=True, capture_output=True))
+    torchrun = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29611",
+        "-m",
+        "cli.main",
+    ]
+    t2 = timed(
+        lambda: subprocess.run([*torchrun, *args, "--out", str(tmp / "p2")], env=env2, check=True, capture_output=True)
+    )
     from sae.train import load_sae
 
     a, b = load_sae(tmp / "p1"), load_sae(tmp / "p2")
     diff = max(float((a.state_dict()[k] - b.state_dict()[k]).abs().max()) for k in a.state_dict())
-    print(f"(c) Sharkey stream, 256 -> 1024, global batch 1024, 150 steps, whole command with start-up: 1 process "
-          f"({threads} threads) {t1:.1f} s, 2 processes ({max(1, threads // 2)} thread each, gloo) {t2:.1f} s: ratio {t1 / t2:.2f}x; "
-          f"largest weight difference {diff:.1e}")
+    print(
+        f"(c) Sharkey stream, 256 -> 1024, global batch 1024, 150 steps, whole command with start-up: 1 process "
+        f"({threads} threads) {t1:.1f} s, 2 processes ({max(1, threads // 2)} thread each, gloo) {t2:.1f} s: ratio {t1 / t2:.2f}x; "
+        f"largest weight difference {diff:.1e}"
+    )
 
 
 def bench_sweep(name: str, live: LiveLayer, l1s, sizes, steps: int, batch: int) -> None:
     tc = TrainConfig(n_samples=steps * batch, batch_size=batch, warmup_steps=5, init_samples=batch)
-    t_seq = timed(lambda: [Trainer(SAEConfig(d_in=live.d, dict_size=n, l1=l1), tc).fit(live) for l1 in l1s for n in sizes])
+    t_seq = timed(
+        lambda: [Trainer(SAEConfig(d_in=live.d, dict_size=n, l1=l1), tc).fit(live) for l1 in l1s for n in sizes]
+    )
     t_ens = timed(lambda: sweep(live, list(l1s), list(sizes), {}, tc))
     t_fwd = timed(lambda: [live.sample(batch, torch.Generator().manual_seed(s)) for s in range(steps)])
-    print(f"(d) {name}: {len(l1s) * len(sizes)} SAEs (l1 {', '.join(f'{v:g}' for v in l1s)} x latents {', '.join(map(str, sizes))}), "
-          f"width {live.d}, batch {batch}, {steps} steps, activations computed live: sequential {t_seq:.1f} s, ensemble {t_ens:.1f} s: "
-          f"ratio {t_seq / t_ens:.2f}x (goal >= 3x); the model's forward alone {t_fwd:.1f} s of the {steps} batches")
+    print(
+        f"(d) {name}: {len(l1s) * len(sizes)} SAEs (l1 {', '.join(f'{v:g}' for v in l1s)} x latents {', '.join(map(str, sizes))}), "
+        f"width {live.d}, batch {batch}, {steps} steps, activations computed live: sequential {t_seq:.1f} s, ensemble {t_ens:.1f} s: "
+        f"ratio {t_seq / t_ens:.2f}x (goal >= 3x); the model's forward alone {t_fwd:.1f} s of the {steps} batches"
+    )
 
 
 def main() -> None:
@@ -136,7 +177,14 @@ def main() -> None:
         from polylens.models.digits import digits_data
 
         x = torch.from_numpy(digits_data()["x_train"])
-        bench_sweep("digits CNN conv2", LiveLayer(digits, "conv2", x, batch_size=256), (0.03, 0.1, 0.3, 1.0), (32, 64, 128, 256), args.steps * 5, 256)
+        bench_sweep(
+            "digits CNN conv2",
+            LiveLayer(digits, "conv2", x, batch_size=256),
+            (0.03, 0.1, 0.3, 1.0),
+            (32, 64, 128, 256),
+            args.steps * 5,
+            256,
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,14 @@ import importlib
 import sys
 
 # Subcommand modules, each with ``register(subparsers)``. Adding a command touches this list only.
-COMMANDS = ["cli.commands.cache", "cli.commands.cluster", "cli.commands.compare", "cli.commands.codes", "cli.commands.density", "cli.commands.sae"]
+COMMANDS = [
+    "cli.commands.cache",
+    "cli.commands.cluster",
+    "cli.commands.compare",
+    "cli.commands.codes",
+    "cli.commands.density",
+    "cli.commands.sae",
+]
 
 
 class UsageError(Exception):

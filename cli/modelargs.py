@@ -5,11 +5,22 @@ from __future__ import annotations
 
 def add_model_args(p) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", metavar="SPEC", default=None, help="digits (default, embedded), gpt2[-medium…], inceptionv1, torchvision:NAME or FILE.py:FUNCTION")
+    g.add_argument(
+        "--model",
+        metavar="SPEC",
+        default=None,
+        help="digits (default, embedded), gpt2[-medium…], inceptionv1, torchvision:NAME or FILE.py:FUNCTION",
+    )
     g.add_argument("--weights", metavar="PATH", help="weights file or directory for the model")
-    g.add_argument("--random-weights", action="store_true", help="use random weights (offline tests; never reported under a pretrained name)")
+    g.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="use random weights (offline tests; never reported under a pretrained name)",
+    )
     g.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar (inputs, images or tokens done, rate, time left)")
+    g.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (inputs, images or tokens done, rate, time left)"
+    )
     g.add_argument(
         "--activation",
         metavar="LAYER=KIND",
@@ -44,7 +55,9 @@ def prepare_inputs(adapter, raws: list[str], flag: str):
     xs = [adapter.prepare(raw) for raw in raws]
     for raw, x in zip(raws[1:], xs[1:]):
         if x.shape != xs[0].shape:
-            raise ValueError(f"{flag} {raw!r} gives shape {tuple(x.shape)} but {flag} {raws[0]!r} gives {tuple(xs[0].shape)}; inputs must have the same shape")
+            raise ValueError(
+                f"{flag} {raw!r} gives shape {tuple(x.shape)} but {flag} {raws[0]!r} gives {tuple(xs[0].shape)}; inputs must have the same shape"
+            )
     return torch.cat(xs)
 
 

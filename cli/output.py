@@ -75,13 +75,17 @@ def check_outputs(force: bool, *, inputs=(), **paths: str | None) -> None:
     reads = {os.path.abspath(str(p)) for p in inputs if p not in (None, "-") and os.path.exists(str(p))}
     for kind, path in paths.items():
         if path not in (None, "-") and os.path.abspath(path) in reads:
-            raise ValueError(f"--{kind} {path} is also an input of this command; writing it would destroy the data being read")
+            raise ValueError(
+                f"--{kind} {path} is also an input of this command; writing it would destroy the data being read"
+            )
     seen = {}
     for kind, path in paths.items():
         check_output(path, force, kind=kind)
         if path not in (None, "-"):
             if os.path.abspath(path) in seen:
-                raise ValueError(f"--{kind} and --{seen[os.path.abspath(path)]} name the same file {path}; give different paths")
+                raise ValueError(
+                    f"--{kind} and --{seen[os.path.abspath(path)]} name the same file {path}; give different paths"
+                )
             seen[os.path.abspath(path)] = kind
 
 
@@ -110,4 +114,3 @@ def write_json(obj, path: str | None) -> None:
             fh.write(text)
 
     write_with(path, dump)
-

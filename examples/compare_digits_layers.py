@@ -18,14 +18,25 @@ layers = sys.argv[3:] or ["relu2", "fc1", "relu3"]
 adapter = load_model("digits")
 inputs, labels = adapter.default_inputs(360), adapter.default_labels(360)
 for layer in layers:
-    runs = [compare_layer(adapter, layer, inputs, target="logits", k=10, labels=labels, seed=s, sae=LayerSAEOptions(steps=steps))[0] for s in range(n_seeds)]
+    runs = [
+        compare_layer(
+            adapter, layer, inputs, target="logits", k=10, labels=labels, seed=s, sae=LayerSAEOptions(steps=steps)
+        )[0]
+        for s in range(n_seeds)
+    ]
     r0 = runs[0]
-    print(f"\n{layer}: width {r0['width']}, {r0['n_rows']:,} rows, top-10 directions, mean-ablated, seeds 0..{n_seeds - 1} (mean [min, max])")
+    print(
+        f"\n{layer}: width {r0['width']}, {r0['n_rows']:,} rows, top-10 directions, mean-ablated, seeds 0..{n_seeds - 1} (mean [min, max])"
+    )
     print(f"  {'method':<15}{'act. variance':>24}{'grad. energy':>24}{'KL@10':>24}{'acc. drop@10':>24}{'KL@1':>10}")
     for name in r0["methods"]:
         cells = []
-        for get in (lambda m: m["activation_variance"], lambda m: m["gradient_energy"], lambda m: m["ablation"]["kl"][-1],
-                    lambda m: m["ablation"]["accuracy_drop"][-1]):  # fmt: skip
+        for get in (
+            lambda m: m["activation_variance"],
+            lambda m: m["gradient_energy"],
+            lambda m: m["ablation"]["kl"][-1],
+            lambda m: m["ablation"]["accuracy_drop"][-1],
+        ):
             v = np.array([get(r["methods"][name]) for r in runs])
             cells.append(f"{v.mean():.3f} [{v.min():.3f}, {v.max():.3f}]")
         kl1 = np.mean([r["methods"][name]["ablation"]["kl"][0] for r in runs])

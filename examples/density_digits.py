@@ -7,8 +7,8 @@ Run: .venv/bin/python examples/density_digits.py [LAYER] [OUT.png]
 import sys
 
 from polylens.lens.density import boundary_density
-from polylens.models import load_model
 from polylens.lens.paths import interpolation_path
+from polylens.models import load_model
 from polylens.plots import plot_density_path
 
 layer = sys.argv[1] if len(sys.argv) > 1 else "relu1"
@@ -23,7 +23,9 @@ path = interpolation_path(model, x[a : a + 1], x[b : b + 1], layer)
 result = boundary_density(model, path, n_profile=200)
 
 print(f"{model.name}: test images {a} (class 3) -> {b} (class 8), path in {layer}, length {path.length:.3f}")
-print(f"{result.n_crossings} crossings ({'exact' if result.exact else 'sampled'}, {result.evaluations} forward evaluations)")
+print(
+    f"{result.n_crossings} crossings ({'exact' if result.exact else 'sampled'}, {result.evaluations} forward evaluations)"
+)
 for name, count in result.crossings_per_layer.items():
     print(f"  {name:<8} {count}")
 print(f"output changes at t = {[round(t, 3) for t in result.output_changes]}")

@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 
+from polylens.lens.shell import shell_profile
 from polylens.models import load_model
 from polylens.plots import plot_shell_profile
-from polylens.lens.shell import shell_profile
 
 layer = sys.argv[1] if len(sys.argv) > 1 else "relu1"
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
@@ -21,7 +21,9 @@ prof = shell_profile(model, model.default_inputs(n), layer, alpha_max=3.0, n_bin
 norms = np.array(prof.norms)
 edges = np.array(prof.bin_edges)
 density = np.array(prof.density, dtype=float)
-print(f"{model.name}: {prof.n_paths} scaling paths in {layer}, counting {', '.join(prof.layers)}: {prof.n_crossings} crossings, {prof.evaluations} evaluations")
+print(
+    f"{model.name}: {prof.n_paths} scaling paths in {layer}, counting {', '.join(prof.layers)}: {prof.n_crossings} crossings, {prof.evaluations} evaluations"
+)
 print(f"data norms ‖a‖: median {np.median(norms):.2f}, range [{norms.min():.2f}, {norms.max():.2f}]")
 for lo, hi, d in zip(edges[:-1], edges[1:], density):
     mark = "  <- data" if ((norms >= lo) & (norms < hi)).any() else ""

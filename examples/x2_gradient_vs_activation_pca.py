@@ -17,4 +17,6 @@ act_pca = ActivationPCA(n_components=1).fit(acts)
 grad_pca = GradientPCA(n_components=1).fit(grads)  # uncentred: E[g gᵀ]
 print(f"activation PCA  |cos(PC1, w_out)| = {score_directions(w_out, act_pca.components_).mmcs:.4f}")
 print(f"gradient PCA    |cos(PC1, w_out)| = {score_directions(w_out, grad_pca.components_).mmcs:.4f}")
-print(f"top-2 activation PCs explain {act_pca.__class__(2).fit(acts).explained_variance_ratio_.sum():.1%} of the variance")
+print(
+    f"top-2 activation PCs explain {act_pca.__class__(2).fit(acts).explained_variance_ratio_.sum():.1%} of the variance"
+)

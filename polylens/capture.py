@@ -76,8 +76,10 @@ class _StopForward(Exception):
 
 
 def reused_message(name: str, n: int) -> str:
-    return (f"module {name!r} runs {n}+ times in one forward pass (a reused module, like torchvision ResNet's shared relu): "
-            "its calls cannot be told apart; capture a module that runs once (e.g. the one feeding it), or give each use its own module")
+    return (
+        f"module {name!r} runs {n}+ times in one forward pass (a reused module, like torchvision ResNet's shared relu): "
+        "its calls cannot be told apart; capture a module that runs once (e.g. the one feeding it), or give each use its own module"
+    )
 
 
 @dataclass
@@ -131,10 +133,14 @@ def recording(
                 replacement = patch[name]
                 value = replacement(value) if callable(replacement) else replacement
             if not isinstance(value, Tensor):
-                raise ValueError(f"layer {name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one")
+                raise ValueError(
+                    f"layer {name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one"
+                )
             if keep_graph and site == "output":
                 if not (value.is_floating_point() or value.is_complex()):
-                    raise ValueError(f"layer {name!r} outputs {value.dtype} values: no gradient reaches it; pick a layer with floating-point output")
+                    raise ValueError(
+                        f"layer {name!r} outputs {value.dtype} values: no gradient reaches it; pick a layer with floating-point output"
+                    )
                 if not value.requires_grad:
                     value = value.detach().requires_grad_(True)
                 if name in wanted:
@@ -269,8 +275,10 @@ def _collect_gradients(value: Tensor, acts: dict[str, Tensor], grads: dict[str, 
     columns = value.unsqueeze(1) if value.dim() == 1 else value  # [batch, k]
     names = list(acts)
     if not columns.requires_grad:
-        raise ValueError(f"the target does not depend on layer {', '.join(map(repr, names))} through autograd (a detached or integer output); "
-                         "no gradient exists: pick another layer or target")  # fmt: skip
+        raise ValueError(
+            f"the target does not depend on layer {', '.join(map(repr, names))} through autograd (a detached or integer output); "
+            "no gradient exists: pick another layer or target"
+        )
     tensors = [acts[n] for n in names]
     rows: list[list[Tensor]] = [[] for _ in names]
     unused: list[list[bool]] = [[] for _ in names]
@@ -283,6 +291,8 @@ def _collect_gradients(value: Tensor, acts: dict[str, Tensor], grads: dict[str, 
             unused[i].append(g is None)
     for i, name in enumerate(names):
         if all(unused[i]):
-            raise ValueError(f"layer {name!r} has no gradient path to the target (the model detaches it, or the target does not read it); "
-                             "pick a layer the output depends on")  # fmt: skip
+            raise ValueError(
+                f"layer {name!r} has no gradient path to the target (the model detaches it, or the target does not read it); "
+                "pick a layer the output depends on"
+            )
         grads.setdefault(name, []).append(_store(torch.stack(rows[i], dim=1), device))

@@ -41,7 +41,12 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
     for i, name in enumerate(names):
         axes[0].bar(np.arange(g) + (i - (len(names) - 1) / 2) * width, cos[name].max(axis=1), width=width, label=name)
     axes[0].axhline(0.9, color="k", lw=0.8, ls="--")
-    axes[0].set(ylim=(0, 1.05), xlabel="ground-truth direction", ylabel="best |cos|", title="best match per ground-truth direction")
+    axes[0].set(
+        ylim=(0, 1.05),
+        xlabel="ground-truth direction",
+        ylabel="best |cos|",
+        title="best match per ground-truth direction",
+    )
     axes[0].set_xticks(np.arange(g) if g <= 20 else np.arange(0, g, max(1, g // 10)))
     axes[0].legend(fontsize=7, loc="lower right")
 
@@ -51,7 +56,11 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
     for name in names:
         hist.hist(cos[name].max(axis=1), bins=bins, histtype="step", lw=1.4, label=name)
     hist.axvline(0.9, color="k", lw=0.8, ls="--")
-    hist.set(xlabel="best |cos| of a ground-truth direction", ylabel="ground-truth directions", title="distribution of best matches")
+    hist.set(
+        xlabel="best |cos| of a ground-truth direction",
+        ylabel="ground-truth directions",
+        title="distribution of best matches",
+    )
     hist.legend(fontsize=7, loc="upper left")
     axes = axes[:-1]
 
@@ -105,11 +114,16 @@ def plot_density_path(result, path: str, title: str = "") -> None:
         ax.bar(t_grid[:-1], counts, width=np.diff(t_grid), bottom=bottom, align="edge", label=name)
         bottom += counts
     if prof.get("hamming"):
-        ax.plot(0.5 * (t_grid[1:] + t_grid[:-1]), prof["hamming"], color="k", lw=0.8, label="Hamming, consecutive points")
+        ax.plot(
+            0.5 * (t_grid[1:] + t_grid[:-1]), prof["hamming"], color="k", lw=0.8, label="Hamming, consecutive points"
+        )
     for t in res.get("output_changes", []):
         ax.axvline(t, color="r", lw=0.8, ls="--")
     kind = "exact" if res["exact"] else "sampled"
-    ax.set(ylabel="crossings per step", title=title or f"{res['model']}: {res['n_crossings']} crossings ({kind}), path in {res['space_layer']}")
+    ax.set(
+        ylabel="crossings per step",
+        title=title or f"{res['model']}: {res['n_crossings']} crossings ({kind}), path in {res['space_layer']}",
+    )
     ax.legend(fontsize=7, loc="upper right")
     labels = prof.get("labels") or []
     if labels:
@@ -120,7 +134,14 @@ def plot_density_path(result, path: str, title: str = "") -> None:
         start = 0
         for k in range(1, len(labels) + 1):
             if k == len(labels) or labels[k] != labels[start]:
-                lab.text(0.5 * (t_grid[start] + t_grid[min(k, len(t_grid) - 1)]), 0.5, labels[start], ha="center", va="center", fontsize=9)
+                lab.text(
+                    0.5 * (t_grid[start] + t_grid[min(k, len(t_grid) - 1)]),
+                    0.5,
+                    labels[start],
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                )
                 start = k
     lab.set(yticks=[], xlabel="position along the path t", ylabel="output")
     lab.set_xlim(0, 1)
@@ -162,14 +183,23 @@ def plot_layer_comparison(result: Mapping, path: str, title: str = "") -> None:
     with_acc = any(m["ablation"]["accuracy_drop"] for m in methods.values())
     n_panels = 4 + with_acc
     fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), layout="constrained")
-    panels = [("kl", "KL(original ‖ ablated)", True)] + ([("accuracy_drop", "accuracy drop", False)] if with_acc else [])
-    panels += [("activation_variance", "share of activation variance", False), ("gradient_energy", "share of gradient energy", False)]
+    panels = [("kl", "KL(original ‖ ablated)", True)] + (
+        [("accuracy_drop", "accuracy drop", False)] if with_acc else []
+    )
+    panels += [
+        ("activation_variance", "share of activation variance", False),
+        ("gradient_energy", "share of gradient energy", False),
+    ]
     for ax, (key, label, log) in zip(axes, panels):
         for i, (name, m) in enumerate(methods.items()):
             ys = m["ablation"][key]
             style = dict(color="k", ls="--") if name == "random" else dict(color=f"C{i}")
             ax.plot(m["ablation"]["k"], [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name, **style)
-        ax.set(xlabel="top-k directions", ylabel=label, title=label if key in ("kl", "accuracy_drop") else label + " in the span")
+        ax.set(
+            xlabel="top-k directions",
+            ylabel=label,
+            title=label if key in ("kl", "accuracy_drop") else label + " in the span",
+        )
         if log:
             ax.set_yscale("symlog", linthresh=1e-3)
     axes[0].legend(fontsize=7)

@@ -10,5 +10,14 @@ def progress_bar(total: int, desc: str, *, unit: str = "input", enabled: bool = 
 
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
-                dynamic_ncols=True, disable=not enabled or total <= 0)  # fmt: skip
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        unit_scale=True,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        disable=not enabled or total <= 0,
+    )

@@ -23,7 +23,9 @@ def rows_of(value: Tensor, is_text: bool) -> Tensor:
         return (value[:, 1:] if is_text else value).reshape(-1, value.shape[-1])
     if value.dim() == 4:  # [B, C, H, W] -> channel vectors
         return value.permute(0, 2, 3, 1).reshape(-1, value.shape[1])
-    raise ValueError(f"the layer's output has shape {tuple(value.shape)}; take a [B, d], [B, T, d] or [B, C, H, W] layer")
+    raise ValueError(
+        f"the layer's output has shape {tuple(value.shape)}; take a [B, d], [B, T, d] or [B, C, H, W] layer"
+    )
 
 
 def map_rows(value: Tensor, fn: Callable[[Tensor], Tensor], is_text: bool) -> Tensor:
@@ -41,4 +43,6 @@ def map_rows(value: Tensor, fn: Callable[[Tensor], Tensor], is_text: bool) -> Te
     if value.dim() == 4:
         B, C, H, W = value.shape
         return fn(value.permute(0, 2, 3, 1).reshape(-1, C)).reshape(B, H, W, C).permute(0, 3, 1, 2)
-    raise ValueError(f"the layer's output has shape {tuple(value.shape)}; take a [B, d], [B, T, d] or [B, C, H, W] layer")
+    raise ValueError(
+        f"the layer's output has shape {tuple(value.shape)}; take a [B, d], [B, T, d] or [B, C, H, W] layer"
+    )

@@ -48,11 +48,17 @@ class Target:
         where = " summed over the context's positions" if self.is_text else ""
         if self.kind == "logits":
             if self.sketched:
-                return (f"a random sketch of the Jacobian of the {self.n_outputs} logits{where}: {SKETCH_COLUMNS} Gaussian projections "
-                        f"per input{' and position' if self.is_text else ''}, drawn afresh for each (an unbiased estimate of E[JᵀJ], not the exact value)")  # fmt: skip
+                return (
+                    f"a random sketch of the Jacobian of the {self.n_outputs} logits{where}: {SKETCH_COLUMNS} Gaussian projections "
+                    f"per input{' and position' if self.is_text else ''}, drawn afresh for each (an unbiased estimate of E[JᵀJ], not the exact value)"
+                )
             return f"the Jacobian of all {self.n_outputs} logits"
         if self.kind == "loss":
-            return "the next-token cross-entropy summed over the context" if self.is_text else "the cross-entropy with the input's label"
+            return (
+                "the next-token cross-entropy summed over the context"
+                if self.is_text
+                else "the cross-entropy with the input's label"
+            )
         if self.kind == "predicted":
             return "the logit of the predicted token" + where if self.is_text else "the logit of the predicted class"
         return f"the logit of class {self.index}{where}"
@@ -66,8 +72,13 @@ class Target:
 
         if self.kind == "loss":
             if self.is_text:
-                return lambda out: F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]).float(), tokens[:, 1:].reshape(-1),
-                                                   reduction="none").reshape(tokens.shape[0], -1).sum(1)  # fmt: skip
+                return (
+                    lambda out: F.cross_entropy(
+                        out[:, :-1].reshape(-1, out.shape[-1]).float(), tokens[:, 1:].reshape(-1), reduction="none"
+                    )
+                    .reshape(tokens.shape[0], -1)
+                    .sum(1)
+                )
             return lambda out: F.cross_entropy(out.float(), labels, reduction="none")
         if self.kind == "predicted":
             if self.is_text:  # each position's top logit, summed over the context
@@ -87,7 +98,9 @@ class Target:
             B = out.shape[0]
             if not self.is_text:
                 return torch.stack([out[b] @ proj(offset + b, 0, out) for b in range(B)]) / math.sqrt(k)
-            return sum(torch.stack([out[b, t] @ proj(offset + b, t, out) for b in range(B)]) for t in range(out.shape[1])) / math.sqrt(k)
+            return sum(
+                torch.stack([out[b, t] @ proj(offset + b, t, out) for b in range(B)]) for t in range(out.shape[1])
+            ) / math.sqrt(k)
 
         return sketch
 
@@ -97,16 +110,24 @@ def parse_target(spec: str, output_shape, *, is_text: bool, has_labels: bool, se
     shape (``[1, C]`` or ``[1, T, V]``) and whether labels exist."""
     shape = tuple(output_shape)
     if len(shape) not in (2, 3) or (len(shape) == 3 and not is_text):
-        raise ValueError(f"the model's output has shape {shape}; targets read [batch, classes] logits or a language model's [batch, positions, vocabulary]")
+        raise ValueError(
+            f"the model's output has shape {shape}; targets read [batch, classes] logits or a language model's [batch, positions, vocabulary]"
+        )
     n = shape[-1]
     spec = str(spec)
     if spec.lstrip("-").isdigit():
         index = int(spec)
         if not 0 <= index < n:
-            raise ValueError(f"--target {spec}: the model has {n} outputs, so a class index must be between 0 and {n - 1}")
+            raise ValueError(
+                f"--target {spec}: the model has {n} outputs, so a class index must be between 0 and {n - 1}"
+            )
         return Target("class", n, is_text, index, seed)
     if spec not in KINDS:
-        raise ValueError(f"--target {spec!r} is not a target of this model; choose logits, loss, predicted or a class index 0-{n - 1}")
+        raise ValueError(
+            f"--target {spec!r} is not a target of this model; choose logits, loss, predicted or a class index 0-{n - 1}"
+        )
     if spec == "loss" and not (is_text or has_labels):
-        raise ValueError("--target loss needs labels and these inputs have none (bundled digits inputs and text have them); use --target logits or a class index")
+        raise ValueError(
+            "--target loss needs labels and these inputs have none (bundled digits inputs and text have them); use --target logits or a class index"
+        )
     return Target(spec, n, is_text, None, seed)

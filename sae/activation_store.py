@@ -55,22 +55,40 @@ class StoreWriter:
     gradients are of (``"next-token loss"``), or None for none.
     """
 
-    def __init__(self, out_dir: str | Path, *, width: int, dtype: str = "float32", shard_rows: int = 65536, meta: dict | None = None,
-                 weight: Tensor | None = None, gradients: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        width: int,
+        dtype: str = "float32",
+        shard_rows: int = 65536,
+        meta: dict | None = None,
+        weight: Tensor | None = None,
+        gradients: str | None = None,
+    ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
         if shard_rows < 1 or width < 1:
             raise ValueError(f"shard_rows={shard_rows} and width={width} must be positive")
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        fields = {"format": FORMAT, "width": width, "dtype": dtype, "shard_rows": shard_rows, "gradients": gradients, **(meta or {})}
+        fields = {
+            "format": FORMAT,
+            "width": width,
+            "dtype": dtype,
+            "shard_rows": shard_rows,
+            "gradients": gradients,
+            **(meta or {}),
+        }
         path = self.out / MANIFEST
         if path.is_file():
             self.manifest = read_json(path)
             for key, value in fields.items():
                 if self.manifest.get(key) != value:
-                    raise ValueError(f"{self.out} holds another store ({key} {self.manifest.get(key)!r}, not {value!r}); "
-                                     "give another --out, or --force to replace it")  # fmt: skip
+                    raise ValueError(
+                        f"{self.out} holds another store ({key} {self.manifest.get(key)!r}, not {value!r}); "
+                        "give another --out, or --force to replace it"
+                    )
         else:
             self.manifest = {**fields, "rows": 0, "weight": None, "complete": False, "shards": []}
             if weight is not None:
@@ -101,7 +119,9 @@ class StoreWriter:
         if acts.dim() != 2 or acts.shape[1] != width:
             raise ValueError(f"rows must be [n, {width}], got {tuple(acts.shape)}")
         if (grads is None) != (self.manifest["gradients"] is None) or (grads is not None and grads.shape != acts.shape):
-            raise ValueError("gradients must come with every row batch, shaped as the activations, exactly when the store holds them")
+            raise ValueError(
+                "gradients must come with every row batch, shaped as the activations, exactly when the store holds them"
+            )
         if self._drop:
             k = min(self._drop, acts.shape[0])
             acts, grads = acts[k:], (None if grads is None else grads[k:])
@@ -149,12 +169,18 @@ class ActivationStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not is_store(self.path):
-            raise FileNotFoundError(f"{self.path} is not an activation store (no {MANIFEST}); write one with polylens cache")
+            raise FileNotFoundError(
+                f"{self.path} is not an activation store (no {MANIFEST}); write one with polylens cache"
+            )
         m = self.manifest = read_json(self.path / MANIFEST)
         if m.get("format") != FORMAT:
-            raise ValueError(f"{self.path / MANIFEST} is not a polylens activation store manifest (format {m.get('format')!r})")
+            raise ValueError(
+                f"{self.path / MANIFEST} is not a polylens activation store manifest (format {m.get('format')!r})"
+            )
         if not m.get("complete"):
-            raise ValueError(f"the store {self.path} is incomplete (its writing stopped); run polylens cache again to finish it")
+            raise ValueError(
+                f"the store {self.path} is incomplete (its writing stopped); run polylens cache again to finish it"
+            )
         if not m["shards"]:
             raise ValueError(f"the store {self.path} holds no rows")
         self.width, self.rows, self.dtype = int(m["width"]), int(m["rows"]), m["dtype"]
@@ -174,7 +200,9 @@ class ActivationStore:
     def _check_header(self, shard: dict) -> None:
         path = self.path / shard["file"]
         if not path.is_file():
-            raise ValueError(f"shard {path} named in the manifest is missing; the store is damaged (write it again with polylens cache --force)")
+            raise ValueError(
+                f"shard {path} named in the manifest is missing; the store is damaged (write it again with polylens cache --force)"
+            )
         try:
             with open(path, "rb") as fh:
                 n = int.from_bytes(fh.read(8), "little")
@@ -187,8 +215,10 @@ class ActivationStore:
             if info is None:
                 raise ValueError(f"shard {path} has no {key!r} tensor")
             if info["dtype"] != want or info["shape"] != [shard["rows"], self.manifest["width"]]:
-                raise ValueError(f"shard {path}: {key} is {info['dtype']} {info['shape']}, the manifest says "
-                                 f"{want} {[shard['rows'], self.manifest['width']]}")  # fmt: skip
+                raise ValueError(
+                    f"shard {path}: {key} is {info['dtype']} {info['shape']}, the manifest says "
+                    f"{want} {[shard['rows'], self.manifest['width']]}"
+                )
 
     def shard(self, i: int) -> dict[str, Tensor]:
         """Shard ``i``'s tensors (float32), its checksum verified once."""
@@ -198,7 +228,9 @@ class ActivationStore:
         path = self.path / info["file"]
         if info["file"] not in self._verified:
             if sha256(path) != info["sha256"]:
-                raise ValueError(f"shard {path}: its sha256 does not match the manifest; the store is damaged (write it again with polylens cache --force)")
+                raise ValueError(
+                    f"shard {path}: its sha256 does not match the manifest; the store is damaged (write it again with polylens cache --force)"
+                )
             self._verified.add(info["file"])
         tensors, _ = load_tensors(path, "shard")
         out = {k: v.float() for k, v in tensors.items()}
@@ -236,9 +268,26 @@ class StoreBatches:
     W takes rows [r·B/W, (r+1)·B/W) of each. Only one window is held in memory.
     """
 
-    def __init__(self, store: ActivationStore, batch_size: int, seed: int, *, chunk_rows: int = 4096, buffer_bytes: int = 1 << 30,
-                 rank: int = 0, world: int = 1, key: str = "activations"):  # fmt: skip
-        self.store, self.batch_size, self.seed, self.rank, self.world, self.key = store, batch_size, seed, rank, world, key
+    def __init__(
+        self,
+        store: ActivationStore,
+        batch_size: int,
+        seed: int,
+        *,
+        chunk_rows: int = 4096,
+        buffer_bytes: int = 1 << 30,
+        rank: int = 0,
+        world: int = 1,
+        key: str = "activations",
+    ):
+        self.store, self.batch_size, self.seed, self.rank, self.world, self.key = (
+            store,
+            batch_size,
+            seed,
+            rank,
+            world,
+            key,
+        )
         if batch_size % world:
             raise ValueError(f"batch_size {batch_size} must be a multiple of the {world} processes")
         self.chunk_rows = min(chunk_rows, store.rows)
@@ -248,8 +297,10 @@ class StoreBatches:
         if self.window_chunks * self.chunk_rows < batch_size:
             raise ValueError(f"batch_size={batch_size} is more than the store's {store.rows} rows")
         n_windows = -(-self.n_chunks // self.window_chunks)
-        self.window_batches = [(min(self.n_chunks, (w + 1) * self.window_chunks) - w * self.window_chunks) * self.chunk_rows // batch_size
-                               for w in range(n_windows)]  # fmt: skip
+        self.window_batches = [
+            (min(self.n_chunks, (w + 1) * self.window_chunks) - w * self.window_chunks) * self.chunk_rows // batch_size
+            for w in range(n_windows)
+        ]
         self.per_epoch = sum(self.window_batches)
         self._window: tuple[tuple[int, int], Tensor] | None = None
 
@@ -267,7 +318,12 @@ class StoreBatches:
         self._window = None  # the old window goes first: one in memory at a time
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.n_chunks, generator=g)[w * self.window_chunks : (w + 1) * self.window_chunks]
-        rows = torch.cat([self.store.read(int(c) * self.chunk_rows, (int(c) + 1) * self.chunk_rows, self.key) for c in order.sort().values])
+        rows = torch.cat(
+            [
+                self.store.read(int(c) * self.chunk_rows, (int(c) + 1) * self.chunk_rows, self.key)
+                for c in order.sort().values
+            ]
+        )
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 7_919 + w + 1)
         rows = rows[torch.randperm(rows.shape[0], generator=g)]
         self._window = ((epoch, w), rows)
@@ -277,7 +333,9 @@ class StoreBatches:
         """``n`` rows from random chunks (resampling pools), a function of ``generator``."""
         k = min(self.n_chunks, -(-n // self.chunk_rows))
         chunks = torch.randperm(self.n_chunks, generator=generator)[:k].sort().values
-        rows = torch.cat([self.store.read(int(c) * self.chunk_rows, (int(c) + 1) * self.chunk_rows, self.key) for c in chunks])
+        rows = torch.cat(
+            [self.store.read(int(c) * self.chunk_rows, (int(c) + 1) * self.chunk_rows, self.key) for c in chunks]
+        )
         return rows[torch.randperm(rows.shape[0], generator=generator)[:n]]
 
     def global_batch(self, step: int) -> Tensor:

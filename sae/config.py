@@ -130,6 +130,7 @@ class TrainConfig:
     def window(self, arch: str) -> int:
         """The dead-latent window in samples for an SAE of ``arch``."""
         return self.dead_window if self.dead_window is not None else DEAD_WINDOW[arch]
+
     resample_every: int = 0
     """Every this many steps re-initialise dead latents of ReLU SAEs (Anthropic 2023) and, with
     ``resample_duplicates``, duplicated latents of any SAE, until the lr decay begins; 0 = never."""
@@ -161,7 +162,9 @@ class TrainConfig:
     """Torch device."""
 
     def __post_init__(self):
-        if self.dead_window is not None and (not isinstance(self.dead_window, int) or isinstance(self.dead_window, bool) or self.dead_window <= 0):
+        if self.dead_window is not None and (
+            not isinstance(self.dead_window, int) or isinstance(self.dead_window, bool) or self.dead_window <= 0
+        ):
             raise ValueError(f"dead_window={self.dead_window!r} must be a positive integer")
         for name in ("n_samples", "batch_size", "init_samples", "log_every", "resample_samples"):
             v = getattr(self, name)
@@ -174,9 +177,13 @@ class TrainConfig:
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay={self.lr_decay} must be in [0, 1] (a share of the steps)")
         if self.resample_dead_towards not in RESAMPLE_TARGETS:
-            raise ValueError(f"resample_dead_towards={self.resample_dead_towards!r} is unknown; choose one of {', '.join(RESAMPLE_TARGETS)}")
+            raise ValueError(
+                f"resample_dead_towards={self.resample_dead_towards!r} is unknown; choose one of {', '.join(RESAMPLE_TARGETS)}"
+            )
         if not 0 <= self.resample_duplicates < 1:
-            raise ValueError(f"resample_duplicates={self.resample_duplicates} must be in [0, 1) (a |cos| threshold; 0: off)")
+            raise ValueError(
+                f"resample_duplicates={self.resample_duplicates} must be in [0, 1) (a |cos| threshold; 0: off)"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr={self.lr} must be a finite number > 0")
         if self.n_samples < self.batch_size:

@@ -40,8 +40,10 @@ class Context:
         try:
             return fn()
         except RuntimeError as err:  # gloo/nccl: a timeout or a peer that closed its connection
-            raise ValueError(f"rank {self.rank} of {self.world}: {what} failed ({str(err).splitlines()[0][:160]}); another process "
-                             f"probably died or stalled (waited up to {TIMEOUT_S:g} s); stopping this one too") from None
+            raise ValueError(
+                f"rank {self.rank} of {self.world}: {what} failed ({str(err).splitlines()[0][:160]}); another process "
+                f"probably died or stalled (waited up to {TIMEOUT_S:g} s); stopping this one too"
+            ) from None
 
     def mean_(self, tensors: list[Tensor]) -> None:
         """Average ``tensors`` over the ranks in place, as one flat all-reduce."""

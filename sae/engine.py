@@ -55,7 +55,9 @@ def check_device(device: str) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu")
+        raise ValueError(
+            f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     if dev.type not in ("cpu", "cuda", "mps"):
@@ -75,12 +77,16 @@ def check_resources(sae_config: SAEConfig, config: TrainConfig, n_sae: int = 1, 
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > 0.8 * free:
-        raise ValueError(f"this run needs about {need / 2**30:.1f} GiB ({n_sae} SAE of {n} latents x d {d}, batch {b}, "
-                         f"{eval_samples} evaluation samples) but {free / 2**30:.1f} GiB are free; use a smaller --dict-size, "
-                         "--batch-size or --eval-samples")
+        raise ValueError(
+            f"this run needs about {need / 2**30:.1f} GiB ({n_sae} SAE of {n} latents x d {d}, batch {b}, "
+            f"{eval_samples} evaluation samples) but {free / 2**30:.1f} GiB are free; use a smaller --dict-size, "
+            "--batch-size or --eval-samples"
+        )
     if config.steps > MAX_STEPS:
-        raise ValueError(f"--samples {config.n_samples} is {config.steps:,} steps of {b}: more than {MAX_STEPS:,}, a run that "
-                         "would not finish; use fewer samples or a larger batch")
+        raise ValueError(
+            f"--samples {config.n_samples} is {config.steps:,} steps of {b}: more than {MAX_STEPS:,}, a run that "
+            "would not finish; use fewer samples or a larger batch"
+        )
 
 
 def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource) -> Tensor:
@@ -96,7 +102,9 @@ def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource)
     else:
         x = source.batch(0).float()
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first")
+        raise ValueError(
+            f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first"
+        )
     return x.cpu()
 
 
@@ -115,12 +123,20 @@ def init_matrix(sae_config: SAEConfig, source: BatchSource) -> Tensor | None:
         return tensors[key]
     matrix = source.store.store.weight() if source.store is not None else None
     if matrix is None:
-        where = "the activation store records none (its layer has no weight matrix)" if source.store is not None else "the data is not an activation store"
-        raise ValueError(f"--init svd needs the weight matrix of the layer being interpreted and {where}; give --init-matrix FILE.safetensors:KEY")
+        where = (
+            "the activation store records none (its layer has no weight matrix)"
+            if source.store is not None
+            else "the data is not an activation store"
+        )
+        raise ValueError(
+            f"--init svd needs the weight matrix of the layer being interpreted and {where}; give --init-matrix FILE.safetensors:KEY"
+        )
     return matrix
 
 
-def initial_sae(sae_config: SAEConfig, config: TrainConfig, sample: Tensor, matrix: Tensor | None = None) -> SparseAutoencoder:
+def initial_sae(
+    sae_config: SAEConfig, config: TrainConfig, sample: Tensor, matrix: Tensor | None = None
+) -> SparseAutoencoder:
     """The SAE a run with ``config.seed`` starts from: ``sae_config.init`` applied to ``sample``
     (and, for 'svd', to the layer's weight ``matrix``)."""
     gen = torch.Generator().manual_seed(config.seed)
@@ -139,10 +155,14 @@ def read_checkpoint(out_dir: str | Path) -> tuple[dict[str, Tensor], dict]:
         try:
             return tensors, json.loads(meta["state"])
         except json.JSONDecodeError:
-            raise ValueError(f"{out_dir / CHECKPOINT} has a corrupt state record; the checkpoint cannot be resumed") from None
+            raise ValueError(
+                f"{out_dir / CHECKPOINT} has a corrupt state record; the checkpoint cannot be resumed"
+            ) from None
     state = read_json(out_dir / STATE)
     if meta.get("step") != str(state.get("step")):
-        raise ValueError(f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state.get('step')}")
+        raise ValueError(
+            f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state.get('step')}"
+        )
     return tensors, state
 
 
@@ -158,9 +178,15 @@ def check_same_store(state: dict, store: dict | None, out_dir) -> None:
     """Refuse to resume a run on another activation store than the one it was trained on."""
     theirs = state.get("store")
     if theirs is not None and store != theirs:
-        got = "not an activation store" if store is None else f"model {store['model']} layer {store['layer']} width {store['width']} ({store['rows']:,} rows)"
-        raise ValueError(f"the run in {out_dir} trained on the activation store of model {theirs['model']} layer {theirs['layer']} "
-                         f"width {theirs['width']} ({theirs['rows']:,} rows); this data is {got}: resume it on its own store")  # fmt: skip
+        got = (
+            "not an activation store"
+            if store is None
+            else f"model {store['model']} layer {store['layer']} width {store['width']} ({store['rows']:,} rows)"
+        )
+        raise ValueError(
+            f"the run in {out_dir} trained on the activation store of model {theirs['model']} layer {theirs['layer']} "
+            f"width {theirs['width']} ({theirs['rows']:,} rows); this data is {got}: resume it on its own store"
+        )
 
 
 class Engine:
@@ -171,8 +197,16 @@ class Engine:
     ``resume`` hands back to rebuild the groups.
     """
 
-    def __init__(self, groups: list[Ensemble], config: TrainConfig, source: BatchSource, out_dir: str | Path | None = None,
-                 labels: list[list[str]] | None = None, record: dict | None = None, ctx: Context | None = None):  # fmt: skip
+    def __init__(
+        self,
+        groups: list[Ensemble],
+        config: TrainConfig,
+        source: BatchSource,
+        out_dir: str | Path | None = None,
+        labels: list[list[str]] | None = None,
+        record: dict | None = None,
+        ctx: Context | None = None,
+    ):
         self.groups, self.config, self.source = groups, config, source
         self.ctx = ctx or Context()
         """Data-parallel place (``sae.distributed``): ranks train on slices of each global batch."""
@@ -207,7 +241,14 @@ class Engine:
             from tqdm import tqdm
 
             n = sum(g.size for g in self.groups)
-            bar = tqdm(total=c.steps, initial=self.step, file=sys.stderr, unit="step", dynamic_ncols=True, desc=None if self.single else f"{n} SAEs")
+            bar = tqdm(
+                total=c.steps,
+                initial=self.step,
+                file=sys.stderr,
+                unit="step",
+                dynamic_ncols=True,
+                desc=None if self.single else f"{n} SAEs",
+            )
         d_in = self.groups[0].config.data_width  # a g-SAE's rows: [x, J rows]
         try:
             while self.step < c.steps:
@@ -219,9 +260,15 @@ class Engine:
                 for j, (g, opt) in enumerate(zip(self.groups, self.opts)):
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.step, c)
-                    s = self._synced(g, g.step_grads_(x, c.window(g.config.arch), fused=c.fused, bf16=c.bf16, l0=logged), x.shape[0])
+                    s = self._synced(
+                        g, g.step_grads_(x, c.window(g.config.arch), fused=c.fused, bf16=c.bf16, l0=logged), x.shape[0]
+                    )
                     if not bool(torch.isfinite(s.loss).all()):  # a NaN/inf in x always gets here (err contains −x)
-                        self._stop(x, [self.labels[j][e] for e in (~torch.isfinite(s.loss)).nonzero().flatten().tolist()], s.loss)
+                        self._stop(
+                            x,
+                            [self.labels[j][e] for e in (~torch.isfinite(s.loss)).nonzero().flatten().tolist()],
+                            s.loss,
+                        )
                     g.project_(before_step=True)
                     opt.step()
                     g.project_(before_step=False)
@@ -266,7 +313,9 @@ class Engine:
             "loss": [s.loss.tolist() for s in stats],
             "mse": [s.mse.tolist() for s in stats],
             "l0": [s.l0.tolist() for s in stats],
-            "dead_fraction": [g.dead_mask(self.config.window(g.config.arch)).float().mean(1).tolist() for g in self.groups],
+            "dead_fraction": [
+                g.dead_mask(self.config.window(g.config.arch)).float().mean(1).tolist() for g in self.groups
+            ],
         }
         rec = {"step": self.step, **({k: v[0][0] for k, v in per.items()} if self.single else per)}
         self.history.append(rec)
@@ -281,9 +330,14 @@ class Engine:
             what = f"batch at step {self.step} contains NaN or inf"
         else:
             bad = loss[~torch.isfinite(loss)]
-            what = f"loss became {float(bad[0])} at step {self.step}" + ("" if self.single else f" for {', '.join(members)}")
-        where = (f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.out_dir}" if self.last_checkpoint is not None
-                 else "no checkpoint was written")  # fmt: skip
+            what = f"loss became {float(bad[0])} at step {self.step}" + (
+                "" if self.single else f" for {', '.join(members)}"
+            )
+        where = (
+            f"the last good checkpoint (step {self.last_checkpoint}) is kept in {self.out_dir}"
+            if self.last_checkpoint is not None
+            else "no checkpoint was written"
+        )
         raise ValueError(f"{what}; training stopped, {where}")
 
     # ---- dead and duplicated latents -------------------------------------------------------------
@@ -311,7 +365,11 @@ class Engine:
         for g, opt in zip(self.groups, self.opts):
             row = []
             for e in range(g.size):
-                dead = g.dead_mask(c.window("relu"))[e] if g.config.arch == "relu" else torch.zeros_like(g.since_fired[e], dtype=torch.bool)
+                dead = (
+                    g.dead_mask(c.window("relu"))[e]
+                    if g.config.arch == "relu"
+                    else torch.zeros_like(g.since_fired[e], dtype=torch.bool)
+                )
                 if not bool(dead.any()) and not c.resample_duplicates:
                     row.append({"dead": 0, "duplicates": 0})
                     continue
@@ -319,7 +377,13 @@ class Engine:
                 row.append(self._resample_member(g, opt, e, pool, dead))
             done.append(row)
             if self.ctx.world > 1:  # rank 0's result everywhere (an iterable's pool is each rank's own batch)
-                moments = [st[k] for p in g.parameters() if p in opt.state for st in (opt.state[p],) for k in ("exp_avg", "exp_avg_sq")]
+                moments = [
+                    st[k]
+                    for p in g.parameters()
+                    if p in opt.state
+                    for st in (opt.state[p],)
+                    for k in ("exp_avg", "exp_avg_sq")
+                ]
                 self.ctx.broadcast_([*(getattr(g, n).data for n in g.names), g.since_fired, *moments])
         return done
 
@@ -420,8 +484,16 @@ class Engine:
             self.last_checkpoint = self.step
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, **self.record, "train": asdict(self.config), "tail_from": self.tail_from, "history": self.history}
-        save_tensors_atomic(self.state_tensors(), self.out_dir / CHECKPOINT, {"step": str(self.step), "state": json.dumps(state)})
+        state = {
+            "step": self.step,
+            **self.record,
+            "train": asdict(self.config),
+            "tail_from": self.tail_from,
+            "history": self.history,
+        }
+        save_tensors_atomic(
+            self.state_tensors(), self.out_dir / CHECKPOINT, {"step": str(self.step), "state": json.dumps(state)}
+        )
         write_json_atomic(state, self.out_dir / STATE)
         self.last_checkpoint = self.step
 
@@ -433,6 +505,8 @@ class Engine:
             self.loss_tail = [torch.zeros_like(t) for t in self.loss_tail]
             self.tail_from = max(self.tail_from, self.step)
         if self.step > self.config.steps:
-            raise ValueError(f"the run in {self.out_dir} has done {self.step} steps, more than the {self.config.steps} asked for; "
-                             "give at least as many samples as it has trained on")
+            raise ValueError(
+                f"the run in {self.out_dir} has done {self.step} steps, more than the {self.config.steps} asked for; "
+                "give at least as many samples as it has trained on"
+            )
         return self

@@ -56,7 +56,9 @@ class Ensemble(nn.Module):
         dev = self.W_enc.device
         self.register_buffer("l1", torch.tensor([c.l1 for c in self.configs], dtype=self.W_enc.dtype, device=dev))
         self.register_buffer("threshold", torch.stack([s.threshold for s in saes]))
-        self.register_buffer("since_fired", torch.zeros(len(saes), self.configs[0].dict_size, dtype=torch.long, device=dev))
+        self.register_buffer(
+            "since_fired", torch.zeros(len(saes), self.configs[0].dict_size, dtype=torch.long, device=dev)
+        )
         with torch.device("meta"):  # shells for functional_call: every tensor comes from the stack
             self._shells = [SparseAutoencoder(c) for c in self.configs]
 
@@ -99,13 +101,19 @@ class Ensemble(nn.Module):
         shell = self._shells[e].train(train)
         return torch.func.functional_call(shell, self.member_tensors(e), (x,), {"dead": dead})
 
-    def step_grads_(self, x: Tensor, dead_window: int, *, fused: bool = True, bf16: bool = False, l0: bool = True) -> StepStats:
+    def step_grads_(
+        self, x: Tensor, dead_window: int, *, fused: bool = True, bf16: bool = False, l0: bool = True
+    ) -> StepStats:
         """Losses on batch ``x [B, d]``; sets ``.grad`` of every stacked parameter and advances the
         BatchTopK thresholds. The dead-latent counters move in ``count_fired_`` (after the ranks of a
         data-parallel run have agreed on which latents fired). ``l0=False``: skip the L0 (a pass over
         the [E, B, n] activations; zeros then), for the steps nobody logs."""
         dead = self.dead_mask(dead_window)
-        stats = self._kernel_step(x, dead, l0) if fused and not bf16 and self.fused else self._autograd_step(x, dead, bf16, l0)
+        stats = (
+            self._kernel_step(x, dead, l0)
+            if fused and not bf16 and self.fused
+            else self._autograd_step(x, dead, bf16, l0)
+        )
         if not self.config.learn_b_dec and self.b_dec.grad is not None:
             self.b_dec.grad.zero_()  # Adam then never moves it from 0 (zero moments, zero step)
         return stats
@@ -128,16 +136,28 @@ class Ensemble(nn.Module):
         outs = []
         for lo in range(0, E, per_call):
             xs, arch, weight = gsae_inputs(c, x, self.W_dec[lo : lo + per_call])  # a g-SAE's rows: [x, J rows]
-            outs.append(sae_loss_and_grads(
-                xs, *(getattr(self, name)[lo : lo + per_call] for name in PARAMS), arch=arch, l1=self.l1[lo : lo + per_call], k=c.k,
-                decoder_norm=c.decoder_norm, aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead[lo : lo + per_call], rank_weight=weight,
-            ))  # fmt: skip
+            outs.append(
+                sae_loss_and_grads(
+                    xs,
+                    *(getattr(self, name)[lo : lo + per_call] for name in PARAMS),
+                    arch=arch,
+                    l1=self.l1[lo : lo + per_call],
+                    k=c.k,
+                    decoder_norm=c.decoder_norm,
+                    aux_coef=c.aux_coef,
+                    aux_k=c.aux_k,
+                    dead=dead[lo : lo + per_call],
+                    rank_weight=weight,
+                )
+            )
         for i, name in enumerate(PARAMS):
             getattr(self, name).grad = outs[0].grads[i] if len(outs) == 1 else torch.cat([o.grads[i] for o in outs])
         if c.arch == "batchtopk":
             update_threshold_(self.threshold, torch.cat([o.kept_min for o in outs]), c.threshold_decay)
         cat = lambda key: torch.cat([getattr(o, key) for o in outs])  # noqa: E731
-        l0 = torch.cat([(o.acts != 0).float().sum(-1).mean(-1) if want_l0 else o.loss.new_zeros(o.loss.shape) for o in outs])
+        l0 = torch.cat(
+            [(o.acts != 0).float().sum(-1).mean(-1) if want_l0 else o.loss.new_zeros(o.loss.shape) for o in outs]
+        )
         return StepStats(cat("loss"), cat("mse"), l0, cat("fired"))
 
     def _autograd_step(self, x: Tensor, dead: Tensor, bf16: bool, want_l0: bool = True) -> StepStats:

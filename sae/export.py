@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sae.model import SAEConfig, SparseAutoencoder
 from sae.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from sae.model import SAEConfig, SparseAutoencoder
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -64,7 +64,9 @@ def export_saelens(
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"export folder {folder} is a file; pass a folder path")
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise ValueError(f"export folder {folder} is not empty; pass overwrite=True (CLI: --force) to replace the export in it")
+        raise ValueError(
+            f"export folder {folder} is not empty; pass overwrite=True (CLI: --force) to replace the export in it"
+        )
     c = sae.config
     dtype = sae.W_enc.dtype
     dtype_name = next((name for name, dt in _DTYPES.items() if dt == dtype), None)
@@ -144,10 +146,14 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
     state = {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec}
     if config.tied:
         if folded or not torch.equal(tensors["W_dec"], tensors["W_enc"].T):
-            raise ValueError(f"{where} says tied, but W_dec is not W_encᵀ; remove 'tied' from metadata.polylens to import it untied")
+            raise ValueError(
+                f"{where} says tied, but W_dec is not W_encᵀ; remove 'tied' from metadata.polylens to import it untied"
+            )
     else:
         state["W_dec"] = W_dec
-    state["threshold"] = tensors["threshold"][0].double() if arch == "jumprelu" else torch.zeros((), dtype=torch.float64)
+    state["threshold"] = (
+        tensors["threshold"][0].double() if arch == "jumprelu" else torch.zeros((), dtype=torch.float64)
+    )
     sae = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0)).to(dtype)  # weights replaced below
     sae.load_state_dict({k: v.to(dtype) for k, v in state.items()})
     return sae.eval()
@@ -158,7 +164,9 @@ def _read(folder: Path) -> tuple[dict, dict[str, Tensor]]:
         raise FileNotFoundError(f"SAELens folder {folder} does not exist")
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}; a SAELens SAE folder holds {CONFIG_FILE} and {WEIGHTS_FILE}")
+            raise FileNotFoundError(
+                f"{folder} has no {name}; a SAELens SAE folder holds {CONFIG_FILE} and {WEIGHTS_FILE}"
+            )
     cfg = read_json(folder / CONFIG_FILE)
     if not isinstance(cfg, dict):
         raise ValueError(f"{folder / CONFIG_FILE} must hold a JSON object; got {type(cfg).__name__}")
@@ -171,7 +179,9 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
     where, wfile = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     arch = cfg.get("architecture", "standard")
     if arch not in ("standard", "topk", "jumprelu"):
-        raise ValueError(f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk and jumprelu (one shared threshold)")
+        raise ValueError(
+            f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk and jumprelu (one shared threshold)"
+        )
     for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
         if cfg.get(key) not in ok:
             raise ValueError(f"{where}: {key}={cfg.get(key)!r} is not supported; only 'none' can be imported")
@@ -187,14 +197,20 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
         raise ValueError(f"{wfile} lacks {', '.join(missing)} (architecture {arch!r} needs {', '.join(shapes)})")
     for key in sorted(set(tensors) - set(shapes)):
         if key not in _IGNORED_KEYS or not bool((tensors[key] == 1).all()):
-            raise ValueError(f"{wfile} holds {key!r}, which polylens cannot represent (expected only {', '.join(shapes)})")
+            raise ValueError(
+                f"{wfile} holds {key!r}, which polylens cannot represent (expected only {', '.join(shapes)})"
+            )
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
-            raise ValueError(f"{wfile}: {key} has shape {tuple(tensors[key].shape)}, but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}")
+            raise ValueError(
+                f"{wfile}: {key} has shape {tuple(tensors[key].shape)}, but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}"
+            )
     return arch, d_in, n
 
 
-def _config(cfg: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor], W_dec: Tensor, where: Path) -> SAEConfig:
+def _config(
+    cfg: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor], W_dec: Tensor, where: Path
+) -> SAEConfig:
     """Our config: cfg.json's SAELens fields win; the rest from metadata.polylens when present."""
     meta = _dict(cfg.get("metadata"))
     ours = _dict(meta.get("polylens"))
@@ -207,8 +223,10 @@ def _config(cfg: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor],
     elif arch == "jumprelu":
         thr = tensors["threshold"]
         if not bool((thr == thr[0]).all()):
-            raise ValueError(f"{where}: jumprelu with a threshold per latent (min {float(thr.min()):.4g}, max {float(thr.max()):.4g}) "
-                             "cannot be imported; polylens reads jumprelu with one shared threshold (SAELens's BatchTopK)")
+            raise ValueError(
+                f"{where}: jumprelu with a threshold per latent (min {float(thr.min()):.4g}, max {float(thr.max()):.4g}) "
+                "cannot be imported; polylens reads jumprelu with one shared threshold (SAELens's BatchTopK)"
+            )
         if "k" in details:
             fields["k"] = max(1, round(float(details["k"])))  # SAELens's BatchTopK k is a float
     elif "l1_coefficient" in details and "l1" not in ours:

@@ -57,15 +57,19 @@ def svd_directions(matrix: Tensor, d: int) -> Tensor:
     return U[:, keep].T
 
 
-def initial_decoder(init: str, n: int, d: int, data: Tensor | None, gen, blend: float, noise: float, matrix: Tensor | None = None) -> Tensor:
+def initial_decoder(
+    init: str, n: int, d: int, data: Tensor | None, gen, blend: float, noise: float, matrix: Tensor | None = None
+) -> Tensor:
     """Decoder rows ``[n, d]`` (unit norm) for scheme ``init``; ``data [N, d]`` for 'data'/'pca',
     the layer's weight ``matrix`` for 'svd'."""
     if init in NEEDS_DATA and data is None:
         raise ValueError(f"init={init!r} needs a data sample; pass data= to initialize (or use another init)")
     if init == "svd":
         if matrix is None:
-            raise ValueError("init='svd' needs the weight matrix of the layer: train on an activation store (polylens cache records it) "
-                             "or give --init-matrix FILE.safetensors:KEY")  # fmt: skip
+            raise ValueError(
+                "init='svd' needs the weight matrix of the layer: train on an activation store (polylens cache records it) "
+                "or give --init-matrix FILE.safetensors:KEY"
+            )
         base = svd_directions(matrix, d)
         return _unit(base[torch.arange(n) % base.shape[0]] + _noise(n, d, noise, gen))
     if init in ("kaiming", "enc_dec_transpose"):
@@ -93,8 +97,13 @@ def initial_decoder(init: str, n: int, d: int, data: Tensor | None, gen, blend: 
 
 
 @torch.no_grad()
-def initialize(sae, data: Tensor | None = None, generator: torch.Generator | None = None, placeholder: bool = False,
-               matrix: Tensor | None = None) -> None:
+def initialize(
+    sae,
+    data: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    placeholder: bool = False,
+    matrix: Tensor | None = None,
+) -> None:
     """(Re-)initialise ``sae`` in place according to ``sae.config.init`` (a data sample for 'data'/'pca').
 
     ``placeholder=True`` (used by the constructor) lets a data-dependent init start from Kaiming

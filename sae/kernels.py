@@ -115,13 +115,28 @@ def sae_loss_and_grads(
             _rest(*(_take(t, idx) for t in (xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v)), path, *args)
             for idx, path in zip(members, (False, True))
         ]
-    mse, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec = (_put(E, [p[i] for p in parts], members) for i in range(8))
+    mse, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec = (
+        _put(E, [p[i] for p in parts], members) for i in range(8)
+    )
     grads = SAEGrads(gW_enc, gb_enc, gW_dec, gb_dec)
     return KernelOutput(mse + sparsity + aux, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
 
 
-def _rest(xc: Tensor, acts: Tensor, topk_vals, topk_idx, W_enc: Tensor, W_dec: Tensor, l1v: Tensor, on_sparse: bool,
-          arch: str, decoder_norm: str, aux_coef: float, aux_k: int, auxk: tuple[Tensor, Tensor] | None) -> tuple[Tensor, ...]:  # fmt: skip
+def _rest(
+    xc: Tensor,
+    acts: Tensor,
+    topk_vals,
+    topk_idx,
+    W_enc: Tensor,
+    W_dec: Tensor,
+    l1v: Tensor,
+    on_sparse: bool,
+    arch: str,
+    decoder_norm: str,
+    aux_coef: float,
+    aux_k: int,
+    auxk: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, ...]:
     """Everything after the activation for the members given, all on one path (``auxk``: the dead
     mask and ReLU(pre), dense path only): ``(mse, sparsity, aux, act_sum, ∂W_enc, ∂b_enc, ∂W_dec,
     ∂b_dec)``, each with a leading member dimension."""
@@ -205,7 +220,9 @@ def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor
         raise ValueError(f"k={k} must be between 1 and the number of latents n={n} for arch={arch!r}")
 
 
-def _activate_(pre: Tensor, arch: str, k: int, rank_weight: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+def _activate_(
+    pre: Tensor, arch: str, k: int, rank_weight: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """``(acts [E, B, n], topk_vals, topk_idx, kept_min)``; ``pre`` is overwritten with ReLU(pre).
     TopK also returns its ``[E, B, k]`` values and indices (the sparsity pattern), BatchTopK each
     member's smallest kept positive value (inf: none) for the inference threshold."""
@@ -227,7 +244,9 @@ def _activate_(pre: Tensor, arch: str, k: int, rank_weight: Tensor | None = None
     return acts, None, None, kept_min
 
 
-def _l1_(arch: str, l1, decoder_norm: str, act_sum: Tensor, W_dec: Tensor, B: int, gW_dec: Tensor) -> tuple[Tensor, Tensor | None]:
+def _l1_(
+    arch: str, l1, decoder_norm: str, act_sum: Tensor, W_dec: Tensor, B: int, gW_dec: Tensor
+) -> tuple[Tensor, Tensor | None]:
     """The L1 term ``[E]`` and ``l1·w/B [E, n]`` (its gradient in each activation; None when there
     is no L1); adds the weighted-L1 gradient in the row norms into ``gW_dec`` in place."""
     E, n = act_sum.shape
@@ -294,8 +313,9 @@ class _Pattern:
     def t_times(self, vals: Tensor, M: Tensor) -> Tensor:
         """``Aᵀ M`` per member; ``M [E, B, d]`` → ``[E, n, d]``."""
         E, _, d = M.shape
-        out = F.embedding_bag(self.rows_by_col, M.reshape(-1, d), self.col_start, mode="sum",
-                              per_sample_weights=vals[self.perm])  # fmt: skip
+        out = F.embedding_bag(
+            self.rows_by_col, M.reshape(-1, d), self.col_start, mode="sum", per_sample_weights=vals[self.perm]
+        )
         return out.view(E, self.n, d)
 
     def sample(self, G: Tensor, W: Tensor) -> Tensor:
@@ -306,8 +326,9 @@ class _Pattern:
             warnings.simplefilter("ignore")  # "sparse CSR tensor support is in beta state"
             # Zeros, not empty_like: sampled_addmm computes beta·S + …, and 0·NaN from an
             # uninitialised buffer is NaN (it made the loss NaN now and then).
-            S = torch.sparse_csr_tensor(crow, self.cols, torch.zeros_like(self.vals), (self.E * self.B, self.E * self.n),
-                                        check_invariants=False)  # fmt: skip
+            S = torch.sparse_csr_tensor(
+                crow, self.cols, torch.zeros_like(self.vals), (self.E * self.B, self.E * self.n), check_invariants=False
+            )
             return torch.sparse.sampled_addmm(S, G.reshape(-1, d), W.reshape(-1, d).T, beta=0.0).values()
 
     def col_sum(self, vals: Tensor) -> Tensor:
@@ -321,7 +342,9 @@ def _starts(sorted_ids: Tensor, n_groups: int) -> Tensor:
     return torch.cumsum(counts, 0).sub_(counts)
 
 
-def _auxk_(post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, aux_k: int, gW_dec: Tensor, g_pre: Tensor) -> Tensor:
+def _auxk_(
+    post: Tensor, err: Tensor, W_dec: Tensor, dead: Tensor, coef: float, aux_k: int, gW_dec: Tensor, g_pre: Tensor
+) -> Tensor:
     """AuxK (as ``sae.model.auxk_loss``): adds its gradients into ``gW_dec`` and ``g_pre`` in place
     and returns the per-member term ``[E]``. ``post`` is ReLU(pre); ``err`` is recon − x."""
     E, B, n = post.shape
@@ -367,24 +390,41 @@ def gsae_inputs(config: SAEConfig, x: Tensor, W_dec: Tensor) -> tuple[Tensor, st
 
 
 @torch.no_grad()
-def fused_backward_(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = None, sparse: bool | None = None) -> KernelOutput:
+def fused_backward_(
+    sae: SparseAutoencoder, x: Tensor, dead: Tensor | None = None, sparse: bool | None = None
+) -> KernelOutput:
     """``sae(x, dead).loss.backward()`` without autograd: sets each parameter's ``.grad`` (replacing
     it) and, for BatchTopK, updates ``sae.threshold`` as ``sae.activate`` does in training mode.
     Returns the losses as scalars, ``acts [B, n]`` and ``fired [n]``; gradients keep a leading 1."""
     c = sae.config
     if not kernel_supports(c):
-        raise ValueError(f"the kernel needs an untied SAE without orthogonality penalty and arch in {SUPPORTED_ARCHS}; "
-                         f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}")  # fmt: skip
+        raise ValueError(
+            f"the kernel needs an untied SAE without orthogonality penalty and arch in {SUPPORTED_ARCHS}; "
+            f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}"
+        )
     if c.arch == "batchtopk" and not sae.training:
-        raise ValueError("the kernel computes BatchTopK's training rule; call sae.train() first (eval uses the threshold θ)")
+        raise ValueError(
+            "the kernel computes BatchTopK's training rule; call sae.train() first (eval uses the threshold θ)"
+        )
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     x, arch, weight = gsae_inputs(c, x, sae.W_dec.unsqueeze(0))
     out = sae_loss_and_grads(
-        x, *(p.unsqueeze(0) for p in params), arch=arch, l1=c.l1, k=c.k, decoder_norm=c.decoder_norm,
-        aux_coef=c.aux_coef, aux_k=c.aux_k, dead=dead, sparse=sparse, rank_weight=weight,
-    )  # fmt: skip
+        x,
+        *(p.unsqueeze(0) for p in params),
+        arch=arch,
+        l1=c.l1,
+        k=c.k,
+        decoder_norm=c.decoder_norm,
+        aux_coef=c.aux_coef,
+        aux_k=c.aux_k,
+        dead=dead,
+        sparse=sparse,
+        rank_weight=weight,
+    )
     for p, g in zip(params, out.grads):
         p.grad = g[0]
     if c.arch == "batchtopk":
         update_threshold_(sae.threshold, out.kept_min[0], c.threshold_decay)  # as SparseAutoencoder.activate
-    return out._replace(loss=out.loss[0], mse=out.mse[0], sparsity=out.sparsity[0], aux=out.aux[0], acts=out.acts[0], fired=out.fired[0])
+    return out._replace(
+        loss=out.loss[0], mse=out.mse[0], sparsity=out.sparsity[0], aux=out.aux[0], acts=out.acts[0], fired=out.fired[0]
+    )

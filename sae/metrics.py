@@ -59,7 +59,9 @@ def frac_recovered(truth: Tensor, learned: Tensor, threshold: float = 0.9) -> fl
     return float((cosines(truth, learned).abs().max(dim=1).values >= threshold).float().mean())
 
 
-def mean_l2_ratio(truth: Tensor, learned: Tensor, codes: Tensor | None = None, acts: Tensor | None = None, threshold: float = 0.9) -> float:
+def mean_l2_ratio(
+    truth: Tensor, learned: Tensor, codes: Tensor | None = None, acts: Tensor | None = None, threshold: float = 0.9
+) -> float:
     """Mean L2 ratio of the recovered features (APD's shrinkage check against ground truth).
 
     Over the Hungarian-matched pairs (g, j) with |cos| >= ``threshold`` (a badly matched pair's
@@ -130,7 +132,9 @@ class Evaluation(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate(sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None = None, batch_size: int = 8192) -> Evaluation:
+def evaluate(
+    sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None = None, batch_size: int = 8192
+) -> Evaluation:
     """Score ``sae`` (in eval mode) on ``x [N, d]`` and, when given, against ``truth [G, d]``
     (``codes [N, G]``, the true coefficients of ``x``, make the mean L2 ratio activation-based)."""
     was_training = sae.training
@@ -154,7 +158,13 @@ def evaluate(sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None =
     if truth is not None:
         acts = torch.cat(acts_all).to_dense() if codes is not None else None
         l2 = mean_l2_ratio(truth, dec, codes, acts)
-        gt = (mmcs_signed(truth, dec), mmcs_signed_learned(truth, dec, alive), hungarian(truth, dec)[2], frac_recovered(truth, dec), l2)
+        gt = (
+            mmcs_signed(truth, dec),
+            mmcs_signed_learned(truth, dec, alive),
+            hungarian(truth, dec)[2],
+            frac_recovered(truth, dec),
+            l2,
+        )
     else:
         gt = (nan,) * 5
     return Evaluation(
@@ -185,7 +195,11 @@ def plot_best_signed_cos(best_signed_cos, path, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     ax.hist(np.asarray(best_signed_cos), bins=np.linspace(-1, 1, 41), color="C0")
     ax.axvline(0.9, color="k", lw=0.8, ls="--", label="0.9")
-    ax.set(xlabel="best cosine of a ground-truth feature with a decoder row", ylabel="features", title=title or "per-feature best cosine")
+    ax.set(
+        xlabel="best cosine of a ground-truth feature with a decoder row",
+        ylabel="features",
+        title=title or "per-feature best cosine",
+    )
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

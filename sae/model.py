@@ -158,7 +158,9 @@ class SparseAutoencoder(nn.Module):
             aux = c.aux_coef * auxk_loss(self, pre, err.detach(), dead)
         orth = zero
         if c.orth > 0:
-            orth = c.orth * (orthogonality_full(self.decoder) if c.orth_full else orthogonality_active(self.decoder, acts))
+            orth = c.orth * (
+                orthogonality_full(self.decoder) if c.orth_full else orthogonality_active(self.decoder, acts)
+            )
         return SAEOutput(recon, acts, pre, mse + sparsity + aux + orth, mse, sparsity, aux, orth)
 
 

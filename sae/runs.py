@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from sae.config import SAEConfig, TrainConfig
-from sae.metrics import best_signed_cosines, evaluate
-from sae.files import CHECKPOINT, STATE, read_json, write_json_atomic
-from sae.synthetic import make_data
 from sae.engine import read_checkpoint
+from sae.files import CHECKPOINT, STATE, read_json, write_json_atomic
+from sae.metrics import best_signed_cosines, evaluate
+from sae.synthetic import make_data
 from sae.train import Trainer, load_sae
 
 RUN = "run.json"
@@ -66,7 +66,9 @@ def run_lock(out: Path, *, clear: bool = False) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ValueError(f"another run is writing {out} now (it holds the folder's lock); wait for it to end or give another --out") from None
+        raise ValueError(
+            f"another run is writing {out} now (it holds the folder's lock); wait for it to end or give another --out"
+        ) from None
     try:
         if clear:
             for name in RUN_FILES:
@@ -152,8 +154,14 @@ def train_run(
         return _fit_export_evaluate(trainer, engine, out, {"spec": data, "options": data_options}, source, eval_samples)
 
 
-def resume_run(out_dir: str | Path, n_samples: int | None = None, data: str | None = None, data_options: dict | None = None,
-               eval_samples: int = 20_000, progress: bool | None = None) -> dict:  # fmt: skip
+def resume_run(
+    out_dir: str | Path,
+    n_samples: int | None = None,
+    data: str | None = None,
+    data_options: dict | None = None,
+    eval_samples: int = 20_000,
+    progress: bool | None = None,
+) -> dict:
     """Continue the run in ``out_dir`` (to ``n_samples`` in total, default its own) on the data it
     recorded (or ``data``): the same weights as one uninterrupted run. Returns run.json's content."""
     out = Path(out_dir)
@@ -184,20 +192,33 @@ def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source
     sae = engine.groups[0].members()[0]
     export_saelens(sae, out / EXPORT, overwrite=True)
     x, truth, codes = eval_batch(source, eval_samples, trainer.config.seed)
-    record.update(steps=engine.step, eval_samples=eval_samples, evaluation=evaluate(sae, x, truth, codes)._asdict(),
-                  best_signed_cos=None if truth is None else best_signed_cosines(truth, sae.decoder), history_tail=engine.history[-5:])
+    record.update(
+        steps=engine.step,
+        eval_samples=eval_samples,
+        evaluation=evaluate(sae, x, truth, codes)._asdict(),
+        best_signed_cos=None if truth is None else best_signed_cosines(truth, sae.decoder),
+        history_tail=engine.history[-5:],
+    )
     write_json_atomic(record, out / RUN)
     return record
 
 
-def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | None = None, eval_samples: int | None = None, seed: int | None = None) -> dict:
+def eval_run(
+    out_dir: str | Path,
+    data: str | None = None,
+    data_options: dict | None = None,
+    eval_samples: int | None = None,
+    seed: int | None = None,
+) -> dict:
     """Evaluate the SAE in ``out_dir`` (a training folder, or a SAELens folder with cfg.json) on
     ``data`` (default: the data its run recorded), with ground-truth metrics for synthetic data.
     ``eval_samples`` and ``seed`` default to the run's (else 20,000 and 0): then the numbers are
     the ones ``train_run`` reported."""
     out = Path(out_dir)
     if not out.is_dir():
-        raise FileNotFoundError(f"SAE folder {out} {'is a file, not a run folder' if out.exists() else 'does not exist'}")
+        raise FileNotFoundError(
+            f"SAE folder {out} {'is a file, not a run folder' if out.exists() else 'does not exist'}"
+        )
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
     if (out / CHECKPOINT).is_file():
         sae = load_sae(out)
@@ -219,8 +240,12 @@ def eval_run(out_dir: str | Path, data: str | None = None, data_options: dict | 
     if d != sae.config.d_in:
         raise ValueError(f"data dimension {d} does not match the SAE's d_in={sae.config.d_in}")
     x, truth, codes = eval_batch(source, eval_samples, seed)
-    return {"sae": asdict(sae.config), "data": {"spec": data, "options": data_options or {}}, "evaluation": evaluate(sae, x, truth, codes)._asdict(),
-            "best_signed_cos": None if truth is None else best_signed_cosines(truth, sae.decoder)}  # per feature: the distribution behind mmcs_signed
+    return {
+        "sae": asdict(sae.config),
+        "data": {"spec": data, "options": data_options or {}},
+        "evaluation": evaluate(sae, x, truth, codes)._asdict(),
+        "best_signed_cos": None if truth is None else best_signed_cosines(truth, sae.decoder),
+    }  # per feature: the distribution behind mmcs_signed
 
 
 __all__ = ["EXPORT", "RUN", "run_lock", "eval_batch", "eval_run", "resume_run", "train_run"]

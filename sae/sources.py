@@ -36,8 +36,12 @@ def load_array(path: str | Path) -> Tensor:
                 why = "it holds pickled objects or is not a .npy file at all; never unpickled"
             raise ValueError(f"data file {p} is not a plain numeric .npy array ({why})") from None
         if arr.dtype.kind not in "fiu":
-            what = {"c": "complex", "V": "structured", "b": "boolean", "O": "object", "U": "text", "S": "bytes"}.get(arr.dtype.kind, str(arr.dtype))
-            raise ValueError(f"data file {p} holds {what} values ({arr.dtype}); SAE data must be real numbers [n_samples, d]")
+            what = {"c": "complex", "V": "structured", "b": "boolean", "O": "object", "U": "text", "S": "bytes"}.get(
+                arr.dtype.kind, str(arr.dtype)
+            )
+            raise ValueError(
+                f"data file {p} holds {what} values ({arr.dtype}); SAE data must be real numbers [n_samples, d]"
+            )
         if arr.ndim != 2 or 0 in arr.shape:
             raise ValueError(f"data file {p} must be a non-empty 2-D array [n_samples, d], got shape {arr.shape}")
         with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
@@ -62,9 +66,13 @@ def load_array(path: str | Path) -> Tensor:
 class BatchSource:
     """``batch(step)`` → ``[batch_size, d]``, a pure function of (seed, step) (see the module docstring)."""
 
-    def __init__(self, data, batch_size: int, seed: int, device: str | torch.device = "cpu", rank: int = 0, world: int = 1):
+    def __init__(
+        self, data, batch_size: int, seed: int, device: str | torch.device = "cpu", rank: int = 0, world: int = 1
+    ):
         if batch_size % world:
-            raise ValueError(f"--batch-size {batch_size} must be a multiple of the {world} processes (each takes an equal slice)")
+            raise ValueError(
+                f"--batch-size {batch_size} must be a multiple of the {world} processes (each takes an equal slice)"
+            )
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
         self.rank, self.world = rank, world
         self.stream = self.array = self.batches = self.iterable = self.store = None
@@ -91,13 +99,17 @@ class BatchSource:
             self.batches = data
         elif isinstance(data, Iterable):
             if iter(data) is data:
-                raise ValueError(f"data is a one-shot iterator ({type(data).__name__}): it cannot be read again, so a resumed or "
-                                 "restarted run would silently skip or repeat batches; pass a tensor, an array, a file, a list "
-                                 "of batches, or an object whose __iter__ starts over each time")
+                raise ValueError(
+                    f"data is a one-shot iterator ({type(data).__name__}): it cannot be read again, so a resumed or "
+                    "restarted run would silently skip or repeat batches; pass a tensor, an array, a file, a list "
+                    "of batches, or an object whose __iter__ starts over each time"
+                )
             self.iterable, self._it, self._pos = data, None, 0
         else:
-            raise ValueError(f"data must be a tensor, an array, a .npy/.safetensors path, a stream, a list of batches or a "
-                             f"re-iterable; got {type(data).__name__}")
+            raise ValueError(
+                f"data must be a tensor, an array, a .npy/.safetensors path, a stream, a list of batches or a "
+                f"re-iterable; got {type(data).__name__}"
+            )
 
     def generator(self, step: int, salt: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
@@ -129,7 +141,9 @@ class BatchSource:
             return self.array[idx].to(self.device, torch.float32)
         if self.batches is not None:
             if step >= len(self.batches):
-                raise ValueError(f"the list holds {len(self.batches)} batches and step {step} needs one more; give more batches or fewer samples")
+                raise ValueError(
+                    f"the list holds {len(self.batches)} batches and step {step} needs one more; give more batches or fewer samples"
+                )
             return torch.as_tensor(self.batches[step]).to(self.device, torch.float32)
         if self._it is None or step < self._pos:
             self._it, self._pos = iter(self.iterable), 0
@@ -139,6 +153,8 @@ class BatchSource:
                 self._pos += 1
             x = torch.as_tensor(next(self._it))
         except StopIteration:
-            raise ValueError(f"the data ran out after {self._pos} batches; step {step} needs one more; give more data or fewer samples") from None
+            raise ValueError(
+                f"the data ran out after {self._pos} batches; step {step} needs one more; give more data or fewer samples"
+            ) from None
         self._pos += 1
         return x.to(self.device, torch.float32)

@@ -39,8 +39,16 @@ class SweepResult:
     history: list[dict] = field(default_factory=list)
 
 
-def sweep_engine(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict, config: TrainConfig,
-                 out_dir: str | Path | None = None, resume: bool = False, data_record: dict | None = None) -> Engine:  # fmt: skip
+def sweep_engine(
+    data,
+    l1s: list[float],
+    dict_sizes: list[int],
+    sae_fields: dict,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    data_record: dict | None = None,
+) -> Engine:
     """The engine that trains the grid (one group per dictionary size), initialised or, with
     ``resume``, restored from the checkpoint in ``out_dir``: then the grid, the SAE settings, the
     data (``data_record``) and every training setting but ``n_samples`` and ``progress`` must be
@@ -56,31 +64,58 @@ def sweep_engine(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict
     for n in dict_sizes:
         check_resources(SAEConfig(**fields, dict_size=n, l1=l1s[0]), config, n_sae=len(l1s))
     if resume:
-        groups = [Ensemble([SparseAutoencoder(SAEConfig(**fields, dict_size=n, l1=l1)).to(config.device) for l1 in l1s]) for n in dict_sizes]
+        groups = [
+            Ensemble([SparseAutoencoder(SAEConfig(**fields, dict_size=n, l1=l1)).to(config.device) for l1 in l1s])
+            for n in dict_sizes
+        ]
     else:
         first = SAEConfig(**fields, dict_size=dict_sizes[0], l1=l1s[0])
-        sample, matrix = init_sample(first, config, source), init_matrix(first, source)  # drawn once, read by every member
-        groups = [Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, sample, matrix) for l1 in l1s]) for n in dict_sizes]
+        sample, matrix = (
+            init_sample(first, config, source),
+            init_matrix(first, source),
+        )  # drawn once, read by every member
+        groups = [
+            Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, sample, matrix) for l1 in l1s])
+            for n in dict_sizes
+        ]
     labels = [[f"l1={l1:g} n={n}" for l1 in l1s] for n in dict_sizes]
     record = {"sweep": {"l1s": list(l1s), "dict_sizes": list(dict_sizes), "sae": fields}, "data": data_record}
     engine = Engine(groups, config, source, out_dir, labels=labels, record=record, ctx=ctx)
     if resume:
         tensors, state = read_checkpoint(out_dir)
         if "sweep" not in state:
-            raise ValueError(f"the checkpoint in {out_dir} is a single run's, not a sweep's; resume it with polylens sae train --resume")
-        theirs = {**{f"sweep {k}": v for k, v in state["sweep"].items()}, "data": state.get("data"),
-                  **{k: v for k, v in state["train"].items() if k not in ("n_samples", "progress")}}  # fmt: skip
-        mine = {**{f"sweep {k}": v for k, v in record["sweep"].items()}, "data": data_record,
-                **{k: v for k, v in asdict(config).items() if k not in ("n_samples", "progress")}}  # fmt: skip
+            raise ValueError(
+                f"the checkpoint in {out_dir} is a single run's, not a sweep's; resume it with polylens sae train --resume"
+            )
+        theirs = {
+            **{f"sweep {k}": v for k, v in state["sweep"].items()},
+            "data": state.get("data"),
+            **{k: v for k, v in state["train"].items() if k not in ("n_samples", "progress")},
+        }
+        mine = {
+            **{f"sweep {k}": v for k, v in record["sweep"].items()},
+            "data": data_record,
+            **{k: v for k, v in asdict(config).items() if k not in ("n_samples", "progress")},
+        }
         for key in theirs:
             if mine.get(key) != theirs[key]:
-                raise ValueError(f"resuming: {key} is {mine.get(key)!r} here but {theirs[key]!r} in the run in {out_dir}; give the run's value")
+                raise ValueError(
+                    f"resuming: {key} is {mine.get(key)!r} here but {theirs[key]!r} in the run in {out_dir}; give the run's value"
+                )
         engine.restore(tensors, state)
     return engine
 
 
-def sweep(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict, config: TrainConfig,
-          out_dir: str | Path | None = None, resume: bool = False, data_record: dict | None = None) -> SweepResult:  # fmt: skip
+def sweep(
+    data,
+    l1s: list[float],
+    dict_sizes: list[int],
+    sae_fields: dict,
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    data_record: dict | None = None,
+) -> SweepResult:
     """Train every (l1, dictionary size) of the grid on ``data`` in one pass (see the module docstring).
 
     ``sae_fields``: SAEConfig fields shared by all cells (``d_in`` from the data when absent).
@@ -90,9 +125,13 @@ def sweep(data, l1s: list[float], dict_sizes: list[int], sae_fields: dict, confi
     final = engine.final_loss()  # [size][l1]
     members = [g.members() for g in engine.groups]  # [size][l1]
     return SweepResult(
-        list(l1s), list(dict_sizes), [[members[j][i] for j in range(len(dict_sizes))] for i in range(len(l1s))],
-        [[final[j][i] for j in range(len(dict_sizes))] for i in range(len(l1s))], engine.step, engine.history,
-    )  # fmt: skip
+        list(l1s),
+        list(dict_sizes),
+        [[members[j][i] for j in range(len(dict_sizes))] for i in range(len(l1s))],
+        [[final[j][i] for j in range(len(dict_sizes))] for i in range(len(l1s))],
+        engine.step,
+        engine.history,
+    )
 
 
 # ---- a sweep in a folder: sweep.json, sweep.png, sweep.safetensors -------------------------------
@@ -103,13 +142,24 @@ def dict_sizes_for(ratios: list[float], n_true: int) -> list[int]:
     """Dictionary sizes as multiples of the true feature count (or of d for data without ground truth)."""
     sizes = [max(1, round(r * n_true)) for r in ratios]
     if len(set(sizes)) != len(sizes):
-        raise ValueError(f"ratios {ratios} give repeated dictionary sizes {sizes} for {n_true} features; give distinct ratios")
+        raise ValueError(
+            f"ratios {ratios} give repeated dictionary sizes {sizes} for {n_true} features; give distinct ratios"
+        )
     return sizes
 
 
-def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), ratios=(0.5, 1.0, 2.0, 4.0), sae_fields: dict | None = None,
-              config: TrainConfig | None = None, data_options: dict | None = None, eval_samples: int = 20_000, force: bool = False,
-              resume: bool = False) -> dict:  # fmt: skip
+def sweep_run(
+    out_dir,
+    data: str = "sharkey",
+    l1s=(0.01, 0.03, 0.1, 0.3, 1.0),
+    ratios=(0.5, 1.0, 2.0, 4.0),
+    sae_fields: dict | None = None,
+    config: TrainConfig | None = None,
+    data_options: dict | None = None,
+    eval_samples: int = 20_000,
+    force: bool = False,
+    resume: bool = False,
+) -> dict:
     """Sweep L1 × dictionary ratio on ``data`` (as ``sae.runs.train_run``) into ``out_dir``; returns sweep.json's content.
 
     The sweep's checkpoint (``checkpoint.safetensors``, every ``config.checkpoint_every`` steps,
@@ -119,9 +169,9 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     evaluation), ``sweep.png`` (heatmaps: MMCS, dead fraction, final loss; loss against dictionary
     size per L1) and ``sweep.safetensors`` (each cell's weights, keys ``l1_{i}.n_{j}.W_enc`` …).
     """
+    from sae.files import save_tensors_atomic, write_json_atomic
     from sae.metrics import evaluate
     from sae.runs import check_run_folder, eval_batch, main_lock
-    from sae.files import save_tensors_atomic, write_json_atomic
     from sae.synthetic import make_data
 
     out = Path(out_dir)
@@ -134,7 +184,16 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
     sizes = dict_sizes_for(list(ratios), n_true)
     ctx = context(config.device)
     with main_lock(out, ctx, clear=force and not resume):
-        result = sweep(source, list(l1s), sizes, dict(sae_fields or {}), config, out, resume, {"spec": data, "options": data_options})
+        result = sweep(
+            source,
+            list(l1s),
+            sizes,
+            dict(sae_fields or {}),
+            config,
+            out,
+            resume,
+            {"spec": data, "options": data_options},
+        )
         if not ctx.main:  # rank 0 evaluates and writes
             return {"steps": result.steps, "rank": ctx.rank}
         x, truth, codes = eval_batch(source, eval_samples, config.seed)
@@ -143,14 +202,28 @@ def sweep_run(out_dir, data: str = "sharkey", l1s=(0.01, 0.03, 0.1, 0.3, 1.0), r
             for j, n in enumerate(result.dict_sizes):
                 sae = result.saes[i][j]
                 ev = evaluate(sae, x, truth, codes)._asdict()
-                cells.append({"l1": l1, "dict_size": n, "ratio": ratios[j], "final_loss": result.final_loss[i][j],
-                              "dead_latents": round(ev["dead_fraction"] * n), **ev})  # fmt: skip
+                cells.append(
+                    {
+                        "l1": l1,
+                        "dict_size": n,
+                        "ratio": ratios[j],
+                        "final_loss": result.final_loss[i][j],
+                        "dead_latents": round(ev["dead_fraction"] * n),
+                        **ev,
+                    }
+                )
                 tensors.update({f"l1_{i}.n_{j}.{k}": v for k, v in sae.state_dict().items()})
         record = {
             "data": {"spec": data, "options": data_options, "n_true_features": n_true if truth is not None else None},
-            "l1s": result.l1s, "ratios": list(ratios), "dict_sizes": sizes, "sae": dict(sae_fields or {}), "train": asdict(config),
-            "steps": result.steps, "cells": cells, "table": format_table(cells, result.l1s, sizes, truth is not None),
-        }  # fmt: skip
+            "l1s": result.l1s,
+            "ratios": list(ratios),
+            "dict_sizes": sizes,
+            "sae": dict(sae_fields or {}),
+            "train": asdict(config),
+            "steps": result.steps,
+            "cells": cells,
+            "table": format_table(cells, result.l1s, sizes, truth is not None),
+        }
         save_tensors_atomic(tensors, out / SWEEP_WEIGHTS)
         plot_sweep(record, out / SWEEP_PNG)
         write_json_atomic(record, out / SWEEP_JSON)
@@ -169,7 +242,10 @@ def format_table(cells: list[dict], l1s: list[float], sizes: list[int], with_tru
     head = "l1 \\ latents".ljust(14) + "".join(f"{n:>24}" for n in sizes)
     lines = [f"cells: {' / '.join(keys)}", head]
     for i, l1 in enumerate(l1s):
-        lines.append(f"{l1:<14g}" + "".join(f"{' / '.join(f'{grids[k][i][j]:.3f}' for k in keys):>24}" for j in range(len(sizes))))
+        lines.append(
+            f"{l1:<14g}"
+            + "".join(f"{' / '.join(f'{grids[k][i][j]:.3f}' for k in keys):>24}" for j in range(len(sizes)))
+        )
     return "\n".join(lines)
 
 
@@ -185,18 +261,34 @@ def plot_sweep(record: dict, path: str | Path) -> None:
     from sae.files import atomic_write
 
     l1s, sizes, ratios, cells = record["l1s"], record["dict_sizes"], record["ratios"], record["cells"]
-    keys = [k for k in ("mmcs_signed", "dead_fraction", "final_loss") if all(c[k] == c[k] for c in cells)]  # NaN: no ground truth
+    keys = [
+        k for k in ("mmcs_signed", "dead_fraction", "final_loss") if all(c[k] == c[k] for c in cells)
+    ]  # NaN: no ground truth
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4.2 * (len(keys) + 1), 3.8), layout="constrained")
-    titles = {"mmcs_signed": "signed MMCS (ground truth → learned)", "dead_fraction": "dead fraction (held out)", "final_loss": "final training loss"}
+    titles = {
+        "mmcs_signed": "signed MMCS (ground truth → learned)",
+        "dead_fraction": "dead fraction (held out)",
+        "final_loss": "final training loss",
+    }
     for ax, key in zip(axes, keys):
         grid = np.array(_grid(cells, key, l1s, sizes))
         bounds = {"vmin": 0.0, "vmax": 1.0} if key != "final_loss" else {}
         im = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower", **bounds)
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if v < (0.5 if bounds else grid.mean()) else "k")
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="w" if v < (0.5 if bounds else grid.mean()) else "k",
+            )
         ax.set_xticks(range(len(sizes)), [f"{r:g}×\n({n})" for r, n in zip(ratios, sizes)], fontsize=7)
         ax.set_yticks(range(len(l1s)), [f"{v:g}" for v in l1s], fontsize=7)
-        ax.set_xlabel("dictionary size (× true features)" if record["data"]["n_true_features"] else "dictionary size (× d)")
+        ax.set_xlabel(
+            "dictionary size (× true features)" if record["data"]["n_true_features"] else "dictionary size (× d)"
+        )
         ax.set_ylabel("L1 coefficient")
         ax.set_title(titles[key], fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -212,5 +304,6 @@ def plot_sweep(record: dict, path: str | Path) -> None:
     ax.legend(fontsize=6)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
+
 
 __all__ = ["SweepResult", "dict_sizes_for", "plot_sweep", "sweep", "sweep_engine", "sweep_run"]

@@ -82,8 +82,8 @@ class SharkeyConfig:
 class SharkeyData:
     """The Sharkey et al. generator (see module docstring). ``features [n, d]`` is the ground truth."""
 
-    def __init__(self, config: SharkeyConfig = SharkeyConfig(), device: str | torch.device = "cpu"):
-        c = self.config = config
+    def __init__(self, config: SharkeyConfig | None = None, device: str | torch.device = "cpu"):
+        c = self.config = config if config is not None else SharkeyConfig()
         g = torch.Generator().manual_seed(c.seed)
         F = torch.randn(c.n_features, c.d, generator=g)
         self.features = (F / F.norm(dim=1, keepdim=True)).to(device)
@@ -165,8 +165,8 @@ class TMSData:
     """x ∈ R^n with P(x_i ≠ 0) = 1 − S, x_i ~ U[0, 1]; activations h = x @ features, features ``[n, d]``
     random unit directions (the ground truth)."""
 
-    def __init__(self, config: TMSConfig = TMSConfig(), device: str | torch.device = "cpu"):
-        c = self.config = config
+    def __init__(self, config: TMSConfig | None = None, device: str | torch.device = "cpu"):
+        c = self.config = config if config is not None else TMSConfig()
         g = torch.Generator().manual_seed(c.seed)
         F = torch.randn(c.n_features, c.d, generator=g)
         self.features = (F / F.norm(dim=1, keepdim=True)).to(device)
@@ -195,18 +195,22 @@ SYNTHETIC = {"sharkey": (SharkeyConfig, SharkeyData), "tms": (TMSConfig, TMSData
 
 def make_data(spec: str, seed: int = 0, device: str | torch.device = "cpu", **options):
     """A data source by name: ``'sharkey'`` / ``'tms'`` (options: fields of their config; ``seed``
-    seeds the features and Σ) → a generator object with ``features``; anything else is a path
-    to a ``.npy`` / ``.safetensors`` array → ``[N, d]`` tensor, or to an activation store folder
-(``polylens cache``) → ``sae.activation_store.ActivationStore`` (``options`` must be empty)."""
+        seeds the features and Σ) → a generator object with ``features``; anything else is a path
+        to a ``.npy`` / ``.safetensors`` array → ``[N, d]`` tensor, or to an activation store folder
+    (``polylens cache``) → ``sae.activation_store.ActivationStore`` (``options`` must be empty)."""
     if spec in SYNTHETIC:
         config_cls, data_cls = SYNTHETIC[spec]
         known = config_cls.__dataclass_fields__
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(f"data {spec!r} has no option(s) {', '.join(unknown)}; known: {', '.join(k for k in known if k != 'seed')}")
+            raise ValueError(
+                f"data {spec!r} has no option(s) {', '.join(unknown)}; known: {', '.join(k for k in known if k != 'seed')}"
+            )
         return data_cls(config_cls(seed=seed, **options), device=device)
     if options:
-        raise ValueError(f"option(s) {', '.join(sorted(options))} apply to synthetic data (sharkey, tms), not to the file {spec}")
+        raise ValueError(
+            f"option(s) {', '.join(sorted(options))} apply to synthetic data (sharkey, tms), not to the file {spec}"
+        )
     from sae.activation_store import ActivationStore, is_store
     from sae.sources import load_array
 

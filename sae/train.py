@@ -12,10 +12,18 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-
 from sae.config import SAEConfig, TrainConfig
 from sae.distributed import context
-from sae.engine import Engine, check_resources, check_same_store, init_matrix, init_sample, initial_sae, read_checkpoint, store_identity
+from sae.engine import (
+    Engine,
+    check_resources,
+    check_same_store,
+    init_matrix,
+    init_sample,
+    initial_sae,
+    read_checkpoint,
+    store_identity,
+)
 from sae.ensemble import Ensemble
 from sae.files import CHECKPOINT
 from sae.model import SparseAutoencoder
@@ -30,7 +38,9 @@ class Trainer:
     ``steps_``. ``build(data)`` gives the engine without training it (to inspect or drive it).
     """
 
-    def __init__(self, sae_config: SAEConfig, config: TrainConfig, out_dir: str | Path | None = None, eval_samples: int = 0):
+    def __init__(
+        self, sae_config: SAEConfig, config: TrainConfig, out_dir: str | Path | None = None, eval_samples: int = 0
+    ):
         self.sae_config, self.config = sae_config, config
         self.out_dir = out_dir
         self.eval_samples = eval_samples
@@ -60,10 +70,19 @@ class Trainer:
         ctx = context(self.config.device)
         source = BatchSource(data, self.config.batch_size, self.config.seed, self.config.device, ctx.rank, ctx.world)
         if source.d is not None and source.d != self.sae_config.data_width:
-            rows = "" if self.sae_config.data_width == self.sae_config.d_in else f" (a g-SAE's rows are [x, J rows], {self.sae_config.data_width} wide)"
+            rows = (
+                ""
+                if self.sae_config.data_width == self.sae_config.d_in
+                else f" (a g-SAE's rows are [x, J rows], {self.sae_config.data_width} wide)"
+            )
             raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}{rows}")
         if self._checkpoint is None:
-            sae = initial_sae(self.sae_config, self.config, init_sample(self.sae_config, self.config, source), init_matrix(self.sae_config, source))
+            sae = initial_sae(
+                self.sae_config,
+                self.config,
+                init_sample(self.sae_config, self.config, source),
+                init_matrix(self.sae_config, source),
+            )
         else:
             sae = SparseAutoencoder(self.sae_config).to(self.config.device)  # weights come from the checkpoint
         record = {"sae": asdict(self.sae_config), "store": store_identity(source)}
@@ -84,7 +103,9 @@ def load_sae(out_dir: str | Path) -> SparseAutoencoder:
     """The SAE stored in a training folder (checkpoint.safetensors + checkpoint.json), in eval mode."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
-        raise FileNotFoundError(f"SAE folder {out_dir} {'is a file, not a run folder' if out_dir.exists() else 'does not exist'}")
+        raise FileNotFoundError(
+            f"SAE folder {out_dir} {'is a file, not a run folder' if out_dir.exists() else 'does not exist'}"
+        )
     tensors, state = read_checkpoint(out_dir)
     try:
         cfg = SAEConfig(**state["sae"])

@@ -63,7 +63,9 @@ def test_a_store_that_disagrees_with_its_manifest_is_refused_naming_the_shard(tm
     m = json.loads((tmp_path / "t" / MANIFEST).read_text())
     m["dtype"] = "float16"
     (tmp_path / "t" / MANIFEST).write_text(json.dumps(m))
-    with pytest.raises(ValueError, match="shard .*shard_000000.safetensors: activations is F32 \\[100, 4\\], the manifest says F16"):
+    with pytest.raises(
+        ValueError, match="shard .*shard_000000.safetensors: activations is F32 \\[100, 4\\], the manifest says F16"
+    ):
         ActivationStore(tmp_path / "t")
     m["dtype"], m["width"] = "float32", 5
     (tmp_path / "t" / MANIFEST).write_text(json.dumps(m))
@@ -88,9 +90,13 @@ def test_batches_are_a_seeded_shuffle_of_every_row_with_one_window_in_memory(tmp
     nxt = torch.cat([b.batch(t) for t in range(25, 50)])[:, 0]
     assert sorted(nxt.long().tolist()) == list(range(1000)) and not torch.equal(nxt, epoch)  # a new order each epoch
     fresh = StoreBatches(store, 40, seed=3, chunk_rows=50, buffer_bytes=2400)
-    assert torch.equal(fresh.batch(37), b.batch(37)) and torch.equal(fresh.batch(3), b.batch(3))  # a pure function of (seed, t)
+    assert torch.equal(fresh.batch(37), b.batch(37)) and torch.equal(
+        fresh.batch(3), b.batch(3)
+    )  # a pure function of (seed, t)
     assert not torch.equal(StoreBatches(store, 40, seed=4, chunk_rows=50, buffer_bytes=2400).batch(3), b.batch(3))
-    ranks = [StoreBatches(store, 40, seed=3, chunk_rows=50, buffer_bytes=2400, rank=r, world=2).batch(11) for r in (0, 1)]
+    ranks = [
+        StoreBatches(store, 40, seed=3, chunk_rows=50, buffer_bytes=2400, rank=r, world=2).batch(11) for r in (0, 1)
+    ]
     assert torch.equal(torch.cat(ranks), b.global_batch(11))  # each rank reads its own slice of the global batch
 
 
@@ -100,8 +106,14 @@ def test_training_from_a_store_resumes_bitwise(tmp_path):
 
     _write(tmp_path / "s", torch.randn(2000, 8), shard_rows=300)
     sc = SAEConfig(d_in=8, dict_size=16, l1=0.1)
-    full = Trainer(sc, TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=10, dead_window=640)).fit(tmp_path / "s").sae_
-    Trainer(sc, TrainConfig(n_samples=64 * 15, batch_size=64, resample_every=10, dead_window=640), tmp_path / "run").fit(tmp_path / "s")
+    full = (
+        Trainer(sc, TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=10, dead_window=640))
+        .fit(tmp_path / "s")
+        .sae_
+    )
+    Trainer(
+        sc, TrainConfig(n_samples=64 * 15, batch_size=64, resample_every=10, dead_window=640), tmp_path / "run"
+    ).fit(tmp_path / "s")
     resumed = Trainer.resume(tmp_path / "run", n_samples=64 * 40).fit(tmp_path / "s").sae_
     for k, v in full.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
@@ -112,7 +124,20 @@ def test_cache_command_stores_conv_channel_vectors_and_gradients_an_sae_trains_o
     from cli.main import main
     from polylens.capture import capture
 
-    code = main(["cache", "--layer", "conv2", "--n", "40", "--gradients", "logit", "--out", str(tmp_path / "s"), "--no-progress"])
+    code = main(
+        [
+            "cache",
+            "--layer",
+            "conv2",
+            "--n",
+            "40",
+            "--gradients",
+            "logit",
+            "--out",
+            str(tmp_path / "s"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     store = ActivationStore(tmp_path / "s")
     x = digits.default_inputs(40)
@@ -129,8 +154,23 @@ def test_cache_command_stores_conv_channel_vectors_and_gradients_an_sae_trains_o
     assert "is complete; pass --force" in capsys.readouterr().err
     assert main(again) == 2  # another store (no gradients) into the same folder
     assert "holds another store (gradients" in capsys.readouterr().err
-    code = main(["sae", "train", "--data", str(tmp_path / "s"), "--dict-size", "64", "--samples", "4096", "--batch-size", "64",
-                 "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "sae",
+            "train",
+            "--data",
+            str(tmp_path / "s"),
+            "--dict-size",
+            "64",
+            "--samples",
+            "4096",
+            "--batch-size",
+            "64",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     # interrupted mid-way (a Ctrl-C after the second shard), then run again: the same store
     cache_activations(digits, "conv2", tmp_path / "whole", x, shard_rows=200)
@@ -168,7 +208,9 @@ def test_cache_gpt2_text_contexts_with_the_next_token_loss_gradient(tmp_path, ca
     assert store.weight().shape == (gpt.module.cfg.d_mlp, 64)
     # the gradient of context 0's summed next-token loss, by autograd on the layer's output
     acts = {}
-    h = gpt.module.blocks[1].mlp.hook_pre.register_forward_hook(lambda mod, i, o: acts.setdefault("z", o.retain_grad() or o))
+    h = gpt.module.blocks[1].mlp.hook_pre.register_forward_hook(
+        lambda mod, i, o: acts.setdefault("z", o.retain_grad() or o)
+    )
     logits = gpt.module(ctx[:1])
     torch.nn.functional.cross_entropy(logits[0, :-1], ctx[0, 1:], reduction="sum").backward()
     h.remove()
@@ -193,12 +235,31 @@ def test_svd_init_copies_the_left_singular_vectors_of_the_stored_weight_matrix(t
     U = torch.linalg.svd(W, full_matrices=False).U.T  # [6, 6] rows by decreasing singular value
     cycled = U[torch.arange(9) % 6]
     assert torch.allclose((dec * cycled).sum(-1).abs(), torch.ones(9), atol=1e-5)  # row i = ±u_(i mod 6)
-    save_file({"w_t": W.T.contiguous()}, str(tmp_path / "w.safetensors"))  # the transpose, from a file, is read the same way
+    save_file(
+        {"w_t": W.T.contiguous()}, str(tmp_path / "w.safetensors")
+    )  # the transpose, from a file, is read the same way
     sc2 = SAEConfig(d_in=6, dict_size=9, init="svd", init_noise=0.0, init_matrix=f"{tmp_path / 'w.safetensors'}:w_t")
     dec2 = Trainer(sc2, TrainConfig(n_samples=64, batch_size=64)).build(torch.randn(600, 6)).groups[0].decoders()[0]
     assert torch.allclose((dec2 * cycled).sum(-1).abs(), torch.ones(9), atol=1e-5)
-    code = main(["sae", "train", "--data", str(tmp_path / "s"), "--init", "svd", "--samples", "640", "--batch-size", "64",
-                 "--dict-size", "12", "--out", str(tmp_path / "run"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "sae",
+            "train",
+            "--data",
+            str(tmp_path / "s"),
+            "--init",
+            "svd",
+            "--samples",
+            "640",
+            "--batch-size",
+            "64",
+            "--dict-size",
+            "12",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     import numpy as np
 
@@ -214,12 +275,16 @@ def test_resuming_on_another_store_is_refused(tmp_path):
     from sae.train import Trainer
 
     _write(tmp_path / "a", torch.randn(600, 6))
-    w = StoreWriter(tmp_path / "b", width=6, shard_rows=100, meta={"model": "m", "layer": "other"})  # same width, another layer
+    w = StoreWriter(
+        tmp_path / "b", width=6, shard_rows=100, meta={"model": "m", "layer": "other"}
+    )  # same width, another layer
     w.add(torch.randn(600, 6))
     w.close()
     sc = SAEConfig(d_in=6, dict_size=8)
     Trainer(sc, TrainConfig(n_samples=64 * 3, batch_size=64), tmp_path / "run").fit(tmp_path / "a")
-    with pytest.raises(ValueError, match="trained on the activation store of model m layer l width 6.*this data is model m layer other"):
+    with pytest.raises(
+        ValueError, match="trained on the activation store of model m layer l width 6.*this data is model m layer other"
+    ):
         Trainer.resume(tmp_path / "run", n_samples=64 * 6).fit(tmp_path / "b")
     with pytest.raises(ValueError, match="this data is not an activation store"):
         Trainer.resume(tmp_path / "run", n_samples=64 * 6).fit(torch.randn(600, 6))

@@ -99,7 +99,9 @@ class Reused(nn.Module):
         return self.relu(self.fc2(self.relu(self.fc1(x))))
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"stop_early": False}, {"keep_output": True}, {"target": lambda out: out.sum(1)}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"stop_early": False}, {"keep_output": True}, {"target": lambda out: out.sum(1)}]
+)
 def test_a_module_called_twice_is_an_error_naming_it(kwargs):
     with pytest.raises(ValueError, match="module 'relu' runs 2\\+ times"):
         capture(Reused(), torch.randn(2, 4), "relu", **kwargs)

@@ -56,12 +56,34 @@ def _cases(d):
         (["codes", "--soft", "--beta", "-1", "--out", d / "never.npz"], "beta"),
         (["density", "--layer", "relu1", "--smooth", "--samples", "1000000000"], "more than 10,000,000"),
         (["density", "--layer", "relu1", "--plot", "-"], "cannot go to stdout"),
-        (["density", "--model", "gpt2", "--random-weights", "--layer", "blocks.0.mlp.hook_pre", "--from", d / "empty.txt"], ""),
-        *[(["codes", "--model", f"{d / name}:f", "--input", d / "w6.npy", "--out", d / "never.npz"], msg) for name, msg in [
-            ("m_raise.py", "raised RuntimeError: boom"), ("m_syntax.py", "failed to import: SyntaxError"),
-            ("m_import.py", "failed to import: ModuleNotFoundError"), ("m_args.py", "no arguments"),
-            ("m_notmodule.py", "not a torch.nn.Module"), ("m_exit.py", "sys.exit(0)")]],
-        (["codes", "--model", "gpt2", "--weights", d / "gpt2dir", "--out", d / "never.npz"], "lacks n_head, n_layer, vocab_size"),
+        (
+            [
+                "density",
+                "--model",
+                "gpt2",
+                "--random-weights",
+                "--layer",
+                "blocks.0.mlp.hook_pre",
+                "--from",
+                d / "empty.txt",
+            ],
+            "",
+        ),
+        *[
+            (["codes", "--model", f"{d / name}:f", "--input", d / "w6.npy", "--out", d / "never.npz"], msg)
+            for name, msg in [
+                ("m_raise.py", "raised RuntimeError: boom"),
+                ("m_syntax.py", "failed to import: SyntaxError"),
+                ("m_import.py", "failed to import: ModuleNotFoundError"),
+                ("m_args.py", "no arguments"),
+                ("m_notmodule.py", "not a torch.nn.Module"),
+                ("m_exit.py", "sys.exit(0)"),
+            ]
+        ],
+        (
+            ["codes", "--model", "gpt2", "--weights", d / "gpt2dir", "--out", d / "never.npz"],
+            "lacks n_head, n_layer, vocab_size",
+        ),
         (["sae", "train", "--data", d / "emptysae.npy", "--out", d / "never"], "non-empty"),
         (["sae", "train", "--data", d / "struct.npy", "--out", d / "never"], "structured"),
         (["sae", "train", "--data", d / "complex.npy", "--out", d / "never"], "complex"),
@@ -70,7 +92,10 @@ def _cases(d):
         (["sae", "train", "--dict-size", "100000000", "--samples", "1000", "--out", d / "never"], "GiB"),
         (["sae", "train", "--eval-samples", "10000000000", "--samples", "1000", "--out", d / "never"], "GiB"),
         (["sae", "train", "--samples", "100000000000000", "--out", d / "never"], "would not finish"),
-        (["sae", "train", "--data", d / "w6.npy", "--json", d / "w6.npy", "--out", d / "never", "--force"], "also an input"),
+        (
+            ["sae", "train", "--data", d / "w6.npy", "--json", d / "w6.npy", "--out", d / "never", "--force"],
+            "also an input",
+        ),
     ]
 
 
@@ -87,5 +112,16 @@ def test_bad_input_table(files, digits, capsys):
 
 def test_natural_inputs_work(files, capsys):
     # one input as a 1-D vector (shape [6] for a 6-input model), float64 as NumPy saves by default
-    code, out, err = run(capsys, "density", "--model", f"{files / 'm_ok.py'}:f", "--layer", "0", "--from", files / "v6.npy", "--to", files / "w6.npy")
+    code, out, err = run(
+        capsys,
+        "density",
+        "--model",
+        f"{files / 'm_ok.py'}:f",
+        "--layer",
+        "0",
+        "--from",
+        files / "v6.npy",
+        "--to",
+        files / "w6.npy",
+    )
     assert code == 0, err

@@ -31,14 +31,27 @@ def test_digits_default_writes_labels_json_and_report(digits, tmp_path, capsys):
     # an existing folder is not replaced without --force, and is with it
     code, _, err = run(capsys, "cluster", "--out", out)
     assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run(capsys, "cluster", "--out", out, "--force", "--method", "kmedoids", "--n-clusters", "10", "--on", "codes")
+    code, _, err = run(
+        capsys, "cluster", "--out", out, "--force", "--method", "kmedoids", "--n-clusters", "10", "--on", "codes"
+    )
     assert code == 0 and not (out / "labels_activations.npy").exists()
 
 
 def test_codes_from_a_plain_npy(tmp_path, capsys):
     bits, truth = planted_codes(600, 5, 130, seed=4)
     np.save(tmp_path / "codes.npy", bits.astype(np.uint8))
-    code, stdout, err = run(capsys, "cluster", "--codes", tmp_path / "codes.npy", "--out", tmp_path / "o", "--json", "-", "--min-cluster-size", "20")
+    code, stdout, err = run(
+        capsys,
+        "cluster",
+        "--codes",
+        tmp_path / "codes.npy",
+        "--out",
+        tmp_path / "o",
+        "--json",
+        "-",
+        "--min-cluster-size",
+        "20",
+    )
     assert code == 0, err
     res = json.loads(stdout)
     assert res["on"]["activations"] is None and res["on"]["codes"]["n_clusters"] == 5
@@ -84,16 +97,31 @@ def test_bad_input_is_one_line_exit_2_nothing_written(digits, tmp_path, capsys):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install -y chromium); the report screenshot needs it")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Debian's chromium is not installed (apt-get install -y chromium); the report screenshot needs it",
+)
 def test_report_renders_in_headless_chromium(digits, tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "run"
     assert run(capsys, "cluster", "--out", out, "--on", "codes", "--min-cluster-size", "20")[0] == 0
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400"]
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,1400",
+    ]
+    subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, timeout=120
+    )
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert img.shape[0] >= 1000 and img.std() > 10  # not blank: text, figures and thumbnails drawn
     assert (img < 128).mean() > 0.01  # dark pixels (text, plot lines, digit thumbnails) are present

@@ -21,7 +21,9 @@ def test_compare_x2_meets_the_published_contrast(capsys, tmp_path):
     assert res["methods"]["gradient_sae"]["mmcs"] >= 0.99 > res["methods"]["sae"]["mmcs"]
     assert res["methods"]["lib"]["n_directions"] == 1
     assert res["methods"]["gsae"]["n_directions"] == 128  # the g-SAE proposes its whole dictionary too
-    assert res["methods"]["gradient_pca"]["best_abs_cos"] == [pytest.approx(grad["mmcs"])]  # one truth direction: its best |cos|
+    assert res["methods"]["gradient_pca"]["best_abs_cos"] == [
+        pytest.approx(grad["mmcs"])
+    ]  # one truth direction: its best |cos|
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "gradient_pca" in err  # the table goes to stderr when JSON goes to stdout
 

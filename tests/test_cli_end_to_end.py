@@ -32,7 +32,9 @@ def test_compare_model_without_sae_steps_uses_the_default(digits, tmp_path, caps
         return real(rows, 5, seed, **fields)  # the default's value is checked; the run itself stays short
 
     monkeypatch.setattr(sae_methods, "train_sae", spy)
-    code, out, err = run(capsys, "compare", "--model", "digits", "--layer", "relu2", "--n", "40", "--json", tmp_path / "r.json")
+    code, out, err = run(
+        capsys, "compare", "--model", "digits", "--layer", "relu2", "--n", "40", "--json", tmp_path / "r.json"
+    )
     assert code == 0, err
     assert seen == [sae_methods.LayerSAEOptions().steps] * 3
     result = json.loads((tmp_path / "r.json").read_text())
@@ -44,8 +46,19 @@ def test_cluster_a_file_model_on_an_npy_input(tmp_path, capsys):
     x = np.random.default_rng(0).standard_normal((120, 6)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, "cluster", "--model", f"{tmp_path / 'tiny.py'}:build", "--input", tmp_path / "x.npy",
-                            "--layer", "0", "--out", out, "--no-progress")  # fmt: skip
+    code, stdout, err = run(
+        capsys,
+        "cluster",
+        "--model",
+        f"{tmp_path / 'tiny.py'}:build",
+        "--input",
+        tmp_path / "x.npy",
+        "--layer",
+        "0",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0, err
     labels = np.load(out / "labels.npy")
     assert labels.shape == (120,)
@@ -66,7 +79,9 @@ def test_summary_line_when_every_point_is_noise(tmp_path, capsys):
     bits = np.random.default_rng(1).integers(0, 2, (30, 64)).astype(np.uint8)
     np.save(tmp_path / "codes.npy", bits)
     labels_path = tmp_path / "run"
-    code, stdout, err = run(capsys, "cluster", "--codes", tmp_path / "codes.npy", "--min-cluster-size", "25", "--out", labels_path)
+    code, stdout, err = run(
+        capsys, "cluster", "--codes", tmp_path / "codes.npy", "--min-cluster-size", "25", "--out", labels_path
+    )
     assert code == 0, err
     assert (np.load(labels_path / "labels.npy") == -1).all()
     assert "clusters" in stdout and "Traceback" not in err

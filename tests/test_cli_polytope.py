@@ -8,7 +8,7 @@ from cli_run import run
 from polylens.lens.codes import SplineCodes
 from polylens.models import load_model
 
-MODEL_FILE = '''
+MODEL_FILE = """
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -41,7 +41,7 @@ def gelu_net():
 
 def example_inputs(n):
     return torch.randn(n, 5, generator=torch.Generator().manual_seed(1))
-'''
+"""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +54,6 @@ def model_file(tmp_path):
     path = tmp_path / "net.py"
     path.write_text(MODEL_FILE)
     return str(path)
-
 
 
 def test_codes_writes_packed_file_with_provenance(capsys, tmp_path):
@@ -75,22 +74,30 @@ def test_codes_writes_packed_file_with_provenance(capsys, tmp_path):
 
 def test_density_json_plot_and_summary(capsys, tmp_path):
     plot = tmp_path / "d.png"
-    code, stdout, err = run(capsys, "density", "--layer", "input", "--path", "interp", "--from", 0, "--to", 5, "--json", "-", "--plot", plot)
+    code, stdout, err = run(
+        capsys, "density", "--layer", "input", "--path", "interp", "--from", 0, "--to", 5, "--json", "-", "--plot", plot
+    )
     assert code == 0
     res = json.loads(stdout)
     assert res["model"] == "digits-cnn" and res["exact"] is True and res["path"]["kind"] == "input"
     assert res["layers"] == ["conv1", "conv2", "fc1"] and res["n_crossings"] == len(res["crossings"]) > 0
-    assert set(res["crossings"][0]) == {"t", "layer", "unit", "affine_change"} and res["crossings"][0]["affine_change"] > 0
+    assert (
+        set(res["crossings"][0]) == {"t", "layer", "unit", "affine_change"} and res["crossings"][0]["affine_change"] > 0
+    )
     assert res["density_per_unit_length"] == pytest.approx(res["n_crossings"] / res["path"]["length"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "crossings" in err
-    code, stdout, _ = run(capsys, "density", "--layer", "relu1", "--path", "scale", "--count-layers", "fc1", "--json", "-")
+    code, stdout, _ = run(
+        capsys, "density", "--layer", "relu1", "--path", "scale", "--count-layers", "fc1", "--json", "-"
+    )
     res = json.loads(stdout)
     assert code == 0 and res["layers"] == ["fc1"] and res["path"]["alpha_max"] == 2.0
 
 
 def test_shell_profile_command(capsys, tmp_path):
     plot, js = tmp_path / "s.png", tmp_path / "s.json"
-    code, stdout, _ = run(capsys, "density", "--path", "shell", "--layer", "relu2", "--n", 5, "--bins", 8, "--plot", plot, "--json", js)
+    code, stdout, _ = run(
+        capsys, "density", "--path", "shell", "--layer", "relu2", "--n", 5, "--bins", 8, "--plot", plot, "--json", js
+    )
     res = json.loads(js.read_text())
     assert code == 0 and res["n_paths"] == 5 and len(res["density"]) == 8 and plot.exists()
 
@@ -98,11 +105,37 @@ def test_shell_profile_command(capsys, tmp_path):
 def test_custom_module_functional_activation(capsys, tmp_path, model_file):
     adapter = load_model(f"{model_file}:relu_net", activations={"fc2": "relu"})
     assert adapter.activation_layers == {"fc1": "relu", "fc2": "relu", "block.0": "relu"}
-    code, stdout, _ = run(capsys, "density", "--model", f"{model_file}:relu_net", "--activation", "fc2=relu", "--layer", "input", "--from", 0, "--to", 3, "--json", "-")
+    code, stdout, _ = run(
+        capsys,
+        "density",
+        "--model",
+        f"{model_file}:relu_net",
+        "--activation",
+        "fc2=relu",
+        "--layer",
+        "input",
+        "--from",
+        0,
+        "--to",
+        3,
+        "--json",
+        "-",
+    )
     res = json.loads(stdout)
     assert code == 0 and res["exact"] and res["layers"] == ["fc1", "fc2", "block.0"]
     np.save(tmp_path / "x.npy", np.ones(5, dtype=np.float32))
-    code, _, _ = run(capsys, "codes", "--model", f"{model_file}:relu_net", "--input", tmp_path / "x.npy", "--input", 2, "--out", tmp_path / "c.npz")
+    code, _, _ = run(
+        capsys,
+        "codes",
+        "--model",
+        f"{model_file}:relu_net",
+        "--input",
+        tmp_path / "x.npy",
+        "--input",
+        2,
+        "--out",
+        tmp_path / "c.npz",
+    )
     assert code == 0
     codes = SplineCodes.load(str(tmp_path / "c.npz"))
     with torch.no_grad():
@@ -117,7 +150,16 @@ def test_custom_module_weights_file(capsys, tmp_path, model_file):
     assert all(torch.equal(v, state[k]) for k, v in loaded.module.state_dict().items())
     state["extra"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
-    code, _, err = run(capsys, "codes", "--model", f"{model_file}:relu_net", "--weights", tmp_path / "bad.pt", "--out", tmp_path / "c.npz")
+    code, _, err = run(
+        capsys,
+        "codes",
+        "--model",
+        f"{model_file}:relu_net",
+        "--weights",
+        tmp_path / "bad.pt",
+        "--out",
+        tmp_path / "c.npz",
+    )
     assert code == 2 and "0 missing keys [], 1 extra keys ['extra']" in err and err.count("\n") == 1
 
 
@@ -136,7 +178,10 @@ def test_custom_module_weights_file(capsys, tmp_path, model_file):
         (["codes", "--model", "nosuch.py:f", "--out", "{tmp}/c.npz"], "does not exist"),
         (["codes", "--model", "{tmp}/net.py:nope", "--out", "{tmp}/c.npz"], "has no function 'nope'"),
         (["density", "--model", "{tmp}/net.py:gelu_net", "--layer", "input", "--exact"], "smooth"),
-        (["density", "--model", "{tmp}/net.py:relu_net", "--activation", "fc2=tanh", "--layer", "input"], "must be one of"),
+        (
+            ["density", "--model", "{tmp}/net.py:relu_net", "--activation", "fc2=tanh", "--layer", "input"],
+            "must be one of",
+        ),
     ],
 )
 def test_bad_input_one_line_exit_2(capsys, tmp_path, model_file, argv, message):
@@ -146,6 +191,21 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, model_file, argv, message):
 
 
 def test_smooth_mode_on_gelu_model(capsys, model_file):
-    code, stdout, _ = run(capsys, "density", "--model", f"{model_file}:gelu_net", "--layer", "input", "--from", 0, "--to", 4, "--samples", 300, "--json", "-")
+    code, stdout, _ = run(
+        capsys,
+        "density",
+        "--model",
+        f"{model_file}:gelu_net",
+        "--layer",
+        "input",
+        "--from",
+        0,
+        "--to",
+        4,
+        "--samples",
+        300,
+        "--json",
+        "-",
+    )
     res = json.loads(stdout)
     assert code == 0 and res["exact"] is False and res["layers"] == ["fc1", "block.0"]

@@ -5,8 +5,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score as ari
 
 from polylens.clustering.estimators import HDBSCAN, Agglomerative, KMedoids
-from polylens.lens.codes import pack_bits
 from polylens.directions.toys import planted_codes
+from polylens.lens.codes import pack_bits
 
 
 @pytest.fixture(scope="module")
@@ -14,14 +14,18 @@ def planted():
     return planted_codes(1500, 6, 300, flip=0.05, seed=0)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: HDBSCAN(min_cluster_size=20),
-    lambda: HDBSCAN(min_cluster_size=20, max_dense=100, knn="exact"),
-    lambda: HDBSCAN(min_cluster_size=20, max_dense=100, knn="hnsw"),
-    lambda: HDBSCAN(min_cluster_size=20, sample=400),
-    lambda: KMedoids(6),
-    lambda: Agglomerative(6),
-], ids=["hdbscan-dense", "hdbscan-knn", "hdbscan-hnsw", "hdbscan-sample", "kmedoids", "agglomerative"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: HDBSCAN(min_cluster_size=20),
+        lambda: HDBSCAN(min_cluster_size=20, max_dense=100, knn="exact"),
+        lambda: HDBSCAN(min_cluster_size=20, max_dense=100, knn="hnsw"),
+        lambda: HDBSCAN(min_cluster_size=20, sample=400),
+        lambda: KMedoids(6),
+        lambda: Agglomerative(6),
+    ],
+    ids=["hdbscan-dense", "hdbscan-knn", "hdbscan-hnsw", "hdbscan-sample", "kmedoids", "agglomerative"],
+)
 def test_planted_clusters_are_recovered(planted, make):
     bits, truth = planted
     model = make()
@@ -81,7 +85,9 @@ def test_prediction_rule_equals_hdbscan_approximate_predict():
     centres = rng.normal(scale=8, size=(5, 4))
     truth = rng.integers(0, 5, 800)
     x = np.vstack([centres[truth] + rng.normal(size=(800, 4)), rng.uniform(-20, 20, size=(80, 4))])
-    new = np.vstack([centres[rng.integers(0, 5, 150)] + 1.5 * rng.normal(size=(150, 4)), rng.uniform(-25, 25, size=(150, 4))])
+    new = np.vstack(
+        [centres[rng.integers(0, 5, 150)] + 1.5 * rng.normal(size=(150, 4)), rng.uniform(-25, 25, size=(150, 4))]
+    )
     # hdbscan's min_samples leaves the point itself out; scikit-learn's (ours) counts it
     ref = hdbscan.HDBSCAN(min_cluster_size=15, min_samples=15, prediction_data=True).fit(x)
     ours = HDBSCAN(15, min_samples=16, metric="euclidean").fit(x.astype(np.float32))

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from polylens.clustering import points as protocols
 from polylens.capture import capture
+from polylens.clustering import points as protocols
 from polylens.clustering.analysis import cluster_layer, purity
 from polylens.models import load_model
 
@@ -34,7 +34,9 @@ def test_gpt2_protocol_takes_exactly_the_documented_tokens(tmp_path):
         pos = sorted(set(np.round(np.linspace(10, len(seq) - 1, 6)).astype(int).tolist()))
         want_pos += pos
         want_tok += [seq[p] for p in pos]
-        z = capture(adapter.module, torch.tensor([seq]), ["blocks.1.mlp.hook_pre"]).activations["blocks.1.mlp.hook_pre"][0]
+        z = capture(adapter.module, torch.tensor([seq]), ["blocks.1.mlp.hook_pre"]).activations[
+            "blocks.1.mlp.hook_pre"
+        ][0]
         rows.append(z[pos])
     assert pts.labels["position"].tolist() == want_pos
     assert pts.labels["token"].tolist() == want_tok

@@ -10,7 +10,9 @@ from polylens.models.base import ModelAdapter
 def _random_codes(n=7, sizes=(5, 70, 64), seed=0, soft=False):
     g = torch.Generator().manual_seed(seed)
     pre = {f"l{i}": torch.randn(n, s, generator=g) for i, s in enumerate(sizes)}
-    return pre, SplineCodes.from_preactivations(pre, {k: "gelu" for k in pre}, soft=soft, provenance={"model": "toy", "input_ids": [str(i) for i in range(n)]})
+    return pre, SplineCodes.from_preactivations(
+        pre, {k: "gelu" for k in pre}, soft=soft, provenance={"model": "toy", "input_ids": [str(i) for i in range(n)]}
+    )
 
 
 @pytest.mark.parametrize("units", [1, 63, 64, 65, 200])
@@ -68,7 +70,9 @@ def test_save_load_round_trip(tmp_path):
         SplineCodes.load(str(tmp_path / "bad.npz"))
 
 
-@pytest.mark.parametrize("kind, act", [("gelu", nn.GELU()), ("gelu_tanh", nn.GELU(approximate="tanh")), ("silu", nn.SiLU())])
+@pytest.mark.parametrize(
+    "kind, act", [("gelu", nn.GELU()), ("gelu_tanh", nn.GELU(approximate="tanh")), ("silu", nn.SiLU())]
+)
 def test_hard_code_of_smooth_preacts_equals_post_activation_positive(kind, act):
     z = torch.randn(1000) * 3
     z[:5] = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-3])

@@ -84,12 +84,16 @@ def test_full_rank_projection_ablation_equals_zeroing_the_layer(digits_result):
             handle.remove()
     kl, acc = output_change(reference, zeroed, is_text=False, labels=labels)
     p = torch.softmax(reference.double(), -1)
-    kl_by_hand = float((p * (torch.log_softmax(reference.double(), -1) - torch.log_softmax(zeroed.double(), -1))).sum(-1).mean())
+    kl_by_hand = float(
+        (p * (torch.log_softmax(reference.double(), -1) - torch.log_softmax(zeroed.double(), -1))).sum(-1).mean()
+    )
     assert curve["kl"][0] == pytest.approx(kl_by_hand, rel=1e-5) and kl == pytest.approx(kl_by_hand, rel=1e-9)
     base = float((reference.argmax(1) == labels).double().mean())
     assert curve["accuracy_drop"][0] == pytest.approx(base - acc)
     # the mean-ablation of every direction replaces each row by the mean row
-    rows, _, _ = capture_rows(adapter, "relu1", inputs, parse_target("0", (1, 10), is_text=False, has_labels=False), is_text=False)
+    rows, _, _ = capture_rows(
+        adapter, "relu1", inputs, parse_target("0", (1, 10), is_text=False, has_labels=False), is_text=False
+    )
     mean = rows.double().mean(0)
     m = ablation_curve(adapter.module, inputs, "relu1", full, [16], is_text=False, mode="mean", mean=mean.numpy())
     with torch.no_grad():
@@ -110,8 +114,26 @@ def test_the_output_reads_the_pca_directions_more_than_random_ones(digits_result
 
 def test_cli_digits_writes_json_and_png(capsys, tmp_path, digits):
     out, png = tmp_path / "c.json", tmp_path / "c.png"
-    code, stdout, _ = run(capsys, "compare", "--model", "digits", "--layer", "fc1", "--n", "60", "--k", "4", "--target", "loss",
-                          "--sae-steps", "100", "--json", out, "--plot", png)  # fmt: skip
+    code, stdout, _ = run(
+        capsys,
+        "compare",
+        "--model",
+        "digits",
+        "--layer",
+        "fc1",
+        "--n",
+        "60",
+        "--k",
+        "4",
+        "--target",
+        "loss",
+        "--sae-steps",
+        "100",
+        "--json",
+        out,
+        "--plot",
+        png,
+    )
     assert code == 0, stdout
     res = json.loads(out.read_text())
     assert res["target"] == "loss" and res["n_inputs"] == 60 and res["methods"]["random"]["ablation"]["k"] == [1, 2, 4]
@@ -125,18 +147,25 @@ def test_gpt2_random_weights_sketched_logits():
     tiny = {"n_layers": 1, "d_model": 32, "d_mlp": 64, "n_heads": 2, "d_head": 16, "n_ctx": 32}
     adapter = load_model("gpt2", random_weights=True, config=tiny, seed=1)
     inputs = adapter.default_inputs(4)
-    res, _ = compare_layer(adapter, "blocks.0.mlp.hook_post", inputs, target="logits", k=3, is_text=True, sae=LayerSAEOptions(steps=20))
+    res, _ = compare_layer(
+        adapter, "blocks.0.mlp.hook_post", inputs, target="logits", k=3, is_text=True, sae=LayerSAEOptions(steps=20)
+    )
     assert "sketch" in res["gradient_rows"] and "estimate" in res["gradient_rows"]
     assert res["n_rows"] == 4 * (inputs.shape[1] - 1)  # the BOS position is left out
     assert res["methods"]["gradient_pca"]["ablation"]["accuracy_drop"] is not None  # next-token accuracy
     loss, _ = compare_layer(adapter, "blocks.0.mlp.hook_post", inputs, target="loss", k=2, is_text=True, sae=None)
-    assert "next-token" in loss["gradient_rows"] and set(loss["methods"]) == {"activation_pca", "gradient_pca", "lib", "random"}
+    assert "next-token" in loss["gradient_rows"] and set(loss["methods"]) == {
+        "activation_pca",
+        "gradient_pca",
+        "lib",
+        "random",
+    }
     top = parse_target("predicted", (1, 5, 7), is_text=True, has_labels=False).fn()
     out = torch.randn(2, 5, 7)
     assert torch.equal(top(out), out.max(-1).values.sum(1))  # each position's top logit, summed
 
 
-BAD_MODEL = '''
+BAD_MODEL = """
 import torch
 from torch import nn
 
@@ -157,7 +186,7 @@ def make():
 
 def example_inputs(n):
     return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
-'''
+"""
 
 
 @pytest.mark.parametrize(
@@ -184,7 +213,9 @@ def test_layer_without_gradient_path_is_refused(capsys, tmp_path, layer, message
     model = tmp_path / "bad.py"
     model.write_text(BAD_MODEL)
     out = tmp_path / "r.json"
-    code, _, err = run(capsys, "compare", "--model", f"{model}:make", "--layer", layer, "--n", "8", "--k", "2", "--json", out)
+    code, _, err = run(
+        capsys, "compare", "--model", f"{model}:make", "--layer", layer, "--n", "8", "--k", "2", "--json", out
+    )
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not out.exists()
 
@@ -210,7 +241,9 @@ def test_cli_switches_a_training_mode_model_to_eval_and_says_so(capsys, tmp_path
         "def make():\n    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))\n    return m.train()\n"
         "def example_inputs(n):\n    return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))\n"
     )
-    code, out, err = run(capsys, "compare", "--model", f"{model}:make", "--layer", "2", "--n", "16", "--k", "2", "--no-sae")
+    code, out, err = run(
+        capsys, "compare", "--model", f"{model}:make", "--layer", "2", "--n", "16", "--k", "2", "--no-sae"
+    )
     assert code == 0 and "eval mode" in err and "random" in out
 
 
@@ -232,6 +265,8 @@ def test_the_logit_sketch_estimates_the_jacobian_second_moment_without_bias():
     est = J.T @ J / 3000
     assert float((est - W.T @ W).norm() / (W.T @ W).norm()) < 0.05
     one = capture(model, x[:500], ["0"], target=tgt.fn(offset=0)).gradients["0"]
-    assert torch.equal(one[:250], capture(model, x[:250], ["0"], target=tgt.fn(offset=0)).gradients["0"])  # batch-size free
+    assert torch.equal(
+        one[:250], capture(model, x[:250], ["0"], target=tgt.fn(offset=0)).gradients["0"]
+    )  # batch-size free
     exact = parse_target("logits", (1, 10), is_text=False, has_labels=False)
     assert not exact.sketched and exact.columns == 10 and "all 10 logits" in exact.describe()

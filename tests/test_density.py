@@ -7,9 +7,9 @@ from torch import nn
 
 from polylens.capture import capture
 from polylens.lens.density import boundary_density
-from polylens.models.base import ModelAdapter
 from polylens.lens.paths import ActivationPath, interpolation_path, polyline_path, scaling_path
 from polylens.lens.shell import shell_profile
+from polylens.models.base import ModelAdapter
 
 
 def _adapter(net, acts, name="net"):
@@ -177,7 +177,10 @@ def test_shell_profile_accounts_for_every_crossing():
     adapter = relu_mlp(5)
     inputs = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
     prof = shell_profile(adapter, inputs, "1", alpha_max=2.5, n_bins=12)
-    singles = [boundary_density(adapter, scaling_path(adapter, inputs[i : i + 1], "1", 2.5), n_profile=0).n_crossings for i in range(6)]
+    singles = [
+        boundary_density(adapter, scaling_path(adapter, inputs[i : i + 1], "1", 2.5), n_profile=0).n_crossings
+        for i in range(6)
+    ]
     assert prof.n_crossings == sum(prof.crossings) == sum(singles)
     assert sum(prof.coverage) == pytest.approx(2.5 * sum(prof.norms))
     assert len(prof.density) == 12 and prof.exact
@@ -232,7 +235,10 @@ def _jacobian_jumps(adapter, path, crossings):
     def jac(t):
         return torch.autograd.functional.jacobian(lambda v: rest(v[None])[0], path.at(np.array([t]))[0])
 
-    return [float((jac(0.5 * (ts[i + 1] + ts[i + 2])) - jac(0.5 * (ts[i] + ts[i + 1]))).norm()) for i in range(len(crossings))]
+    return [
+        float((jac(0.5 * (ts[i + 1] + ts[i + 2])) - jac(0.5 * (ts[i] + ts[i + 1]))).norm())
+        for i in range(len(crossings))
+    ]
 
 
 @pytest.mark.parametrize("case", ["mlp-input", "cnn-hidden", "cnn-own-layer"])
@@ -243,7 +249,9 @@ def test_affine_change_per_crossing_equals_brute_force_jacobians(case):
     else:
         adapter = relu_cnn(1)
         x0, x1 = torch.randn(1, 1, 6, 6), torch.randn(1, 1, 6, 6)
-        path = interpolation_path(adapter, x0, x1, "1" if case == "cnn-hidden" else "0")  # "0": the crossing units' own layer
+        path = interpolation_path(
+            adapter, x0, x1, "1" if case == "cnn-hidden" else "0"
+        )  # "0": the crossing units' own layer
     res = boundary_density(adapter, path, n_profile=0)
     assert res.exact and res.n_crossings >= 5
     got = [c["affine_change"] for c in res.crossings]

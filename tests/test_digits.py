@@ -5,9 +5,9 @@ from safetensors.torch import save_file
 
 from polylens.lens.codes import extract_codes
 from polylens.lens.density import boundary_density
+from polylens.lens.paths import interpolation_path
 from polylens.models import load_model
 from polylens.models.digits import digits_data
-from polylens.lens.paths import interpolation_path
 
 
 def test_trains_on_first_use_caches_and_reloads_identically(tmp_path, monkeypatch):
@@ -15,7 +15,9 @@ def test_trains_on_first_use_caches_and_reloads_identically(tmp_path, monkeypatc
     adapter = load_model(None, epochs=2)
     assert adapter.name == "digits-cnn" and adapter.provenance["trained_now"] is True
     files = list(tmp_path.glob("*.safetensors"))
-    assert [f.name for f in files] == ["digits-cnn-v1-seed0-e2.safetensors"] and not list(tmp_path.glob(".*"))  # atomic write
+    assert [f.name for f in files] == ["digits-cnn-v1-seed0-e2.safetensors"] and not list(
+        tmp_path.glob(".*")
+    )  # atomic write
     again = load_model("digits", epochs=2)
     assert again.provenance["trained_now"] is False and again.provenance["epochs"] == "2"
     for (k, v), (k2, v2) in zip(adapter.module.state_dict().items(), again.module.state_dict().items()):
@@ -53,7 +55,9 @@ def test_input_files(digits, tmp_path):
     from PIL import Image
 
     Image.fromarray((arr * 255).astype(np.uint8)).save(tmp_path / "x.png")
-    assert torch.allclose(adapter.prepare(str(tmp_path / "x.png")).flatten(), torch.from_numpy(arr).flatten(), atol=1 / 255)
+    assert torch.allclose(
+        adapter.prepare(str(tmp_path / "x.png")).flatten(), torch.from_numpy(arr).flatten(), atol=1 / 255
+    )
     with pytest.raises(FileNotFoundError):
         adapter.prepare(str(tmp_path / "missing.npy"))
 
@@ -69,7 +73,9 @@ def test_weights_file_round_trip_and_bad_keys(digits, tmp_path):
     state.pop("fc2.bias")
     state["extra.weight"] = torch.zeros(1)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(ValueError, match=r"does not fit DigitsCNN: 1 missing keys \['fc2.bias'\], 1 extra keys \['extra.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not fit DigitsCNN: 1 missing keys \['fc2.bias'\], 1 extra keys \['extra.weight'\]"
+    ):
         load_model("digits", weights=str(tmp_path / "bad.safetensors"))
     rnd = load_model("digits", random_weights=True)
     assert "random" in rnd.name
@@ -100,11 +106,17 @@ def test_the_cache_is_checked_before_training(tmp_path, monkeypatch):
     from polylens.models import digits as digits_module
 
     trained = []
-    monkeypatch.setattr(digits_module, "train_digits_cnn", lambda seed, epochs: trained.append(1) or (digits_module.DigitsCNN().eval(), {"seed": seed}))
+    monkeypatch.setattr(
+        digits_module,
+        "train_digits_cnn",
+        lambda seed, epochs: trained.append(1) or (digits_module.DigitsCNN().eval(), {"seed": seed}),
+    )
     monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path / "ro" / "cache"))
     (tmp_path / "ro").mkdir()
     real = digits_module.os.access  # root may write anywhere: stand in for a read-only folder
-    monkeypatch.setattr(digits_module.os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real(p, mode))
+    monkeypatch.setattr(
+        digits_module.os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real(p, mode)
+    )
     with pytest.raises(PermissionError, match="POLYLENS_CACHE"):
         digits_module.load("digits", seed=6)
     assert not trained
@@ -116,7 +128,9 @@ def test_the_cache_file_gets_the_umask_mode(tmp_path, monkeypatch):
 
     from polylens.models import digits as digits_module
 
-    monkeypatch.setattr(digits_module, "train_digits_cnn", lambda seed, epochs: (digits_module.DigitsCNN().eval(), {"seed": seed}))
+    monkeypatch.setattr(
+        digits_module, "train_digits_cnn", lambda seed, epochs: (digits_module.DigitsCNN().eval(), {"seed": seed})
+    )
     monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path / "cache"))
     digits_module.load("digits", seed=5)
     (path,) = (tmp_path / "cache").glob("*.safetensors")

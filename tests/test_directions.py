@@ -74,7 +74,9 @@ def test_scores_against_brute_force():
     import itertools
 
     best_assign = max(
-        sum(cos[r, c] for r, c in zip(rows, perm)) for rows in itertools.combinations(range(4), 3) for perm in itertools.permutations(range(3))
+        sum(cos[r, c] for r, c in zip(rows, perm))
+        for rows in itertools.combinations(range(4), 3)
+        for perm in itertools.permutations(range(3))
     )
     s = score_directions(T, F)
     assert s.hungarian_mean_cos == pytest.approx(best_assign / 4)
@@ -149,4 +151,6 @@ def test_the_two_mmcs_differ_exactly_on_sign_flipped_directions():
 
     truth = np.eye(4)[:1]
     assert score_directions(truth, -truth).mmcs == pytest.approx(1.0)
-    assert mmcs_signed(torch.tensor(truth, dtype=torch.float32), torch.tensor(-truth, dtype=torch.float32)) == pytest.approx(-1.0)
+    assert mmcs_signed(
+        torch.tensor(truth, dtype=torch.float32), torch.tensor(-truth, dtype=torch.float32)
+    ) == pytest.approx(-1.0)

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from polylens.lens.density import _choose_layers, boundary_density
-from polylens.models.base import ModelAdapter
 from polylens.lens.paths import interpolation_path
+from polylens.models.base import ModelAdapter
 
 
 def _adapter(net, acts):
@@ -32,11 +32,14 @@ class Tanh(nn.Module):
         return torch.tanh(self.inner(x))
 
 
-@pytest.mark.parametrize("middle, train, why", [
-    (nn.LayerNorm(8), False, "LayerNorm"),
-    (nn.Softmax(dim=1), False, "Softmax"),
-    (Tanh(), False, "tanh\\(\\) in the forward of module '2' \\(Tanh\\)"),
-])
+@pytest.mark.parametrize(
+    "middle, train, why",
+    [
+        (nn.LayerNorm(8), False, "LayerNorm"),
+        (nn.Softmax(dim=1), False, "Softmax"),
+        (Tanh(), False, "tanh\\(\\) in the forward of module '2' \\(Tanh\\)"),
+    ],
+)
 def test_a_smooth_step_between_relu_layers_refuses_exact_and_defaults_to_smooth(middle, train, why):
     adapter = _net(middle, train=train)
     path = interpolation_path(adapter, torch.randn(1, 3), torch.randn(1, 3), "input")
@@ -80,7 +83,9 @@ def test_inception_local_response_norm_before_maxpool1_is_not_exact():
 def test_gpt2_activation_kind_comes_from_the_config():
     from polylens.models import load_model
 
-    relu = load_model("gpt2", random_weights=True, config=dict(n_layers=1, d_model=32, n_heads=2, n_ctx=16, act_fn="relu"))
+    relu = load_model(
+        "gpt2", random_weights=True, config=dict(n_layers=1, d_model=32, n_heads=2, n_ctx=16, act_fn="relu")
+    )
     assert relu.activation_layers == {"blocks.0.mlp.hook_pre": "relu"}
     gelu = load_model("gpt2", random_weights=True, config=dict(n_layers=1, d_model=32, n_heads=2, n_ctx=16))
     assert gelu.activation_layers == {"blocks.0.mlp.hook_pre": "gelu_tanh"}

@@ -26,7 +26,13 @@ def test_every_example_is_listed():
 @pytest.mark.parametrize("script", sorted(SMALL_ARGS))
 def test_example_runs(script, tmp_path, digits, polylens_cache):
     env = {**os.environ, "POLYLENS_CACHE": str(polylens_cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / script), *SMALL_ARGS[script]], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), *SMALL_ARGS[script]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip(), "an example prints what it found"

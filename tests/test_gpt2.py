@@ -183,7 +183,14 @@ def test_local_hf_folder_matches_transformers(tmp_path):
 def test_full_gpt2_small_random_architecture():
     adapter = load_model("gpt2", random_weights=True)
     cfg = adapter.module.cfg
-    assert (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_vocab, cfg.n_ctx) == (12, 768, 3072, 12, 50257, 1024)
+    assert (cfg.n_layers, cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_vocab, cfg.n_ctx) == (
+        12,
+        768,
+        3072,
+        12,
+        50257,
+        1024,
+    )
     assert len(adapter.activation_layers) == 12
     got = capture(adapter.module, torch.tensor([[50256, 15496, 995]]), ["blocks.5.mlp.hook_pre"])
     assert got.activations["blocks.5.mlp.hook_pre"].shape == (1, 3, 3072)

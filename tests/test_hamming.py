@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from polylens.clustering import hamming
-from polylens.lens.codes import SplineCodes, pack_bits
 from polylens.directions.toys import planted_codes
+from polylens.lens.codes import SplineCodes, pack_bits
 
 ROUTES = [r for r in ("popcount", "int8", "fp32", "faiss", "numpy") if r in hamming._available_routes()]
 

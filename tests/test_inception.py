@@ -13,22 +13,81 @@ from polylens.models.inception import InceptionV1, conv_layers, load_weights
 # (in, out, kernel) of every convolution in torch-lucent's InceptionV1 (lucent 0.1.8,
 # lucent/modelzoo/inceptionv1/InceptionV1.py), transcribed: our parameter names must equal these.
 LUCENT_CONVS = {
-    "conv2d0": (3, 64, 7), "conv2d1": (64, 64, 1), "conv2d2": (64, 192, 3),
-    "mixed3a_1x1": (192, 64, 1), "mixed3a_3x3_bottleneck": (192, 96, 1), "mixed3a_5x5_bottleneck": (192, 16, 1), "mixed3a_pool_reduce": (192, 32, 1), "mixed3a_3x3": (96, 128, 3), "mixed3a_5x5": (16, 32, 5),
-    "mixed3b_1x1": (256, 128, 1), "mixed3b_3x3_bottleneck": (256, 128, 1), "mixed3b_5x5_bottleneck": (256, 32, 1), "mixed3b_pool_reduce": (256, 64, 1), "mixed3b_3x3": (128, 192, 3), "mixed3b_5x5": (32, 96, 5),
-    "mixed4a_1x1": (480, 192, 1), "mixed4a_3x3_bottleneck": (480, 96, 1), "mixed4a_5x5_bottleneck": (480, 16, 1), "mixed4a_pool_reduce": (480, 64, 1), "mixed4a_3x3": (96, 204, 3), "mixed4a_5x5": (16, 48, 5),
-    "mixed4b_1x1": (508, 160, 1), "mixed4b_3x3_bottleneck": (508, 112, 1), "mixed4b_5x5_bottleneck": (508, 24, 1), "mixed4b_pool_reduce": (508, 64, 1), "mixed4b_3x3": (112, 224, 3), "mixed4b_5x5": (24, 64, 5),
-    "mixed4c_1x1": (512, 128, 1), "mixed4c_3x3_bottleneck": (512, 128, 1), "mixed4c_5x5_bottleneck": (512, 24, 1), "mixed4c_pool_reduce": (512, 64, 1), "mixed4c_3x3": (128, 256, 3), "mixed4c_5x5": (24, 64, 5),
-    "mixed4d_1x1": (512, 112, 1), "mixed4d_3x3_bottleneck": (512, 144, 1), "mixed4d_5x5_bottleneck": (512, 32, 1), "mixed4d_pool_reduce": (512, 64, 1), "mixed4d_3x3": (144, 288, 3), "mixed4d_5x5": (32, 64, 5),
-    "mixed4e_1x1": (528, 256, 1), "mixed4e_3x3_bottleneck": (528, 160, 1), "mixed4e_5x5_bottleneck": (528, 32, 1), "mixed4e_pool_reduce": (528, 128, 1), "mixed4e_3x3": (160, 320, 3), "mixed4e_5x5": (32, 128, 5),
-    "mixed5a_1x1": (832, 256, 1), "mixed5a_3x3_bottleneck": (832, 160, 1), "mixed5a_5x5_bottleneck": (832, 48, 1), "mixed5a_pool_reduce": (832, 128, 1), "mixed5a_3x3": (160, 320, 3), "mixed5a_5x5": (48, 128, 5),
-    "mixed5b_1x1": (832, 384, 1), "mixed5b_3x3_bottleneck": (832, 192, 1), "mixed5b_5x5_bottleneck": (832, 48, 1), "mixed5b_pool_reduce": (832, 128, 1), "mixed5b_3x3": (192, 384, 3), "mixed5b_5x5": (48, 128, 5),
+    "conv2d0": (3, 64, 7),
+    "conv2d1": (64, 64, 1),
+    "conv2d2": (64, 192, 3),
+    "mixed3a_1x1": (192, 64, 1),
+    "mixed3a_3x3_bottleneck": (192, 96, 1),
+    "mixed3a_5x5_bottleneck": (192, 16, 1),
+    "mixed3a_pool_reduce": (192, 32, 1),
+    "mixed3a_3x3": (96, 128, 3),
+    "mixed3a_5x5": (16, 32, 5),
+    "mixed3b_1x1": (256, 128, 1),
+    "mixed3b_3x3_bottleneck": (256, 128, 1),
+    "mixed3b_5x5_bottleneck": (256, 32, 1),
+    "mixed3b_pool_reduce": (256, 64, 1),
+    "mixed3b_3x3": (128, 192, 3),
+    "mixed3b_5x5": (32, 96, 5),
+    "mixed4a_1x1": (480, 192, 1),
+    "mixed4a_3x3_bottleneck": (480, 96, 1),
+    "mixed4a_5x5_bottleneck": (480, 16, 1),
+    "mixed4a_pool_reduce": (480, 64, 1),
+    "mixed4a_3x3": (96, 204, 3),
+    "mixed4a_5x5": (16, 48, 5),
+    "mixed4b_1x1": (508, 160, 1),
+    "mixed4b_3x3_bottleneck": (508, 112, 1),
+    "mixed4b_5x5_bottleneck": (508, 24, 1),
+    "mixed4b_pool_reduce": (508, 64, 1),
+    "mixed4b_3x3": (112, 224, 3),
+    "mixed4b_5x5": (24, 64, 5),
+    "mixed4c_1x1": (512, 128, 1),
+    "mixed4c_3x3_bottleneck": (512, 128, 1),
+    "mixed4c_5x5_bottleneck": (512, 24, 1),
+    "mixed4c_pool_reduce": (512, 64, 1),
+    "mixed4c_3x3": (128, 256, 3),
+    "mixed4c_5x5": (24, 64, 5),
+    "mixed4d_1x1": (512, 112, 1),
+    "mixed4d_3x3_bottleneck": (512, 144, 1),
+    "mixed4d_5x5_bottleneck": (512, 32, 1),
+    "mixed4d_pool_reduce": (512, 64, 1),
+    "mixed4d_3x3": (144, 288, 3),
+    "mixed4d_5x5": (32, 64, 5),
+    "mixed4e_1x1": (528, 256, 1),
+    "mixed4e_3x3_bottleneck": (528, 160, 1),
+    "mixed4e_5x5_bottleneck": (528, 32, 1),
+    "mixed4e_pool_reduce": (528, 128, 1),
+    "mixed4e_3x3": (160, 320, 3),
+    "mixed4e_5x5": (32, 128, 5),
+    "mixed5a_1x1": (832, 256, 1),
+    "mixed5a_3x3_bottleneck": (832, 160, 1),
+    "mixed5a_5x5_bottleneck": (832, 48, 1),
+    "mixed5a_pool_reduce": (832, 128, 1),
+    "mixed5a_3x3": (160, 320, 3),
+    "mixed5a_5x5": (48, 128, 5),
+    "mixed5b_1x1": (832, 384, 1),
+    "mixed5b_3x3_bottleneck": (832, 192, 1),
+    "mixed5b_5x5_bottleneck": (832, 48, 1),
+    "mixed5b_pool_reduce": (832, 128, 1),
+    "mixed5b_3x3": (192, 384, 3),
+    "mixed5b_5x5": (48, 128, 5),
 }
 # Lucid layer shapes at 224×224 input: (channels, height = width).
 LUCID_SHAPES = {
-    "conv2d0": (64, 112), "maxpool0": (64, 56), "conv2d1": (64, 56), "conv2d2": (192, 56), "maxpool1": (192, 28),
-    "mixed3a": (256, 28), "mixed3b": (480, 28), "maxpool4": (480, 14), "mixed4a": (508, 14), "mixed4b": (512, 14),
-    "mixed4c": (512, 14), "mixed4d": (528, 14), "mixed4e": (832, 14), "maxpool10": (832, 7), "mixed5a": (832, 7),
+    "conv2d0": (64, 112),
+    "maxpool0": (64, 56),
+    "conv2d1": (64, 56),
+    "conv2d2": (192, 56),
+    "maxpool1": (192, 28),
+    "mixed3a": (256, 28),
+    "mixed3b": (480, 28),
+    "maxpool4": (480, 14),
+    "mixed4a": (508, 14),
+    "mixed4b": (512, 14),
+    "mixed4c": (512, 14),
+    "mixed4d": (528, 14),
+    "mixed4e": (832, 14),
+    "maxpool10": (832, 7),
+    "mixed5a": (832, 7),
     "mixed5b": (1024, 7),
 }
 
@@ -64,7 +123,9 @@ def test_preactivations_are_captured_before_each_relu(adapter):
         pre, post = got.activations[conv], got.activations[conv.removesuffix("_pre_relu_conv")]
         assert (pre < 0).any() and torch.equal(post, pre.clamp(min=0))
     codes = extract_codes(adapter, x, ["mixed3b_5x5_pre_relu_conv"])
-    assert np.array_equal(codes.unpack().astype(bool), (got.activations["mixed3b_5x5_pre_relu_conv"] > 0).reshape(2, -1).numpy())
+    assert np.array_equal(
+        codes.unpack().astype(bool), (got.activations["mixed3b_5x5_pre_relu_conv"] > 0).reshape(2, -1).numpy()
+    )
     assert adapter.piecewise_linear and len(adapter.activation_layers) == 57
 
 
@@ -101,7 +162,9 @@ def test_bad_weights_files(tmp_path):
     state.pop("mixed4a_3x3_pre_relu_conv.bias")
     state["extra.weight"] = torch.zeros(1)
     save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "bad.safetensors")
-    with pytest.raises(ValueError, match="missing keys.*mixed4a_3x3_pre_relu_conv.bias.*extra keys.*extra.weight") as err:
+    with pytest.raises(
+        ValueError, match="missing keys.*mixed4a_3x3_pre_relu_conv.bias.*extra keys.*extra.weight"
+    ) as err:
         load_weights(InceptionV1(), tmp_path / "bad.safetensors")
     assert "\n" not in str(err.value)
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
@@ -110,7 +173,10 @@ def test_bad_weights_files(tmp_path):
     state = {k: v.contiguous() for k, v in InceptionV1().state_dict().items()}
     state["conv2d1_pre_relu_conv.bias"] = torch.zeros(65)
     torch.save(state, tmp_path / "shape.pth")
-    with pytest.raises(ValueError, match=r"1 tensors of another shape, e.g. conv2d1_pre_relu_conv.bias is \(65,\) in the file but \(64,\)") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"1 tensors of another shape, e.g. conv2d1_pre_relu_conv.bias is \(65,\) in the file but \(64,\)",
+    ) as err:
         load_weights(InceptionV1(), tmp_path / "shape.pth")
     assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError):

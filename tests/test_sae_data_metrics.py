@@ -60,7 +60,9 @@ def test_sharkey_copula_is_per_sample_and_fixed_per_dataset():
     fire_ind = (ind.sample_codes(N, torch.Generator().manual_seed(1)) != 0).double()
     i, j = divmod(int(off.argmax()), 64)
     c = ind.fire_scale.double()
-    assert abs(float((fire_ind[:, i] * fire_ind[:, j]).mean()) - float(c[i] * c[j]) / 4) < 4 * math.sqrt(float(c[i] * c[j]) / 4 / N)
+    assert abs(float((fire_ind[:, i] * fire_ind[:, j]).mean()) - float(c[i] * c[j]) / 4) < 4 * math.sqrt(
+        float(c[i] * c[j]) / 4 / N
+    )
 
 
 def test_sharkey_features_unit_norm_and_sample_is_codes_times_features():
@@ -96,7 +98,9 @@ def test_metrics_on_a_permuted_sign_flipped_copy():
     assert metrics.frac_recovered(T, L) == 1.0
     # Signed MMCS: the two flipped features' best cosine with the orthonormal rest is 0.
     assert metrics.mmcs_signed(T, L) == pytest.approx(4 / 6, abs=1e-6)
-    assert metrics.mmcs_signed_learned(T, L, alive=torch.tensor([1, 0, 1, 0, 1, 1]).bool()) == pytest.approx(1.0, abs=1e-6)
+    assert metrics.mmcs_signed_learned(T, L, alive=torch.tensor([1, 0, 1, 0, 1, 1]).bool()) == pytest.approx(
+        1.0, abs=1e-6
+    )
     assert metrics.mean_l2_ratio(T, L) == pytest.approx(2.5, rel=1e-5)
 
 
@@ -142,7 +146,9 @@ def test_reconstruction_metrics_closed_forms():
     acts = torch.tensor([[0.0, 1.0, 0.0], [2.0, 3.0, 0.0]])
     assert metrics.l0(acts) == 1.5
     assert metrics.dead_fraction(acts) == pytest.approx(1 / 3)
-    assert math.isnan(metrics.mmcs_signed_learned(_orthonormal(2, 4), _orthonormal(2, 4), alive=torch.zeros(2, dtype=torch.bool)))
+    assert math.isnan(
+        metrics.mmcs_signed_learned(_orthonormal(2, 4), _orthonormal(2, 4), alive=torch.zeros(2, dtype=torch.bool))
+    )
 
 
 def test_sharkey_feature_scales_are_log_normal_per_feature_and_off_by_default():
@@ -160,9 +166,11 @@ def test_sharkey_feature_scales_are_log_normal_per_feature_and_off_by_default():
     logs = spread.feature_scales.log()
     assert abs(float(logs.std()) - 1.0) < 0.3 and abs(float(logs.mean()) + 0.5) < 0.3  # log-normal(−σ²/2, σ)
     active = (b > 0).float()
-    mean_active = (b.sum(0) / active.sum(0).clamp_min(1))
+    mean_active = b.sum(0) / active.sum(0).clamp_min(1)
     frequent = active.sum(0) > 500
-    assert torch.allclose(mean_active[frequent], 0.5 * spread.feature_scales[frequent], rtol=0.1)  # U[0,1) mean 1/2, scaled
+    assert torch.allclose(
+        mean_active[frequent], 0.5 * spread.feature_scales[frequent], rtol=0.1
+    )  # U[0,1) mean 1/2, scaled
     with pytest.raises(ValueError, match="scale_sigma=-1"):
         SharkeyConfig(scale_sigma=-1.0)
     assert not math.isnan(spread.expected_active())

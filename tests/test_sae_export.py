@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sae.export import CONFIG_FILE, WEIGHTS_FILE, export_saelens, import_saelens
-from sae.model import SAEConfig, SparseAutoencoder
 from sae.files import load_tensors
+from sae.model import SAEConfig, SparseAutoencoder
 
 D, N = 12, 40
 
@@ -165,8 +165,17 @@ def test_foreign_layouts_fold_exactly(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec}, str(tmp_path / WEIGHTS_FILE))
-    cfg = {"architecture": "topk", "d_in": D, "d_sae": N, "k": 5, "dtype": "float32", "apply_b_dec_to_input": False,
-           "rescale_acts_by_decoder_norm": True, "normalize_activations": "none", "metadata": {"sae_lens_version": "6.54.12"}}
+    cfg = {
+        "architecture": "topk",
+        "d_in": D,
+        "d_sae": N,
+        "k": 5,
+        "dtype": "float32",
+        "apply_b_dec_to_input": False,
+        "rescale_acts_by_decoder_norm": True,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.54.12"},
+    }
     (tmp_path / CONFIG_FILE).write_text(json.dumps(cfg))
     sae = import_saelens(tmp_path)
     assert sae.config.arch == "topk" and sae.config.k == 5 and sae.config.decoder_norm == "unit"

@@ -79,9 +79,16 @@ def test_ensemble_of_three_equals_each_member_alone(setting, per_member_x, spars
     stacked = [torch.stack([getattr(s, name).detach() for s in saes]) for name in PARAMS]
     before = [t.clone() for t in (x, *stacked)]
     out = sae_loss_and_grads(
-        x, *stacked, arch=overrides["arch"], l1=torch.tensor(l1s, dtype=torch.float64), k=overrides.get("k", 0),
-        decoder_norm=overrides.get("decoder_norm", "unit"), aux_coef=saes[0].config.aux_coef, dead=dead, sparse=sparse,
-    )  # fmt: skip
+        x,
+        *stacked,
+        arch=overrides["arch"],
+        l1=torch.tensor(l1s, dtype=torch.float64),
+        k=overrides.get("k", 0),
+        decoder_norm=overrides.get("decoder_norm", "unit"),
+        aux_coef=saes[0].config.aux_coef,
+        dead=dead,
+        sparse=sparse,
+    )
     for t, b in zip((x, *stacked), before):
         assert torch.equal(t, b)  # no argument changed
     for e, sae in enumerate(saes):
@@ -148,14 +155,21 @@ def test_sparse_path_ignores_whatever_its_scratch_buffers_hold(monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(arch="relu", l1=0.05), dict(arch="relu", l1=0.05, decoder_norm="weighted_l1"), dict(arch="topk", k=3), dict(arch="batchtopk", k=3)],
+    [
+        dict(arch="relu", l1=0.05),
+        dict(arch="relu", l1=0.05, decoder_norm="weighted_l1"),
+        dict(arch="topk", k=3),
+        dict(arch="batchtopk", k=3),
+    ],
 )
 def test_trainer_with_kernel_ends_close_to_autograd(overrides):
     data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
     sc = SAEConfig(d_in=8, dict_size=24, **overrides)
     # dead_window of two batches: AuxK starts during the run for topk / batchtopk.
     runs = {
-        fused: Trainer(sc, TrainConfig(n_samples=64 * 8, batch_size=64, warmup_steps=2, dead_window=128, log_every=1, fused=fused)).fit(data)
+        fused: Trainer(
+            sc, TrainConfig(n_samples=64 * 8, batch_size=64, warmup_steps=2, dead_window=128, log_every=1, fused=fused)
+        ).fit(data)
         for fused in (False, True)
     }
     for name, v in runs[False].sae_.state_dict().items():

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from sae.inits import initialize
-from sae.model import SAEConfig, SAEOutput, SparseAutoencoder, max_pairwise_cos, orthogonality_active, orthogonality_full
+from sae.model import (
+    SAEConfig,
+    SAEOutput,
+    SparseAutoencoder,
+    max_pairwise_cos,
+    orthogonality_active,
+    orthogonality_full,
+)
 
 
 def _sae(**kw):
@@ -111,7 +118,9 @@ def test_orthogonality_penalty_lowers_max_pairwise_cos():
     res = {}
     for orth in (0.0, 1.0):
         cfg = SAEConfig(d_in=12, dict_size=24, l1=0.05, orth=orth)
-        res[orth] = max_pairwise_cos(train(cfg, TrainConfig(n_samples=256 * 300, batch_size=256, lr=3e-3), data).sae_.decoder)
+        res[orth] = max_pairwise_cos(
+            train(cfg, TrainConfig(n_samples=256 * 300, batch_size=256, lr=3e-3), data).sae_.decoder
+        )
     assert res[1.0] < res[0.0] - 0.05, res
 
 

@@ -3,7 +3,6 @@ folder, --force over a finished run that then fails, Ctrl-C, and --resume flags 
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -13,7 +12,19 @@ from sae.synthetic import TMSConfig, TMSData
 from sae.train import Trainer, load_sae
 from tests.cli_run import run
 
-TMS = ["--data", "tms", "--features", "12", "--dim", "6", "--eval-samples", "500", "--batch-size", "64", "--no-progress"]
+TMS = [
+    "--data",
+    "tms",
+    "--features",
+    "12",
+    "--dim",
+    "6",
+    "--eval-samples",
+    "500",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
 
 
 def _config(n):
@@ -91,12 +102,20 @@ def test_resume_refuses_flags_that_disagree_with_the_run(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(capsys, "sae", "train", *TMS, "--samples", 640, "--l1", "0.05", "--out", out)[0] == 0
     before = (out / "checkpoint.safetensors").read_bytes()
-    for extra, message in [(["--l1", "0.1"], "--l1 0.1 disagrees with the run"), (["--dict-size", "7"], "dict_size=24"),
-                           (["--seed", "5"], "seed=0"), (["--lr", "0.01"], "lr=0.001"), (["--arch", "topk"], "arch=relu"),
-                           (["--samples", "64"], "below the 640 samples"), (["--features", "20", "--data", "tms"], "features=20")]:
+    for extra, message in [
+        (["--l1", "0.1"], "--l1 0.1 disagrees with the run"),
+        (["--dict-size", "7"], "dict_size=24"),
+        (["--seed", "5"], "seed=0"),
+        (["--lr", "0.01"], "lr=0.001"),
+        (["--arch", "topk"], "arch=relu"),
+        (["--samples", "64"], "below the 640 samples"),
+        (["--features", "20", "--data", "tms"], "features=20"),
+    ]:
         code, _, err = run(capsys, "sae", "train", "--resume", "--out", out, "--no-progress", *extra)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
     assert (out / "checkpoint.safetensors").read_bytes() == before
     # the run's own values are accepted
-    code, _, err = run(capsys, "sae", "train", "--resume", "--out", out, "--no-progress", "--l1", "0.05", "--samples", "1280")
+    code, _, err = run(
+        capsys, "sae", "train", "--resume", "--out", out, "--no-progress", "--l1", "0.05", "--samples", "1280"
+    )
     assert code == 0, err

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sae.config import SAEConfig, TrainConfig
-from sae.files import CHECKPOINT, STATE, load_tensors
 from sae.ensemble import Ensemble
+from sae.files import CHECKPOINT, STATE, load_tensors
 from sae.sweep import SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, sweep, sweep_run
 from sae.synthetic import TMSConfig, TMSData
 from sae.train import Trainer, train
@@ -15,7 +15,10 @@ from sae.train import Trainer, train
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
 
-@pytest.mark.parametrize("arch, extra", [("relu", {}), ("relu", dict(decoder_norm="weighted_l1")), ("topk", dict(k=3)), ("batchtopk", dict(k=3))])
+@pytest.mark.parametrize(
+    "arch, extra",
+    [("relu", {}), ("relu", dict(decoder_norm="weighted_l1")), ("topk", dict(k=3)), ("batchtopk", dict(k=3))],
+)
 def test_every_member_ends_where_its_single_run_ends(arch, extra):
     data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
     # dead_window of two batches: AuxK joins the topk / batchtopk runs midway.
@@ -30,7 +33,9 @@ def test_every_member_ends_where_its_single_run_ends(arch, extra):
             member = res.saes[i][j]
             assert member.config == single.config
             for name in PARAMS:
-                torch.testing.assert_close(getattr(member, name), getattr(single, name), rtol=1e-5, atol=1e-6, msg=f"l1={l1} n={n} {name}")
+                torch.testing.assert_close(
+                    getattr(member, name), getattr(single, name), rtol=1e-5, atol=1e-6, msg=f"l1={l1} n={n} {name}"
+                )
     if arch == "relu" and not extra:  # the L1 coefficient matters: the two rows differ
         assert not torch.allclose(res.saes[0][0].W_dec, res.saes[1][0].W_dec)
 
@@ -41,7 +46,9 @@ def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp
     data = SharkeyData(SharkeyConfig(n_features=48, d=24, m=3.0, seed=1))  # the run's data: seeded by the run's seed
     out = tmp_path / "sweep"
     tc = TrainConfig(n_samples=512 * 1500, batch_size=512, lr=3e-3, seed=1)
-    rec = sweep_run(out, "sharkey", [0.3, 3.0], [0.5, 1.0, 2.0], {}, tc, dict(n_features=48, d=24, m=3.0), eval_samples=4000)
+    rec = sweep_run(
+        out, "sharkey", [0.3, 3.0], [0.5, 1.0, 2.0], {}, tc, dict(n_features=48, d=24, m=3.0), eval_samples=4000
+    )
     assert {p.name for p in out.iterdir()} == {SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, CHECKPOINT, STATE}
     assert (out / SWEEP_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / SWEEP_JSON).read_text())
@@ -70,10 +77,17 @@ def test_refusals_leave_nothing_behind(tmp_path):
     with pytest.raises(ValueError, match="repeated dictionary sizes"):
         sweep_run(tmp_path / "a", "tms", [0.1], [1.0, 1.01], {}, tc)
     with pytest.raises(ValueError, match="share every setting but l1"):
-        Ensemble([Trainer(SAEConfig(d_in=4, dict_size=8, k=k, arch="topk"), tc).build(data).groups[0].members()[0] for k in (2, 3)])
+        Ensemble(
+            [
+                Trainer(SAEConfig(d_in=4, dict_size=8, k=k, arch="topk"), tc).build(data).groups[0].members()[0]
+                for k in (2, 3)
+            ]
+        )
     x = torch.randn(256, 4)
     x[200, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"batch at step \d contains NaN or inf; training stopped, no checkpoint was written"):
+    with pytest.raises(
+        ValueError, match=r"batch at step \d contains NaN or inf; training stopped, no checkpoint was written"
+    ):
         sweep(x, [0.1], [8], {}, TrainConfig(n_samples=64 * 4, batch_size=64, init_samples=64))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("keep")
@@ -83,12 +97,15 @@ def test_refusals_leave_nothing_behind(tmp_path):
     assert not (tmp_path / "a").exists()
 
 
-@pytest.mark.parametrize("extra, train_extra", [
-    (dict(tied=True), {}),  # autograd through each member's forward
-    (dict(orth=0.1), {}),
-    ({}, dict(resample_every=6, resample_duplicates=0.5, dead_window=64)),  # the kernel, with resampling
-    ({}, dict(bf16=True)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, train_extra",
+    [
+        (dict(tied=True), {}),  # autograd through each member's forward
+        (dict(orth=0.1), {}),
+        ({}, dict(resample_every=6, resample_duplicates=0.5, dead_window=64)),  # the kernel, with resampling
+        ({}, dict(bf16=True)),
+    ],
+)
 def test_sweeps_have_what_single_runs_have_and_each_member_ends_where_its_single_run_ends(extra, train_extra):
     """Tied decoders, the orthogonality penalty, resampling and bf16 (refused by sweeps when they
     had a loop of their own) come from the one engine: every member equals its single run."""
@@ -101,19 +118,60 @@ def test_sweeps_have_what_single_runs_have_and_each_member_ends_where_its_single
             tol = dict(rtol=2e-2, atol=2e-3) if tc.bf16 else dict(rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(res.saes[i][0].state_dict()[name], v, **tol, msg=f"l1={l1} {name}")
     if train_extra.get("resample_every"):  # resampling did happen: a run without it ends elsewhere
-        plain = train(SAEConfig(d_in=8, dict_size=16, l1=0.05), TrainConfig(n_samples=64 * 24, batch_size=64, warmup_steps=5, seed=4), data).sae_
+        plain = train(
+            SAEConfig(d_in=8, dict_size=16, l1=0.05),
+            TrainConfig(n_samples=64 * 24, batch_size=64, warmup_steps=5, seed=4),
+            data,
+        ).sae_
         assert not torch.allclose(plain.W_dec, res.saes[0][0].W_dec, atol=1e-3)
 
 
 def test_a_stopped_sweep_resumes_to_the_same_weights(tmp_path):
     data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
-    full = sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7))
-    sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 11, batch_size=64, seed=2, resample_every=7), tmp_path)
+    full = sweep(
+        data,
+        [0.05, 0.3],
+        [12, 16],
+        dict(arch="batchtopk", k=3),
+        TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7),
+    )
+    sweep(
+        data,
+        [0.05, 0.3],
+        [12, 16],
+        dict(arch="batchtopk", k=3),
+        TrainConfig(n_samples=64 * 11, batch_size=64, seed=2, resample_every=7),
+        tmp_path,
+    )
     with pytest.raises(ValueError, match=r"sweep l1s is \[0.05, 0.5\] here but \[0.05, 0.3\] in the run"):
-        sweep(data, [0.05, 0.5], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7), tmp_path, resume=True)
+        sweep(
+            data,
+            [0.05, 0.5],
+            [12, 16],
+            dict(arch="batchtopk", k=3),
+            TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7),
+            tmp_path,
+            resume=True,
+        )
     with pytest.raises(ValueError, match="seed is 3 here but 2 in the run"):
-        sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=3, resample_every=7), tmp_path, resume=True)
-    resumed = sweep(data, [0.05, 0.3], [12, 16], dict(arch="batchtopk", k=3), TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7), tmp_path, resume=True)
+        sweep(
+            data,
+            [0.05, 0.3],
+            [12, 16],
+            dict(arch="batchtopk", k=3),
+            TrainConfig(n_samples=64 * 30, batch_size=64, seed=3, resample_every=7),
+            tmp_path,
+            resume=True,
+        )
+    resumed = sweep(
+        data,
+        [0.05, 0.3],
+        [12, 16],
+        dict(arch="batchtopk", k=3),
+        TrainConfig(n_samples=64 * 30, batch_size=64, seed=2, resample_every=7),
+        tmp_path,
+        resume=True,
+    )
     assert resumed.final_loss == full.final_loss
     for i in range(2):
         for j in range(2):

@@ -4,24 +4,32 @@ import numpy as np
 import pytest
 import torch
 
+from sae.engine import Engine
+from sae.files import CHECKPOINT, STATE
 from sae.metrics import evaluate, mmcs_signed
 from sae.model import SAEConfig
-from sae.files import CHECKPOINT, STATE
 from sae.synthetic import SharkeyConfig, SharkeyData, TMSConfig, TMSData
-from sae.engine import Engine
 from sae.train import TrainConfig, Trainer, load_sae, train
 
 
 def test_small_sharkey_features_are_recovered():
     data = SharkeyData(SharkeyConfig(n_features=48, d=24, m=3.0, seed=4))
     # l1 0.3: the soft threshold is l1/2 = 0.15 against coefficients U[0, 1) (0.1 leaves L0 ≈ 16 for m = 3).
-    res = train(SAEConfig(d_in=24, dict_size=64, l1=0.3), TrainConfig(n_samples=512 * 1500, batch_size=512, lr=3e-3, seed=1), data)
+    res = train(
+        SAEConfig(d_in=24, dict_size=64, l1=0.3),
+        TrainConfig(n_samples=512 * 1500, batch_size=512, lr=3e-3, seed=1),
+        data,
+    )
     x = data.sample(4000, torch.Generator().manual_seed(99))
     ev = evaluate(res.sae_, x, data.features)
     assert ev.mmcs_signed > 0.97, ev
     assert ev.frac_recovered_0_9 > 0.9, ev
     # An untrained SAE scores far lower: the number measures training, not the metric.
-    untrained = Trainer(SAEConfig(d_in=24, dict_size=64, l1=0.1), TrainConfig(n_samples=512, batch_size=512)).build(data).groups[0]
+    untrained = (
+        Trainer(SAEConfig(d_in=24, dict_size=64, l1=0.1), TrainConfig(n_samples=512, batch_size=512))
+        .build(data)
+        .groups[0]
+    )
     assert mmcs_signed(data.features, untrained.decoders()[0].detach()) < 0.6
 
 
@@ -33,7 +41,11 @@ def _weights(sae):
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, arch):
     data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
     sc = SAEConfig(d_in=8, dict_size=24, arch=arch, k=3, l1=0.05)
-    full = train(sc, TrainConfig(n_samples=64 * 40, batch_size=64, warmup_steps=10, dead_window=640, resample_every=15, seed=3), data).sae_
+    full = train(
+        sc,
+        TrainConfig(n_samples=64 * 40, batch_size=64, warmup_steps=10, dead_window=640, resample_every=15, seed=3),
+        data,
+    ).sae_
     tc = TrainConfig(n_samples=64 * 17, batch_size=64, warmup_steps=10, dead_window=640, resample_every=15, seed=3)
     Trainer(sc, tc, tmp_path).fit(data)
     resumed = Trainer.resume(tmp_path, n_samples=64 * 40).fit(data).sae_
@@ -73,7 +85,9 @@ def test_resampling_revives_dead_latents():
     data = TMSData(TMSConfig(n_features=16, d=8, sparsity=0.8, seed=1))
 
     def run(resample_every):
-        tc = TrainConfig(n_samples=128 * 200, batch_size=128, dead_window=128 * 20, resample_every=resample_every, seed=0)
+        tc = TrainConfig(
+            n_samples=128 * 200, batch_size=128, dead_window=128 * 20, resample_every=resample_every, seed=0
+        )
         engine = Trainer(SAEConfig(d_in=8, dict_size=32, l1=0.05), tc).build(data)
         with torch.no_grad():
             engine.groups[0].b_enc[0, :16] = -20.0  # seeded to be dead: never fire on this data
@@ -149,7 +163,9 @@ def test_one_shot_iterators_are_refused_and_re_iterables_resume_exactly(tmp_path
     with pytest.raises(ValueError, match="one-shot iterator"):
         train(sc, TrainConfig(n_samples=64 * 12, batch_size=64), iter(batches))
     full = train(sc, TrainConfig(n_samples=64 * 12, batch_size=64), _Again(batches)).sae_
-    assert torch.equal(full.W_enc, train(sc, TrainConfig(n_samples=64 * 12, batch_size=64), batches).sae_.W_enc)  # list = re-iterable
+    assert torch.equal(
+        full.W_enc, train(sc, TrainConfig(n_samples=64 * 12, batch_size=64), batches).sae_.W_enc
+    )  # list = re-iterable
     Trainer(sc, TrainConfig(n_samples=64 * 5, batch_size=64), tmp_path).fit(_Again(batches))
     resumed = Trainer.resume(tmp_path, n_samples=64 * 12).fit(_Again(batches)).sae_  # skips the 5 batches it trained on
     assert torch.equal(resumed.W_enc, full.W_enc)
@@ -160,8 +176,14 @@ def test_one_shot_iterators_are_refused_and_re_iterables_resume_exactly(tmp_path
 def test_bf16_autocast_trains_as_fp32_does():
     # (the old check, "last loss < 1.5 x first", compared a one-entry history with itself)
     data = TMSData(TMSConfig(n_features=12, d=6, sparsity=0.8))
-    runs = {bf: train(SAEConfig(d_in=6, dict_size=12, l1=0.05), TrainConfig(n_samples=128 * 200, batch_size=128, bf16=bf, log_every=10), data)
-            for bf in (True, False)}
+    runs = {
+        bf: train(
+            SAEConfig(d_in=6, dict_size=12, l1=0.05),
+            TrainConfig(n_samples=128 * 200, batch_size=128, bf16=bf, log_every=10),
+            data,
+        )
+        for bf in (True, False)
+    }
     bf16, fp32 = runs[True], runs[False]
     assert len(bf16.history_) == 20 and bf16.history_[-1]["loss"] < 0.5 * bf16.history_[0]["loss"]  # it learned
     assert abs(bf16.history_[-1]["loss"] - fp32.history_[-1]["loss"]) < 0.02 * fp32.history_[-1]["loss"]
@@ -171,7 +193,9 @@ def test_bf16_autocast_trains_as_fp32_does():
 def test_lr_schedule_warms_up_holds_and_decays_linearly_to_zero():
     from sae.engine import lr_at
 
-    tc = TrainConfig(n_samples=100 * 8, batch_size=8, lr=0.5, warmup_steps=10, lr_decay=0.2)  # 100 steps, decay over the last 20
+    tc = TrainConfig(
+        n_samples=100 * 8, batch_size=8, lr=0.5, warmup_steps=10, lr_decay=0.2
+    )  # 100 steps, decay over the last 20
     assert [lr_at(s, tc) for s in (0, 4, 9, 50, 79)] == pytest.approx([0.05, 0.25, 0.5, 0.5, 0.5])
     assert [lr_at(s, tc) for s in (80, 90, 99)] == pytest.approx([0.5, 0.25, 0.025])
     assert lr_at(99, TrainConfig(n_samples=800, batch_size=8, lr=0.5, warmup_steps=10)) == 0.5  # no decay by default
@@ -179,7 +203,9 @@ def test_lr_schedule_warms_up_holds_and_decays_linearly_to_zero():
 
 def test_resampling_splits_a_planted_duplicate_towards_a_residual():
     data = SharkeyData(SharkeyConfig(n_features=24, d=16, m=2.0, seed=2))
-    tc = TrainConfig(n_samples=256 * 4, batch_size=256, resample_every=1, resample_duplicates=0.9, resample_samples=2048, seed=0)
+    tc = TrainConfig(
+        n_samples=256 * 4, batch_size=256, resample_every=1, resample_duplicates=0.9, resample_samples=2048, seed=0
+    )
     tr = Trainer(SAEConfig(d_in=16, dict_size=24, l1=0.1), tc).build(data)
     x = tr.source.batch(0)
     g = tr.groups[0]  # the one member's tensors are g.W_dec[0], ...
@@ -188,7 +214,11 @@ def test_resampling_splits_a_planted_duplicate_towards_a_residual():
         g.W_enc[0, :, 5] = -g.W_enc[0, :, 3] * 0.5
         g.b_enc[0, 5] = g.b_enc[0, 3] * 0.5
     for p in g.parameters():  # Adam moments everywhere, so the reset shows
-        tr.opts[0].state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.ones_like(p), "exp_avg_sq": torch.ones_like(p)}
+        tr.opts[0].state[p] = {
+            "step": torch.tensor(1.0),
+            "exp_avg": torch.ones_like(p),
+            "exp_avg_sq": torch.ones_like(p),
+        }
     pool = tr.resample_pool(x)  # a function of seed and step: the inputs resample() draws from
     with torch.no_grad():
         residual = torch.nn.functional.normalize(pool - g.member_forward(0, pool, train=False).recon, dim=-1)
@@ -213,14 +243,23 @@ def test_resampling_stops_where_the_lr_decay_begins(monkeypatch):
     Trainer(SAEConfig(d_in=6, dict_size=8), tc).fit(torch.randn(640, 6))
     assert steps == [5, 10, 15, 20, 25]
     steps.clear()
-    Trainer(SAEConfig(d_in=6, dict_size=8), TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=5)).fit(torch.randn(640, 6))
+    Trainer(SAEConfig(d_in=6, dict_size=8), TrainConfig(n_samples=64 * 40, batch_size=64, resample_every=5)).fit(
+        torch.randn(640, 6)
+    )
     assert steps == [5, 10, 15, 20, 25, 30, 35]
 
 
 @pytest.mark.parametrize("towards", ["input", "residual"])
 def test_dead_latents_point_at_an_input_or_at_its_residual(towards):
     data = SharkeyData(SharkeyConfig(n_features=24, d=16, m=2.0, seed=2))
-    tc = TrainConfig(n_samples=256 * 4, batch_size=256, resample_every=1, resample_dead_towards=towards, resample_samples=2048, dead_window=256)
+    tc = TrainConfig(
+        n_samples=256 * 4,
+        batch_size=256,
+        resample_every=1,
+        resample_dead_towards=towards,
+        resample_samples=2048,
+        dead_window=256,
+    )
     tr = Trainer(SAEConfig(d_in=16, dict_size=24, l1=0.1), tc).build(data)
     g = tr.groups[0]
     x = tr.source.batch(0)
@@ -241,7 +280,9 @@ def test_dead_latents_point_at_an_input_or_at_its_residual(towards):
 def test_a_fixed_zero_decoder_bias_lets_an_sae_on_constant_gradients_find_them():
     """The x² toy's gradients are all w_out: a learned b_dec absorbs it (the dictionary learns
     nothing), b_dec fixed at 0 puts it into a decoder row."""
-    w = torch.nn.functional.normalize(torch.randn(16, generator=torch.Generator().manual_seed(0)), dim=0)  # seeded: not the test order's
+    w = torch.nn.functional.normalize(
+        torch.randn(16, generator=torch.Generator().manual_seed(0)), dim=0
+    )  # seeded: not the test order's
     grads = w.repeat(2048, 1)
     tc = TrainConfig(n_samples=256 * 300, batch_size=256, lr=3e-3)
     fixed = train(SAEConfig(d_in=16, dict_size=8, l1=0.3, learn_b_dec=False), tc, grads).sae_

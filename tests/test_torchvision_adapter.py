@@ -61,7 +61,7 @@ FAKE_TORCHVISION = '''
 __version__ = "0.0-fake"
 '''
 
-FAKE_MODELS = '''
+FAKE_MODELS = """
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -98,7 +98,7 @@ def get_model(name, weights=None, **kwargs):
     if weights is not None:
         raise RuntimeError("no network")
     return TinyNet()
-'''
+"""
 
 
 @pytest.fixture

@@ -36,7 +36,9 @@ def test_superposition_truth_is_represented_columns():
     assert s.n_directions == 4 and s.hungarian_mean_cos <= 4 / n_truth + 1e-9
 
 
-@pytest.mark.parametrize("bad, name", [({"n_hidden": 0}, "n_hidden=0"), ({"steps": -1}, "steps=-1"), ({"bogus": 1}, "bogus")])
+@pytest.mark.parametrize(
+    "bad, name", [({"n_hidden": 0}, "n_hidden=0"), ({"steps": -1}, "steps=-1"), ({"bogus": 1}, "bogus")]
+)
 def test_bad_options(bad, name):
     with pytest.raises(ValueError, match=name):
         make_toy("x2", **bad)

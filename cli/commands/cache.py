@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 
-
 def run(args) -> int:
     import shutil
 
@@ -30,7 +29,9 @@ def run(args) -> int:
 
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         if not args.force:
-            raise FileExistsError(f"--out {args.out} holds other files; give an empty or new folder, or --force to replace it")
+            raise FileExistsError(
+                f"--out {args.out} holds other files; give an empty or new folder, or --force to replace it"
+            )
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"folder {parent} does not exist; create it first")
@@ -41,15 +42,31 @@ def run(args) -> int:
     inputs, is_text, _ = model_inputs(adapter, args, context=args.context, tokens=args.tokens, n_default=360)
     if args.force and out.exists():
         shutil.rmtree(out)
-    manifest = cache_activations(adapter, layer, out, inputs, is_text=is_text, dtype=args.dtype, gradients=args.gradients, tokens=args.tokens,
-                                 batch_size=args.batch_size, progress=not args.no_progress,
-                                 meta={"context": args.context if is_text else None})  # fmt: skip
+    manifest = cache_activations(
+        adapter,
+        layer,
+        out,
+        inputs,
+        is_text=is_text,
+        dtype=args.dtype,
+        gradients=args.gradients,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        meta={"context": args.context if is_text else None},
+    )
     stream = sys.stderr if args.json == "-" else sys.stdout
-    print(f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows of width {manifest['width']} ({manifest['dtype']}) "
-          f"in {len(manifest['shards'])} shards -> {args.out}", file=stream)  # fmt: skip
+    print(
+        f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows of width {manifest['width']} ({manifest['dtype']}) "
+        f"in {len(manifest['shards'])} shards -> {args.out}",
+        file=stream,
+    )
     from cli.output import write_json
 
-    write_json({k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"]), "out": args.out}, args.json)
+    write_json(
+        {k: v for k, v in manifest.items() if k != "shards"} | {"n_shards": len(manifest["shards"]), "out": args.out},
+        args.json,
+    )
     return 0
 
 
@@ -57,17 +74,42 @@ def register(sub) -> None:
     from cli.experiments.cache import GRADIENT_TARGETS
     from cli.modelargs import add_model_args
 
-    p = sub.add_parser("cache", help="store a layer's activations (and gradients) on disk for SAE training", description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "cache",
+        help="store a layer's activations (and gradients) on disk for SAE training",
+        description=__doc__.splitlines()[0],
+    )
     add_model_args(p)
-    p.add_argument("--layer", required=True, metavar="NAME", help="the layer whose output is stored (e.g. blocks.6.mlp.hook_pre, conv2)")
-    p.add_argument("--input", action="append", default=[], metavar="PATH",
-                   help="GPT-2: a text file; other models: input files (.npy, images); default: the model's bundled inputs")  # fmt: skip
-    p.add_argument("--n", type=int, default=360, help="without --input: the first N bundled inputs (default 360, the digits test split)")
+    p.add_argument(
+        "--layer",
+        required=True,
+        metavar="NAME",
+        help="the layer whose output is stored (e.g. blocks.6.mlp.hook_pre, conv2)",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="GPT-2: a text file; other models: input files (.npy, images); default: the model's bundled inputs",
+    )
+    p.add_argument(
+        "--n",
+        type=int,
+        default=360,
+        help="without --input: the first N bundled inputs (default 360, the digits test split)",
+    )
     p.add_argument("--tokens", type=int, help="store at most this many rows (GPT-2: tokens)")
     p.add_argument("--context", type=int, default=128, help="GPT-2: tokens per context, BOS included (default 128)")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float32", help="stored dtype (default float32)")
-    p.add_argument("--gradients", choices=sorted(GRADIENT_TARGETS), metavar="TARGET",
-                   help="also store the gradient of TARGET w.r.t. each row: loss (GPT-2's next-token loss) or logit (the predicted class's)")  # fmt: skip
+    p.add_argument(
+        "--dtype", choices=["float16", "bfloat16", "float32"], default="float32", help="stored dtype (default float32)"
+    )
+    p.add_argument(
+        "--gradients",
+        choices=sorted(GRADIENT_TARGETS),
+        metavar="TARGET",
+        help="also store the gradient of TARGET w.r.t. each row: loss (GPT-2's next-token loss) or logit (the predicted class's)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="the store folder (re-run to resume an interrupted one)")
     p.add_argument("--json", metavar="PATH", help="write the manifest summary as JSON to PATH ('-' for stdout)")

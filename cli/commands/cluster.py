@@ -26,15 +26,24 @@ def load_points(args):
     if spec.startswith("gpt2"):
         if not args.input:
             raise ValueError("GPT-2 clustering needs --input: a text file or a folder of .txt files")
-        return protocols.gpt2_points(adapter, args.layer, args.input, max_sequences=args.max_sequences,
-                                     skip=args.skip, per_seq=args.per_seq, progress=not args.no_progress)
+        return protocols.gpt2_points(
+            adapter,
+            args.layer,
+            args.input,
+            max_sequences=args.max_sequences,
+            skip=args.skip,
+            per_seq=args.per_seq,
+            progress=not args.no_progress,
+        )
     if spec == "inceptionv1" or spec.startswith("torchvision"):
         if not args.input:
             raise ValueError(f"{spec} clustering needs --input FOLDER of images")
         layer = args.layer or ("mixed4a" if spec == "inceptionv1" else None)
         if layer is None:
             raise ValueError("give --layer (an activation layer of the model)")
-        return protocols.image_points(adapter, layer, args.input, position=_position(args.position), progress=not args.no_progress)
+        return protocols.image_points(
+            adapter, layer, args.input, position=_position(args.position), progress=not args.no_progress
+        )
     if args.input:
         return protocols.array_points(adapter, args.layer, args.input, progress=not args.no_progress)
     if spec == "digits":
@@ -47,9 +56,9 @@ def codes_points(path: str, layer: str | None):
     import numpy as np
     import torch
 
+    from polylens.clustering.points import LayerPoints
     from polylens.lens.codes import SplineCodes
     from polylens.models.base import npy_error
-    from polylens.clustering.points import LayerPoints
 
     p = Path(path)
     if not p.is_file():
@@ -66,14 +75,22 @@ def codes_points(path: str, layer: str | None):
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise ValueError(f"--codes {path} must be shaped [n_points, n_units], got {arr.shape}")
         if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
-            raise ValueError(f"--codes {path} must hold only 0/1 values (spline codes); it holds other values ({arr.dtype})")
-        codes = SplineCodes.from_preactivations({"codes": torch.from_numpy(arr.astype(np.float32) - 0.5)},
-                                                provenance={"model": f"codes file {p.name}"})
+            raise ValueError(
+                f"--codes {path} must hold only 0/1 values (spline codes); it holds other values ({arr.dtype})"
+            )
+        codes = SplineCodes.from_preactivations(
+            {"codes": torch.from_numpy(arr.astype(np.float32) - 0.5)}, provenance={"model": f"codes file {p.name}"}
+        )
     else:
         raise ValueError(f"--codes {path} must be a .npz from 'polylens codes' or a 0/1 .npy")
     model = codes.provenance.get("model") or f"codes file {p.name}"
-    return LayerPoints(model, ",".join(codes.layer_names), codes, None,
-                       examples=[{"input": i} for i in codes.provenance.get("input_ids", range(len(codes)))])
+    return LayerPoints(
+        model,
+        ",".join(codes.layer_names),
+        codes,
+        None,
+        examples=[{"input": i} for i in codes.provenance.get("input_ids", range(len(codes)))],
+    )
 
 
 def _position(text: str | None):
@@ -92,9 +109,9 @@ def run(args) -> int:
     import numpy as np
 
     from cli.output import check_output_dir, check_outputs, write_dir, write_json
-    from sae.files import finite
     from polylens.clustering.analysis import cluster_layer
     from polylens.clustering.report_html import render_html, summary_figures
+    from sae.files import finite
 
     check_output_dir(args.out, args.force)
     check_outputs(args.force, inputs=[args.input, args.codes, args.weights], json=args.json)
@@ -106,9 +123,17 @@ def run(args) -> int:
             raise ValueError(f"--{flag.replace('_', '-')}={v} must be a positive integer")
     points = load_points(args)
     on = args.on or ("both" if points.activations is not None else "codes")
-    params = {"min_cluster_size": args.min_cluster_size, "min_samples": args.min_samples, "max_dense": args.max_dense,
-              "knn": args.knn, "sample": args.sample, "random_state": args.seed, "n_clusters": args.n_clusters,
-              "progress": not args.no_progress, "verbose": True}
+    params = {
+        "min_cluster_size": args.min_cluster_size,
+        "min_samples": args.min_samples,
+        "max_dense": args.max_dense,
+        "knn": args.knn,
+        "sample": args.sample,
+        "random_state": args.seed,
+        "n_clusters": args.n_clusters,
+        "progress": not args.no_progress,
+        "verbose": True,
+    }
     result, labelings = cluster_layer(points, method=args.method, on=on, params=params)
     figures = summary_figures(result, points.codes.words)
     page = render_html(result, points, figures)
@@ -126,11 +151,21 @@ def run(args) -> int:
     summary = {k: v for k, v in result.to_json().items() if k != "clusters"}
     summary["out"] = args.out
     stream = sys.stderr if args.json == "-" else sys.stdout
-    print(f"{result.model} {result.layer}: {result.n_points} points, {result.n_unique_codes} distinct codes, {result.method}", file=stream)
+    print(
+        f"{result.model} {result.layer}: {result.n_points} points, {result.n_unique_codes} distinct codes, {result.method}",
+        file=stream,
+    )
     for space, res in result.on.items():
         if res:
-            extra = "" if res["nmi"] is None else f"  purity {_num(res['purity'])}  NMI {_num(res['nmi'])}  ARI {_num(res['ari'])}"
-            print(f"  {space:<20} {res['n_clusters']:>5} clusters  noise {res['noise_frac']:.3f}  [{res['route']}]{extra}", file=stream)
+            extra = (
+                ""
+                if res["nmi"] is None
+                else f"  purity {_num(res['purity'])}  NMI {_num(res['nmi'])}  ARI {_num(res['ari'])}"
+            )
+            print(
+                f"  {space:<20} {res['n_clusters']:>5} clusters  noise {res['noise_frac']:.3f}  [{res['route']}]{extra}",
+                file=stream,
+            )
     if result.agreement_ari is not None:
         print(f"  ARI codes vs activations: {result.agreement_ari:.3f}", file=stream)
     print(f"  -> {args.out}/labels.npy, clusters.json, report.html ({result.seconds:.1f} s)", file=stream)
@@ -144,23 +179,77 @@ def _num(value) -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cluster", help="cluster spline codes (and activations beside them); labels, JSON and an HTML report",
-                       description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "cluster",
+        help="cluster spline codes (and activations beside them); labels, JSON and an HTML report",
+        description=__doc__.splitlines()[0],
+    )
     add_model_args(p)
-    p.add_argument("--layer", metavar="L", help="activation layer (digits: fc1; gpt2: blocks.L.mlp.hook_pre, default the middle block; inceptionv1: mixed4a)")
-    p.add_argument("--input", metavar="PATH", help="gpt2: a text file or folder of .txt; images: a folder; FILE.py models: an .npy of inputs")
-    p.add_argument("--codes", metavar="FILE", help="cluster codes from 'polylens codes' (.npz) or a 0/1 .npy [n_points, n_units] instead of running a model")
-    p.add_argument("--on", choices=["codes", "activations", "both"], help="what to cluster (default both; codes with --codes)")
-    p.add_argument("--method", choices=["hdbscan", "kmedoids", "agglomerative"], default="hdbscan", help="clusterer (default hdbscan)")
-    p.add_argument("--min-cluster-size", type=int, default=10, metavar="N", help="HDBSCAN's smallest cluster (default 10)")
-    p.add_argument("--min-samples", type=int, metavar="N", help="HDBSCAN's core neighbours, the point included (default: min-cluster-size)")
-    p.add_argument("--n-clusters", type=int, default=10, metavar="K", help="k-medoids / agglomerative: number of clusters (default 10)")
-    p.add_argument("--max-dense", type=int, default=20000, metavar="N", help="exact dense route up to N distinct points, a k-NN graph beyond (default 20000)")
-    p.add_argument("--knn", choices=["auto", "exact", "hnsw"], default="auto", help="k-NN graph beyond --max-dense: exact, faiss HNSW (approximate, recall reported), auto")
-    p.add_argument("--sample", type=int, metavar="N", help="fit on N sampled points, assign the rest by HDBSCAN's prediction rule")
+    p.add_argument(
+        "--layer",
+        metavar="L",
+        help="activation layer (digits: fc1; gpt2: blocks.L.mlp.hook_pre, default the middle block; inceptionv1: mixed4a)",
+    )
+    p.add_argument(
+        "--input",
+        metavar="PATH",
+        help="gpt2: a text file or folder of .txt; images: a folder; FILE.py models: an .npy of inputs",
+    )
+    p.add_argument(
+        "--codes",
+        metavar="FILE",
+        help="cluster codes from 'polylens codes' (.npz) or a 0/1 .npy [n_points, n_units] instead of running a model",
+    )
+    p.add_argument(
+        "--on", choices=["codes", "activations", "both"], help="what to cluster (default both; codes with --codes)"
+    )
+    p.add_argument(
+        "--method",
+        choices=["hdbscan", "kmedoids", "agglomerative"],
+        default="hdbscan",
+        help="clusterer (default hdbscan)",
+    )
+    p.add_argument(
+        "--min-cluster-size", type=int, default=10, metavar="N", help="HDBSCAN's smallest cluster (default 10)"
+    )
+    p.add_argument(
+        "--min-samples",
+        type=int,
+        metavar="N",
+        help="HDBSCAN's core neighbours, the point included (default: min-cluster-size)",
+    )
+    p.add_argument(
+        "--n-clusters",
+        type=int,
+        default=10,
+        metavar="K",
+        help="k-medoids / agglomerative: number of clusters (default 10)",
+    )
+    p.add_argument(
+        "--max-dense",
+        type=int,
+        default=20000,
+        metavar="N",
+        help="exact dense route up to N distinct points, a k-NN graph beyond (default 20000)",
+    )
+    p.add_argument(
+        "--knn",
+        choices=["auto", "exact", "hnsw"],
+        default="auto",
+        help="k-NN graph beyond --max-dense: exact, faiss HNSW (approximate, recall reported), auto",
+    )
+    p.add_argument(
+        "--sample", type=int, metavar="N", help="fit on N sampled points, assign the rest by HDBSCAN's prediction rule"
+    )
     p.add_argument("--position", metavar="H,W", help="image models: the spatial position (default the centre)")
     p.add_argument("--max-sequences", type=int, metavar="N", help="gpt2: use at most N sequences")
-    p.add_argument("--skip", type=int, default=100, metavar="N", help="gpt2: skip the first N positions of each sequence (default 100)")
+    p.add_argument(
+        "--skip",
+        type=int,
+        default=100,
+        metavar="N",
+        help="gpt2: skip the first N positions of each sequence (default 100)",
+    )
     p.add_argument("--per-seq", type=int, default=6, metavar="N", help="gpt2: positions taken per sequence (default 6)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: labels.npy, clusters.json, report.html")

@@ -15,9 +15,23 @@ def summary(codes) -> dict:
     layers = []
     for slot in codes.layers:
         part = bits[:, slot.offset : slot.offset + slot.size]
-        layers.append({"name": slot.name, "kind": slot.kind, "units": slot.size, "shape": list(slot.shape), "fraction_on": float(part.mean())})
+        layers.append(
+            {
+                "name": slot.name,
+                "kind": slot.kind,
+                "units": slot.size,
+                "shape": list(slot.shape),
+                "fraction_on": float(part.mean()),
+            }
+        )
     distinct = len({row.tobytes() for row in codes.words})
-    return {"model": codes.provenance.get("model"), "n_inputs": len(codes), "n_units": codes.n_units, "distinct_codes": distinct, "layers": layers}
+    return {
+        "model": codes.provenance.get("model"),
+        "n_inputs": len(codes),
+        "n_units": codes.n_units,
+        "distinct_codes": distinct,
+        "layers": layers,
+    }
 
 
 def run(args) -> int:
@@ -43,30 +57,62 @@ def run(args) -> int:
         if len(position) != 2:
             raise ValueError(f"--position {args.position!r} must be H,W (two integers), e.g. 3,3")
     codes = extract_codes(
-        adapter, inputs, layers, soft=args.soft, beta=args.beta, input_ids=ids, per_position=args.per_position, position=position, batch_size=args.batch_size,
+        adapter,
+        inputs,
+        layers,
+        soft=args.soft,
+        beta=args.beta,
+        input_ids=ids,
+        per_position=args.per_position,
+        position=position,
+        batch_size=args.batch_size,
         progress=not args.no_progress,
     )
     codes.provenance.update({k: v for k, v in adapter.provenance.items() if k not in codes.provenance})
     write_with(args.out, codes.save)
     info = summary(codes)
     stream = sys.stderr if args.json == "-" else sys.stdout
-    print(f"{info['n_inputs']} inputs, {info['n_units']} units, {info['distinct_codes']} distinct codes -> {args.out}", file=stream)
+    print(
+        f"{info['n_inputs']} inputs, {info['n_units']} units, {info['distinct_codes']} distinct codes -> {args.out}",
+        file=stream,
+    )
     for layer in info["layers"]:
-        print(f"  {layer['name']:<32} {layer['kind']:<10} {layer['units']:>8} units  {100 * layer['fraction_on']:5.1f}% on", file=stream)
+        print(
+            f"  {layer['name']:<32} {layer['kind']:<10} {layer['units']:>8} units  {100 * layer['fraction_on']:5.1f}% on",
+            file=stream,
+        )
     write_json({**info, "out": args.out}, args.json)
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("codes", help="spline codes of inputs at activation layers, bit-packed to an .npz", description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "codes",
+        help="spline codes of inputs at activation layers, bit-packed to an .npz",
+        description=__doc__.splitlines()[0],
+    )
     add_model_args(p)
-    p.add_argument("--layer", action="append", default=[], metavar="NAME", help="activation layer (name or wildcard; repeatable or comma-separated; default: all)")
-    p.add_argument("--input", action="append", default=[], metavar="X", help="an input: .npy/image file, index into the model's default inputs, or text (repeatable)")
+    p.add_argument(
+        "--layer",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="activation layer (name or wildcard; repeatable or comma-separated; default: all)",
+    )
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="X",
+        help="an input: .npy/image file, index into the model's default inputs, or text (repeatable)",
+    )
     p.add_argument("--n", type=int, default=16, help="without --input: code the first N default inputs (default 16)")
     p.add_argument("--soft", action="store_true", help="also store probabilistic codes (Φ(z) for GELU, σ(βz) for SiLU)")
     p.add_argument("--beta", type=float, default=1.0, help="β of the SiLU/Swish soft code σ(βz) (default 1)")
     p.add_argument("--per-position", action="store_true", help="one code per token position ([n, seq, d] layers)")
-    p.add_argument("--position", metavar="H,W", help="conv layers: code only the channel vector at spatial position H,W")
+    p.add_argument(
+        "--position", metavar="H,W", help="conv layers: code only the channel vector at spatial position H,W"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default 64)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="where to write the codes")
     p.add_argument("--json", metavar="PATH", help="write a JSON summary to PATH ('-' for stdout)")

@@ -30,7 +30,10 @@ def format_table(result) -> str:
         "-" * len(head),
     ]
     for name, scores in rows:
-        lines.append(f"{name:<16}" + "".join(f"{scores[k]:>20.4f}" if isinstance(scores[k], float) else f"{scores[k]:>20}" for k in keys))
+        lines.append(
+            f"{name:<16}"
+            + "".join(f"{scores[k]:>20.4f}" if isinstance(scores[k], float) else f"{scores[k]:>20}" for k in keys)
+        )
     return "\n".join(lines)
 
 
@@ -54,7 +57,9 @@ def run(args) -> int:
     from cli.output import check_outputs, write_json, write_with
 
     if args.setup is None and args.model is None:
-        raise ValueError("one of --setup or --model is required: --setup x2|superposition (a toy with ground truth) or --model SPEC --layer NAME")
+        raise ValueError(
+            "one of --setup or --model is required: --setup x2|superposition (a toy with ground truth) or --model SPEC --layer NAME"
+        )
     if args.setup is not None and args.model is not None:
         raise ValueError("give --setup (a toy) or --model (a model's layer), not both")
     if args.model is not None:
@@ -68,8 +73,12 @@ def run(args) -> int:
         raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
     options = _options_from_args(args)
     check_outputs(args.force, json=args.json, plot=args.plot)
-    sae = SAEOptions(dict_size=args.sae_dict, l1=args.sae_l1, enabled=not args.no_sae,
-                     **({} if args.sae_steps is None else {"steps": args.sae_steps}))
+    sae = SAEOptions(
+        dict_size=args.sae_dict,
+        l1=args.sae_l1,
+        enabled=not args.no_sae,
+        **({} if args.sae_steps is None else {"steps": args.sae_steps}),
+    )
     for flag, value in (("--sae-dict", sae.dict_size), ("--sae-steps", sae.steps)):
         if value is not None and value <= 0:
             raise ValueError(f"{flag}={value} must be a positive integer")
@@ -104,35 +113,66 @@ def register(sub) -> None:
     g.add_argument("--no-bias", action="store_true", help="x2: no bias in the hidden layer and read-out")
     g.add_argument("--features", type=int, help="superposition: number of sparse features n, default 40")
     g.add_argument("--p-active", type=float, help="superposition: probability a feature is active, default 0.05")
-    g.add_argument("--importance-decay", type=float, help="superposition: importance of feature i is decay**i, default 1")
+    g.add_argument(
+        "--importance-decay", type=float, help="superposition: importance of feature i is decay**i, default 1"
+    )
     g.add_argument("--steps", type=int, help="training steps (default 3000)")
     from cli.experiments.sae_methods import LayerSAEOptions, SAEOptions
     from cli.modelargs import add_model_args
 
     add_model_args(p)
     m = p.add_argument_group("a model's layer (--model; no ground truth: what the directions do)")
-    m.add_argument("--layer", metavar="NAME", help="the layer whose directions are compared (e.g. conv2, blocks.6.mlp.hook_pre)")
-    m.add_argument("--target", help="what the gradients differentiate: logits (default), loss (needs labels or text), predicted, or a class index")
-    m.add_argument("--input", action="append", default=[], metavar="PATH",
-                   help="GPT-2: a text file; other models: input files; default: the model's bundled inputs (digits: its 360 test images)")  # fmt: skip
+    m.add_argument(
+        "--layer", metavar="NAME", help="the layer whose directions are compared (e.g. conv2, blocks.6.mlp.hook_pre)"
+    )
+    m.add_argument(
+        "--target",
+        help="what the gradients differentiate: logits (default), loss (needs labels or text), predicted, or a class index",
+    )
+    m.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="GPT-2: a text file; other models: input files; default: the model's bundled inputs (digits: its 360 test images)",
+    )
     m.add_argument("--n", type=int, help="how many inputs (bundled ones, or GPT-2 contexts from --input)")
     m.add_argument("--context", type=int, help="GPT-2 with --input: tokens per context, BOS included (default 64)")
     m.add_argument("--k", type=int, help="top-k directions per method (default 10; at most the layer width)")
-    m.add_argument("--ablation", default="mean", help="how directions are ablated: mean (default: the activations' component along them is replaced by "
-                   "the mean activation's) or project (set to 0)")  # fmt: skip
+    m.add_argument(
+        "--ablation",
+        default="mean",
+        help="how directions are ablated: mean (default: the activations' component along them is replaced by "
+        "the mean activation's) or project (set to 0)",
+    )
     s = p.add_argument_group("SAE methods (toys: ReLU+L1 on the hidden activations; --model: TopK SAEs)")
     s.add_argument("--no-sae", action="store_true", help="leave the SAEs out")
-    s.add_argument("--sae-dict", type=int, help="dictionary size (toys: 2 x max(ground-truth count, width); --model: 4 x the layer width)")
-    s.add_argument("--sae-l1", type=float, default=SAEOptions.l1, help=f"toys: L1 coefficient (default {SAEOptions.l1})")
-    s.add_argument("--sae-k", type=int, help="--model: active latents per row of the TopK SAEs (default max(2, min(32, width // 8)))")
-    s.add_argument("--sae-steps", type=int, help=f"training steps of batch 256 (toys: default {SAEOptions.steps}; --model: {LayerSAEOptions.steps})")
+    s.add_argument(
+        "--sae-dict",
+        type=int,
+        help="dictionary size (toys: 2 x max(ground-truth count, width); --model: 4 x the layer width)",
+    )
+    s.add_argument(
+        "--sae-l1", type=float, default=SAEOptions.l1, help=f"toys: L1 coefficient (default {SAEOptions.l1})"
+    )
+    s.add_argument(
+        "--sae-k",
+        type=int,
+        help="--model: active latents per row of the TopK SAEs (default max(2, min(32, width // 8)))",
+    )
+    s.add_argument(
+        "--sae-steps",
+        type=int,
+        help=f"training steps of batch 256 (toys: default {SAEOptions.steps}; --model: {LayerSAEOptions.steps})",
+    )
     p.set_defaults(handler=run)
 
 
 def format_layer_table(result: dict) -> str:
     k = result["k"]
     head = f"{'method':<16}{'n':>4}{'act. variance':>15}{'grad. energy':>14}{f'KL@{k}':>12}" + (
-        f"{f'acc. drop@{k}':>14}" if any(m["ablation"]["accuracy_drop"] for m in result["methods"].values()) else "")
+        f"{f'acc. drop@{k}':>14}" if any(m["ablation"]["accuracy_drop"] for m in result["methods"].values()) else ""
+    )
     lines = [
         f"{result['model']} {result['layer']}: {result['n_rows']:,} rows of width {result['width']} from {result['n_inputs']} inputs; "
         f"target {result['target']} ({result['gradient_rows']}); top-{k} directions, {result['ablation']}-ablated",
@@ -142,8 +182,10 @@ def format_layer_table(result: dict) -> str:
     for name, m in result["methods"].items():
         ab = m["ablation"]
         drop = ab["accuracy_drop"]
-        lines.append(f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}{ab['kl'][-1]:>12.4g}"
-                     + (f"{drop[-1]:>14.4f}" if drop else ""))  # fmt: skip
+        lines.append(
+            f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}{ab['kl'][-1]:>12.4g}"
+            + (f"{drop[-1]:>14.4f}" if drop else "")
+        )
     return "\n".join(lines)
 
 
@@ -163,27 +205,51 @@ def run_model_layer(args) -> int:
         raise ValueError("--model needs --layer NAME: the layer whose directions are compared")
     if args.ablation not in ABLATIONS:
         raise ValueError(f"--ablation {args.ablation!r}: choose {' or '.join(ABLATIONS)}")
-    for flag, value in (("--k", args.k), ("--n", args.n), ("--sae-dict", args.sae_dict), ("--sae-k", args.sae_k),
-                        ("--sae-steps", args.sae_steps), ("--context", args.context)):  # fmt: skip
+    for flag, value in (
+        ("--k", args.k),
+        ("--n", args.n),
+        ("--sae-dict", args.sae_dict),
+        ("--sae-k", args.sae_k),
+        ("--sae-steps", args.sae_steps),
+        ("--context", args.context),
+    ):
         if value is not None and value <= 0:
             raise ValueError(f"{flag}={value} must be a positive integer")
     check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json, plot=args.plot)
     adapter = load_from_args(args)
     layer = adapter.check_layer(args.layer)
     inputs, is_text, labels = model_inputs(adapter, args, context=args.context or 64)
-    sae = LayerSAEOptions(dict_size=args.sae_dict, k=args.sae_k, enabled=not args.no_sae,
-                          **({} if args.sae_steps is None else {"steps": args.sae_steps}))
+    sae = LayerSAEOptions(
+        dict_size=args.sae_dict,
+        k=args.sae_k,
+        enabled=not args.no_sae,
+        **({} if args.sae_steps is None else {"steps": args.sae_steps}),
+    )
     if args.k is None:
         from polylens.capture import capture
         from polylens.rows import rows_of
 
         args.k = min(10, rows_of(capture(adapter.module, inputs[:1], [layer]).activations[layer], is_text).shape[1])
-    result, _ = compare_layer(adapter, layer, inputs, target=args.target or "logits", k=args.k, is_text=is_text, labels=labels, seed=args.seed,
-                              ablation=args.ablation, sae=sae, progress=not args.no_progress)  # fmt: skip
+    result, _ = compare_layer(
+        adapter,
+        layer,
+        inputs,
+        target=args.target or "logits",
+        k=args.k,
+        is_text=is_text,
+        labels=labels,
+        seed=args.seed,
+        ablation=args.ablation,
+        sae=sae,
+        progress=not args.no_progress,
+    )
     print(format_layer_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.plot:
         from polylens.plots import plot_layer_comparison
 
-        write_with(args.plot, lambda tmp: plot_layer_comparison(result, tmp, f"polylens compare --model {adapter.name} --layer {layer}"))
+        write_with(
+            args.plot,
+            lambda tmp: plot_layer_comparison(result, tmp, f"polylens compare --model {adapter.name} --layer {layer}"),
+        )
     write_json(result, args.json)
     return 0

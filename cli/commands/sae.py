@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import sys
 
-DATA_HELP = "sharkey (Sharkey et al. ground truth, default), tms (toy-models features), or a .npy/.safetensors [N, d] array"
+DATA_HELP = (
+    "sharkey (Sharkey et al. ground truth, default), tms (toy-models features), or a .npy/.safetensors [N, d] array"
+)
 
 
 def _data_options(args) -> dict:
     """Synthetic-data flags -> config fields, refusing flags that do not apply to the chosen data."""
-    flags = {"features": ("n_features", ("sharkey", "tms")), "dim": ("d", ("sharkey", "tms")), "active": ("m", ("sharkey",)),
-             "uncorrelated": ("correlated", ("sharkey",)), "sparsity": ("sparsity", ("tms",)),
-             "scale_sigma": ("scale_sigma", ("sharkey",))}
+    flags = {
+        "features": ("n_features", ("sharkey", "tms")),
+        "dim": ("d", ("sharkey", "tms")),
+        "active": ("m", ("sharkey",)),
+        "uncorrelated": ("correlated", ("sharkey",)),
+        "sparsity": ("sparsity", ("tms",)),
+        "scale_sigma": ("scale_sigma", ("sharkey",)),
+    }
     options = {}
     for flag, (field, kinds) in flags.items():
         value = getattr(args, flag, None)
@@ -34,8 +41,18 @@ def _positive(args, *names) -> None:
 
 
 def _sae_fields(args) -> dict:
-    fields = {"arch": args.arch, "l1": args.l1, "k": args.k, "init": args.init, "orth": args.orth, "orth_full": args.orth_full,
-              "decoder_norm": args.decoder_norm, "tied": args.tied, "init_blend": args.init_blend, "init_matrix": args.init_matrix or ""}
+    fields = {
+        "arch": args.arch,
+        "l1": args.l1,
+        "k": args.k,
+        "init": args.init,
+        "orth": args.orth,
+        "orth_full": args.orth_full,
+        "decoder_norm": args.decoder_norm,
+        "tied": args.tied,
+        "init_blend": args.init_blend,
+        "init_matrix": args.init_matrix or "",
+    }
     if args.init_matrix and args.init != "svd":
         raise ValueError("--init-matrix is read by --init svd only")
     if args.dict_size is not None:
@@ -50,17 +67,36 @@ def _train_config(args, samples_default: int):
     from sae.config import TrainConfig
 
     return TrainConfig(
-        n_samples=args.samples or samples_default, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, seed=args.seed,
-        lr_decay=args.lr_decay, resample_every=args.resample_every, resample_duplicates=args.resample_duplicates,
+        n_samples=args.samples or samples_default,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        seed=args.seed,
+        lr_decay=args.lr_decay,
+        resample_every=args.resample_every,
+        resample_duplicates=args.resample_duplicates,
         resample_dead_towards=args.resample_dead_towards,
-        checkpoint_every=args.checkpoint_every, bf16=args.bf16, device=args.device,
-        progress=not args.no_progress and sys.stderr.isatty(), dead_window=args.dead_window,
+        checkpoint_every=args.checkpoint_every,
+        bf16=args.bf16,
+        device=args.device,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        dead_window=args.dead_window,
     )
 
 
 def _summary(record: dict) -> str:
     ev = record["evaluation"]
-    keys = ["mmcs_signed", "mmcs_signed_learned", "hungarian_mean_cos", "frac_recovered_0_9", "mean_l2_ratio", "l0", "explained_variance", "dead_fraction", "shrinkage"]
+    keys = [
+        "mmcs_signed",
+        "mmcs_signed_learned",
+        "hungarian_mean_cos",
+        "frac_recovered_0_9",
+        "mean_l2_ratio",
+        "l0",
+        "explained_variance",
+        "dead_fraction",
+        "shrinkage",
+    ]
     return "\n".join(f"{k:<22}{ev[k]:.4f}" for k in keys if ev.get(k) == ev.get(k))  # skip NaN (no ground truth)
 
 
@@ -73,14 +109,28 @@ def _emit(record: dict, json_path: str | None, summary: str) -> None:
 
 # flag -> (section of the recorded run, field): what --resume must not silently change
 RESUME_FIELDS = {
-    "--arch": ("sae", "arch"), "--k": ("sae", "k"), "--init": ("sae", "init"), "--init-blend": ("sae", "init_blend"),
+    "--arch": ("sae", "arch"),
+    "--k": ("sae", "k"),
+    "--init": ("sae", "init"),
+    "--init-blend": ("sae", "init_blend"),
     "--init-matrix": ("sae", "init_matrix"),
-    "--orth": ("sae", "orth"), "--orth-full": ("sae", "orth_full"), "--decoder-norm": ("sae", "decoder_norm"),
-    "--tied": ("sae", "tied"), "--dict-size": ("sae", "dict_size"), "--l1": ("sae", "l1"),
-    "--batch-size": ("train", "batch_size"), "--lr": ("train", "lr"), "--warmup": ("train", "warmup_steps"),
-    "--seed": ("train", "seed"), "--lr-decay": ("train", "lr_decay"), "--resample-every": ("train", "resample_every"),
-    "--resample-duplicates": ("train", "resample_duplicates"), "--resample-dead-towards": ("train", "resample_dead_towards"),
-    "--dead-window": ("train", "dead_window"), "--checkpoint-every": ("train", "checkpoint_every"), "--bf16": ("train", "bf16"),
+    "--orth": ("sae", "orth"),
+    "--orth-full": ("sae", "orth_full"),
+    "--decoder-norm": ("sae", "decoder_norm"),
+    "--tied": ("sae", "tied"),
+    "--dict-size": ("sae", "dict_size"),
+    "--l1": ("sae", "l1"),
+    "--batch-size": ("train", "batch_size"),
+    "--lr": ("train", "lr"),
+    "--warmup": ("train", "warmup_steps"),
+    "--seed": ("train", "seed"),
+    "--lr-decay": ("train", "lr_decay"),
+    "--resample-every": ("train", "resample_every"),
+    "--resample-duplicates": ("train", "resample_duplicates"),
+    "--resample-dead-towards": ("train", "resample_dead_towards"),
+    "--dead-window": ("train", "dead_window"),
+    "--checkpoint-every": ("train", "checkpoint_every"),
+    "--bf16": ("train", "bf16"),
 }
 
 
@@ -88,9 +138,9 @@ def check_resume_flags(args) -> None:
     """Refuse, on --resume, any flag that disagrees with the run being continued (its value named)."""
     from pathlib import Path
 
-    from sae.runs import RUN
-    from sae.files import read_json
     from sae.engine import read_checkpoint
+    from sae.files import read_json
+    from sae.runs import RUN
 
     out = Path(args.out)
     if not (out / "checkpoint.safetensors").is_file():
@@ -101,19 +151,27 @@ def check_resume_flags(args) -> None:
         if flag in given:
             ours, theirs = getattr(args, flag[2:].replace("-", "_")), state[section].get(field)
             if ours != theirs:
-                raise ValueError(f"{flag} {ours} disagrees with the run in {out} ({field}={theirs}); --resume continues the run as it was: "
-                                 "drop the flag, or start a new run with another --out")
+                raise ValueError(
+                    f"{flag} {ours} disagrees with the run in {out} ({field}={theirs}); --resume continues the run as it was: "
+                    "drop the flag, or start a new run with another --out"
+                )
     done = state["step"] * state["train"]["batch_size"]
     if args.samples is not None and args.samples < done:
-        raise ValueError(f"--samples {args.samples} is below the {done} samples the run in {out} has already trained; give at least that")
+        raise ValueError(
+            f"--samples {args.samples} is below the {done} samples the run in {out} has already trained; give at least that"
+        )
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
     recorded = run.get("data", {})
     if args.data_given and recorded.get("spec") not in (None, args.data):
-        raise ValueError(f"--data {args.data} disagrees with the run in {out} (data {recorded.get('spec')}); drop it to resume on the run's data")
+        raise ValueError(
+            f"--data {args.data} disagrees with the run in {out} (data {recorded.get('spec')}); drop it to resume on the run's data"
+        )
     options = _data_options(args)
     for key, value in options.items():
         if recorded.get("options", {}).get(key) != value:
-            raise ValueError(f"the data option {key}={value} disagrees with the run in {out} ({key}={recorded.get('options', {}).get(key)})")
+            raise ValueError(
+                f"the data option {key}={value} disagrees with the run in {out} ({key}={recorded.get('options', {}).get(key)})"
+            )
 
 
 def run_train(args) -> int:
@@ -131,7 +189,15 @@ def run_train(args) -> int:
         progress = not args.no_progress and sys.stderr.isatty()
         record = resume_run(args.out, args.samples, data, options if data else None, eval_samples, progress)
     else:
-        record = train_run(args.out, args.data, _sae_fields(args), _train_config(args, TrainConfig.n_samples), options, eval_samples, args.force)
+        record = train_run(
+            args.out,
+            args.data,
+            _sae_fields(args),
+            _train_config(args, TrainConfig.n_samples),
+            options,
+            eval_samples,
+            args.force,
+        )
     if record.get("rank"):  # a data-parallel run: rank 0 reports
         return 0
     _emit(record, args.json, f"trained {record['steps']} steps -> {args.out}\n" + _summary(record))
@@ -149,11 +215,18 @@ def run_eval(args) -> int:
     if args.plot:
         best = record.get("best_signed_cos") or []
         if not best:
-            raise ValueError("--plot draws the per-feature best cosines, which need ground truth (synthetic data: sharkey or tms)")
+            raise ValueError(
+                "--plot draws the per-feature best cosines, which need ground truth (synthetic data: sharkey or tms)"
+            )
         from cli.output import write_with
         from sae.metrics import plot_best_signed_cos
 
-        write_with(args.plot, lambda tmp: plot_best_signed_cos(best, tmp, f"{args.dir}: mmcs_signed {record['evaluation']['mmcs_signed']:.3f}"))
+        write_with(
+            args.plot,
+            lambda tmp: plot_best_signed_cos(
+                best, tmp, f"{args.dir}: mmcs_signed {record['evaluation']['mmcs_signed']:.3f}"
+            ),
+        )
     _emit(record, args.json, _summary(record))
     return 0
 
@@ -169,8 +242,18 @@ def run_sweep(args) -> int:
     ratios = _floats(args.ratios, "--ratios")
     fields = _sae_fields(args)
     fields.pop("l1")
-    record = sweep_run(args.out, args.data, l1s, ratios, fields, _train_config(args, TrainConfig.n_samples), _data_options(args), args.eval_samples or 20_000,
-                       force=args.force, resume=args.resume)  # fmt: skip
+    record = sweep_run(
+        args.out,
+        args.data,
+        l1s,
+        ratios,
+        fields,
+        _train_config(args, TrainConfig.n_samples),
+        _data_options(args),
+        args.eval_samples or 20_000,
+        force=args.force,
+        resume=args.resume,
+    )
     if record.get("rank"):
         return 0
     _emit(record, args.json, f"swept {len(l1s)} L1 x {len(ratios)} ratios -> {args.out}\n" + record["table"])
@@ -204,8 +287,15 @@ def _add_data(p, default="sharkey") -> None:
     g.add_argument("--active", type=float, help="sharkey: expected active features per sample (default 5)")
     g.add_argument("--uncorrelated", action="store_true", help="sharkey: independent firing (no Gaussian copula)")
     g.add_argument("--sparsity", type=float, help="tms: probability a feature is 0 (default 0.95)")
-    g.add_argument("--scale-sigma", type=float, metavar="S", help="sharkey: per-feature coefficient scales, log-normal with sigma S (default 0: equal)")
-    p.add_argument("--eval-samples", type=int, help="held-out samples for the evaluation (default 20000; eval: the run's)")
+    g.add_argument(
+        "--scale-sigma",
+        type=float,
+        metavar="S",
+        help="sharkey: per-feature coefficient scales, log-normal with sigma S (default 0: equal)",
+    )
+    p.add_argument(
+        "--eval-samples", type=int, help="held-out samples for the evaluation (default 20000; eval: the run's)"
+    )
     p.add_argument("--json", metavar="PATH", help="write the result as JSON to PATH ('-' for stdout)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
@@ -217,31 +307,80 @@ def _add_model_and_training(p) -> None:
     t = TrainConfig.__dataclass_fields__
     g = p.add_argument_group("SAE")
     g.add_argument("--arch", choices=ARCHS, default="relu", help="relu (+L1), topk or batchtopk (default relu)")
-    g.add_argument("--k", type=int, default=d["k"].default, help=f"active latents for topk/batchtopk (default {d['k'].default})")
-    g.add_argument("--init", choices=INITS, default="kaiming", help="initialisation scheme (default kaiming; svd: the layer's weight matrix)")
-    g.add_argument("--init-matrix", metavar="FILE.safetensors:KEY", help="svd init: the weight matrix of the layer (default: the activation store's)")
-    g.add_argument("--init-blend", type=float, default=d["init_blend"].default, help="data init: weight of the data sample (default 0.8)")
+    g.add_argument(
+        "--k", type=int, default=d["k"].default, help=f"active latents for topk/batchtopk (default {d['k'].default})"
+    )
+    g.add_argument(
+        "--init",
+        choices=INITS,
+        default="kaiming",
+        help="initialisation scheme (default kaiming; svd: the layer's weight matrix)",
+    )
+    g.add_argument(
+        "--init-matrix",
+        metavar="FILE.safetensors:KEY",
+        help="svd init: the weight matrix of the layer (default: the activation store's)",
+    )
+    g.add_argument(
+        "--init-blend",
+        type=float,
+        default=d["init_blend"].default,
+        help="data init: weight of the data sample (default 0.8)",
+    )
     g.add_argument("--orth", type=float, default=0.0, help="decoder orthogonality penalty weight (default 0: off)")
-    g.add_argument("--orth-full", action="store_true", help="O(n^2) orthogonality penalty over all latents (small dictionaries)")
-    g.add_argument("--decoder-norm", choices=DECODER_NORMS, default="unit", help="unit-norm decoder rows, or L1 weighted by row norm")
+    g.add_argument(
+        "--orth-full", action="store_true", help="O(n^2) orthogonality penalty over all latents (small dictionaries)"
+    )
+    g.add_argument(
+        "--decoder-norm",
+        choices=DECODER_NORMS,
+        default="unit",
+        help="unit-norm decoder rows, or L1 weighted by row norm",
+    )
     g.add_argument("--tied", action="store_true", help="tie the decoder to the encoder")
     h = p.add_argument_group("training")
     h.add_argument("--samples", type=int, help=f"training samples (default {t['n_samples'].default})")
     h.add_argument("--batch-size", type=int, default=t["batch_size"].default, help=f"default {t['batch_size'].default}")
     h.add_argument("--lr", type=float, default=t["lr"].default, help=f"Adam learning rate (default {t['lr'].default})")
     h.add_argument("--warmup", type=int, default=t["warmup_steps"].default, help="linear warm-up steps")
-    h.add_argument("--seed", type=int, default=0, help="seed of the init, the batches and the synthetic data (default 0)")
-    h.add_argument("--lr-decay", type=float, default=0.0, metavar="S",
-                   help="the lr falls linearly to 0 over the last share S of the steps; resampling stops there (default 0)")  # fmt: skip
-    h.add_argument("--resample-every", type=int, default=t["resample_every"].default,
-                   help="every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never")  # fmt: skip
-    h.add_argument("--resample-duplicates", type=float, default=0.0, metavar="COS",
-                   help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)")  # fmt: skip
-    h.add_argument("--resample-dead-towards", choices=RESAMPLE_TARGETS, default="input",
-                   help="a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat")  # fmt: skip
-    h.add_argument("--dead-window", type=int, default=None,
-                   help="samples without firing that make a latent dead (default 1000000 for relu, 100000 for topk/batchtopk)")
-    h.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)")
+    h.add_argument(
+        "--seed", type=int, default=0, help="seed of the init, the batches and the synthetic data (default 0)"
+    )
+    h.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the lr falls linearly to 0 over the last share S of the steps; resampling stops there (default 0)",
+    )
+    h.add_argument(
+        "--resample-every",
+        type=int,
+        default=t["resample_every"].default,
+        help="every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never",
+    )
+    h.add_argument(
+        "--resample-duplicates",
+        type=float,
+        default=0.0,
+        metavar="COS",
+        help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)",
+    )
+    h.add_argument(
+        "--resample-dead-towards",
+        choices=RESAMPLE_TARGETS,
+        default="input",
+        help="a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat",
+    )
+    h.add_argument(
+        "--dead-window",
+        type=int,
+        default=None,
+        help="samples without firing that make a latent dead (default 1000000 for relu, 100000 for topk/batchtopk)",
+    )
+    h.add_argument(
+        "--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)"
+    )
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     h.add_argument("--device", default="cpu", help="torch device (default cpu)")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -250,32 +389,62 @@ def _add_model_and_training(p) -> None:
 def register(sub) -> None:
     from sae.config import SAEConfig
 
-    p = sub.add_parser("sae", help="train and evaluate sparse autoencoders (ground-truth synthetic data or your activations)", description=__doc__.splitlines()[0])
+    p = sub.add_parser(
+        "sae",
+        help="train and evaluate sparse autoencoders (ground-truth synthetic data or your activations)",
+        description=__doc__.splitlines()[0],
+    )
     cmds = p.add_subparsers(dest="sae_command", metavar="{train,eval,sweep}", parser_class=type(p))
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
     t = cmds.add_parser("train", help="train one SAE into a folder (checkpoint + SAELens export + evaluation)")
     _add_data(t)
     t.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint, saelens/, run.json)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out (same seed, same batches; --samples may raise the total)")
-    t.add_argument("--dict-size", type=int, help="latents (default 2 x the true features for sharkey/tms, 2 x d for a file)")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (same seed, same batches; --samples may raise the total)",
+    )
+    t.add_argument(
+        "--dict-size", type=int, help="latents (default 2 x the true features for sharkey/tms, 2 x d for a file)"
+    )
     l1 = SAEConfig.__dataclass_fields__["l1"].default
-    t.add_argument("--l1", type=float, default=l1, help=f"L1 coefficient (relu; default {l1}: soft threshold ~l1/2 with unit decoder rows)")
+    t.add_argument(
+        "--l1",
+        type=float,
+        default=l1,
+        help=f"L1 coefficient (relu; default {l1}: soft threshold ~l1/2 with unit decoder rows)",
+    )
     _add_model_and_training(t)
     t.set_defaults(handler=run_train)
 
     e = cmds.add_parser("eval", help="evaluate a trained SAE folder (or a SAELens folder)")
     e.add_argument("dir", metavar="DIR", help="run folder from 'sae train', or a SAELens folder with cfg.json")
     _add_data(e, default=None)
-    e.add_argument("--plot", metavar="PATH", help="write a PNG histogram of the per-feature best cosines (synthetic data)")
+    e.add_argument(
+        "--plot", metavar="PATH", help="write a PNG histogram of the per-feature best cosines (synthetic data)"
+    )
     e.set_defaults(handler=run_eval)
 
     s = cmds.add_parser("sweep", help="train a grid of L1 x dictionary ratio as one batched ensemble")
     _add_data(s)
-    s.add_argument("--out", required=True, metavar="DIR", help="folder for sweep.json, the heatmap PNG, the weights and the checkpoint")
-    s.add_argument("--resume", action="store_true", help="continue the sweep in --out (give its grid and settings again; --samples may raise the total)")
+    s.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for sweep.json, the heatmap PNG, the weights and the checkpoint",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out (give its grid and settings again; --samples may raise the total)",
+    )
     s.add_argument("--l1s", default="0.01,0.03,0.1,0.3,1", help="comma-separated L1 coefficients")
-    s.add_argument("--ratios", default="0.5,1,2,4", help="comma-separated dictionary sizes as multiples of the number of true features (or of d for files)")
+    s.add_argument(
+        "--ratios",
+        default="0.5,1,2,4",
+        help="comma-separated dictionary sizes as multiples of the number of true features (or of d for files)",
+    )
     s.add_argument("--dict-size", type=int, help=argparse_suppress())
     s.add_argument("--l1", type=float, default=0.0, help=argparse_suppress())
     _add_model_and_training(s)

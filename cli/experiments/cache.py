@@ -8,13 +8,14 @@ one per spatial position for a conv layer (its channel vector), one per input ot
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from polylens.rows import rows_of
 
-
-GRADIENT_TARGETS = {"loss": "the next-token loss summed over the context (GPT-2)", "logit": "the logit of the predicted class (classifiers)"}
+GRADIENT_TARGETS = {
+    "loss": "the next-token loss summed over the context (GPT-2)",
+    "logit": "the logit of the predicted class (classifiers)",
+}
 
 
 def layer_weight(adapter, layer: str):
@@ -48,8 +49,10 @@ def text_contexts(adapter, path: str, context: int, tokens: int | None):
     ids = adapter.tokenize(text)
     step = context - 1
     if len(ids) < step:
-        raise ValueError(f"--input {path} holds {len(ids)} tokens, fewer than one context of {context} (BOS + {step}); "
-                         "give more text or a smaller --context")  # fmt: skip
+        raise ValueError(
+            f"--input {path} holds {len(ids)} tokens, fewer than one context of {context} (BOS + {step}); "
+            "give more text or a smaller --context"
+        )
     n = len(ids) // step
     if tokens is not None:
         n = min(n, -(-tokens // step))
@@ -63,15 +66,29 @@ def _target(kind: str, is_text: bool, tokens):
     from polylens.targets import Target
 
     if kind == "loss" and not is_text:
-        raise ValueError("--gradients loss is the next-token loss of a language model; for a classifier use --gradients logit")
+        raise ValueError(
+            "--gradients loss is the next-token loss of a language model; for a classifier use --gradients logit"
+        )
     if kind == "logit" and is_text:
         raise ValueError("--gradients logit is for classifiers; for GPT-2 use --gradients loss")
     return Target("loss" if kind == "loss" else "predicted", 0, is_text).fn(tokens=tokens)
 
 
-def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: bool = False, dtype: str = "float32",
-                      gradients: str | None = None, tokens: int | None = None, batch_size: int = 16, shard_rows: int | None = None,
-                      progress: bool = False, meta: dict | None = None) -> dict:  # fmt: skip
+def cache_activations(
+    adapter,
+    layer: str,
+    out: str | Path,
+    inputs,
+    *,
+    is_text: bool = False,
+    dtype: str = "float32",
+    gradients: str | None = None,
+    tokens: int | None = None,
+    batch_size: int = 16,
+    shard_rows: int | None = None,
+    progress: bool = False,
+    meta: dict | None = None,
+) -> dict:
     """Run ``adapter`` on ``inputs`` (a batch at a time) up to ``layer`` and write the rows into the
     store at ``out`` (resuming an incomplete one); returns the manifest."""
     import torch
@@ -88,15 +105,24 @@ def cache_activations(adapter, layer: str, out: str | Path, inputs, *, is_text: 
     elt = torch.finfo(DTYPES[dtype]).bits // 8
     shard_rows = shard_rows or max(1024, min(1 << 20, (256 << 20) // (elt * width)))
     what = None if gradients is None else GRADIENT_TARGETS[gradients]
-    writer = StoreWriter(out, width=width, dtype=dtype, shard_rows=shard_rows, gradients=what, weight=layer_weight(adapter, layer),
-                         meta={"model": adapter.name, "layer": layer, "tokens": total, **(meta or {})})  # fmt: skip
+    writer = StoreWriter(
+        out,
+        width=width,
+        dtype=dtype,
+        shard_rows=shard_rows,
+        gradients=what,
+        weight=layer_weight(adapter, layer),
+        meta={"model": adapter.name, "layer": layer, "tokens": total, **(meta or {})},
+    )
     if writer.complete:
         raise FileExistsError(f"the store {out} is complete; pass --force to write it again")
     start = writer.rows_done // per_input  # resume: the input holding the first row not yet stored
     writer.begin(start * per_input)
     from polylens.progress import progress_bar
 
-    bar = progress_bar(total, f"cache {layer}", unit="tok" if is_text else "row", enabled=progress, initial=writer.rows_done)
+    bar = progress_bar(
+        total, f"cache {layer}", unit="tok" if is_text else "row", enabled=progress, initial=writer.rows_done
+    )
     done = start * per_input
     try:
         for lo in range(start, inputs.shape[0], batch_size):
@@ -125,7 +151,13 @@ class LiveLayer:
     def __init__(self, adapter, layer: str, inputs, *, is_text: bool = False, batch_size: int = 16):
         from polylens.capture import capture
 
-        self.adapter, self.layer, self.inputs, self.is_text, self.batch_size = adapter, layer, inputs, is_text, batch_size
+        self.adapter, self.layer, self.inputs, self.is_text, self.batch_size = (
+            adapter,
+            layer,
+            inputs,
+            is_text,
+            batch_size,
+        )
         first = rows_of(capture(adapter.module, inputs[:1], [layer]).activations[layer], is_text)
         self.per_input, self.d = first.shape
 
@@ -135,6 +167,10 @@ class LiveLayer:
         from polylens.capture import capture
 
         k = -(-n // self.per_input)
-        idx = torch.randint(0, self.inputs.shape[0], (k,), generator=generator, device=getattr(generator, "device", "cpu"))
-        got = capture(self.adapter.module, self.inputs[idx.cpu()], [self.layer], batch_size=self.batch_size).activations[self.layer]
+        idx = torch.randint(
+            0, self.inputs.shape[0], (k,), generator=generator, device=getattr(generator, "device", "cpu")
+        )
+        got = capture(
+            self.adapter.module, self.inputs[idx.cpu()], [self.layer], batch_size=self.batch_size
+        ).activations[self.layer]
         return rows_of(got, self.is_text)[:n]

@@ -21,11 +21,15 @@ def _check_eval_mode(module) -> None:
 
     norms = [name for name, m in module.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if module.training and norms:
-        raise ValueError(f"the model is in training mode and has batch-norm layers ({', '.join(norms[:3])}): its per-sample gradients would "
-                         "mix the batch's samples; put it in eval mode (model.eval()) first")  # fmt: skip
+        raise ValueError(
+            f"the model is in training mode and has batch-norm layers ({', '.join(norms[:3])}): its per-sample gradients would "
+            "mix the batch's samples; put it in eval mode (model.eval()) first"
+        )
 
 
-def capture_rows(adapter, layer: str, inputs, target, *, is_text: bool, labels=None, batch_size: int = 32, progress: bool = False):
+def capture_rows(
+    adapter, layer: str, inputs, target, *, is_text: bool, labels=None, batch_size: int = 32, progress: bool = False
+):
     """The layer's rows ``A [n, d]``, their Jacobian rows ``J [n, c, d]`` (c = the target's
     columns) and the model's output on ``inputs``, a batch at a time."""
     import torch
@@ -39,7 +43,11 @@ def capture_rows(adapter, layer: str, inputs, target, *, is_text: bool, labels=N
     for lo in range(0, inputs.shape[0], batch_size):
         bar.update(min(batch_size, inputs.shape[0] - lo))
         batch = inputs[lo : lo + batch_size]
-        fn = target.fn(tokens=batch if is_text else None, labels=None if labels is None else labels[lo : lo + batch_size], offset=lo)
+        fn = target.fn(
+            tokens=batch if is_text else None,
+            labels=None if labels is None else labels[lo : lo + batch_size],
+            offset=lo,
+        )
         got = capture(adapter.module, batch, [layer], target=fn, keep_output=True)
         outs.append(got.output)
         acts.append(rows_of(got.activations[layer], is_text).float())
@@ -75,8 +83,8 @@ def layer_directions(A, J, k: int, seed: int, sae: LayerSAEOptions | None = Laye
     """
     import torch
 
-    from polylens.directions.finders import LIB, ActivationPCA, GradientPCA
     from polylens.directions.ablation import random_directions
+    from polylens.directions.finders import LIB, ActivationPCA, GradientPCA
 
     d = A.shape[1]
     found = {
@@ -103,9 +111,21 @@ def layer_directions(A, J, k: int, seed: int, sae: LayerSAEOptions | None = Laye
     return found
 
 
-def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int = 10, is_text: bool = False, labels=None,
-                  seed: int = 0, ablation: str = "mean", sae: LayerSAEOptions | None = LayerSAEOptions(),
-                  batch_size: int = 32, progress: bool = False) -> tuple[dict, dict]:  # fmt: skip
+def compare_layer(
+    adapter,
+    layer: str,
+    inputs,
+    *,
+    target: str = "logits",
+    k: int = 10,
+    is_text: bool = False,
+    labels=None,
+    seed: int = 0,
+    ablation: str = "mean",
+    sae: LayerSAEOptions | None = LayerSAEOptions(),
+    batch_size: int = 32,
+    progress: bool = False,
+) -> tuple[dict, dict]:
     """Run every method on ``layer`` of ``adapter`` over ``inputs`` and measure its directions.
 
     target: ``logits``, ``loss``, ``predicted`` or a class index (``polylens.targets``);
@@ -120,7 +140,6 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
     from polylens.rows import rows_of
     from polylens.targets import parse_target
 
-
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation {ablation!r} is unknown; choose {' or '.join(ABLATIONS)}")
     module = adapter.module
@@ -128,16 +147,21 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
     with torch.no_grad():
         first = capture(module, inputs[:1], [layer], keep_output=True)
     if first.output is None:
-        raise ValueError(f"model {adapter.name} does not return a tensor; compare reads its output as logits [batch, classes] (or [batch, positions, vocabulary])")
+        raise ValueError(
+            f"model {adapter.name} does not return a tensor; compare reads its output as logits [batch, classes] (or [batch, positions, vocabulary])"
+        )
     width = rows_of(first.activations[layer], is_text).shape[1]
     if not isinstance(k, int) or not 1 <= k <= width:
         raise ValueError(f"--k {k} must be between 1 and the layer's width {width} ({layer})")
     tgt = parse_target(target, first.output.shape, is_text=is_text, has_labels=labels is not None, seed=seed)
-    A, J, reference = capture_rows(adapter, layer, inputs, tgt, is_text=is_text, labels=labels, batch_size=batch_size,
-                                progress=progress)
+    A, J, reference = capture_rows(
+        adapter, layer, inputs, tgt, is_text=is_text, labels=labels, batch_size=batch_size, progress=progress
+    )
     if not bool(J.abs().sum() > 0):
-        raise ValueError(f"the gradient of the target with respect to {layer} is zero on every input: there is no gradient energy to share out; "
-                         "pick another layer or --target")  # fmt: skip
+        raise ValueError(
+            f"the gradient of the target with respect to {layer} is zero on every input: there is no gradient energy to share out; "
+            "pick another layer or --target"
+        )
     directions = layer_directions(A, J, k, seed, sae)
     ks = ablation_ks(k)
     mean = A.double().mean(0).numpy()
@@ -145,8 +169,19 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
     for name, D in directions.items():
         m_ks = [j for j in ks if j <= D.shape[0]] or [D.shape[0]]
         var, grad = subspace_shares(D, A, J, m_ks)
-        curve = ablation_curve(module, inputs, layer, D, m_ks, is_text=is_text, mode=ablation, mean=mean, labels=labels,
-                               reference=reference, batch_size=batch_size)  # fmt: skip
+        curve = ablation_curve(
+            module,
+            inputs,
+            layer,
+            D,
+            m_ks,
+            is_text=is_text,
+            mode=ablation,
+            mean=mean,
+            labels=labels,
+            reference=reference,
+            batch_size=batch_size,
+        )
         methods[name] = {
             "n_directions": int(D.shape[0]),
             "activation_variance": var[-1],
@@ -169,5 +204,3 @@ def compare_layer(adapter, layer: str, inputs, *, target: str = "logits", k: int
         "agreement": {"methods": names, "mmcs": matrix},
     }
     return result, directions
-
-

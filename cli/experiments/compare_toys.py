@@ -19,7 +19,13 @@ class CompareResult:
     toy: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"setup": self.setup, "seed": self.seed, "ground_truth": self.ground_truth, "methods": self.methods, "toy": self.toy}
+        return {
+            "setup": self.setup,
+            "seed": self.seed,
+            "ground_truth": self.ground_truth,
+            "methods": self.methods,
+            "toy": self.toy,
+        }
 
 
 def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None = SAEOptions()) -> dict:
@@ -62,7 +68,11 @@ def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_
     acts = acts.reshape(-1, acts.shape[-1])  # Jacobian rows [n, k, dim] are n·k rows
     dim = acts.shape[1]
     n = opts.dict_size or 2 * max(n_truth, dim)
-    return train_sae(acts, opts.steps, seed, d_in=dim, dict_size=n, l1=opts.l1, learn_b_dec=learn_b_dec).decoder.detach().clone()
+    return (
+        train_sae(acts, opts.steps, seed, d_in=dim, dict_size=n, l1=opts.l1, learn_b_dec=learn_b_dec)
+        .decoder.detach()
+        .clone()
+    )
 
 
 def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options):

@@ -50,8 +50,27 @@ class LayerSAEOptions:
     enabled: bool = True
 
 
-def train_topk_sae(rows, d: int, opts: LayerSAEOptions, seed: int, *, arch: str = "topk", learn_b_dec: bool = True, grad_columns: int = 1):
+def train_topk_sae(
+    rows,
+    d: int,
+    opts: LayerSAEOptions,
+    seed: int,
+    *,
+    arch: str = "topk",
+    learn_b_dec: bool = True,
+    grad_columns: int = 1,
+):
     """A TopK SAE (or with ``arch="gsae"`` a g-SAE, whose rows are ``[x, J rows]``) of width ``d`` on ``rows``."""
     n = opts.dict_size or 4 * d
     k = opts.k or max(2, min(32, d // 8))
-    return train_sae(rows, opts.steps, seed, d_in=d, dict_size=n, arch=arch, k=min(k, n), learn_b_dec=learn_b_dec, grad_columns=grad_columns)
+    return train_sae(
+        rows,
+        opts.steps,
+        seed,
+        d_in=d,
+        dict_size=n,
+        arch=arch,
+        k=min(k, n),
+        learn_b_dec=learn_b_dec,
+        grad_columns=grad_columns,
+    )

@@ -82,19 +82,34 @@ def score(pred: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, dict]:
     """name → ``{"purity", "nmi", "ari"}`` of a labeling against each label."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    return {name: {"purity": purity(pred, truth), "nmi": float(normalized_mutual_info_score(truth, pred)),
-                   "ari": float(adjusted_rand_score(truth, pred))} for name, truth in labels.items()}
+    return {
+        name: {
+            "purity": purity(pred, truth),
+            "nmi": float(normalized_mutual_info_score(truth, pred)),
+            "ari": float(adjusted_rand_score(truth, pred)),
+        }
+        for name, truth in labels.items()
+    }
 
 
 def make_clusterer(method: str, params: dict, metric: str):
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
     cls = METHODS[method]
-    return cls(**{k: v for k, v in params.items() if k in cls._param_names}, metric=None if metric == "hamming" else metric)
+    return cls(
+        **{k: v for k, v in params.items() if k in cls._param_names}, metric=None if metric == "hamming" else metric
+    )
 
 
-def cluster_layer(points, *, method: str = "hdbscan", on: str = "both", params: dict | None = None,
-                  cosine: bool = True, top_examples: int = 8) -> tuple[ClusterResult, dict[str, np.ndarray]]:
+def cluster_layer(
+    points,
+    *,
+    method: str = "hdbscan",
+    on: str = "both",
+    params: dict | None = None,
+    cosine: bool = True,
+    top_examples: int = 8,
+) -> tuple[ClusterResult, dict[str, np.ndarray]]:
     """Cluster ``points`` (a ``polylens.clustering.points.LayerPoints``); returns the result and the labels
     of each space (``codes``, ``activations``, ``activations_cosine``)."""
     if on not in ON:
@@ -103,7 +118,9 @@ def cluster_layer(points, *, method: str = "hdbscan", on: str = "both", params: 
         raise ValueError("these points have codes only (no activations); cluster with on='codes' (--on codes)")
     params = dict(params or {})
     start = time.perf_counter()
-    spaces = (["codes"] if on in ("codes", "both") else []) + (["activations"] + (["activations_cosine"] if cosine else []) if on in ("activations", "both") else [])
+    spaces = (["codes"] if on in ("codes", "both") else []) + (
+        ["activations"] + (["activations_cosine"] if cosine else []) if on in ("activations", "both") else []
+    )
     results: dict[str, dict | None] = {"codes": None, "activations": None}
     labelings: dict[str, np.ndarray] = {}
     notes: list[str] = list(points.notes)
@@ -114,11 +131,16 @@ def cluster_layer(points, *, method: str = "hdbscan", on: str = "both", params: 
         model = make_clusterer(method, params, metric).fit(Points(data, metric))
         pred = model.labels_
         labelings[space] = pred
-        sc = Scores(n_clusters=int(pred.max() + 1) if len(pred) else 0, noise_frac=float((pred < 0).mean()),
-                    sizes=sorted(np.bincount(pred[pred >= 0]).tolist(), reverse=True) if (pred >= 0).any() else [],
-                    route=getattr(model, "route_", "dense"), exact=bool(getattr(model, "exact_", False)),
-                    seconds=round(time.perf_counter() - t0, 3), knn_recall=getattr(model, "knn_recall_", None),
-                    notes=list(getattr(model, "notes_", [])))
+        sc = Scores(
+            n_clusters=int(pred.max() + 1) if len(pred) else 0,
+            noise_frac=float((pred < 0).mean()),
+            sizes=sorted(np.bincount(pred[pred >= 0]).tolist(), reverse=True) if (pred >= 0).any() else [],
+            route=getattr(model, "route_", "dense"),
+            exact=bool(getattr(model, "exact_", False)),
+            seconds=round(time.perf_counter() - t0, 3),
+            knn_recall=getattr(model, "knn_recall_", None),
+            notes=list(getattr(model, "notes_", [])),
+        )
         if points.labels:
             sc.by_label = score(pred, points.labels)
             first = sc.by_label[next(iter(points.labels))]
@@ -135,9 +157,20 @@ def cluster_layer(points, *, method: str = "hdbscan", on: str = "both", params: 
     primary = labelings.get("codes", labelings.get("activations"))
     clusters = describe(points, primary, top_examples=top_examples)
     n_unique = len(np.unique(points.codes.words.view(np.dtype((np.void, 8 * points.codes.words.shape[1])))))
-    result = ClusterResult(model=points.model, layer=points.layer, n_points=len(points.codes), n_unique_codes=int(n_unique),
-                           method=method, params=params, on=results, agreement_ari=agree, agreement_ari_cosine=agree_cos,
-                           clusters=clusters, notes=notes, seconds=round(time.perf_counter() - start, 3))
+    result = ClusterResult(
+        model=points.model,
+        layer=points.layer,
+        n_points=len(points.codes),
+        n_unique_codes=int(n_unique),
+        method=method,
+        params=params,
+        on=results,
+        agreement_ari=agree,
+        agreement_ari_cosine=agree_cos,
+        clusters=clusters,
+        notes=notes,
+        seconds=round(time.perf_counter() - start, 3),
+    )
     return result, labelings
 
 
@@ -177,15 +210,27 @@ def describe(points, labels: np.ndarray, *, top_units: int = 10, top_examples: i
         d_med = pairwise(words[[med]], words[members])[0]
         top = members[np.argsort(d_med, kind="stable")[:top_examples]]
         med_bits = codes.rows([med]).unpack()[0]
-        out.append({
-            "label": c, "size": int(len(members)), "medoid": int(med),
-            "medoid_code_on": np.flatnonzero(med_bits).tolist(),
-            "mean_active_fraction": float(share.mean()),
-            "mean_hamming_to_medoid": float(d_med.mean()),
-            "over_represented": [{"unit": unit_names[u], "cluster": float(share[u]), "all": float(overall[u])} for u in over if diff[u] > 0],
-            "under_represented": [{"unit": unit_names[u], "cluster": float(share[u]), "all": float(overall[u])} for u in under if diff[u] < 0],
-            "top_examples": top.tolist(),
-        })
+        out.append(
+            {
+                "label": c,
+                "size": int(len(members)),
+                "medoid": int(med),
+                "medoid_code_on": np.flatnonzero(med_bits).tolist(),
+                "mean_active_fraction": float(share.mean()),
+                "mean_hamming_to_medoid": float(d_med.mean()),
+                "over_represented": [
+                    {"unit": unit_names[u], "cluster": float(share[u]), "all": float(overall[u])}
+                    for u in over
+                    if diff[u] > 0
+                ],
+                "under_represented": [
+                    {"unit": unit_names[u], "cluster": float(share[u]), "all": float(overall[u])}
+                    for u in under
+                    if diff[u] < 0
+                ],
+                "top_examples": top.tolist(),
+            }
+        )
     if k > 1:
         dm = pairwise(words[medoids]).astype(np.float64)
         np.fill_diagonal(dm, np.inf)
@@ -201,7 +246,9 @@ def describe(points, labels: np.ndarray, *, top_units: int = 10, top_examples: i
                 vals, cnt = np.unique(truth[members], return_counts=True)
                 order = np.argsort(-cnt)[:5]
                 names = points.label_names.get(name, {})
-                c["labels"][name] = [{"value": names.get(int(vals[i]), str(int(vals[i]))), "count": int(cnt[i])} for i in order]
+                c["labels"][name] = [
+                    {"value": names.get(int(vals[i]), str(int(vals[i]))), "count": int(cnt[i])} for i in order
+                ]
     return out
 
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 import numpy as np
 
 from polylens.clustering.hamming import Unique, unique_rows
-from polylens.memory import available_memory
 from polylens.clustering.neighbors import Points
+from polylens.memory import available_memory
 
 DENSE_MEMORY_SHARE = 0.5  # a dense distance matrix may take at most this share of available memory
 
@@ -109,13 +109,39 @@ class HDBSCAN(_Base):
     distinct points).
     """
 
-    _param_names = ("min_cluster_size", "min_samples", "metric", "max_dense", "knn", "knn_k", "sample",
-                    "cluster_selection_method", "allow_single_cluster", "dedup", "random_state", "progress", "verbose")
+    _param_names = (
+        "min_cluster_size",
+        "min_samples",
+        "metric",
+        "max_dense",
+        "knn",
+        "knn_k",
+        "sample",
+        "cluster_selection_method",
+        "allow_single_cluster",
+        "dedup",
+        "random_state",
+        "progress",
+        "verbose",
+    )
 
-    def __init__(self, min_cluster_size: int = 10, min_samples: int | None = None, *, metric: str | None = None,
-                 max_dense: int = 20_000, knn: str = "auto", knn_k: int | None = None, sample: int | None = None,
-                 cluster_selection_method: str = "eom", allow_single_cluster: bool = False, dedup: bool = True,
-                 random_state: int = 0, progress: bool = False, verbose: bool = False):
+    def __init__(
+        self,
+        min_cluster_size: int = 10,
+        min_samples: int | None = None,
+        *,
+        metric: str | None = None,
+        max_dense: int = 20_000,
+        knn: str = "auto",
+        knn_k: int | None = None,
+        sample: int | None = None,
+        cluster_selection_method: str = "eom",
+        allow_single_cluster: bool = False,
+        dedup: bool = True,
+        random_state: int = 0,
+        progress: bool = False,
+        verbose: bool = False,
+    ):
         self.min_cluster_size, self.min_samples, self.metric = min_cluster_size, min_samples, metric
         self.max_dense, self.knn, self.knn_k, self.sample = max_dense, knn, knn_k, sample
         self.cluster_selection_method, self.allow_single_cluster = cluster_selection_method, allow_single_cluster
@@ -135,10 +161,14 @@ class HDBSCAN(_Base):
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ValueError(f"cluster_selection_method={self.cluster_selection_method!r} must be eom or leaf")
         if n < self.min_cluster_size:
-            raise ValueError(f"{n} points is fewer than min_cluster_size={self.min_cluster_size}; give more points or a smaller --min-cluster-size")
+            raise ValueError(
+                f"{n} points is fewer than min_cluster_size={self.min_cluster_size}; give more points or a smaller --min-cluster-size"
+            )
         if ms > n:
             raise ValueError(f"min_samples={ms} is more than the {n} points")
-        if self.sample is not None and not (isinstance(self.sample, (int, np.integer)) and self.min_cluster_size <= self.sample):
+        if self.sample is not None and not (
+            isinstance(self.sample, (int, np.integer)) and self.min_cluster_size <= self.sample
+        ):
             raise ValueError(f"sample={self.sample!r} must be an integer ≥ min_cluster_size={self.min_cluster_size}")
         return int(ms)
 
@@ -159,7 +189,9 @@ class HDBSCAN(_Base):
             self.route_ += "+assign"
             self.exact_ = False
             self.sample_indices_ = fit_rows
-            self._say(f"fitted on a sample of {self.sample} of {n} points (seed {self.random_state}); the other {n - self.sample} got HDBSCAN's prediction rule")
+            self._say(
+                f"fitted on a sample of {self.sample} of {n} points (seed {self.random_state}); the other {n - self.sample} got HDBSCAN's prediction rule"
+            )
         else:
             self._fit_points(points)
             labels, probs = self._fit_labels, self._fit_probs
@@ -187,7 +219,9 @@ class HDBSCAN(_Base):
             self.route_, self.exact_, self.knn_recall_ = "dense", True, None
         elif nu <= self.max_dense and dense_fits(nu):
             dist = pts.pairwise(progress=self.progress)
-            core = _core_from_sorted(*_dense_sorted_neighbours(dist, min(self.min_samples_, nu)), counts, self.min_samples_)
+            core = _core_from_sorted(
+                *_dense_sorted_neighbours(dist, min(self.min_samples_, nu)), counts, self.min_samples_
+            )
             mst = _prim(dist, core)
             del dist
             self.route_, self.exact_, self.knn_recall_ = "dense", True, None
@@ -202,7 +236,9 @@ class HDBSCAN(_Base):
                 from polylens.clustering.hamming import knn_recall
 
                 self.knn_recall_ = knn_recall(pts.data, nbrs, n_queries=min(300, nu), seed=self.random_state)
-                self._say(f"HNSW k-NN graph (k={k}): recall {self.knn_recall_:.3f} against exact k-NN on {min(300, nu)} points")
+                self._say(
+                    f"HNSW k-NN graph (k={k}): recall {self.knn_recall_:.3f} against exact k-NN on {min(300, nu)} points"
+                )
             # self at distance 0 first, then the others, for the weighted core distance
             d_all = np.concatenate([np.zeros((nu, 1), nbrs.distances.dtype), nbrs.distances], axis=1)
             i_all = np.concatenate([np.arange(nu)[:, None], nbrs.indices], axis=1)
@@ -214,12 +250,19 @@ class HDBSCAN(_Base):
         # distinct points' tree plus these edges is the spanning tree of all n points, exactly.
         n, rep = len(uniq.inverse), uniq.first
         copies = np.flatnonzero(rep[uniq.inverse] != np.arange(n))
-        edges = np.vstack([np.column_stack([rep[mst[:, 0].astype(np.int64)], rep[mst[:, 1].astype(np.int64)], mst[:, 2]]),
-                           np.column_stack([rep[uniq.inverse[copies]], copies, core[uniq.inverse[copies]]])]).astype(np.float64)
+        edges = np.vstack(
+            [
+                np.column_stack([rep[mst[:, 0].astype(np.int64)], rep[mst[:, 1].astype(np.int64)], mst[:, 2]]),
+                np.column_stack([rep[uniq.inverse[copies]], copies, core[uniq.inverse[copies]]]),
+            ]
+        ).astype(np.float64)
         if n > 1:
             labels, strengths, _, tree, _ = clusters_from_spanning_tree(
-                edges, min_cluster_size=int(self.min_cluster_size), cluster_selection_method=self.cluster_selection_method,
-                allow_single_cluster=self.allow_single_cluster)
+                edges,
+                min_cluster_size=int(self.min_cluster_size),
+                cluster_selection_method=self.cluster_selection_method,
+                allow_single_cluster=self.allow_single_cluster,
+            )
         else:
             labels, strengths, tree = np.full(1, -1), np.zeros(1), None
         self.condensed_tree_ = tree
@@ -235,14 +278,20 @@ class HDBSCAN(_Base):
         self._maps = True
         if tree is None or len(tree.parent) == 0:
             return
-        parent, child, lam = np.asarray(tree.parent), np.asarray(tree.child), np.asarray(tree.lambda_val, dtype=np.float64)
+        parent, child, lam = (
+            np.asarray(tree.parent),
+            np.asarray(tree.child),
+            np.asarray(tree.lambda_val, dtype=np.float64),
+        )
         n = len(labels)
         is_point = child < n
         point_parent = np.full(n, -1, dtype=np.int64)
         point_lambda = np.zeros(n)
         point_parent[child[is_point]], point_lambda[child[is_point]] = parent[is_point], lam[is_point]
         self._point_row = (point_parent, point_lambda)
-        self._parent_of = {int(c): (int(p), float(v)) for p, c, v in zip(parent[~is_point], child[~is_point], lam[~is_point])}
+        self._parent_of = {
+            int(c): (int(p), float(v)) for p, c, v in zip(parent[~is_point], child[~is_point], lam[~is_point])
+        }
         max_lambda: dict[int, float] = {}
         for p, v in zip(parent.tolist(), lam.tolist()):
             max_lambda[p] = max(max_lambda.get(p, 0.0), v)
@@ -281,8 +330,10 @@ class HDBSCAN(_Base):
             raise ValueError("this HDBSCAN is not fitted yet; call fit first")
         points = as_points(X, self._fitted.metric if self._fitted.metric != "hamming" else None)
         if points.metric != self._fitted.metric or points.data.shape[1] != self._fitted.data.shape[1]:
-            raise ValueError(f"points to predict ({points.metric}, width {points.data.shape[1]}) differ from the fitted ones "
-                             f"({self._fitted.metric}, width {self._fitted.data.shape[1]})")
+            raise ValueError(
+                f"points to predict ({points.metric}, width {points.data.shape[1]}) differ from the fitted ones "
+                f"({self._fitted.metric}, width {self._fitted.data.shape[1]})"
+            )
         ms = self.min_samples_
         kk = min(len(self._fitted), k or 2 * ms)
         method = "hnsw" if self.route_.startswith("knn-hnsw") or self.knn == "hnsw" else "exact"
@@ -337,7 +388,11 @@ def _dense_sorted_neighbours(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     step = max(1, 2**24 // max(1, dist.shape[1]))
     for s in range(0, len(dist), step):
         block = dist[s : s + step]
-        part = np.argpartition(block, k - 1, axis=1)[:, :k] if k < block.shape[1] else np.tile(np.arange(block.shape[1]), (len(block), 1))
+        part = (
+            np.argpartition(block, k - 1, axis=1)[:, :k]
+            if k < block.shape[1]
+            else np.tile(np.arange(block.shape[1]), (len(block), 1))
+        )
         vals = np.take_along_axis(block, part, axis=1)
         order = np.argsort(vals, axis=1, kind="stable")
         rows.append(np.take_along_axis(vals, order, axis=1))
@@ -429,10 +484,24 @@ class KMedoids(_Base):
 
     _param_names = ("n_clusters", "metric", "max_iter", "max_candidates", "random_state", "progress", "verbose")
 
-    def __init__(self, n_clusters: int = 10, *, metric: str | None = None, max_iter: int = 100, max_candidates: int = 2000,
-                 random_state: int = 0, progress: bool = False, verbose: bool = False):
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        *,
+        metric: str | None = None,
+        max_iter: int = 100,
+        max_candidates: int = 2000,
+        random_state: int = 0,
+        progress: bool = False,
+        verbose: bool = False,
+    ):
         self.n_clusters, self.metric, self.max_iter = n_clusters, metric, max_iter
-        self.max_candidates, self.random_state, self.progress, self.verbose = max_candidates, random_state, progress, verbose
+        self.max_candidates, self.random_state, self.progress, self.verbose = (
+            max_candidates,
+            random_state,
+            progress,
+            verbose,
+        )
 
     def fit(self, X, y=None):
         points = as_points(X, self.metric)
@@ -447,7 +516,11 @@ class KMedoids(_Base):
         nearest = pts.take([medoids[0]]).pairwise(pts)[0].astype(np.float64)
         for _ in range(1, k):
             p = w * nearest**2
-            pick = int(rng.choice(len(pts), p=p / p.sum())) if p.sum() > 0 else int(np.flatnonzero(~np.isin(np.arange(len(pts)), medoids))[0])
+            pick = (
+                int(rng.choice(len(pts), p=p / p.sum()))
+                if p.sum() > 0
+                else int(np.flatnonzero(~np.isin(np.arange(len(pts)), medoids))[0])
+            )
             medoids.append(pick)
             nearest = np.minimum(nearest, pts.take([pick]).pairwise(pts)[0])
         medoids = np.array(medoids)
@@ -459,7 +532,11 @@ class KMedoids(_Base):
                 members = np.flatnonzero(assign == c)
                 if len(members) == 0:
                     continue
-                cand = members if len(members) <= self.max_candidates else np.union1d(rng.choice(members, self.max_candidates, replace=False), [medoids[c]])
+                cand = (
+                    members
+                    if len(members) <= self.max_candidates
+                    else np.union1d(rng.choice(members, self.max_candidates, replace=False), [medoids[c]])
+                )
                 cost = pts.take(cand).pairwise(pts.take(members)).astype(np.float64) @ w[members]
                 new[c] = cand[int(np.argmin(cost))]
             if np.array_equal(new, medoids):
@@ -486,8 +563,17 @@ class Agglomerative(_Base):
 
     _param_names = ("n_clusters", "metric", "linkage", "max_dense", "random_state", "progress", "verbose")
 
-    def __init__(self, n_clusters: int = 10, *, metric: str | None = None, linkage: str = "average", max_dense: int = 20_000,
-                 random_state: int = 0, progress: bool = False, verbose: bool = False):
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        *,
+        metric: str | None = None,
+        linkage: str = "average",
+        max_dense: int = 20_000,
+        random_state: int = 0,
+        progress: bool = False,
+        verbose: bool = False,
+    ):
         self.n_clusters, self.metric, self.linkage, self.max_dense = n_clusters, metric, linkage, max_dense
         self.random_state, self.progress, self.verbose = random_state, progress, verbose
 
@@ -500,14 +586,20 @@ class Agglomerative(_Base):
         if not isinstance(self.n_clusters, (int, np.integer)) or not 1 <= self.n_clusters <= n:
             raise ValueError(f"n_clusters={self.n_clusters!r} must be between 1 and the {n} points")
         if self.linkage not in ("average", "complete", "single"):
-            raise ValueError(f"linkage={self.linkage!r} must be average, complete or single (ward needs Euclidean features)")
+            raise ValueError(
+                f"linkage={self.linkage!r} must be average, complete or single (ward needs Euclidean features)"
+            )
         if n > self.max_dense or not dense_fits(n, 8):
-            raise ValueError(f"agglomerative clustering needs the dense {n}x{n} matrix, above max_dense={self.max_dense} or the memory; "
-                             "use --method hdbscan, or --sample N")
+            raise ValueError(
+                f"agglomerative clustering needs the dense {n}x{n} matrix, above max_dense={self.max_dense} or the memory; "
+                "use --method hdbscan, or --sample N"
+            )
         uniq = unique_rows(points.data)
         du = _with_data(points, uniq.rows).pairwise(progress=self.progress).astype(np.float64)
         dist = du[np.ix_(uniq.inverse, uniq.inverse)]
-        model = AgglomerativeClustering(n_clusters=self.n_clusters, metric="precomputed", linkage=self.linkage).fit(dist)
+        model = AgglomerativeClustering(n_clusters=self.n_clusters, metric="precomputed", linkage=self.linkage).fit(
+            dist
+        )
         self.labels_ = model.labels_.astype(np.int64)
         self.n_clusters_, self.n_unique_, self.route_, self.exact_ = self.n_clusters, len(uniq.rows), "dense", True
         return self

@@ -67,18 +67,26 @@ def unique_rows(x: np.ndarray) -> Unique:
     order = np.argsort(first, kind="stable")  # renumber by first appearance
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    return Unique(x[first[order]], counts[order].astype(np.int64), rank[inverse.ravel()].astype(np.int64), first[order].astype(np.int64))
+    return Unique(
+        x[first[order]],
+        counts[order].astype(np.int64),
+        rank[inverse.ravel()].astype(np.int64),
+        first[order].astype(np.int64),
+    )
 
 
 def _as_words(words: np.ndarray, name: str = "codes") -> np.ndarray:
     words = np.asarray(words)
     if words.ndim != 2 or words.dtype != np.uint64:
-        raise ValueError(f"{name} must be packed uint64 words [n, n_words] (polylens.lens.codes.pack_bits), got {words.dtype} {words.shape}")
+        raise ValueError(
+            f"{name} must be packed uint64 words [n, n_words] (polylens.lens.codes.pack_bits), got {words.dtype} {words.shape}"
+        )
     return np.ascontiguousarray(words)
 
 
 # ---------------------------------------------------------------------------------------------
 # the numba kernels (compiled on first use, cached on disk)
+
 
 def _numba_kernels():
     """The numba kernels (``polylens.clustering._popcount``), imported on first use: numba costs ~1 s to import."""
@@ -208,8 +216,15 @@ def pairwise(a: np.ndarray, b: np.ndarray | None = None, *, route: str = "auto",
     return out
 
 
-def knn(query: np.ndarray, base: np.ndarray | None = None, k: int = 10, *, exclude_self: bool = False,
-        route: str = "auto", progress: bool = False) -> Neighbors:
+def knn(
+    query: np.ndarray,
+    base: np.ndarray | None = None,
+    k: int = 10,
+    *,
+    exclude_self: bool = False,
+    route: str = "auto",
+    progress: bool = False,
+) -> Neighbors:
     """Exact k nearest neighbours of each ``query`` row among ``base`` (default: query itself).
 
     exclude_self: with ``base`` omitted, a row is not its own neighbour (its duplicates still are).
@@ -231,13 +246,19 @@ def knn(query: np.ndarray, base: np.ndarray | None = None, k: int = 10, *, exclu
     for start in _progress(range(0, len(query), step), progress, "exact k-NN"):
         q = query[start : start + step]
         if route == "popcount":
-            _numba_kernels().knn(q, base, k, start if exclude_self else -1, dist[start : start + len(q)], idx[start : start + len(q)])
+            _numba_kernels().knn(
+                q, base, k, start if exclude_self else -1, dist[start : start + len(q)], idx[start : start + len(q)]
+            )
         else:
-            dist[start : start + len(q)], idx[start : start + len(q)] = _knn_by_blocks(q, base, k, start if exclude_self else -1, fn)
+            dist[start : start + len(q)], idx[start : start + len(q)] = _knn_by_blocks(
+                q, base, k, start if exclude_self else -1, fn
+            )
     return Neighbors(dist, idx)
 
 
-def _knn_by_blocks(q: np.ndarray, base: np.ndarray, k: int, self_offset: int, fn: Callable) -> tuple[np.ndarray, np.ndarray]:
+def _knn_by_blocks(
+    q: np.ndarray, base: np.ndarray, k: int, self_offset: int, fn: Callable
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of each row over column blocks of ``base``, merged; key = distance·m + index breaks ties."""
     m = len(base)
     best = np.full((len(q), 0), 0, dtype=np.int64)
@@ -258,8 +279,16 @@ def _knn_by_blocks(q: np.ndarray, base: np.ndarray, k: int, self_offset: int, fn
     return (best // m).astype(np.int32), best % m
 
 
-def hnsw_knn(codes: np.ndarray, k: int, *, m: int = 16, ef_construction: int = 64, ef_search: int | None = None,
-             seed: int = 0, progress: bool = False) -> Neighbors:
+def hnsw_knn(
+    codes: np.ndarray,
+    k: int,
+    *,
+    m: int = 16,
+    ef_construction: int = 64,
+    ef_search: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Neighbors:
     """Approximate k-NN of every row among all rows (itself excluded) with faiss's ``IndexBinaryHNSW``.
 
     An approximation: measure it with ``knn_recall``. ef_search defaults to max(2k, 64).

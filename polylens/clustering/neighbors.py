@@ -30,7 +30,9 @@ class Points:
     def __post_init__(self):
         if self.metric == "hamming":
             if self.data.dtype != np.uint64 or self.data.ndim != 2:
-                raise ValueError(f"Hamming points must be packed uint64 codes [n, n_words], got {self.data.dtype} {self.data.shape}")
+                raise ValueError(
+                    f"Hamming points must be packed uint64 codes [n, n_words], got {self.data.dtype} {self.data.shape}"
+                )
         elif self.metric in ("euclidean", "cosine"):
             data = np.asarray(self.data, dtype=np.float32)
             if data.ndim != 2:
@@ -40,7 +42,9 @@ class Points:
             if self.metric == "cosine":
                 norms = np.linalg.norm(data, axis=1, keepdims=True)
                 if (norms == 0).any():
-                    raise ValueError(f"{int((norms == 0).sum())} activation vectors are all zero: cosine distance is undefined for them; use metric='euclidean'")
+                    raise ValueError(
+                        f"{int((norms == 0).sum())} activation vectors are all zero: cosine distance is undefined for them; use metric='euclidean'"
+                    )
                 data = data / norms
             self.data = np.ascontiguousarray(data)
         else:
@@ -61,7 +65,9 @@ class Points:
             return hamming.pairwise(self.data, other.data, progress=progress)
         return _vector_pairwise(self.data, other.data, self.metric)
 
-    def knn(self, k: int, *, method: Literal["exact", "hnsw"] = "exact", seed: int = 0, progress: bool = False) -> Neighbors:
+    def knn(
+        self, k: int, *, method: Literal["exact", "hnsw"] = "exact", seed: int = 0, progress: bool = False
+    ) -> Neighbors:
         """k nearest other rows of every row (self excluded)."""
         if method == "hnsw":
             if self.metric == "hamming":
@@ -71,7 +77,9 @@ class Points:
             return hamming.knn(self.data, None, k, exclude_self=True, progress=progress)
         return _vector_knn(self.data, self.data, k, exclude_self=True, metric=self.metric)
 
-    def knn_to(self, base: Points, k: int, *, method: Literal["exact", "hnsw"] = "exact", progress: bool = False) -> Neighbors:
+    def knn_to(
+        self, base: Points, k: int, *, method: Literal["exact", "hnsw"] = "exact", progress: bool = False
+    ) -> Neighbors:
         """k nearest rows of ``base`` for each row of self."""
         k = min(k, len(base))
         if method == "hnsw":
@@ -88,7 +96,9 @@ def _vector_pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":
         return (1.0 - x @ y.T).clamp_min_(0).numpy()
     step = max(1, 2**24 // max(1, len(b)))
-    return torch.cat([torch.cdist(x[i : i + step].double(), y.double()).float() for i in range(0, len(a), step)]).numpy()
+    return torch.cat(
+        [torch.cdist(x[i : i + step].double(), y.double()).float() for i in range(0, len(a), step)]
+    ).numpy()
 
 
 def _vector_knn(q: np.ndarray, base: np.ndarray, k: int, *, exclude_self: bool, metric: str) -> Neighbors:

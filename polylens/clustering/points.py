@@ -46,15 +46,25 @@ class LayerPoints:
     notes: list[str] = field(default_factory=list)
 
 
-def _points(adapter, inputs: torch.Tensor, layers: list[str], *, position=None, batch_size: int = 64, progress: bool = False,
-            unit: str = "input"):  # fmt: skip
+def _points(
+    adapter,
+    inputs: torch.Tensor,
+    layers: list[str],
+    *,
+    position=None,
+    batch_size: int = 64,
+    progress: bool = False,
+    unit: str = "input",
+):
     """Codes and float activations ``[n, units]`` of ``inputs`` at ``layers``, a batch at a time."""
     from polylens.progress import progress_bar
 
     bar = progress_bar(inputs.shape[0], f"{adapter.name} {','.join(layers)}", unit=unit, enabled=progress)
     parts: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, inputs.shape[0], batch_size):
-        names, pre = layer_preactivations(adapter, inputs[lo : lo + batch_size], layers, batch_size=batch_size, position=position)
+        names, pre = layer_preactivations(
+            adapter, inputs[lo : lo + batch_size], layers, batch_size=batch_size, position=position
+        )
         for n in names:
             parts.setdefault(n, []).append(pre[n])
         bar.update(min(batch_size, inputs.shape[0] - lo))
@@ -80,20 +90,32 @@ def digits_points(adapter, layer: str | None = None, *, batch_size: int = 256, p
     layers = _single_layer(adapter, layer, "fc1")
     codes, acts = _points(adapter, x, layers, batch_size=batch_size, progress=progress, unit="img")
     images = (data.images / 16.0 * 255).astype(np.uint8)
-    return LayerPoints(adapter.name, layers[0], codes, acts, labels={"class": data.target.astype(np.int64)},
-                       label_names={"class": {i: str(i) for i in range(10)}},
-                       examples=[{"image": img} for img in images])
+    return LayerPoints(
+        adapter.name,
+        layers[0],
+        codes,
+        acts,
+        labels={"class": data.target.astype(np.int64)},
+        label_names={"class": {i: str(i) for i in range(10)}},
+        examples=[{"image": img} for img in images],
+    )
 
 
-def array_points(adapter, layer: str | None, path: str | Path, *, batch_size: int = 64, progress: bool = False) -> LayerPoints:
+def array_points(
+    adapter, layer: str | None, path: str | Path, *, batch_size: int = 64, progress: bool = False
+) -> LayerPoints:
     """Inputs ``[n, ...]`` from an ``.npy`` (float; float64 is converted) at ``layer``."""
     arr = read_npy(path, integers=True)
     if arr.ndim < 2:
-        raise ValueError(f"input file {str(path)!r} must be shaped [n_inputs, ...] (one row an input), got shape {arr.shape}")
+        raise ValueError(
+            f"input file {str(path)!r} must be shaped [n_inputs, ...] (one row an input), got shape {arr.shape}"
+        )
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     layers = _single_layer(adapter, layer)
     codes, acts = _points(adapter, x, layers, batch_size=batch_size, progress=progress)
-    return LayerPoints(adapter.name, layers[0], codes, acts, examples=[{"input": f"{Path(path).name}[{i}]"} for i in range(len(x))])
+    return LayerPoints(
+        adapter.name, layers[0], codes, acts, examples=[{"input": f"{Path(path).name}[{i}]"} for i in range(len(x))]
+    )
 
 
 def block_preactivation_layers(adapter, layer: str) -> list[str]:
@@ -111,8 +133,16 @@ def block_preactivation_layers(adapter, layer: str) -> list[str]:
     raise ValueError(f"layer {layer!r} has no pre-activations to code; use one of {', '.join(acts[:10])}, …")
 
 
-def image_points(adapter, layer: str, folder: str | Path, *, position: tuple[int, int] | None = None,
-                 batch_size: int = 16, thumb: int = 64, progress: bool = False) -> LayerPoints:
+def image_points(
+    adapter,
+    layer: str,
+    folder: str | Path,
+    *,
+    position: tuple[int, int] | None = None,
+    batch_size: int = 16,
+    thumb: int = 64,
+    progress: bool = False,
+) -> LayerPoints:
     """One vector per image in ``folder``: all channels of ``layer`` at ``position`` (default centre)."""
     from PIL import Image
 
@@ -135,8 +165,14 @@ def image_points(adapter, layer: str, folder: str | Path, *, position: tuple[int
             img = img.convert("RGB")
             img.thumbnail((thumb, thumb))
             examples.append({"image": np.asarray(img, dtype=np.uint8), "file": f.name})
-    return LayerPoints(adapter.name, layer, codes, acts, examples=examples,
-                       notes=[f"{len(files)} images; channels of {layer} at position {position[0]},{position[1]}"])
+    return LayerPoints(
+        adapter.name,
+        layer,
+        codes,
+        acts,
+        examples=examples,
+        notes=[f"{len(files)} images; channels of {layer} at position {position[0]},{position[1]}"],
+    )
 
 
 def gpt2_positions(length: int, per_seq: int = 6, skip: int = 100) -> np.ndarray:
@@ -169,15 +205,28 @@ def read_texts(path: str | Path) -> list[tuple[str, str]]:
     return texts
 
 
-def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 1024, per_seq: int = 6, skip: int = 100,
-                max_sequences: int | None = None, batch_size: int = 4, context: int = 24, progress: bool = False) -> LayerPoints:
+def gpt2_points(
+    adapter,
+    layer: str | None,
+    path: str | Path,
+    *,
+    seq_len: int = 1024,
+    per_seq: int = 6,
+    skip: int = 100,
+    max_sequences: int | None = None,
+    batch_size: int = 4,
+    context: int = 24,
+    progress: bool = False,
+) -> LayerPoints:
     """The paper's GPT-2 protocol on the text at ``path`` (see the module docstring)."""
     from polylens.models.gpt2 import EOT, resolve_tokenizer
 
     model = adapter.module
     seq_len = min(seq_len, model.cfg.n_ctx)
     if skip >= seq_len:
-        raise ValueError(f"skip={skip} leaves nothing of sequences of {seq_len} tokens (the model's context is {model.cfg.n_ctx})")
+        raise ValueError(
+            f"skip={skip} leaves nothing of sequences of {seq_len} tokens (the model's context is {model.cfg.n_ctx})"
+        )
     layers = _single_layer(adapter, layer, f"blocks.{model.cfg.n_layers // 2}.mlp.hook_pre")
     tok = resolve_tokenizer()
     seqs, notes = [], []
@@ -188,7 +237,9 @@ def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 
             seq = [EOT] + ids[start : start + body]
             pos = gpt2_positions(len(seq), per_seq, skip)
             if len(seq) < seq_len:
-                notes.append(f"{name}: a sequence of {len(seq)} tokens (shorter than {seq_len}): took positions {pos.tolist() or 'none'}")
+                notes.append(
+                    f"{name}: a sequence of {len(seq)} tokens (shorter than {seq_len}): took positions {pos.tolist() or 'none'}"
+                )
             if len(pos):
                 seqs.append((name, seq, pos))
     if max_sequences is not None:
@@ -220,15 +271,35 @@ def gpt2_points(adapter, layer: str | None, path: str | Path, *, seq_len: int = 
                 labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
                 labels["position"].append(p)
                 lo = max(1, p - context)
-                examples.append({"text": [tok.decode([t]) for t in seq[lo : p + 6]], "focus": p - lo, "source": name, "sequence": b0 + j})
+                examples.append(
+                    {
+                        "text": [tok.decode([t]) for t in seq[lo : p + 6]],
+                        "focus": p - lo,
+                        "source": name,
+                        "sequence": b0 + j,
+                    }
+                )
     bar.close()
     acts = np.concatenate(parts_acts)
-    codes = SplineCodes.from_preactivations({layers[0]: torch.from_numpy(acts)}, {layers[0]: adapter.activation_layers[layers[0]]},
-                                            provenance={"model": adapter.name, "layers": layers})
+    codes = SplineCodes.from_preactivations(
+        {layers[0]: torch.from_numpy(acts)},
+        {layers[0]: adapter.activation_layers[layers[0]]},
+        provenance={"model": adapter.name, "layers": layers},
+    )
     token_ids = sorted(set(labels["token"]) | (set(labels["next_token"]) - {-1}))
     names = {"token": {t: tok.decode([t]) for t in token_ids}}
     names["next_token"] = names["token"]
-    notes.insert(0, f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken (positions round(linspace({skip}, L-1, {per_seq})))")
-    return LayerPoints(adapter.name, layers[0], codes, acts,
-                       labels={k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
-                       label_names=names, examples=examples, notes=notes)
+    notes.insert(
+        0,
+        f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken (positions round(linspace({skip}, L-1, {per_seq})))",
+    )
+    return LayerPoints(
+        adapter.name,
+        layers[0],
+        codes,
+        acts,
+        labels={k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
+        label_names=names,
+        examples=examples,
+        notes=notes,
+    )

@@ -52,7 +52,9 @@ def summary_figures(result, words: np.ndarray) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
     for space, res in result.on.items():
         if res and res["sizes"]:
-            ax.plot(np.arange(1, len(res["sizes"]) + 1), res["sizes"], marker=".", label=f"{space} ({res['n_clusters']})")
+            ax.plot(
+                np.arange(1, len(res["sizes"]) + 1), res["sizes"], marker=".", label=f"{space} ({res['n_clusters']})"
+            )
     ax.set(xlabel="cluster rank", ylabel="points", yscale="log", title="cluster sizes")
     if ax.lines:
         ax.legend(fontsize=8)
@@ -129,12 +131,21 @@ def render_html(result, points, figures: dict[str, str], *, max_clusters: int = 
     for space, res in result.on.items():
         if not res:
             continue
-        lab = ", ".join(f"{n}: purity {v['purity'] if v['purity'] is not None else float('nan'):.3f} / NMI {v['nmi']:.3f} / ARI {v['ari']:.3f}"
-                        for n, v in (res["by_label"] or {}).items())
-        rows.append(f"<tr><th>{e(space)}</th><td>{res['n_clusters']}</td><td>{res['noise_frac']:.3f}</td><td>{e(res['route'])}</td>"
-                    f"<td>{res['seconds']:.2f}</td><td style='text-align:left'>{e(lab) or '—'}</td></tr>")
-    agree = "" if result.agreement_ari is None else f"<p>ARI between the code and the activation clusterings: <b>{result.agreement_ari:.3f}</b>" + (
-        "" if result.agreement_ari_cosine is None else f" (cosine: {result.agreement_ari_cosine:.3f})") + "</p>"
+        lab = ", ".join(
+            f"{n}: purity {v['purity'] if v['purity'] is not None else float('nan'):.3f} / NMI {v['nmi']:.3f} / ARI {v['ari']:.3f}"
+            for n, v in (res["by_label"] or {}).items()
+        )
+        rows.append(
+            f"<tr><th>{e(space)}</th><td>{res['n_clusters']}</td><td>{res['noise_frac']:.3f}</td><td>{e(res['route'])}</td>"
+            f"<td>{res['seconds']:.2f}</td><td style='text-align:left'>{e(lab) or '—'}</td></tr>"
+        )
+    agree = (
+        ""
+        if result.agreement_ari is None
+        else f"<p>ARI between the code and the activation clusterings: <b>{result.agreement_ari:.3f}</b>"
+        + ("" if result.agreement_ari_cosine is None else f" (cosine: {result.agreement_ari_cosine:.3f})")
+        + "</p>"
+    )
     figs = "".join(f"<img alt='{k}' src='data:image/png;base64,{v}'>" for k, v in figures.items())
     cards = []
     for c in result.clusters[:max_clusters]:
@@ -143,24 +154,34 @@ def render_html(result, points, figures: dict[str, str], *, max_clusters: int = 
         body = f"<div class='thumbs'>{''.join(exs)}</div>" if images else "".join(exs)
         over = ", ".join(f"{e(u['unit'])} ({u['cluster']:.2f} vs {u['all']:.2f})" for u in c["over_represented"][:6])
         under = ", ".join(f"{e(u['unit'])} ({u['cluster']:.2f} vs {u['all']:.2f})" for u in c["under_represented"][:6])
-        labels = "; ".join(f"{e(n)}: " + ", ".join(f"{e(repr(v['value']))}×{v['count']}" for v in vals) for n, vals in c.get("labels", {}).items())
+        labels = "; ".join(
+            f"{e(n)}: " + ", ".join(f"{e(repr(v['value']))}×{v['count']}" for v in vals)
+            for n, vals in c.get("labels", {}).items()
+        )
         near = c["nearest_cluster"]
         cards.append(
             f"<div class='card'><h3>cluster {c['label']} — {c['size']} points</h3>"
             f"<div class='meta'>mean active fraction {c['mean_active_fraction']:.3f}; mean Hamming to medoid {c['mean_hamming_to_medoid']:.1f}; "
             + (f"nearest cluster {near['label']} (medoid distance {near['hamming']})" if near else "no other cluster")
             + f"</div><div class='units'>on more often: {over or '—'}<br>off more often: {under or '—'}</div>"
-            + (f"<div class='meta'>{labels}</div>" if labels else "") + body + "</div>")
-    more = f"<p class='notes'>{len(result.clusters) - max_clusters} more clusters in clusters.json</p>" if len(result.clusters) > max_clusters else ""
+            + (f"<div class='meta'>{labels}</div>" if labels else "")
+            + body
+            + "</div>"
+        )
+    more = (
+        f"<p class='notes'>{len(result.clusters) - max_clusters} more clusters in clusters.json</p>"
+        if len(result.clusters) > max_clusters
+        else ""
+    )
     notes = "".join(f"<li>{e(n)}</li>" for n in result.notes)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>polylens clusters: {e(result.model)} {e(result.layer)}</title>
 <style>{CSS}</style></head><body>
 <h1>Spline-code clusters — {e(result.model)}, {e(result.layer)}</h1>
 <p>{result.n_points} points, {result.n_unique_codes} distinct codes; method {e(result.method)}; {result.seconds:.1f} s.</p>
-<table><tr><th>clustered on</th><th>clusters</th><th>noise</th><th>route</th><th>s</th><th>against labels</th></tr>{''.join(rows)}</table>
+<table><tr><th>clustered on</th><th>clusters</th><th>noise</th><th>route</th><th>s</th><th>against labels</th></tr>{"".join(rows)}</table>
 {agree}<div class="figs">{figs}</div>
 <ul class="notes">{notes}</ul>
-<h2>Clusters ({len(result.clusters)})</h2>{''.join(cards)}{more}
+<h2>Clusters ({len(result.clusters)})</h2>{"".join(cards)}{more}
 </body></html>
 """

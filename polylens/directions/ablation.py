@@ -61,14 +61,18 @@ def _ablated(Q: torch.Tensor, mean: torch.Tensor | None):
     return fn
 
 
-def output_change(reference: torch.Tensor, out: torch.Tensor, *, is_text: bool, labels=None, tokens=None) -> tuple[float, float | None]:
+def output_change(
+    reference: torch.Tensor, out: torch.Tensor, *, is_text: bool, labels=None, tokens=None
+) -> tuple[float, float | None]:
     """(mean KL(p_reference ‖ p_out) over inputs (text: over positions after the BOS), accuracy of
     ``out`` or None without labels). Outputs are read as logits."""
     ref, new = (reference[:, 1:], out[:, 1:]) if is_text else (reference, out)
     logp, logq = torch.log_softmax(ref.double(), -1), torch.log_softmax(new.double(), -1)
     kl = float((logp.exp() * (logp - logq)).sum(-1).mean())
     if is_text and tokens is not None and tokens.shape[1] > 2:
-        acc = float((out[:, 1:-1].argmax(-1) == tokens[:, 2:]).double().mean())  # next-token, positions whose rows were ablated
+        acc = float(
+            (out[:, 1:-1].argmax(-1) == tokens[:, 2:]).double().mean()
+        )  # next-token, positions whose rows were ablated
     elif labels is not None and not is_text:
         acc = float((out.argmax(-1) == labels).double().mean())
     else:
@@ -87,8 +91,20 @@ def run_model(module, inputs: torch.Tensor, layer: str, *, batch_size: int = 64,
     return torch.cat(outs)
 
 
-def ablation_curve(module, inputs, layer: str, directions, ks, *, is_text: bool, mode: str = "mean", mean=None,
-                   labels=None, reference=None, batch_size: int = 64) -> dict:  # fmt: skip
+def ablation_curve(
+    module,
+    inputs,
+    layer: str,
+    directions,
+    ks,
+    *,
+    is_text: bool,
+    mode: str = "mean",
+    mean=None,
+    labels=None,
+    reference=None,
+    batch_size: int = 64,
+) -> dict:
     """Ablate ``layer``'s rows along the span of the first k ``directions`` for each k in ``ks``
     (``mode``: ``ABLATIONS``; ``mean``: the rows' mean ``[d]``) and measure the output's change:
     ``{"k", "kl", "accuracy_drop"}`` (the drop is None without labels)."""

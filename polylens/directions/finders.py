@@ -32,7 +32,9 @@ def _as_rows(X, name: str = "X") -> np.ndarray:
     if X.ndim == 3:
         X = X.reshape(-1, X.shape[-1])
     if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n_samples, n_features] (or [n, k, n_features]); got shape {X.shape}")
+        raise ValueError(
+            f"{name} must be a 2-D array [n_samples, n_features] (or [n, k, n_features]); got shape {X.shape}"
+        )
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {X.shape}); pass at least one sample and one feature")
     if not np.isfinite(X).all():
@@ -81,7 +83,9 @@ class _SecondMomentPCA:
         self._check_fitted()
         X = _as_rows(X)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}")
+            raise ValueError(
+                f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}"
+            )
         return (X - self.mean_) @ self.components_.T
 
     def fit_transform(self, X, y=None) -> np.ndarray:
@@ -135,7 +139,9 @@ class LIB:
         if grads_n != n:
             raise ValueError(f"{n} activation rows but {grads_n} gradient rows; give the gradients of the same inputs")
         if J.shape[1] != A.shape[1]:
-            raise ValueError(f"activations have {A.shape[1]} features but gradients {J.shape[1]}; they must be of the same layer")
+            raise ValueError(
+                f"activations have {A.shape[1]} features but gradients {J.shape[1]}; they must be of the same layer"
+            )
         G = A.T @ A / n
         H = J.T @ J / n  # E[JᵀJ] (summed over the k target columns)
         d, U = np.linalg.eigh(G)
@@ -149,7 +155,9 @@ class LIB:
         order = np.argsort(lam)[::-1]
         k = len(order) if self.n_components is None else self.n_components
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(order):
-            raise ValueError(f"n_components={self.n_components} must be between 1 and the {len(order)} directions the activations span")
+            raise ValueError(
+                f"n_components={self.n_components} must be between 1 and the {len(order)} directions the activations span"
+            )
         order = order[:k]
         comps = (half @ V[:, order]).T  # [k, dim]
         comps = comps / np.linalg.norm(comps, axis=1, keepdims=True)
@@ -193,7 +201,9 @@ def abs_cosines(truth, found) -> np.ndarray:
     T = _unit_rows(_as_rows(truth, "truth"))
     F = _unit_rows(_as_rows(found, "found"))
     if T.shape[1] != F.shape[1]:
-        raise ValueError(f"truth has dimension {T.shape[1]} but found has {F.shape[1]}; they must live in the same space")
+        raise ValueError(
+            f"truth has dimension {T.shape[1]} but found has {F.shape[1]}; they must live in the same space"
+        )
     return np.abs(T @ F.T)
 
 

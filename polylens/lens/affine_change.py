@@ -22,15 +22,16 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from polylens.capture import recording
-from polylens.models.base import ModelAdapter
 from polylens.lens.paths import ActivationPath
+from polylens.models.base import ModelAdapter
 
 SLOPE_JUMP = {"relu": 1.0, "identity": 0.0}  # |φ'₊ − φ'₋| at the boundary z = 0
 _OUTPUT_BUDGET = 20_000_000  # output elements (and as many tangents) held per batch
 
 
-def affine_changes(adapter: ModelAdapter, module: torch.nn.Module, path: ActivationPath, crossings: list[dict],
-                   batch_size: int = 256) -> list[float | None]:
+def affine_changes(
+    adapter: ModelAdapter, module: torch.nn.Module, path: ActivationPath, crossings: list[dict], batch_size: int = 256
+) -> list[float | None]:
     """‖A₊ − A₋‖_F of the map from ``path.layer``'s space to ``module``'s output, one per crossing.
 
     module: the model run (the float64 copy exact counting uses); crossings: ``{"t", "layer",

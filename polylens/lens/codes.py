@@ -115,7 +115,13 @@ class SplineCodes:
 
     @classmethod
     def from_preactivations(
-        cls, preacts: Mapping[str, Tensor], kinds: Mapping[str, str] | None = None, *, soft: bool = False, beta: float = 1.0, provenance: dict | None = None
+        cls,
+        preacts: Mapping[str, Tensor],
+        kinds: Mapping[str, str] | None = None,
+        *,
+        soft: bool = False,
+        beta: float = 1.0,
+        provenance: dict | None = None,
     ) -> SplineCodes:
         """Codes from pre-activations ``name -> [n, *unit_shape]`` (concatenated in mapping order)."""
         kinds = dict(kinds or {})
@@ -138,7 +144,13 @@ class SplineCodes:
         if not slots:
             raise ValueError("no layers given to build codes from")
         allbits = np.concatenate(bits, axis=1)
-        return cls(pack_bits(allbits), offset, tuple(slots), np.concatenate(probs, axis=1) if soft else None, dict(provenance or {}))
+        return cls(
+            pack_bits(allbits),
+            offset,
+            tuple(slots),
+            np.concatenate(probs, axis=1) if soft else None,
+            dict(provenance or {}),
+        )
 
     def __len__(self) -> int:
         return self.words.shape[0]
@@ -169,7 +181,13 @@ class SplineCodes:
                 soft.append(self.soft[:, s.offset : s.offset + s.size])
             slots.append(LayerSlot(s.name, s.kind, offset, s.size, s.shape))
             offset += s.size
-        return SplineCodes(pack_bits(np.concatenate(parts, axis=1)), offset, tuple(slots), np.concatenate(soft, axis=1) if soft else None, dict(self.provenance))
+        return SplineCodes(
+            pack_bits(np.concatenate(parts, axis=1)),
+            offset,
+            tuple(slots),
+            np.concatenate(soft, axis=1) if soft else None,
+            dict(self.provenance),
+        )
 
     def rows(self, index) -> SplineCodes:
         """A subset of inputs (any numpy index over the first axis); provenance ids follow."""
@@ -182,7 +200,9 @@ class SplineCodes:
 
     def _check_compatible(self, other: SplineCodes) -> None:
         if other.n_units != self.n_units or [s.size for s in other.layers] != [s.size for s in self.layers]:
-            raise ValueError(f"codes have different layouts: {self.n_units} units {self.layer_names} vs {other.n_units} units {other.layer_names}")
+            raise ValueError(
+                f"codes have different layouts: {self.n_units} units {self.layer_names} vs {other.n_units} units {other.layer_names}"
+            )
 
     def hamming(self, other: SplineCodes) -> np.ndarray:
         """Row-wise Hamming distance ``[n]`` to ``other`` (same n, or one row broadcast)."""
@@ -214,7 +234,10 @@ class SplineCodes:
         return {
             "format": "polylens.spline_codes/1",
             "n_units": self.n_units,
-            "layers": [{"name": s.name, "kind": s.kind, "offset": s.offset, "size": s.size, "shape": list(s.shape)} for s in self.layers],
+            "layers": [
+                {"name": s.name, "kind": s.kind, "offset": s.offset, "size": s.size, "shape": list(s.shape)}
+                for s in self.layers
+            ],
             "provenance": self.provenance,
         }
 
@@ -234,16 +257,22 @@ class SplineCodes:
         try:
             data = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile):
-            raise ValueError(f"{path} is not a polylens spline-code file (an .npz written by `polylens codes`)") from None
+            raise ValueError(
+                f"{path} is not a polylens spline-code file (an .npz written by `polylens codes`)"
+            ) from None
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path} is not a polylens spline-code file (an .npz written by `polylens codes`); it holds one array")
+            raise ValueError(
+                f"{path} is not a polylens spline-code file (an .npz written by `polylens codes`); it holds one array"
+            )
         with data:
             if "words" not in data or "meta" not in data:
                 raise ValueError(f"{path} is not a polylens spline-code file (needs arrays 'words' and 'meta')")
             meta = json.loads(str(data["meta"]))
             words = data["words"].astype(np.uint64)
             soft = data["soft"] if "soft" in data else None
-        slots = tuple(LayerSlot(d["name"], d["kind"], d["offset"], d["size"], tuple(d["shape"])) for d in meta["layers"])
+        slots = tuple(
+            LayerSlot(d["name"], d["kind"], d["offset"], d["size"], tuple(d["shape"])) for d in meta["layers"]
+        )
         return cls(words, int(meta["n_units"]), slots, soft, meta.get("provenance", {}))
 
 
@@ -279,7 +308,9 @@ def extract_codes(
     parts, seq_len = [], None
     bar = progress_bar(inputs.shape[0], f"codes {adapter.name}", enabled=progress)
     for start in range(0, inputs.shape[0], batch_size):  # packed a batch at a time: float activations never pile up
-        names, preacts = layer_preactivations(adapter, inputs[start : start + batch_size], layers, batch_size=batch_size, position=position)
+        names, preacts = layer_preactivations(
+            adapter, inputs[start : start + batch_size], layers, batch_size=batch_size, position=position
+        )
         bar.update(min(batch_size, inputs.shape[0] - start))
         if per_position:
             seq = {z.shape[1] for z in preacts.values() if z.dim() >= 3}
@@ -287,11 +318,22 @@ def extract_codes(
                 raise ValueError("per_position needs every layer shaped [n, positions, units]")
             (seq_len,) = seq
             preacts = {n: z.reshape(z.shape[0] * seq_len, *z.shape[2:]) for n, z in preacts.items()}
-        parts.append(SplineCodes.from_preactivations(preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta))
+        parts.append(
+            SplineCodes.from_preactivations(
+                preacts, {n: adapter.activation_layers[n] for n in names}, soft=soft, beta=beta
+            )
+        )
     bar.close()
     if per_position:
         ids = [f"{i}@{p}" for i in ids for p in range(seq_len)]
-    prov = {"model": adapter.name, "layers": names, "input_ids": ids, "soft": soft, "beta": beta, "position": list(position) if position else None}
+    prov = {
+        "model": adapter.name,
+        "layers": names,
+        "input_ids": ids,
+        "soft": soft,
+        "beta": beta,
+        "position": list(position) if position else None,
+    }
     soft_codes = np.concatenate([c.soft for c in parts]) if soft else None
     return SplineCodes(np.concatenate([c.words for c in parts]), parts[0].n_units, parts[0].layers, soft_codes, prov)
 
@@ -312,8 +354,14 @@ def resolve_activation_layers(adapter, layers: str | Sequence[str] | None) -> li
     return [n for n in available if n in names]
 
 
-def layer_preactivations(adapter, inputs: Tensor, layers: str | Sequence[str] | None, *, batch_size: int = 64,
-                         position: tuple[int, int] | None = None) -> tuple[list[str], dict[str, Tensor]]:
+def layer_preactivations(
+    adapter,
+    inputs: Tensor,
+    layers: str | Sequence[str] | None,
+    *,
+    batch_size: int = 64,
+    position: tuple[int, int] | None = None,
+) -> tuple[list[str], dict[str, Tensor]]:
     """Pre-activations ``name -> [n, ...]`` of ``inputs`` at activation ``layers``, read through
     ``polylens.capture`` with the forward pass stopped after the last of them. position ``(h, w)``:
     only the channel vector there of conv layers (``[n, C, H, W]`` → ``[n, C]``)."""
@@ -326,8 +374,12 @@ def layer_preactivations(adapter, inputs: Tensor, layers: str | Sequence[str] | 
         h, w = position
         for n, z in preacts.items():
             if z.dim() != 4:
-                raise ValueError(f"position=({h}, {w}) needs conv layers [n, C, H, W]; {n!r} has shape {tuple(z.shape)}")
+                raise ValueError(
+                    f"position=({h}, {w}) needs conv layers [n, C, H, W]; {n!r} has shape {tuple(z.shape)}"
+                )
             if not (0 <= h < z.shape[2] and 0 <= w < z.shape[3]):
-                raise ValueError(f"position=({h}, {w}) is outside layer {n!r} of spatial size {z.shape[2]}x{z.shape[3]}")
+                raise ValueError(
+                    f"position=({h}, {w}) is outside layer {n!r} of spatial size {z.shape[2]}x{z.shape[3]}"
+                )
         preacts = {n: z[:, :, h, w] for n, z in preacts.items()}
     return names, preacts

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from polylens.lens.affine_change import affine_changes
 from polylens.capture import capture
+from polylens.lens.affine_change import affine_changes
 from polylens.lens.exactness import EVAL_ONLY, first_smooth_step
+from polylens.lens.paths import ActivationPath, Evaluator
 from polylens.memory import available_memory
 from polylens.models.base import PIECEWISE_LINEAR, ModelAdapter
-from polylens.lens.paths import ActivationPath, Evaluator
 
 # Relative linearity tolerance. float64 roundoff in a forward pass is ~fan_in · 2^-53 · scale
 # (≈1e-12 for fan-in 10^4), so 1e-9 leaves a 1000× margin against false kinks, while a real kink
@@ -95,18 +95,24 @@ def downstream_layers(adapter: ModelAdapter, path: ActivationPath) -> list[str]:
 def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[str], bool]:
     training = [n for n, m in adapter.module.named_modules() if isinstance(m, EVAL_ONLY) and m.training]
     if training:
-        raise ValueError(f"module {training[0]!r} ({type(dict(adapter.module.named_modules())[training[0]]).__name__}) is in training mode, "
-                         "so each path point would depend on the others in its batch; call model.eval() first")
+        raise ValueError(
+            f"module {training[0]!r} ({type(dict(adapter.module.named_modules())[training[0]]).__name__}) is in training mode, "
+            "so each path point would depend on the others in its batch; call model.eval() first"
+        )
     below = downstream_layers(adapter, path)
     if not below:
-        raise ValueError(f"no activation layer at or after {path.layer!r}; activation layers: {', '.join(adapter.activation_layers)}")
+        raise ValueError(
+            f"no activation layer at or after {path.layer!r}; activation layers: {', '.join(adapter.activation_layers)}"
+        )
     if count_layers is None:
         counted = below
     else:
         counted = [count_layers] if isinstance(count_layers, str) else list(count_layers)
         for name in counted:
             if name not in below:
-                raise ValueError(f"count layer {name!r} is not an activation layer at or after {path.layer!r}; choose from: {', '.join(below)}")
+                raise ValueError(
+                    f"count layer {name!r} is not an activation layer at or after {path.layer!r}; choose from: {', '.join(below)}"
+                )
         counted = [n for n in below if n in counted]
     checked = below[: below.index(counted[-1]) + 1]
     smooth = [n for n in checked if adapter.activation_layers[n] not in PIECEWISE_LINEAR]
@@ -114,15 +120,26 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
         why = f"layer {smooth[0]!r} uses {adapter.activation_layers[smooth[0]]}, which is not piecewise-linear"
     elif exact is not False:  # certify what runs between the path's layer and the last counted layer
         example = path.vertices[:1] if path.layer == "input" else path.base
-        offender = first_smooth_step(adapter.module, example, None if path.layer == "input" else path.layer, checked[-1],
-                                     declared=tuple(adapter.piecewise_linear_modules))
-        why = None if offender is None else f"{offender} runs between {path.layer!r} and {checked[-1]!r} and is not piecewise-linear"
+        offender = first_smooth_step(
+            adapter.module,
+            example,
+            None if path.layer == "input" else path.layer,
+            checked[-1],
+            declared=tuple(adapter.piecewise_linear_modules),
+        )
+        why = (
+            None
+            if offender is None
+            else f"{offender} runs between {path.layer!r} and {checked[-1]!r} and is not piecewise-linear"
+        )
     else:
         why = "not asked"
     if exact is None:
         exact = why is None
     if exact and why:
-        raise ValueError(f"{why}, so exact counting does not apply; use the smooth (sampled) mode: exact=False / --smooth")
+        raise ValueError(
+            f"{why}, so exact counting does not apply; use the smooth (sampled) mode: exact=False / --smooth"
+        )
     return counted, (checked if exact else counted), exact
 
 
@@ -151,9 +168,12 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
                 raise ValueError(
                     f"exact counting keeps {ev.width:,} float64 pre-activations for each point it is working on and needs more than "
                     f"{len(cache):,} of them here ({8 * ev.width * len(cache) / 2**30:.1f} GiB, over the memory free); "
-                    "count fewer layers (--count-layers, count_layers=) or use the smooth mode (--smooth)")
+                    "count fewer layers (--count-layers, count_layers=) or use the smooth mode (--smooth)"
+                )
         if ev.evaluations > max_evaluations:
-            raise ValueError(f"exact counting needed more than max_evaluations={max_evaluations} forward evaluations; raise it or shorten the path")
+            raise ValueError(
+                f"exact counting needed more than max_evaluations={max_evaluations} forward evaluations; raise it or shorten the path"
+            )
 
     evaluate([0.0, 1.0])
     starts, layer_id, count_mask = _layer_index(ev, counted)
@@ -169,7 +189,13 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
 
         # Points already evaluated (parents' check points) serve as checks; add the golden-section
         # points only where a piece has fewer than _CHECKS of them.
-        evaluate([a + (b - a) * (_GOLDEN if k == 0 else 0.5) for a, b in pending for k in range(len(interior(a, b)), _CHECKS)])
+        evaluate(
+            [
+                a + (b - a) * (_GOLDEN if k == 0 else 0.5)
+                for a, b in pending
+                for k in range(len(interior(a, b)), _CHECKS)
+            ]
+        )
         keys = sorted(cache)
         queue, pending = pending, []
         for a, b in queue:
@@ -178,7 +204,9 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
             scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
             if pts.size:
                 frac = (pts - a) / (b - a)
-                dev = np.abs(np.stack([cache[p] for p in pts]) - (za[None] + frac[:, None] * (zb - za)[None])).max(axis=0)
+                dev = np.abs(np.stack([cache[p] for p in pts]) - (za[None] + frac[:, None] * (zb - za)[None])).max(
+                    axis=0
+                )
                 bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
             else:  # no float64 point between the ends (a piece a few ulps wide): nothing inside can be seen or split
                 bad = np.zeros(n_layers, dtype=bool)
@@ -283,10 +311,14 @@ def boundary_density(
         raise ValueError(f"n_profile={n_profile} must be >= 0")
     for name, value in (("n_samples", n_samples), ("n_profile", n_profile)):
         if value > MAX_SAMPLES:
-            raise ValueError(f"{name}={value}{' (--samples)' if name == 'n_samples' else ''} is more than {MAX_SAMPLES:,} points on one path (a forward pass each); "
-                             "use fewer, or exact counting where the network is piecewise-linear")
+            raise ValueError(
+                f"{name}={value}{' (--samples)' if name == 'n_samples' else ''} is more than {MAX_SAMPLES:,} points on one path (a forward pass each); "
+                "use fewer, or exact counting where the network is piecewise-linear"
+            )
     counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
-    ev = Evaluator(adapter, path, checked, batch_size=batch_size, float64=exact)  # float64 only where exactness needs it
+    ev = Evaluator(
+        adapter, path, checked, batch_size=batch_size, float64=exact
+    )  # float64 only where exactness needs it
     verts = path.vertices.detach().double()
     seg_len = path.segment_lengths
     raw: list[tuple[float, int]] = []
@@ -304,7 +336,11 @@ def boundary_density(
     for t, u in raw:
         name, off, _ = next(x for x in unit_layer if x[1] <= u < x[1] + x[2])
         crossings.append({"t": t, "layer": name, "unit": int(u - off)})
-    changes_f = affine_changes(adapter, ev.module, path, crossings, batch_size) if (exact and affine_change) else [None] * len(crossings)
+    changes_f = (
+        affine_changes(adapter, ev.module, path, crossings, batch_size)
+        if (exact and affine_change)
+        else [None] * len(crossings)
+    )
     for c, value in zip(crossings, changes_f):
         c["affine_change"] = value
     per_layer = {n: sum(c["layer"] == n for c in crossings) for n in counted}
@@ -314,7 +350,13 @@ def boundary_density(
         model=adapter.name,
         layers=counted,
         space_layer=path.layer,
-        path={"kind": path.kind, "length": path.length, "layer": path.layer, "n_vertices": int(path.vertices.shape[0]), **meta},
+        path={
+            "kind": path.kind,
+            "length": path.length,
+            "layer": path.layer,
+            "n_vertices": int(path.vertices.shape[0]),
+            **meta,
+        },
         n_crossings=len(crossings),
         crossings=crossings,
         density_per_unit_length=len(crossings) / path.length,

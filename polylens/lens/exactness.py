@@ -17,21 +17,105 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 PIECEWISE_LINEAR_MODULES: tuple[type, ...] = (
-    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-    nn.ConvTranspose3d, nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.PReLU, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d,
-    nn.ReplicationPad1d, nn.ReplicationPad2d, nn.Embedding,
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ReLU6,
+    nn.PReLU,
+    nn.Hardtanh,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Identity,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.ZeroPad2d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.Embedding,
 )
-EVAL_ONLY: tuple[type, ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-SMOOTH_FUNCTIONS = frozenset({
-    "tanh", "tanh_", "sigmoid", "sigmoid_", "exp", "exp_", "expm1", "log", "log_", "log1p", "log2", "log10", "sqrt", "sqrt_",
-    "rsqrt", "rsqrt_", "erf", "erfc", "softmax", "log_softmax", "softmin", "gelu", "silu", "mish", "softplus", "elu", "selu",
-    "celu", "logsigmoid", "hardswish", "hardsigmoid", "layer_norm", "group_norm", "instance_norm", "local_response_norm",
-    "rms_norm", "normalize", "norm", "pow", "pow_", "__pow__", "__rpow__", "reciprocal", "sin", "cos", "atan", "glu",
-    "scaled_dot_product_attention", "cosine_similarity",
-})
+EVAL_ONLY: tuple[type, ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+)
+SMOOTH_FUNCTIONS = frozenset(
+    {
+        "tanh",
+        "tanh_",
+        "sigmoid",
+        "sigmoid_",
+        "exp",
+        "exp_",
+        "expm1",
+        "log",
+        "log_",
+        "log1p",
+        "log2",
+        "log10",
+        "sqrt",
+        "sqrt_",
+        "rsqrt",
+        "rsqrt_",
+        "erf",
+        "erfc",
+        "softmax",
+        "log_softmax",
+        "softmin",
+        "gelu",
+        "silu",
+        "mish",
+        "softplus",
+        "elu",
+        "selu",
+        "celu",
+        "logsigmoid",
+        "hardswish",
+        "hardsigmoid",
+        "layer_norm",
+        "group_norm",
+        "instance_norm",
+        "local_response_norm",
+        "rms_norm",
+        "normalize",
+        "norm",
+        "pow",
+        "pow_",
+        "__pow__",
+        "__rpow__",
+        "reciprocal",
+        "sin",
+        "cos",
+        "atan",
+        "glu",
+        "scaled_dot_product_attention",
+        "cosine_similarity",
+    }
+)
 
 
 class _Watch(TorchFunctionMode):
@@ -45,7 +129,9 @@ class _Watch(TorchFunctionMode):
             name = getattr(func, "__name__", str(func))
             if name in SMOOTH_FUNCTIONS:
                 where = st["stack"][-1] if st["stack"] else None
-                st["offender"] = f"{name}() in the forward of " + (f"module {where[0]!r} ({where[1]})" if where else "the model")
+                st["offender"] = f"{name}() in the forward of " + (
+                    f"module {where[0]!r} ({where[1]})" if where else "the model"
+                )
         return func(*args, **(kwargs or {}))
 
 
@@ -53,11 +139,17 @@ def _module_offence(module: nn.Module, name: str, extra: tuple[type, ...]) -> st
     if isinstance(module, PIECEWISE_LINEAR_MODULES + extra):
         return None
     if isinstance(module, EVAL_ONLY):
-        return None if not module.training else f"module {name!r} ({type(module).__name__}) in training mode (switch the model to eval())"
+        return (
+            None
+            if not module.training
+            else f"module {name!r} ({type(module).__name__}) in training mode (switch the model to eval())"
+        )
     return f"module {name!r} ({type(module).__name__})"
 
 
-def first_smooth_step(model: nn.Module, inputs, after: str | None, until: str, *, declared: tuple[type, ...] = ()) -> str | None:
+def first_smooth_step(
+    model: nn.Module, inputs, after: str | None, until: str, *, declared: tuple[type, ...] = ()
+) -> str | None:
     """What first makes ``model`` not piecewise-linear between the output of module ``after``
     (None: the input) and the output of module ``until``; None when nothing does."""
     modules = dict(model.named_modules())

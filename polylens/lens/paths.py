@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from polylens.capture import capture
 from polylens.models.base import ModelAdapter
@@ -43,7 +43,9 @@ class ActivationPath:
         lengths = (v[1:] - v[:-1]).norm(dim=1)
         if (lengths == 0).any():
             i = int((lengths == 0).nonzero()[0])
-            raise ValueError(f"path vertices {i} and {i + 1} coincide: a zero-length path segment has no crossings to count")
+            raise ValueError(
+                f"path vertices {i} and {i + 1} coincide: a zero-length path segment has no crossings to count"
+            )
 
     @property
     def segment_lengths(self) -> np.ndarray:
@@ -81,33 +83,53 @@ def _layer_value(adapter: ModelAdapter, x: Tensor, layer: str) -> Tensor:
 
 def _check_same_shape(a: Tensor, b: Tensor, what: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}; both ends must have the same shape")
+        raise ValueError(
+            f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}; both ends must have the same shape"
+        )
 
 
-def interpolation_path(adapter: ModelAdapter, x0: Tensor, x1: Tensor, layer: str, via: list[Tensor] = ()) -> ActivationPath:
+def interpolation_path(
+    adapter: ModelAdapter, x0: Tensor, x1: Tensor, layer: str, via: list[Tensor] = ()
+) -> ActivationPath:
     """Straight line(s) between the activations of inputs ``x0``, ``via…``, ``x1`` (each ``[1, ...]``) at ``layer``."""
     xs = [x0, *via, x1]
     for x in xs[1:]:
         _check_same_shape(x0, x, "interpolation inputs")
     acts = [_layer_value(adapter, x, layer) for x in xs]
     if layer == "input" and not torch.is_floating_point(x0):
-        raise ValueError("interpolation in input space needs float inputs (these are token ids); pick an activation layer with --layer")
+        raise ValueError(
+            "interpolation in input space needs float inputs (these are token ids); pick an activation layer with --layer"
+        )
     kind = "input" if layer == "input" else "interp"
-    return ActivationPath(kind, layer, torch.cat(acts).detach(), None if layer == "input" else x0, {"n_inputs": len(xs)})
+    return ActivationPath(
+        kind, layer, torch.cat(acts).detach(), None if layer == "input" else x0, {"n_inputs": len(xs)}
+    )
 
 
-def scaling_path(adapter: ModelAdapter, x: Tensor, layer: str, alpha_max: float = 2.0, alpha_min: float = 0.0) -> ActivationPath:
+def scaling_path(
+    adapter: ModelAdapter, x: Tensor, layer: str, alpha_max: float = 2.0, alpha_min: float = 0.0
+) -> ActivationPath:
     """The ray α·a(x) for α ∈ [alpha_min, alpha_max], a(x) the activation of ``x [1, ...]`` at ``layer``."""
     if not alpha_max > alpha_min:
         raise ValueError(f"alpha_max={alpha_max} must be greater than alpha_min={alpha_min}")
     a = _layer_value(adapter, x, layer).detach()
     if layer == "input" and not torch.is_floating_point(a):
-        raise ValueError("scaling in input space needs float inputs (these are token ids); pick an activation layer with --layer")
+        raise ValueError(
+            "scaling in input space needs float inputs (these are token ids); pick an activation layer with --layer"
+        )
     norm = float(a.double().norm())
     if norm == 0:
-        raise ValueError(f"the activation at {layer} is all zeros, so its scaling path has zero length; pick another input or layer")
+        raise ValueError(
+            f"the activation at {layer} is all zeros, so its scaling path has zero length; pick another input or layer"
+        )
     verts = torch.cat([alpha_min * a, alpha_max * a])
-    return ActivationPath("scale", layer, verts, None if layer == "input" else x, {"alpha_min": alpha_min, "alpha_max": alpha_max, "norm": norm})
+    return ActivationPath(
+        "scale",
+        layer,
+        verts,
+        None if layer == "input" else x,
+        {"alpha_min": alpha_min, "alpha_max": alpha_max, "norm": norm},
+    )
 
 
 def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Tensor | None = None) -> ActivationPath:
@@ -116,7 +138,9 @@ def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Ten
         adapter.check_layer(layer)
         if base is None:
             raise ValueError("a polyline in an activation layer needs a base input for the forward pass")
-        _check_same_shape(_layer_value(adapter, base, layer)[0], vertices[0], "polyline vertices vs the layer's activation")
+        _check_same_shape(
+            _layer_value(adapter, base, layer)[0], vertices[0], "polyline vertices vs the layer's activation"
+        )
     return ActivationPath("polyline", layer, vertices.detach(), base)
 
 
@@ -130,7 +154,14 @@ class Evaluator:
     ``offsets``: (layer, offset, size) of each layer in z's columns.
     """
 
-    def __init__(self, adapter: ModelAdapter, path: ActivationPath, layers: list[str], batch_size: int = 256, float64: bool = True):
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        path: ActivationPath,
+        layers: list[str],
+        batch_size: int = 256,
+        float64: bool = True,
+    ):
         self.module = adapter.module
         param = next(adapter.module.parameters(), None)
         self.dtype = torch.float64 if float64 else (param.dtype if param is not None else torch.float32)
@@ -175,7 +206,9 @@ class Evaluator:
                     off += f.shape[1]
             z = torch.cat(flat, dim=1)
             if not torch.isfinite(z).all():
-                raise ValueError("the model produced NaN/inf pre-activations along the path; check the inputs and the scaling range")
+                raise ValueError(
+                    "the model produced NaN/inf pre-activations along the path; check the inputs and the scaling range"
+                )
             zs.append(z)
             if want_output and got.output is not None:
                 outs.append(got.output)

@@ -17,8 +17,8 @@ import numpy as np
 from torch import Tensor
 
 from polylens.lens.density import boundary_density
-from polylens.models.base import ModelAdapter
 from polylens.lens.paths import scaling_path
+from polylens.models.base import ModelAdapter
 
 
 @dataclass
@@ -65,8 +65,16 @@ def shell_profile(
     radii, norms, evaluations, layers, was_exact = [], [], 0, None, True
     for i in range(inputs.shape[0]):
         path = scaling_path(adapter, inputs[i : i + 1], layer, alpha_max)
-        res = boundary_density(adapter, path, count_layers=count_layers, exact=exact, n_samples=n_samples, n_profile=0, batch_size=batch_size,
-                                 affine_change=False)
+        res = boundary_density(
+            adapter,
+            path,
+            count_layers=count_layers,
+            exact=exact,
+            n_samples=n_samples,
+            n_profile=0,
+            batch_size=batch_size,
+            affine_change=False,
+        )
         norm = path.meta["norm"]
         norms.append(norm)
         radii.extend(c["t"] * alpha_max * norm for c in res.crossings)

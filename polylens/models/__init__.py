@@ -37,14 +37,18 @@ def load_model(spec: str | None = None, **options) -> ModelAdapter:
         key = spec.split(":", 1)[0]
         key = "gpt2" if key.startswith("gpt2") else key
         if key not in _ADAPTERS:
-            raise ValueError(f"unknown model {spec!r}; use digits, gpt2[-medium|-large|-xl], inceptionv1, torchvision:NAME or FILE.py:FUNCTION")
+            raise ValueError(
+                f"unknown model {spec!r}; use digits, gpt2[-medium|-large|-xl], inceptionv1, torchvision:NAME or FILE.py:FUNCTION"
+            )
         target = _ADAPTERS[key]
     module_name, fn = target.split(":")
     loader = getattr(importlib.import_module(module_name), fn)
     accepted = [name for name, p in inspect.signature(loader).parameters.items() if p.kind == p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:  # a typo in an option is an error, never silently ignored
-        raise ValueError(f"model {spec!r} takes no option {', '.join(map(repr, unknown))}; its options: {', '.join(accepted)}")
+        raise ValueError(
+            f"model {spec!r} takes no option {', '.join(map(repr, unknown))}; its options: {', '.join(accepted)}"
+        )
     return loader(spec, **options)
 
 

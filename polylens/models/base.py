@@ -125,19 +125,25 @@ def load_weights(model: nn.Module, path: str | Path, *, what: str | None = None)
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt files, pickled objects: safetensors and torch raise many types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"weights file {str(path)!r} is not a readable safetensors/torch state dict ({first})") from None
+        raise ValueError(
+            f"weights file {str(path)!r} is not a readable safetensors/torch state dict ({first})"
+        ) from None
     if not isinstance(state, dict):
         raise ValueError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
     want = model.state_dict()
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
     if missing or extra:
-        raise ValueError(f"weights file {str(path)!r} does not fit {what}: {len(missing)} missing keys {missing[:4]}, "
-                         f"{len(extra)} extra keys {extra[:4]}; it must hold exactly the model's state_dict() keys")
+        raise ValueError(
+            f"weights file {str(path)!r} does not fit {what}: {len(missing)} missing keys {missing[:4]}, "
+            f"{len(extra)} extra keys {extra[:4]}; it must hold exactly the model's state_dict() keys"
+        )
     bad = [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
-        raise ValueError(f"weights file {str(path)!r} does not fit {what}: {len(bad)} tensors of another shape, "
-                         f"e.g. {k} is {tuple(state[k].shape)} in the file but {tuple(want[k].shape)} in the model")
+        raise ValueError(
+            f"weights file {str(path)!r} does not fit {what}: {len(bad)} tensors of another shape, "
+            f"e.g. {k} is {tuple(state[k].shape)} in the file but {tuple(want[k].shape)} in the model"
+        )
     model.load_state_dict(state)
     return meta
 
@@ -169,7 +175,9 @@ def read_npy(path: str | Path, *, what: str = "input file", integers: bool = Fal
     if kind == "c":
         raise ValueError(f"{what} {str(path)!r} holds complex values ({arr.dtype}); give real numbers")
     if kind in "iu" and not integers:
-        raise ValueError(f"{what} {str(path)!r} holds integers ({arr.dtype}); give float values (e.g. pixels in [0, 1])")
+        raise ValueError(
+            f"{what} {str(path)!r} holds integers ({arr.dtype}); give float values (e.g. pixels in [0, 1])"
+        )
     if kind not in ("fiu" if integers else "f"):
         raise ValueError(f"{what} {str(path)!r} holds {arr.dtype} values; give a float array")
     if arr.size == 0:

@@ -62,11 +62,17 @@ def import_function(spec: str):
     try:
         mod_spec.loader.exec_module(module)
     except SystemExit as err:
-        raise ValueError(f"model file {file} called sys.exit({err.code}) while being imported; it must define {fn}() and return") from None
+        raise ValueError(
+            f"model file {file} called sys.exit({err.code}) while being imported; it must define {fn}() and return"
+        ) from None
     except Exception as err:  # the user's code: syntax errors, failed imports, anything it raises
         raise ValueError(f"model file {file} failed to import: {type(err).__name__}: {_first_line(err)}") from None
     if not callable(getattr(module, fn, None)):
-        found = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == name]
+        found = [
+            k
+            for k, v in vars(module).items()
+            if callable(v) and not k.startswith("_") and getattr(v, "__module__", None) == name
+        ]
         raise ValueError(f"{file} has no function {fn!r}; functions defined there: {', '.join(found) or 'none'}")
     return getattr(module, fn), module
 
@@ -113,17 +119,23 @@ def traced_activations(model: nn.Module, example: Tensor) -> tuple[dict[str, str
     return found, list(dict.fromkeys(order))
 
 
-def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None) -> ModelAdapter:
+def load(
+    spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None
+) -> ModelAdapter:
     """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
     if random_weights:
-        raise ValueError(f"--random-weights does not apply to {spec}: FUNCTION() builds the model (with its own initialisation); drop the flag")
+        raise ValueError(
+            f"--random-weights does not apply to {spec}: FUNCTION() builds the model (with its own initialisation); drop the flag"
+        )
     fn, user_module = import_function(spec)
     try:
         model = fn()
     except SystemExit as err:
         raise ValueError(f"{spec} called sys.exit({err.code}) instead of returning an nn.Module") from None
     except TypeError as err:
-        raise ValueError(f"{spec} could not be called with no arguments ({_first_line(err)}); FUNCTION must take none") from None
+        raise ValueError(
+            f"{spec} could not be called with no arguments ({_first_line(err)}); FUNCTION must take none"
+        ) from None
     except Exception as err:
         raise ValueError(f"{spec} raised {type(err).__name__}: {_first_line(err)}") from None
     if not isinstance(model, nn.Module):
@@ -133,8 +145,11 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
     if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
         import sys
 
-        print(f"note: {spec} returned a model in training mode with batch-norm or dropout; polylens puts it in eval mode "
-              "(running statistics, no dropout), so each input's result depends on that input alone", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: {spec} returned a model in training mode with batch-norm or dropout; polylens puts it in eval mode "
+            "(running statistics, no dropout), so each input's result depends on that input alone",
+            file=sys.stderr,
+        )
     model = model.to(device).eval()
     example_fn = getattr(user_module, "example_inputs", None)
     names = [n for n, _ in model.named_modules() if n]
@@ -146,7 +161,9 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
         order = fired + [n for n in names if n not in fired]
     for layer, kind in (activations or {}).items():
         if layer not in names:
-            raise ValueError(f"activation layer {layer!r} is not a module of {spec}; available layers: {', '.join(names[:40])}")
+            raise ValueError(
+                f"activation layer {layer!r} is not a module of {spec}; available layers: {', '.join(names[:40])}"
+            )
         if kind not in KINDS:
             raise ValueError(f"activation kind {kind!r} for {layer!r} must be one of {', '.join(KINDS)}")
         found[layer] = kind

@@ -86,7 +86,13 @@ def train_digits_cnn(seed: int = 0, epochs: int = 40, width: int = 16) -> tuple[
     model.eval()
     with torch.no_grad():
         pred = model(torch.from_numpy(data["x_test"])).argmax(1).numpy()
-    facts = {"seed": seed, "epochs": epochs, "width": width, "train_seconds": round(seconds, 2), "test_accuracy": float((pred == data["y_test"]).mean())}
+    facts = {
+        "seed": seed,
+        "epochs": epochs,
+        "width": width,
+        "train_seconds": round(seconds, 2),
+        "test_accuracy": float((pred == data["y_test"]).mean()),
+    }
     return model, facts
 
 
@@ -95,8 +101,10 @@ def _check_writable(folder: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not os.access(existing, os.W_OK):
-        raise PermissionError(f"cache folder {folder} cannot be written (the trained digits CNN is cached there); "
-                              "set POLYLENS_CACHE to a writable folder")
+        raise PermissionError(
+            f"cache folder {folder} cannot be written (the trained digits CNN is cached there); "
+            "set POLYLENS_CACHE to a writable folder"
+        )
 
 
 def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
@@ -106,7 +114,11 @@ def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp, metadata={k: str(v) for k, v in facts.items()})
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            tmp,
+            metadata={k: str(v) for k, v in facts.items()},
+        )
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; the cache gets the mode open() would give
@@ -117,7 +129,15 @@ def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
         raise
 
 
-def load(spec: str = "digits", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0, epochs: int = 40) -> ModelAdapter:
+def load(
+    spec: str = "digits",
+    *,
+    weights=None,
+    random_weights: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    epochs: int = 40,
+) -> ModelAdapter:
     """The digits CNN: trained-and-cached (default), from a safetensors ``weights`` file, or random."""
     if spec not in ("digits", None):
         raise ValueError(f"unknown digits model {spec!r}; the spec is just 'digits'")
@@ -198,5 +218,7 @@ def _read_file(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img = img.convert("L").resize((8, 8))
     except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated, broken files
-        raise ValueError(f"input file {str(path)!r} is neither a .npy array nor an image PIL can read ({type(err).__name__})") from None
+        raise ValueError(
+            f"input file {str(path)!r} is neither a .npy array nor an image PIL can read ({type(err).__name__})"
+        ) from None
     return np.asarray(img, dtype=np.float32) / 255.0

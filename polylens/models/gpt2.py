@@ -73,7 +73,9 @@ def gpt2_config(spec: str = "gpt2", *, seed: int = 0, **overrides):
 
     if spec not in SIZES:
         raise ValueError(f"unknown GPT-2 size {spec!r}; use one of {', '.join(SIZES)}")
-    fields = dict(SIZES[spec], d_vocab=50257, n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=seed, device="cpu")
+    fields = dict(
+        SIZES[spec], d_vocab=50257, n_ctx=1024, act_fn="gelu_new", normalization_type="LN", seed=seed, device="cpu"
+    )
     fields.update(overrides)
     fields.setdefault("d_head", fields["d_model"] // fields["n_heads"])
     fields.setdefault("d_mlp", 4 * fields["d_model"])
@@ -130,7 +132,9 @@ def check_pretrained_available(name: str) -> None:
     if _offline():
         raise ValueError(f"model {name!r}: weights are not in the HuggingFace cache and HF_HUB_OFFLINE is set; {HINT}")
     if not _hub_reachable():
-        raise ValueError(f"model {name!r}: weights are not cached and the HuggingFace hub is unreachable (offline?); {HINT}")
+        raise ValueError(
+            f"model {name!r}: weights are not cached and the HuggingFace hub is unreachable (offline?); {HINT}"
+        )
 
 
 def config_from_hf_dir(path: Path, *, seed: int = 0):
@@ -153,10 +157,18 @@ def config_from_hf_dir(path: Path, *, seed: int = 0):
     from transformer_lens import HookedTransformerConfig
 
     return HookedTransformerConfig(
-        d_model=d_model, n_layers=hf["n_layer"], n_heads=n_heads, d_head=d_model // n_heads,
-        d_mlp=hf.get("n_inner") or 4 * d_model, d_vocab=hf["vocab_size"], n_ctx=hf.get("n_positions", 1024),
-        act_fn=hf.get("activation_function", "gelu_new"), eps=hf.get("layer_norm_epsilon", 1e-5),
-        normalization_type="LN", seed=seed, device="cpu",
+        d_model=d_model,
+        n_layers=hf["n_layer"],
+        n_heads=n_heads,
+        d_head=d_model // n_heads,
+        d_mlp=hf.get("n_inner") or 4 * d_model,
+        d_vocab=hf["vocab_size"],
+        n_ctx=hf.get("n_positions", 1024),
+        act_fn=hf.get("activation_function", "gelu_new"),
+        eps=hf.get("layer_norm_epsilon", 1e-5),
+        normalization_type="LN",
+        seed=seed,
+        device="cpu",
     )
 
 
@@ -174,7 +186,11 @@ def _from_hf_dir(path: Path, device: str, seed: int):
     with _quiet():
         model = HookedTransformer(cfg, move_to_device=False)
     model.load_and_process_state_dict(
-        convert_gpt2_weights(hf_model, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False
+        convert_gpt2_weights(hf_model, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
     )
     return _move(model, device)
 
@@ -184,8 +200,16 @@ def _move(model, device: str):
     return model if str(device) == "cpu" else model.to(device)
 
 
-def load(spec: str = "gpt2", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0,
-         tokenizer=None, config: dict | None = None) -> ModelAdapter:
+def load(
+    spec: str = "gpt2",
+    *,
+    weights=None,
+    random_weights: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    tokenizer=None,
+    config: dict | None = None,
+) -> ModelAdapter:
     """A GPT-2 ``ModelAdapter``. config: field overrides for the random architecture (tests use tiny ones)."""
     if spec not in SIZES:
         raise ValueError(f"unknown GPT-2 model {spec!r}; use one of {', '.join(SIZES)}")
@@ -196,7 +220,9 @@ def load(spec: str = "gpt2", *, weights=None, random_weights: bool = False, devi
     if weights is not None:
         path = Path(weights)
         if not path.is_dir():
-            raise FileNotFoundError(f"weights={str(weights)!r} must be a folder holding a HuggingFace GPT-2 (config.json + weights)")
+            raise FileNotFoundError(
+                f"weights={str(weights)!r} must be a folder holding a HuggingFace GPT-2 (config.json + weights)"
+            )
         model = _from_hf_dir(path, device, seed)
         name, facts = f"{spec} ({path.name})", {"weights": str(path.resolve()), "processing": "none"}
     elif random_weights:
@@ -205,14 +231,20 @@ def load(spec: str = "gpt2", *, weights=None, random_weights: bool = False, devi
         with _quiet():
             model = HookedTransformer(gpt2_config(spec, seed=seed, **(config or {})), move_to_device=False)
         model = _move(model, device)
-        name, facts = f"{spec} (random weights)", {"weights": "random", "seed": seed, "config_overrides": dict(config or {})}
+        name, facts = (
+            f"{spec} (random weights)",
+            {"weights": "random", "seed": seed, "config_overrides": dict(config or {})},
+        )
     else:
         check_pretrained_available(spec)
         from transformer_lens import HookedTransformer
 
         with _quiet():
             model = HookedTransformer.from_pretrained(spec, device=device)
-        name, facts = spec, {"weights": f"huggingface:{spec}", "processing": "transformer_lens from_pretrained defaults"}
+        name, facts = (
+            spec,
+            {"weights": f"huggingface:{spec}", "processing": "transformer_lens from_pretrained defaults"},
+        )
     model.eval()
     return _adapter(model, name, facts, tokenizer, device)
 
@@ -257,14 +289,18 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
             if not 0 <= raw < len(SENTENCES):
                 raise ValueError(f"input index {raw} must be between 0 and {len(SENTENCES) - 1} (bundled sentences)")
             return encode(SENTENCES[raw])
-        if isinstance(raw, Path) or (isinstance(raw, str) and "\n" not in raw and (raw.endswith((".txt", ".npy")) or os.path.isfile(raw))):
+        if isinstance(raw, Path) or (
+            isinstance(raw, str) and "\n" not in raw and (raw.endswith((".txt", ".npy")) or os.path.isfile(raw))
+        ):
             path = Path(raw)
             if not path.is_file():
                 raise FileNotFoundError(f"input file {str(path)!r} does not exist")
             if path.suffix == ".npy":
                 raw = read_npy(path, integers=True)
                 if raw.dtype.kind not in "iu":
-                    raise ValueError(f"input file {str(path)!r} holds {raw.dtype} values; GPT-2 reads token ids (integers), or give a .txt file")
+                    raise ValueError(
+                        f"input file {str(path)!r} holds {raw.dtype} values; GPT-2 reads token ids (integers), or give a .txt file"
+                    )
             else:
                 return encode(path.read_text())
         if isinstance(raw, str):
@@ -282,8 +318,16 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
     hooks = ["hook_embed", "hook_pos_embed"]
     for L in range(n_layers):
         b = f"blocks.{L}"
-        hooks += [f"{b}.hook_resid_pre", f"{b}.attn.hook_z", f"{b}.hook_attn_out", f"{b}.hook_resid_mid",
-                  f"{b}.mlp.hook_pre", f"{b}.mlp.hook_post", f"{b}.hook_mlp_out", f"{b}.hook_resid_post"]
+        hooks += [
+            f"{b}.hook_resid_pre",
+            f"{b}.attn.hook_z",
+            f"{b}.hook_attn_out",
+            f"{b}.hook_resid_mid",
+            f"{b}.mlp.hook_pre",
+            f"{b}.mlp.hook_post",
+            f"{b}.hook_mlp_out",
+            f"{b}.hook_resid_post",
+        ]
     modules = dict(model.named_modules())
     from transformer_lens.hook_points import HookPoint
 
@@ -303,7 +347,14 @@ def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdap
 
 
 # TransformerLens ``act_fn`` → the soft-code kind of the MLP nonlinearity
-ACT_KINDS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+ACT_KINDS = {
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "gelu": "gelu",
+    "relu": "relu",
+    "silu": "silu",
+}
 
 
 def activation_kind(act_fn: str) -> str:
@@ -350,8 +401,14 @@ def build_tokenizer_dir(target: Path | None = None) -> Path:
         shutil.copyfile(data / "encoder.json", tmp / "vocab.json")
         shutil.copyfile(data / "vocab.bpe", tmp / "merges.txt")
         special = "<|endoftext|>"
-        config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": special, "eos_token": special, "unk_token": special,
-                  "model_max_length": 1024, "add_prefix_space": False}
+        config = {
+            "tokenizer_class": "GPT2Tokenizer",
+            "bos_token": special,
+            "eos_token": special,
+            "unk_token": special,
+            "model_max_length": 1024,
+            "add_prefix_space": False,
+        }
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
         os.replace(tmp, target)
     except OSError:

@@ -73,8 +73,9 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def load_folder(folder: str | Path, size: int = 224, resize: int | None = 256, normalize: bool = False,
-                limit: int | None = None) -> tuple[Tensor, list[str]]:
+def load_folder(
+    folder: str | Path, size: int = 224, resize: int | None = 256, normalize: bool = False, limit: int | None = None
+) -> tuple[Tensor, list[str]]:
     """Every image in ``folder`` (sorted; at most ``limit``) → ``([n, 3, size, size], file names)``."""
     files = image_files(folder)
     if limit is not None:

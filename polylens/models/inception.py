@@ -92,8 +92,14 @@ class InceptionV1(nn.Module):
             if name in POOL_BEFORE:
                 setattr(self, POOL_BEFORE[name], MaxPool(2, (0, 1, 0, 1)))
             setattr(self, f"{name}_pool", MaxPool(1, (1, 1, 1, 1)))
-            shapes = {"1x1": (c_in, c1, 1), "3x3_bottleneck": (c_in, c3r, 1), "5x5_bottleneck": (c_in, c5r, 1),
-                      "pool_reduce": (c_in, cp, 1), "3x3": (c3r, c3, 3), "5x5": (c5r, c5, 5)}
+            shapes = {
+                "1x1": (c_in, c1, 1),
+                "3x3_bottleneck": (c_in, c3r, 1),
+                "5x5_bottleneck": (c_in, c5r, 1),
+                "pool_reduce": (c_in, cp, 1),
+                "3x3": (c3r, c3, 3),
+                "5x5": (c5r, c5, 5),
+            }
             for branch in BRANCHES:
                 i, o, k = shapes[branch]
                 setattr(self, f"{name}_{branch}_pre_relu_conv", nn.Conv2d(i, o, k, padding=k // 2))
@@ -142,8 +148,10 @@ def fetch(url: str) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(url, str(path), progress=False)
         except Exception as err:  # network errors come in many types (URLError, HTTPError, OSError)
-            raise ValueError(f"weights={url!r}: download failed ({type(err).__name__}: {err}); "
-                             "download the file elsewhere and pass weights=FILE") from None
+            raise ValueError(
+                f"weights={url!r}: download failed ({type(err).__name__}: {err}); "
+                "download the file elsewhere and pass weights=FILE"
+            ) from None
     return path
 
 
@@ -154,14 +162,17 @@ def load_weights(model: InceptionV1, source: str | Path) -> None:
     base.load_weights(model, path, what="InceptionV1 (Lucid layout)")
 
 
-def load(spec: str = "inceptionv1", *, weights=None, random_weights: bool = False, device: str = "cpu",
-         seed: int = 0) -> ModelAdapter:
+def load(
+    spec: str = "inceptionv1", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0
+) -> ModelAdapter:
     """InceptionV1 from ``weights`` (file or URL; ``weights="url"`` is lucent's converted checkpoint) or random."""
     if spec != "inceptionv1":
         raise ValueError(f"unknown InceptionV1 model {spec!r}; the spec is just 'inceptionv1'")
     if weights is None and not random_weights:
-        raise ValueError("inceptionv1 needs weights: --weights FILE (safetensors or torch state dict), "
-                         f"--weights url (downloads {WEIGHTS_URL}), or --random-weights")
+        raise ValueError(
+            "inceptionv1 needs weights: --weights FILE (safetensors or torch state dict), "
+            f"--weights url (downloads {WEIGHTS_URL}), or --random-weights"
+        )
     torch.manual_seed(seed)
     model = InceptionV1()
     if weights is not None:

@@ -34,12 +34,16 @@ def import_torchvision():
         import torchvision  # noqa: F401
         import torchvision.models  # noqa: F401
     except ImportError as err:
-        raise ValueError(f"torchvision is not usable here: it is not installed or fails to import ({err}); "
-                         "install a torchvision build matching your torch (pip install torchvision) or use inceptionv1") from None
+        raise ValueError(
+            f"torchvision is not usable here: it is not installed or fails to import ({err}); "
+            "install a torchvision build matching your torch (pip install torchvision) or use inceptionv1"
+        ) from None
     except RuntimeError as err:  # CUDA wheel against a CPU torch: "operator torchvision::nms does not exist"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"torchvision is not usable here: its compiled operators do not match the installed torch "
-                         f"({first}); install the torchvision build for this torch, or use inceptionv1") from None
+        raise ValueError(
+            f"torchvision is not usable here: its compiled operators do not match the installed torch "
+            f"({first}); install the torchvision build for this torch, or use inceptionv1"
+        ) from None
     return torchvision
 
 
@@ -97,8 +101,10 @@ def load(spec: str, *, weights=None, random_weights: bool = False, device: str =
         try:
             model = tv.models.get_model(arch, weights="DEFAULT")
         except Exception as err:  # download errors come as URLError, HTTPError, OSError, RuntimeError
-            raise ValueError(f"torchvision:{arch}: pretrained weights unavailable ({type(err).__name__}); "
-                             "use --weights FILE or --random-weights") from None
+            raise ValueError(
+                f"torchvision:{arch}: pretrained weights unavailable ({type(err).__name__}); "
+                "use --weights FILE or --random-weights"
+            ) from None
         name, facts = f"torchvision:{arch}", {"weights": "torchvision DEFAULT"}
     model = model.to(device).eval()
     example = torch.zeros(1, 3, 224, 224, device=device)
