@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from polylens.clustering import hamming
-from polylens.clustering.estimators import HDBSCAN
+from polylens.clustering.hdbscan import HDBSCAN
 from polylens.lens.codes import pack_bits, unpack_bits
 
 UNITS, W, K = 3072, 48, 15

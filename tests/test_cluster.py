@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score as ari
 
-from polylens.clustering.estimators import HDBSCAN, Agglomerative, KMedoids
+from polylens.clustering.agglomerative import Agglomerative
+from polylens.clustering.hdbscan import HDBSCAN
+from polylens.clustering.medoids import KMedoids
 from polylens.directions.toys import planted_codes
 from polylens.lens.codes import pack_bits
 

@@ -1,8 +1,9 @@
 """Cluster the points of a layer on codes and on activations, score both, describe each cluster.
 
-``cluster_layer(points, method=..., on=...)`` runs one clusterer class (``polylens.clustering.estimators``) on the
-hard codes (Hamming) and on the raw pre-activations (Euclidean and cosine) of the same points, and
-returns a ``ClusterResult`` (plain fields, ``to_json``).
+``cluster_layer(points, method=..., on=...)`` runs one clusterer class (``METHODS``, from
+``polylens.clustering.hdbscan``, ``medoids`` and ``agglomerative``) on the hard codes (Hamming) and
+on the raw pre-activations (Euclidean and cosine) of the same points, and returns a
+``ClusterResult`` (plain fields, ``to_json``).
 
 Scores against labels (digit class; token, next token, position): purity over the points not
 called noise (each cluster counts its most common label), NMI and ARI over all points with noise
@@ -23,10 +24,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from polylens.clustering.estimators import METHODS
-from polylens.clustering.hamming import pairwise
+from polylens.clustering.agglomerative import Agglomerative
+from polylens.clustering.hamming import pairwise, unique_rows
+from polylens.clustering.hdbscan import HDBSCAN
+from polylens.clustering.medoids import KMedoids
 from polylens.clustering.neighbors import Points
+from polylens.validation import check_choice
 
+METHODS = {"hdbscan": HDBSCAN, "kmedoids": KMedoids, "agglomerative": Agglomerative}
 ON = ("codes", "activations", "both")
 SPACES = {"codes": "hamming", "activations": "euclidean", "activations_cosine": "cosine"}
 
@@ -92,12 +97,29 @@ def score(pred: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, dict]:
     }
 
 
+def accepted_params() -> list[str]:
+    """The keys ``cluster_layer``'s ``params`` may hold: any clusterer's parameter but ``metric``
+    (set by the space clustered)."""
+    return sorted({name for cls in METHODS.values() for name in cls._get_param_names()} - {"metric"})
+
+
+def check_params(params: dict) -> dict:
+    """``params`` if every key is a parameter of some clusterer; else ValueError naming the key."""
+    accepted = accepted_params()
+    for key in params:
+        if key not in accepted:
+            raise ValueError(f"params has an unknown key {key!r}; accepted keys: {', '.join(accepted)}")
+    return params
+
+
 def make_clusterer(method: str, params: dict, metric: str):
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
+    """The ``method`` clusterer for ``metric`` with the keys of ``params`` that are its parameters
+    (``params`` may hold every method's parameters at once; the others are left to them)."""
+    check_choice("method", method, METHODS)
     cls = METHODS[method]
+    own = set(cls._get_param_names()) - {"metric"}
     return cls(
-        **{k: v for k, v in params.items() if k in cls._param_names}, metric=None if metric == "hamming" else metric
+        **{k: v for k, v in check_params(params).items() if k in own}, metric=None if metric == "hamming" else metric
     )
 
 
@@ -110,13 +132,17 @@ def cluster_layer(
     cosine: bool = True,
     top_examples: int = 8,
 ) -> tuple[ClusterResult, dict[str, np.ndarray]]:
-    """Cluster ``points`` (a ``polylens.clustering.points.LayerPoints``); returns the result and the labels
-    of each space (``codes``, ``activations``, ``activations_cosine``)."""
-    if on not in ON:
-        raise ValueError(f"on={on!r} must be one of {', '.join(ON)}")
+    """Cluster ``points`` (a ``polylens.clustering.points.LayerPoints``); returns the result and the
+    labels of each space (``codes``, ``activations``, ``activations_cosine``).
+
+    params: the clusterer's parameters by name (``min_cluster_size``, ``n_clusters``,
+    ``random_state``, ...); it may hold those of every method, each method takes its own; a key
+    that is no clusterer's parameter is a ValueError."""
+    check_choice("method", method, METHODS)
+    check_choice("on", on, ON)
     if on != "codes" and points.activations is None:
-        raise ValueError("these points have codes only (no activations); cluster with on='codes' (--on codes)")
-    params = dict(params or {})
+        raise ValueError("these points have codes only (no activations); cluster them with on='codes'")
+    params = check_params(dict(params or {}))
     start = time.perf_counter()
     spaces = (["codes"] if on in ("codes", "both") else []) + (
         ["activations"] + (["activations_cosine"] if cosine else []) if on in ("activations", "both") else []
@@ -156,7 +182,7 @@ def cluster_layer(
         agree_cos = float(adjusted_rand_score(labelings["codes"], labelings["activations_cosine"]))
     primary = labelings.get("codes", labelings.get("activations"))
     clusters = describe(points, primary, top_examples=top_examples)
-    n_unique = len(np.unique(points.codes.words.view(np.dtype((np.void, 8 * points.codes.words.shape[1])))))
+    n_unique = len(unique_rows(points.codes.words).rows)
     result = ClusterResult(
         model=points.model,
         layer=points.layer,

@@ -35,7 +35,6 @@ from typing import NamedTuple
 import numpy as np
 
 ROUTES = ("popcount", "int8", "fp32", "cuda", "faiss", "numpy")
-_BIG = np.iinfo(np.int32).max
 
 
 class Neighbors(NamedTuple):

@@ -43,9 +43,12 @@ class Points:
                 norms = np.linalg.norm(data, axis=1, keepdims=True)
                 if (norms == 0).any():
                     raise ValueError(
-                        f"{int((norms == 0).sum())} activation vectors are all zero: cosine distance is undefined for them; use metric='euclidean'"
+                        f"{int((norms == 0).sum())} activation vectors are all zero: cosine distance is undefined "
+                        "for them; use metric='euclidean'"
                     )
-                data = data / norms
+                # rows already of unit length stay as they are, so rows taken from Points are unchanged
+                unit = np.abs(norms - 1) <= 4 * np.finfo(np.float32).eps
+                data = np.where(unit, data, data / norms)
             self.data = np.ascontiguousarray(data)
         else:
             raise ValueError(f"metric={self.metric!r} must be one of hamming, euclidean, cosine")
@@ -54,9 +57,12 @@ class Points:
         return len(self.data)
 
     def take(self, index) -> Points:
-        out = Points.__new__(Points)
-        out.data, out.metric = np.ascontiguousarray(self.data[index]), self.metric
-        return out
+        """The rows at ``index`` (any numpy index over the first axis)."""
+        return self.with_data(self.data[index])
+
+    def with_data(self, data: np.ndarray) -> Points:
+        """Other rows under this metric (rows of this ``data``: already checked and normalised)."""
+        return Points(np.ascontiguousarray(data), self.metric)
 
     def pairwise(self, other: Points | None = None, *, progress: bool = False) -> np.ndarray:
         """``[n, m]`` distances (int32 for Hamming, float32 otherwise)."""
