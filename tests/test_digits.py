@@ -118,7 +118,7 @@ def test_the_cache_is_checked_before_training(tmp_path, monkeypatch):
         digits_module.os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real(p, mode)
     )
     with pytest.raises(PermissionError, match="POLYLENS_CACHE"):
-        digits_module.load("digits", seed=6)
+        digits_module.DigitsAdapter.load("digits", seed=6)
     assert not trained
 
 
@@ -132,7 +132,7 @@ def test_the_cache_file_gets_the_umask_mode(tmp_path, monkeypatch):
         digits_module, "train_digits_cnn", lambda seed, epochs: (digits_module.DigitsCNN().eval(), {"seed": seed})
     )
     monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path / "cache"))
-    digits_module.load("digits", seed=5)
+    digits_module.DigitsAdapter.load("digits", seed=5)
     (path,) = (tmp_path / "cache").glob("*.safetensors")
     mask = os.umask(0)
     os.umask(mask)

@@ -123,11 +123,11 @@ def test_offline_without_weights_fails_fast_with_one_line(cache, monkeypatch):
     with pytest.raises(ValueError) as err:
         load_model("gpt2-medium")
     msg = str(err.value)
-    assert "--random-weights" in msg and "--weights DIR" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
+    assert "random_weights=True" in msg and "weights=DIR" in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # no hub: the 1 s probe must fail
     monkeypatch.setattr(gpt2_mod.socket, "create_connection", _refuse)
-    with pytest.raises(ValueError, match="unreachable.*--random-weights.*--weights DIR"):
+    with pytest.raises(ValueError, match="unreachable.*random_weights=True.*weights=DIR"):
         load_model("gpt2")
 
 
@@ -146,7 +146,7 @@ def test_offline_cli_error_imports_no_torch(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}  # an empty hub cache
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.strip() == "2 []", out.stderr
-    assert out.stderr.count("\n") == 1 and "--random-weights" in out.stderr and "--weights DIR" in out.stderr
+    assert out.stderr.count("\n") == 1 and "random_weights=True" in out.stderr and "weights=DIR" in out.stderr
 
 
 def test_bad_arguments():

@@ -181,7 +181,7 @@ def test_bad_weights_files(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(FileNotFoundError):
         load_model("inceptionv1", weights=str(tmp_path / "none.pth"))
-    with pytest.raises(ValueError, match="--random-weights"):
+    with pytest.raises(ValueError, match="random_weights=True"):
         load_model("inceptionv1")
 
 

@@ -4,10 +4,10 @@ their cache folder and the one way to load a weights file."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch (CLI start-up)
     from torch import Tensor, nn
@@ -16,9 +16,8 @@ Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "identity"]
 PIECEWISE_LINEAR = frozenset({"relu", "identity"})
 
 
-@dataclass
 class ModelAdapter:
-    """A loaded model plus what polylens needs to know about it.
+    """A loaded model plus what polylens needs to know about it; each model is one subclass.
 
     name: what the model is (``"gpt2"``, ``"gpt2 (random weights)"``, ``"digits-cnn"``, …);
         written into every result's provenance. Never call random weights by a pretrained name.
@@ -27,32 +26,83 @@ class ModelAdapter:
         **output is a pre-activation** to the nonlinearity applied to it next
         (``{"blocks.0.mlp.hook_pre": "gelu_tanh", ...}``, ``{"conv1": "relu", ...}``).
         Spline codes are read at these layers; density counts crossings at them.
-    space_layers: module paths whose outputs may be the space a path lives in
-        (``--layer``): usually the activation layers plus post-activation sites.
-    prepare: raw input (a path, an index, text, an array) -> model input tensor ``[1, ...]``.
-    default_inputs: ``n -> [n, ...]`` bundled, offline example inputs (``None`` when none).
-    describe_output: model output ``[n, ...]`` -> one label per input (class name or top token),
-        for setting density peaks against output changes.
+    space_layers: module paths whose outputs may be the space a path lives in (``layer=``):
+        usually the activation layers plus post-activation sites.
     provenance: extra facts to record (weights source, checksum, config).
-    tokenize: text -> token ids, with no length limit and no BOS (language models; else None).
-    default_labels: ``n -> [n]`` the class labels of ``default_inputs(n)`` (``None`` when unknown).
     piecewise_linear_modules: the adapter's own module classes that are piecewise-linear (a
         concatenation, a padded max-pool), beside the standard ones ``polylens.lens.exactness`` knows;
         exact counting is certified only across modules of these kinds.
+
+    Methods: ``prepare(raw)`` (a path, an index, text, an array → the model input ``[1, ...]``) and,
+    where the model has them (else the attribute is ``None``): ``default_inputs(n)`` (``[n, ...]``
+    bundled offline examples), ``default_labels(n)`` (their class labels ``[n]``),
+    ``describe_output(output)`` (one label per input: class name or top token) and ``tokenize(text)``
+    (token ids, no length limit, no BOS; language models).
+
+    A subclass that sets ``spec_pattern`` is what ``polylens.models.load_model`` builds for a spec that
+    matches it in full, through the subclass's classmethod ``load(spec, *, options...)``; its
+    keyword-only parameters are the options ``load_model`` accepts. ``spec_help`` shows the spec's form.
+    A plain ``ModelAdapter(name, module, ..., prepare=fn)`` wraps a module with given functions.
     """
 
-    name: str
-    module: nn.Module
-    activation_layers: dict[str, Activation]
-    space_layers: Sequence[str]
-    prepare: Callable[[object], Tensor]
-    default_inputs: Callable[[int], Tensor] | None = None
-    describe_output: Callable[[Tensor], list[str]] | None = None
-    provenance: dict = field(default_factory=dict)
+    spec_pattern: ClassVar[str | None] = None
+    spec_help: ClassVar[str] = ""
+    registry: ClassVar[dict[str, type[ModelAdapter]]] = {}  # spec_pattern -> adapter class
+
     piecewise_linear_modules: tuple = ()
-    tokenize: Callable[[str], list[int]] | None = None
+    default_inputs: Callable[[int], Tensor] | None = None
     default_labels: Callable[[int], Tensor] | None = None
-    _float64: nn.Module | None = field(default=None, init=False, repr=False, compare=False)
+    describe_output: Callable[[Tensor], list[str]] | None = None
+    tokenize: Callable[[str], list[int]] | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("spec_pattern"):
+            ModelAdapter.registry[cls.spec_pattern] = cls  # a redefinition replaces the class
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        activation_layers: dict[str, Activation],
+        space_layers: Sequence[str],
+        *,
+        provenance: dict | None = None,
+        piecewise_linear_modules: tuple | None = None,
+        prepare: Callable[[object], Tensor] | None = None,
+        default_inputs: Callable[[int], Tensor] | None = None,
+        default_labels: Callable[[int], Tensor] | None = None,
+        describe_output: Callable[[Tensor], list[str]] | None = None,
+        tokenize: Callable[[str], list[int]] | None = None,
+    ):
+        self.name, self.module = name, module
+        self.activation_layers, self.space_layers = dict(activation_layers), list(space_layers)
+        self.provenance = dict(provenance or {})
+        if piecewise_linear_modules is not None:
+            self.piecewise_linear_modules = tuple(piecewise_linear_modules)
+        functions = dict(
+            prepare=prepare,
+            default_inputs=default_inputs,
+            default_labels=default_labels,
+            describe_output=describe_output,
+            tokenize=tokenize,
+        )
+        for key, fn in functions.items():
+            if fn is not None:
+                setattr(self, key, fn)  # a given function stands in for the method
+        self._float64: nn.Module | None = None
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        """True when ``spec`` names this adapter's model."""
+        return cls.spec_pattern is not None and re.fullmatch(cls.spec_pattern, spec) is not None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, activation_layers={len(self.activation_layers)})"
+
+    def prepare(self, raw) -> Tensor:
+        """Raw input (a path, an index, text, an array) → model input ``[1, ...]``."""
+        raise TypeError(f"model {self.name} takes no raw inputs; give its input tensors directly")
 
     def float64_module(self) -> nn.Module:
         """A float64 copy of ``module`` for exact counting, kept by this adapter and remade when

@@ -1,4 +1,4 @@
-"""Any ``nn.Module``: ``--model FILE.py:FUNCTION`` where ``FUNCTION()`` returns the module.
+"""Any ``nn.Module``: ``load_model("FILE.py:FUNCTION")`` where ``FUNCTION()`` returns the module.
 
 Layers are module paths (``features.3``, ``fc1``). Activation layers (whose output is a
 pre-activation) are found three ways, later ones winning:
@@ -8,11 +8,11 @@ pre-activation) are found three ways, later ones winning:
 2. **Module activations anywhere**, when the file also defines ``example_inputs(n) -> [n, ...]``:
    one forward pass matches each activation module's input tensor to the module that produced it.
 3. **Functional activations** (``F.relu(self.fc1(x))``, ``torch.tanh``…) leave no module to hook,
-   so name them: ``activations={"fc1": "relu"}`` (CLI: ``--activation fc1=relu``) says that the
+   so name them: ``activations={"fc1": "relu"}`` says that the
    output of module ``fc1`` is the pre-activation of a ReLU. Kinds: relu, gelu, gelu_tanh, silu,
    identity.
 
-``example_inputs(n)``, when defined, also gives the default inputs (``--from 3`` is row 3).
+``example_inputs(n)``, when defined, also gives the default inputs (input ``3`` is its row 3).
 Weights: a safetensors file or a ``torch.save`` state dict read with ``weights_only=True``.
 """
 
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from polylens.models.base import Activation, ModelAdapter, load_weights, read_npy
+from polylens.validation import check_choice
 
 KINDS = get_args(Activation)
 
@@ -119,15 +120,8 @@ def traced_activations(model: nn.Module, example: Tensor) -> tuple[dict[str, str
     return found, list(dict.fromkeys(order))
 
 
-def load(
-    spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", activations: dict | None = None
-) -> ModelAdapter:
-    """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
-    if random_weights:
-        raise ValueError(
-            f"--random-weights does not apply to {spec}: FUNCTION() builds the model (with its own initialisation); drop the flag"
-        )
-    fn, user_module = import_function(spec)
+def call_function(spec: str, fn) -> nn.Module:
+    """``FUNCTION()``, with whatever the user's code does wrong as a one-line ValueError."""
     try:
         model = fn()
     except SystemExit as err:
@@ -140,47 +134,92 @@ def load(
         raise ValueError(f"{spec} raised {type(err).__name__}: {_first_line(err)}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
-    if weights is not None:
-        load_weights(model, weights, what=f"{spec}'s module")
-    if model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules()):
-        import sys
+    return model
 
-        print(
-            f"note: {spec} returned a model in training mode with batch-norm or dropout; polylens puts it in eval mode "
-            "(running statistics, no dropout), so each input's result depends on that input alone",
-            file=sys.stderr,
-        )
-    model = model.to(device).eval()
-    example_fn = getattr(user_module, "example_inputs", None)
-    names = [n for n, _ in model.named_modules() if n]
-    found = static_activations(model)
-    order = names
-    if callable(example_fn):
-        traced, fired = traced_activations(model, example_fn(1).to(device))
+
+def _in_training_mode(model: nn.Module) -> bool:
+    """True when ``model`` is in training mode with modules whose output eval mode changes."""
+    return model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules())
+
+
+def find_activations(model: nn.Module, spec: str, example: Tensor | None, activations: dict | None) -> dict[str, str]:
+    """The activation layers by rules 1-3 (module docstring), in forward order where ``example`` runs."""
+    layers = [n for n, _ in model.named_modules() if n]
+    found, order = static_activations(model), layers
+    if example is not None:
+        traced, fired = traced_activations(model, example)
         found.update(traced)
-        order = fired + [n for n in names if n not in fired]
+        order = fired + [n for n in layers if n not in fired]
     for layer, kind in (activations or {}).items():
-        if layer not in names:
+        if layer not in layers:
             raise ValueError(
-                f"activation layer {layer!r} is not a module of {spec}; available layers: {', '.join(names[:40])}"
+                f"activation layer {layer!r} is not a module of {spec}; available layers: {', '.join(layers[:40])}"
             )
-        if kind not in KINDS:
-            raise ValueError(f"activation kind {kind!r} for {layer!r} must be one of {', '.join(KINDS)}")
-        found[layer] = kind
-    ordered = {n: found[n] for n in order if n in found}
+        found[layer] = check_choice(f"activations[{layer!r}]", kind, KINDS)
+    return {n: found[n] for n in order if n in found}
 
-    def default_inputs(n: int) -> Tensor:
-        return example_fn(n).to(device)
 
-    def prepare(raw) -> Tensor:
+class CustomAdapter(ModelAdapter):
+    """Any ``nn.Module`` from ``FILE.py:FUNCTION``; ``example_inputs(n)`` in the file, when defined,
+    gives the default inputs and lets one traced forward find the activation layers."""
+
+    spec_pattern = r".+\.py(:.*)?"
+    spec_help = "FILE.py:FUNCTION"
+
+    def __init__(self, model: nn.Module, name: str, acts: dict[str, str], facts: dict, *, example_fn, device: str):
+        layers = [n for n, _ in model.named_modules() if n]
+        super().__init__(name, model, acts, layers, provenance={"model": name, **facts})
+        self.example_fn, self.device = example_fn, device
+        if example_fn is None:
+            self.default_inputs = None  # nothing bundled: inputs must be given
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        *,
+        weights=None,
+        random_weights: bool = False,
+        device: str = "cpu",
+        activations: dict | None = None,
+    ) -> CustomAdapter:
+        """Load ``FILE.py:FUNCTION``; ``activations`` names functional-activation sites (rule 3)."""
+        if random_weights:
+            raise ValueError(
+                f"random_weights=True does not apply to {spec}: FUNCTION() builds the model "
+                "(with its own initialisation); leave it False"
+            )
+        fn, user_module = import_function(spec)
+        model = call_function(spec, fn)
+        if weights is not None:
+            load_weights(model, weights, what=f"{spec}'s module")
+        facts = {"spec": spec, "weights": str(weights) if weights else f"as built by {spec}"}
+        if _in_training_mode(model):  # each input's result must depend on that input alone
+            facts["mode"] = "eval (FUNCTION returned training mode; batch-norm uses running statistics, no dropout)"
+        model = model.to(device).eval()
+        example_fn = getattr(user_module, "example_inputs", None)
+        example_fn = example_fn if callable(example_fn) else None
+        example = example_fn(1).to(device) if example_fn else None
+        name = Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]
+        acts = find_activations(model, spec, example, activations)
+        return cls(model, name, acts, facts, example_fn=example_fn, device=device)
+
+    def default_inputs(self, n: int) -> Tensor:
+        return self.example_fn(n).to(self.device)
+
+    def describe_output(self, out: Tensor) -> list[str]:
+        return [str(i) for i in out.reshape(out.shape[0], -1).argmax(1).tolist()]
+
+    def prepare(self, raw) -> Tensor:
+        """An index into ``example_inputs``, an ``.npy`` file or an array → ``[1, ...]``."""
         if isinstance(raw, str) and raw.lstrip("-").isdigit():
             raw = int(raw)
         if isinstance(raw, (int, np.integer)):
-            if not callable(example_fn):
+            if self.example_fn is None:
                 raise ValueError(f"input index {raw} needs example_inputs(n) defined in the model file")
             if raw < 0:
                 raise ValueError(f"input index {raw} must be >= 0")
-            return example_fn(raw + 1)[raw : raw + 1].to(device)
+            return self.default_inputs(raw + 1)[raw : raw + 1]
         if isinstance(raw, (str, Path)):
             if not Path(raw).is_file():
                 raise FileNotFoundError(f"input file {raw} does not exist")
@@ -188,25 +227,10 @@ def load(
                 raise ValueError(f"input file {raw}: custom models read .npy arrays")
             raw = read_npy(raw)
         arr = np.asarray(raw)
-        x = torch.as_tensor(arr.astype(np.float32) if arr.dtype == np.float64 else arr).to(device)
-        param = next(model.parameters(), None)
+        x = torch.as_tensor(arr.astype(np.float32) if arr.dtype == np.float64 else arr).to(self.device)
+        param = next(self.module.parameters(), None)
         if param is not None and torch.is_floating_point(x):
             x = x.to(param.dtype)
-        if x.dim() == 1 or (callable(example_fn) and tuple(x.shape) == tuple(example_fn(1).shape[1:])):
+        if x.dim() == 1 or (self.example_fn and tuple(x.shape) == tuple(self.example_fn(1).shape[1:])):
             x = x.unsqueeze(0)  # one input, without its batch axis
         return x
-
-    def describe(out: Tensor) -> list[str]:
-        return [str(i) for i in out.reshape(out.shape[0], -1).argmax(1).tolist()]
-
-    name = Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]
-    return ModelAdapter(
-        name=name,
-        module=model,
-        activation_layers=ordered,
-        space_layers=names,
-        prepare=prepare,
-        default_inputs=default_inputs if callable(example_fn) else None,
-        describe_output=describe,
-        provenance={"model": name, "spec": spec, "weights": str(weights) if weights else f"as built by {spec}"},
-    )

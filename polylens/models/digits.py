@@ -3,8 +3,8 @@
 Real data, fully offline: ``sklearn.datasets.load_digits`` (1797 8×8 images, 10 classes),
 split 80/20 with a fixed seed. The CNN is trained on first use (a few seconds on a CPU,
 seeded) and cached as safetensors in the user cache directory
-(``$POLYLENS_CACHE`` or ``$XDG_CACHE_HOME/polylens`` or ``~/.cache/polylens``), written
-atomically. Inputs are ``[n, 1, 8, 8]`` with pixel values in [0, 1].
+(``$POLYLENS_CACHE`` or ``$XDG_CACHE_HOME/polylens`` or ``~/.cache/polylens``), written to a
+temporary file and renamed, so a reader never sees half a file. Inputs are ``[n, 1, 8, 8]`` with pixel values in [0, 1].
 
 Layers (module paths): conv1 → relu1 → conv2 (stride 2) → relu2 → flatten → fc1 → relu3 → fc2.
 Pre-activations (activation layers): ``conv1``, ``conv2``, ``fc1``, all ReLU, so the whole
@@ -14,7 +14,6 @@ network is piecewise-linear and exact boundary counting applies.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from polylens.models.base import ModelAdapter, cache_dir, load_weights, read_npy
+from polylens.validation import check_int
 
 VERSION = 1
 CLASSES = [str(i) for i in range(10)]
@@ -67,8 +67,8 @@ def train_digits_cnn(seed: int = 0, epochs: int = 40, width: int = 16) -> tuple[
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"]).long()
     threads = torch.get_num_threads()
-    # One thread: batches this small gain nothing from more, and on a busy machine extra
-    # threads spin against other processes (measured 4 s vs 26 s with 2 threads under load).
+    # One thread: batches this small gain nothing from more threads, and on a busy machine
+    # extra threads spin against other processes.
     torch.set_num_threads(1)
     start = time.perf_counter()
     try:
@@ -107,104 +107,97 @@ def _check_writable(folder: Path) -> None:
         )
 
 
-def _save_atomic(model: nn.Module, path: Path, facts: dict) -> None:
-    from safetensors.torch import save_file
+def cached_cnn(seed: int, epochs: int) -> tuple[DigitsCNN, dict]:
+    """The trained CNN from the cache, trained and cached (temp file, then renamed) on first use."""
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()},
-            tmp,
-            metadata={k: str(v) for k, v in facts.items()},
-        )
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; the cache gets the mode open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load(
-    spec: str = "digits",
-    *,
-    weights=None,
-    random_weights: bool = False,
-    device: str = "cpu",
-    seed: int = 0,
-    epochs: int = 40,
-) -> ModelAdapter:
-    """The digits CNN: trained-and-cached (default), from a safetensors ``weights`` file, or random."""
-    if spec not in ("digits", None):
-        raise ValueError(f"unknown digits model {spec!r}; the spec is just 'digits'")
-    model = DigitsCNN()
-    if weights is not None:
-        facts = {"weights": str(weights), **load_weights(model, weights)}
-        name = "digits-cnn"
-    elif random_weights:
-        torch.manual_seed(seed)
+    path = cache_dir() / f"digits-cnn-v{VERSION}-seed{seed}-e{epochs}.safetensors"
+    if path.is_file():
         model = DigitsCNN()
-        facts, name = {"weights": "random", "seed": seed}, "digits-cnn (random weights)"
-    else:
-        path = cache_dir() / f"digits-cnn-v{VERSION}-seed{seed}-e{epochs}.safetensors"
-        if path.is_file():
-            facts = {"weights": str(path), "trained_now": False, **load_weights(model, path)}
-        else:
-            _check_writable(path.parent)  # before training, not after
-            model, facts = train_digits_cnn(seed, epochs)
-            _save_atomic(model, path, facts)
-            facts = {"weights": str(path), "trained_now": True, **facts}
+        return model, {"weights": str(path), "trained_now": False, **load_weights(model, path)}
+    _check_writable(path.parent)  # before training, not after
+    model, facts = train_digits_cnn(seed, epochs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        tmp.write_bytes(save(state, metadata={k: str(v) for k, v in facts.items()}))  # the mode open() gives
+        os.replace(tmp, path)  # readers see the whole file or none
+    finally:
+        tmp.unlink(missing_ok=True)
+    return model, {"weights": str(path), "trained_now": True, **facts}
+
+
+class DigitsAdapter(ModelAdapter):
+    """The digits CNN: inputs ``[n, 1, 8, 8]`` in [0, 1], the test split as default inputs."""
+
+    spec_pattern = "digits"
+    spec_help = "digits"
+    LAYERS = ("conv1", "relu1", "conv2", "relu2", "flatten", "fc1", "relu3", "fc2")
+
+    def __init__(self, model: DigitsCNN, name: str, facts: dict, *, seed: int = 0, device: str = "cpu"):
+        acts = {"conv1": "relu", "conv2": "relu", "fc1": "relu"}
+        super().__init__(name, model, acts, self.LAYERS, provenance={"model": name, **facts})
+        self.seed, self.device = seed, device
+        self._split: dict[str, np.ndarray] | None = None
+
+    @classmethod
+    def load(
+        cls,
+        spec: str = "digits",
+        *,
+        weights=None,
+        random_weights: bool = False,
+        device: str = "cpu",
+        seed: int = 0,
+        epochs: int = 40,
+    ) -> DigitsAdapter:
+        """Trained-and-cached (default), from a safetensors ``weights`` file, or random."""
+        if spec not in ("digits", None):
+            raise ValueError(f"unknown digits model {spec!r}; the spec is just 'digits'")
         name = "digits-cnn"
-    model = model.to(device).eval()
-    return _adapter(model, name, facts, seed, device)
+        if weights is not None:
+            model = DigitsCNN()
+            facts = {"weights": str(weights), **load_weights(model, weights)}
+        elif random_weights:
+            torch.manual_seed(seed)
+            model, facts, name = DigitsCNN(), {"weights": "random", "seed": seed}, "digits-cnn (random weights)"
+        else:
+            model, facts = cached_cnn(seed, epochs)
+        return cls(model.to(device).eval(), name, facts, seed=seed, device=device)
 
+    def test_split(self) -> dict[str, np.ndarray]:
+        """The held-out digits (read once)."""
+        if self._split is None:
+            self._split = digits_data(self.seed)
+        return self._split
 
-def _adapter(model: DigitsCNN, name: str, facts: dict, seed: int, device: str) -> ModelAdapter:
-    test = {}
+    def default_inputs(self, n: int) -> Tensor:
+        x = self.test_split()["x_test"]
+        check_int("n", n, low=1, high=len(x), high_name="n_test")
+        return torch.from_numpy(x[:n]).to(self.device)
 
-    def test_split() -> dict:
-        if not test:
-            test.update(digits_data(seed))
-        return test
+    def default_labels(self, n: int) -> Tensor:
+        return torch.from_numpy(self.test_split()["y_test"][:n].astype(np.int64)).to(self.device)
 
-    def default_inputs(n: int) -> Tensor:
-        x = test_split()["x_test"]
-        if not 0 < n <= len(x):
-            raise ValueError(f"n={n} must be between 1 and the {len(x)} digits test images")
-        return torch.from_numpy(x[:n]).to(device)
+    def describe_output(self, out: Tensor) -> list[str]:
+        return [CLASSES[i] for i in out.reshape(out.shape[0], -1).argmax(1).tolist()]
 
-    def prepare(raw) -> Tensor:
+    def prepare(self, raw) -> Tensor:
         """An index into the test split, an ``.npy`` array / image file, or an array → ``[1, 1, 8, 8]``."""
         if isinstance(raw, str) and raw.lstrip("-").isdigit():
             raw = int(raw)
         if isinstance(raw, (int, np.integer)):
-            x = test_split()["x_test"]
+            x = self.test_split()["x_test"]
             if not 0 <= raw < len(x):
                 raise ValueError(f"input index {raw} must be between 0 and {len(x) - 1} (digits test split)")
-            return torch.from_numpy(x[raw : raw + 1]).to(device)
+            return torch.from_numpy(x[raw : raw + 1]).to(self.device)
         if isinstance(raw, (str, Path)):
             raw = _read_file(Path(raw))
         arr = np.asarray(raw, dtype=np.float32)
         if arr.size != 64:
             raise ValueError(f"a digits input must have 64 values (8×8), got shape {arr.shape}")
-        return torch.from_numpy(arr.reshape(1, 1, 8, 8).copy()).to(device)
-
-    layers = ["conv1", "relu1", "conv2", "relu2", "flatten", "fc1", "relu3", "fc2"]
-    return ModelAdapter(
-        name=name,
-        module=model,
-        activation_layers={"conv1": "relu", "conv2": "relu", "fc1": "relu"},
-        space_layers=layers,
-        prepare=prepare,
-        default_inputs=default_inputs,
-        default_labels=lambda n: torch.from_numpy(test_split()["y_test"][:n].astype(np.int64)).to(device),
-        describe_output=lambda out: [CLASSES[i] for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
-        provenance={"model": name, **facts},
-    )
+        return torch.from_numpy(arr.reshape(1, 1, 8, 8).copy()).to(self.device)
 
 
 def _read_file(path: Path) -> np.ndarray:

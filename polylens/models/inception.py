@@ -16,7 +16,6 @@ Padding replicates TF's "SAME" padding: asymmetric (more at the bottom/right) fo
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 
@@ -162,41 +161,58 @@ def load_weights(model: InceptionV1, source: str | Path) -> None:
     base.load_weights(model, path, what="InceptionV1 (Lucid layout)")
 
 
-def load(
-    spec: str = "inceptionv1", *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0
-) -> ModelAdapter:
-    """InceptionV1 from ``weights`` (file or URL; ``weights="url"`` is lucent's converted checkpoint) or random."""
-    if spec != "inceptionv1":
-        raise ValueError(f"unknown InceptionV1 model {spec!r}; the spec is just 'inceptionv1'")
-    if weights is None and not random_weights:
-        raise ValueError(
-            "inceptionv1 needs weights: --weights FILE (safetensors or torch state dict), "
-            f"--weights url (downloads {WEIGHTS_URL}), or --random-weights"
+class InceptionAdapter(ModelAdapter):
+    """InceptionV1 (Lucid layout): images ``[n, 3, 224, 224]`` in [0, 1], logits ``[n, 1008]``."""
+
+    spec_pattern = "inceptionv1"
+    spec_help = "inceptionv1"
+    piecewise_linear_modules = (Concat, MaxPool)  # not LRN: local response norm is smooth
+
+    def __init__(self, model: InceptionV1, name: str, facts: dict, *, device: str = "cpu"):
+        convs = conv_layers()
+        relus = [c.removesuffix("_pre_relu_conv") for c in convs]
+        super().__init__(
+            name,
+            model,
+            {c: "relu" for c in convs},
+            [n for pair in zip(convs, relus) for n in pair] + ["maxpool1", *BLOCKS],
+            provenance={"model": name, "layout": "lucid", "input_range": "[0, 1] RGB, 224x224", **facts},
         )
-    torch.manual_seed(seed)
-    model = InceptionV1()
-    if weights is not None:
-        source = WEIGHTS_URL if str(weights) == "url" else weights
-        load_weights(model, source)
-        name, facts = "inceptionv1", {"weights": str(source)}
-    else:
-        name, facts = "inceptionv1 (random weights)", {"weights": "random", "seed": seed}
-    model = model.to(device).eval()
-    return _adapter(model, name, facts, device)
+        self.device = device
 
+    @classmethod
+    def load(
+        cls,
+        spec: str = "inceptionv1",
+        *,
+        weights=None,
+        random_weights: bool = False,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> InceptionAdapter:
+        """From ``weights`` (file or URL; ``weights="url"`` is lucent's converted checkpoint) or random."""
+        if spec != "inceptionv1":
+            raise ValueError(f"unknown InceptionV1 model {spec!r}; the spec is just 'inceptionv1'")
+        if weights is None and not random_weights:
+            raise ValueError(
+                "inceptionv1 needs weights: weights=FILE (safetensors or torch state dict), "
+                f"weights='url' (downloads {WEIGHTS_URL}), or random_weights=True"
+            )
+        torch.manual_seed(seed)
+        model = InceptionV1()
+        if weights is not None:
+            source = WEIGHTS_URL if str(weights) == "url" else weights
+            load_weights(model, source)
+            name, facts = "inceptionv1", {"weights": str(source)}
+        else:
+            name, facts = "inceptionv1 (random weights)", {"weights": "random", "seed": seed}
+        return cls(model.to(device).eval(), name, facts, device=device)
 
-def _adapter(model: InceptionV1, name: str, facts: dict, device: str) -> ModelAdapter:
-    convs = conv_layers()
-    relus = [c[: -len("_pre_relu_conv")] for c in convs]
-    blocks = ["maxpool1", *BLOCKS]
-    return ModelAdapter(
-        name=name,
-        module=model,
-        activation_layers={c: "relu" for c in convs},
-        space_layers=[n for pair in zip(convs, relus) for n in pair] + blocks,
-        prepare=functools.partial(images.image_input, device=device),
-        default_inputs=lambda n: images.sample_images(n).to(device),
-        describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
-        provenance={"model": name, "layout": "lucid", "input_range": "[0, 1] RGB, 224x224", **facts},
-        piecewise_linear_modules=(Concat, MaxPool),  # not LRN: local response norm is smooth
-    )
+    def prepare(self, raw) -> Tensor:
+        return images.image_input(raw, device=self.device)
+
+    def default_inputs(self, n: int) -> Tensor:
+        return images.sample_images(n).to(self.device)
+
+    def describe_output(self, out: Tensor) -> list[str]:
+        return [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()]

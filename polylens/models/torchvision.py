@@ -6,7 +6,7 @@ fail to register: ``operator torchvision::nms does not exist``) ``load`` raises 
 ``ValueError`` saying why; ``import polylens`` never touches torchvision.
 
 Weights: ``weights=FILE`` (a safetensors or torch state dict, read with ``weights_only=True``),
-``random_weights=True``, or the default: torchvision's pretrained weights (``weights="DEFAULT"``),
+``random_weights=True``, or the default: torchvision's pretrained weights (its ``weights="DEFAULT"``),
 which needs download.pytorch.org or torch's hub cache.
 
 Activation layers: the module feeding each ReLU (a Conv2d, BatchNorm2d or Linear), found by
@@ -17,8 +17,6 @@ out-of-place so captured pre-activations stay intact. Inputs: ImageNet-normalise
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 from torch import Tensor, nn
@@ -81,45 +79,65 @@ def _out_of_place(model: nn.Module) -> dict[str, str]:
     return sites
 
 
-def load(spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0) -> ModelAdapter:
-    """``torchvision:NAME`` → a ``ModelAdapter`` (pretrained, from ``weights`` FILE, or random)."""
-    tv = import_torchvision()
-    _, _, arch = spec.partition(":")
-    available = tv.models.list_models(module=tv.models)
-    if arch not in available:
-        raise ValueError(f"unknown torchvision model {arch!r}; available: {', '.join(sorted(available)[:30])}, ...")
-    torch.manual_seed(seed)
-    extra = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
-    if weights is not None or random_weights:
-        model = tv.models.get_model(arch, weights=None, **extra)
-        if weights is not None:
-            load_weights(model, weights, what=f"torchvision {arch}")
-            name, facts = f"torchvision:{arch}", {"weights": str(weights)}
-        else:
-            name, facts = f"torchvision:{arch} (random weights)", {"weights": "random", "seed": seed}
-    else:
-        try:
-            model = tv.models.get_model(arch, weights="DEFAULT")
-        except Exception as err:  # download errors come as URLError, HTTPError, OSError, RuntimeError
-            raise ValueError(
-                f"torchvision:{arch}: pretrained weights unavailable ({type(err).__name__}); "
-                "use --weights FILE or --random-weights"
-            ) from None
-        name, facts = f"torchvision:{arch}", {"weights": "torchvision DEFAULT"}
-    model = model.to(device).eval()
-    example = torch.zeros(1, 3, 224, 224, device=device)
-    functional = _out_of_place(model)
-    traced, order = traced_activations(model, example)
-    found = {**traced, **functional}
-    sites = {n: found[n] for n in order if n in found}  # forward order
+class TorchvisionAdapter(ModelAdapter):
+    """A torchvision classifier: ImageNet-normalised images ``[n, 3, 224, 224]``, logits ``[n, 1000]``."""
 
-    return ModelAdapter(
-        name=name,
-        module=model,
-        activation_layers=sites,
-        space_layers=[n for n in order if n],  # every module that ran, in forward order
-        prepare=functools.partial(images.image_input, normalize=True, device=device),
-        default_inputs=lambda n: images.sample_images(n, normalize=True).to(device),
-        describe_output=lambda out: [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()],
-        provenance={"model": name, "torchvision": tv.__version__, **facts},
-    )
+    spec_pattern = r"torchvision:.*"
+    spec_help = "torchvision:NAME"
+
+    def __init__(self, model: nn.Module, name: str, facts: dict, *, device: str = "cpu"):
+        example = torch.zeros(1, 3, 224, 224, device=device)
+        functional = _out_of_place(model)
+        traced, order = traced_activations(model, example)
+        found = {**traced, **functional}
+        super().__init__(
+            name,
+            model,
+            {n: found[n] for n in order if n in found},  # forward order
+            [n for n in order if n],  # every module that ran, in forward order
+            provenance={"model": name, **facts},
+        )
+        self.device = device
+
+    @classmethod
+    def load(
+        cls, spec: str, *, weights=None, random_weights: bool = False, device: str = "cpu", seed: int = 0
+    ) -> TorchvisionAdapter:
+        """``torchvision:NAME``: pretrained, from ``weights`` FILE, or random."""
+        tv = import_torchvision()
+        _, _, arch = spec.partition(":")
+        available = tv.models.list_models(module=tv.models)
+        if arch not in available:
+            raise ValueError(f"unknown torchvision model {arch!r}; available: {', '.join(sorted(available)[:30])}, ...")
+        torch.manual_seed(seed)
+        if weights is not None or random_weights:
+            extra = {"aux_logits": False, "init_weights": True} if arch in ("googlenet", "inception_v3") else {}
+            model = tv.models.get_model(arch, weights=None, **extra)
+            if weights is not None:
+                load_weights(model, weights, what=f"torchvision {arch}")
+                name, facts = f"torchvision:{arch}", {"weights": str(weights)}
+            else:
+                name, facts = f"torchvision:{arch} (random weights)", {"weights": "random", "seed": seed}
+        else:
+            model, name, facts = _pretrained(tv, arch), f"torchvision:{arch}", {"weights": "torchvision DEFAULT"}
+        facts = {"torchvision": tv.__version__, **facts}
+        return cls(model.to(device).eval(), name, facts, device=device)
+
+    def prepare(self, raw) -> Tensor:
+        return images.image_input(raw, normalize=True, device=self.device)
+
+    def default_inputs(self, n: int) -> Tensor:
+        return images.sample_images(n, normalize=True).to(self.device)
+
+    def describe_output(self, out: Tensor) -> list[str]:
+        return [f"class {i}" for i in out.reshape(out.shape[0], -1).argmax(1).tolist()]
+
+
+def _pretrained(tv, arch: str) -> nn.Module:
+    try:
+        return tv.models.get_model(arch, weights="DEFAULT")
+    except Exception as err:  # download errors come as URLError, HTTPError, OSError, RuntimeError
+        raise ValueError(
+            f"torchvision:{arch}: pretrained weights unavailable ({type(err).__name__}); "
+            "use weights=FILE or random_weights=True"
+        ) from None
