@@ -19,7 +19,7 @@ _EXPORTS = {
     "shell_profile": "polylens.lens.shell",
     "ActivationPCA": "polylens.directions.finders",
     "GradientPCA": "polylens.directions.finders",
-    "score_directions": "polylens.directions.finders",
+    "score_directions": "polylens.directions.scoring",
 }
 
 __all__ = list(_EXPORTS)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from polylens.directions.finders import abs_cosines
+from polylens.directions.scoring import abs_cosines
 
 # Up to this many ground-truth directions, draw the vectors themselves; beyond, |cos| heatmaps.
 _MAX_VECTOR_PANELS = 4

@@ -32,6 +32,7 @@ from sae.config import SAEConfig, TrainConfig
 from sae.distributed import Context
 from sae.ensemble import Ensemble, StepStats
 from sae.files import CHECKPOINT, STATE, load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from sae.geometry import unit_rows
 from sae.inits import NEEDS_DATA, initialize
 from sae.model import SparseAutoencoder
 from sae.sources import BatchSource
@@ -393,7 +394,7 @@ class Engine:
         dup = torch.zeros_like(dead)
         decoder = g.decoders()[e]
         if c.resample_duplicates:
-            W = decoder / decoder.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            W = unit_rows(decoder)
             i, j = torch.triu((W @ W.T).abs(), diagonal=1).gt(c.resample_duplicates).nonzero(as_tuple=True)
             mass = out.acts.sum(0)
             dup[torch.where(mass[i] < mass[j], i, j)] = True
@@ -414,7 +415,7 @@ class Engine:
     def _reinit_(self, g: Ensemble, opt, e: int, latents: Tensor, directions: Tensor) -> None:
         """Decoder rows = the unit ``directions``, encoder columns the same at 0.2 × the mean norm of
         the other encoder columns, b_enc 0; their Adam moments and dead counters reset."""
-        v = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [k, d]
+        v = unit_rows(directions)  # [k, d]
         W_enc = g.W_enc[e]
         others = torch.ones(g.config.dict_size, dtype=torch.bool, device=v.device)
         others[latents] = False

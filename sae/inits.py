@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor
 
+from sae.geometry import unit_rows
+
 NEEDS_DATA = ("data", "pca")
 
 
@@ -30,10 +32,6 @@ def _kaiming(rows: int, cols: int, gen: torch.Generator | None) -> Tensor:
     """Kaiming-uniform with a = √5 (nn.Linear's default) for a [rows, cols] weight, fan_in = cols."""
     bound = 1 / math.sqrt(cols)
     return (torch.rand(rows, cols, generator=gen) * 2 - 1) * bound
-
-
-def _unit(W: Tensor) -> Tensor:
-    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 def _noise(n: int, d: int, scale: float, gen) -> Tensor:
@@ -71,29 +69,29 @@ def initial_decoder(
                 "or give --init-matrix FILE.safetensors:KEY"
             )
         base = svd_directions(matrix, d)
-        return _unit(base[torch.arange(n) % base.shape[0]] + _noise(n, d, noise, gen))
+        return unit_rows(base[torch.arange(n) % base.shape[0]] + _noise(n, d, noise, gen))
     if init in ("kaiming", "enc_dec_transpose"):
-        return _unit(_kaiming(n, d, gen))
+        return unit_rows(_kaiming(n, d, gen))
     if init == "orthogonal":
         # QR of a Gaussian matrix: orthonormal rows when n <= d, orthonormal columns otherwise.
         A = torch.randn(max(n, d), min(n, d), generator=gen)
         Q, R = torch.linalg.qr(A)
         Q = Q * torch.sign(torch.diagonal(R)).unsqueeze(0)
         W = Q if n >= d else Q.T  # [n, d]
-        return _unit(W)
+        return unit_rows(W)
     if init == "unit":
         basis = torch.eye(d)[torch.arange(n) % d]
-        return _unit(basis + _noise(n, d, noise, gen))
+        return unit_rows(basis + _noise(n, d, noise, gen))
     X = data.detach().float().reshape(-1, d)
     Xc = X - X.mean(0)
     if init == "data":
         idx = torch.randint(0, Xc.shape[0], (n,), generator=gen)
-        return _unit(blend * _unit(Xc[idx]) + (1 - blend) * _unit(torch.randn(n, d, generator=gen)))
+        return unit_rows(blend * unit_rows(Xc[idx]) + (1 - blend) * unit_rows(torch.randn(n, d, generator=gen)))
     # pca
     _, _, Vh = torch.linalg.svd(Xc, full_matrices=False)  # rows of Vh: principal directions
     rank = Vh.shape[0]
     base = Vh[torch.arange(n) % rank]
-    return _unit(base + _noise(n, d, noise, gen))
+    return unit_rows(base + _noise(n, d, noise, gen))
 
 
 @torch.no_grad()
@@ -112,7 +110,7 @@ def initialize(
     c = sae.config
     if (c.init in NEEDS_DATA and data is None or c.init == "svd" and matrix is None) and placeholder:
         # Constructed without data: a placeholder until the trainer calls initialize(sae, data).
-        dec = _unit(_kaiming(c.dict_size, c.d_in, generator))
+        dec = unit_rows(_kaiming(c.dict_size, c.d_in, generator))
     else:
         dec = initial_decoder(c.init, c.dict_size, c.d_in, data, generator, c.init_blend, c.init_noise, matrix)
     if c.decoder_norm == "weighted_l1":

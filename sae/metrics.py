@@ -2,7 +2,9 @@
 
 Cosines are between rows: ``truth [G, d]`` ground-truth directions, ``learned [n, d]`` decoder rows.
 MMCS uses the signed cosine (Sharkey et al.); the Hungarian match and the recovered fraction use
-|cos| (O'Neill et al. / SAELens "MCC"), so a sign-flipped latent counts as a match.
+|cos| (O'Neill et al. / SAELens "MCC"), so a sign-flipped latent counts as a match. These two are
+the only implementation of the sign-invariant match: ``polylens compare`` scores its methods with
+them too (``polylens.directions.scoring`` keeps the sign-invariant MMCS and subspace overlap).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sae.geometry import unit_rows
 
-def _unit(W: Tensor) -> Tensor:
-    W = torch.as_tensor(W).detach().float().cpu()
-    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+def _unit(W) -> Tensor:
+    """Rows of ``W`` (a tensor or an array) as unit float64 rows on the CPU."""
+    return unit_rows(torch.as_tensor(W).detach().double().cpu())
 
 
 def cosines(truth: Tensor, learned: Tensor) -> Tensor:
-    """Signed cosine matrix ``[G, n]``."""
+    """Signed cosine matrix ``[G, n]`` (float64)."""
     return _unit(truth) @ _unit(learned).T
 
 
@@ -28,8 +32,8 @@ def mmcs_signed(truth: Tensor, learned: Tensor) -> float:
     """Mean over ground-truth features of the max signed cosine with any learned row (GT → learned).
 
     Signed, for dictionary features whose coefficients are non-negative: a decoder row pointing
-    away from a feature cannot reconstruct it. ``polylens.directions.finders``'s ``mmcs`` (``polylens
-    compare``) is the sign-invariant one, for PCA-like bases whose signs are arbitrary."""
+    away from a feature cannot reconstruct it. ``polylens compare``'s ``mmcs`` is the sign-invariant
+    one, for PCA-like bases whose signs are arbitrary."""
     return float(cosines(truth, learned).max(dim=1).values.mean())
 
 
@@ -45,8 +49,8 @@ def hungarian(truth: Tensor, learned: Tensor) -> tuple[np.ndarray, np.ndarray, f
     """One-to-one match maximising Σ|cos| (SciPy); returns (truth idx, learned idx, score).
 
     The score is Σ matched |cos| / G: averaged over the ground-truth features, an unmatched one
-    (fewer latents than features) counting 0, as ``polylens.directions.finders.score_directions``. With at
-    least as many latents as features this is SAELens's "MCC"."""
+    (fewer latents than features) counting 0. With at least as many latents as features this is
+    SAELens's "MCC"."""
     from scipy.optimize import linear_sum_assignment
 
     cos = cosines(truth, learned).abs().numpy()
@@ -185,7 +189,8 @@ def best_signed_cosines(truth: Tensor, learned: Tensor) -> list[float]:
 
 
 def plot_best_signed_cos(best_signed_cos, path, title: str = "") -> None:
-    """Histogram of the per-feature best cosines (``Evaluation.best_signed_cos``) as a PNG at ``path``."""
+    """Histogram of the per-feature best cosines (``best_signed_cosines``; run.json's ``best_signed_cos``)
+    as a PNG at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

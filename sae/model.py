@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from sae.config import ARCHS, DECODER_NORMS, INITS, SAEConfig  # noqa: F401 (re-exported)
+from sae.geometry import unit_rows
 
 
 class SAEOutput(NamedTuple):
@@ -28,10 +29,6 @@ class SAEOutput(NamedTuple):
     sparsity: Tensor  # L1 term (relu) or 0
     aux: Tensor  # AuxK term (topk/batchtopk with dead latents) or 0
     orth: Tensor  # orthogonality penalty or 0
-
-
-def _unit_rows(W: Tensor) -> Tensor:
-    return W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -199,7 +196,7 @@ def orthogonality_active(decoder: Tensor, acts: Tensor) -> Tensor:
     active = (acts != 0).any(0).nonzero().squeeze(-1)  # [m]
     if active.numel() == 0:
         return decoder.new_zeros(())
-    U = _unit_rows(decoder)
+    U = unit_rows(decoder)
     cos = (U[active] @ U.T).abs()  # [m, n]
     cos = cos.scatter(1, active.unsqueeze(1), 0.0)  # drop each row's self-similarity
     return cos.max(dim=1).values.mean()
@@ -207,7 +204,7 @@ def orthogonality_active(decoder: Tensor, acts: Tensor) -> Tensor:
 
 def orthogonality_full(decoder: Tensor) -> Tensor:
     """Mean over all latents of |cos| to their closest other decoder row (O(n²); small dictionaries)."""
-    U = _unit_rows(decoder)
+    U = unit_rows(decoder)
     cos = (U @ U.T).abs()
     cos = cos - torch.diag_embed(cos.diagonal())
     return cos.max(dim=1).values.mean()
@@ -216,7 +213,7 @@ def orthogonality_full(decoder: Tensor) -> Tensor:
 def max_pairwise_cos(decoder: Tensor) -> float:
     """Largest |cos| between two distinct decoder rows."""
     with torch.no_grad():
-        U = _unit_rows(decoder.float())
+        U = unit_rows(decoder.float())
         cos = (U @ U.T).abs()
         cos.fill_diagonal_(0)
         return float(cos.max())

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sae.geometry import unit_rows
+
 
 def _expected_fire(c: Tensor) -> Tensor:
     """E[min(1, c·u)] for u ~ U(0, 1): c/2 when c <= 1, else 1 − 1/(2c)."""
@@ -86,7 +88,7 @@ class SharkeyData:
         c = self.config = config if config is not None else SharkeyConfig()
         g = torch.Generator().manual_seed(c.seed)
         F = torch.randn(c.n_features, c.d, generator=g)
-        self.features = (F / F.norm(dim=1, keepdim=True)).to(device)
+        self.features = unit_rows(F).to(device)
         self.decay_factors = (c.decay ** torch.arange(c.n_features, dtype=torch.float64)).float()
         self.scale = solve_scale(self.decay_factors, c.m)
         self.fire_scale = (self.scale * self.decay_factors).to(device)  # c_i = s·λ^i
@@ -169,7 +171,7 @@ class TMSData:
         c = self.config = config if config is not None else TMSConfig()
         g = torch.Generator().manual_seed(c.seed)
         F = torch.randn(c.n_features, c.d, generator=g)
-        self.features = (F / F.norm(dim=1, keepdim=True)).to(device)
+        self.features = unit_rows(F).to(device)
         self.importance = (c.importance_decay ** torch.arange(c.n_features, dtype=torch.float32)).to(device)
         self.device = torch.device(device)
 

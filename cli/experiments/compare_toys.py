@@ -82,19 +82,23 @@ def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions |
     directions as there are ground-truth directions (at most the layer width);
     the SAE (``sae=None`` leaves it out) proposes its whole dictionary.
     """
-    from polylens.directions.finders import score_directions
+    import torch
+
+    from polylens.directions.scoring import score_directions
     from polylens.directions.toys import make_toy
+    from sae.metrics import frac_recovered, hungarian
 
     toy = make_toy(setup, seed=seed, **options)
     n_truth, dim = toy.truth.shape
     directions = method_directions(toy, min(n_truth, dim), seed, sae)
     methods = {}
     for name, found in directions.items():
-        scores = score_directions(toy.truth, found, threshold=threshold)
+        scores = score_directions(toy.truth, found)
+        found_rows = torch.as_tensor(found, dtype=torch.float64)
         methods[name] = {
             "mmcs": scores.mmcs,
-            "hungarian_mean_cos": scores.hungarian_mean_cos,
-            f"frac_recovered_{threshold:g}": scores.frac_recovered,
+            "hungarian_mean_cos": hungarian(toy.truth, found_rows)[2],
+            f"frac_recovered_{threshold:g}": frac_recovered(toy.truth, found_rows, threshold),
             "subspace_overlap": scores.subspace_overlap,
             "n_directions": scores.n_directions,
             "best_abs_cos": list(scores.best_abs_cos),  # per ground-truth direction: the distribution behind mmcs

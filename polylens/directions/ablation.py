@@ -14,18 +14,11 @@ import numpy as np
 import torch
 
 from polylens.capture import recording
-from polylens.directions.finders import abs_cosines
+from polylens.directions.scoring import abs_cosines, span_basis, unit_rows
 from polylens.rows import map_rows
 
 ABLATIONS = ("mean", "project")
 """mean: the component along the span is replaced by the mean activation's; project: it is set to 0."""
-
-
-def span_basis(directions) -> np.ndarray:
-    """An orthonormal basis ``[r, d]`` of the span of ``directions [m, d]`` (r = its rank)."""
-    D = np.asarray(directions, dtype=np.float64)
-    _, s, vt = np.linalg.svd(D, full_matrices=False)
-    return vt[s > s.max() * 1e-10] if s.size and s.max() > 0 else np.zeros((0, D.shape[1]))
 
 
 def ablation_ks(k: int) -> list[int]:
@@ -128,13 +121,13 @@ def ablation_curve(
 
 
 def agreement(directions: dict) -> tuple[list[str], list[list[float]]]:
-    """Sign-invariant mean max |cos| (``mmcs``, as ``polylens.directions.finders.score_directions``) of each method's directions (rows) against
-    each other's: entry [i][j] is the mean over i's directions of their best |cos| with j's."""
+    """Sign-invariant mean max |cos| (``mmcs``, as ``polylens.directions.scoring.score_directions``)
+    of each method's directions (rows) against each other's: entry [i][j] is the mean over i's
+    directions of their best |cos| with j's."""
     names = list(directions)
     return names, [[float(abs_cosines(directions[a], directions[b]).max(axis=1).mean()) for b in names] for a in names]
 
 
 def random_directions(k: int, d: int, seed: int = 0) -> np.ndarray:
     """``k`` Gaussian directions in ``d`` dimensions (unit rows): the baseline every method is set against."""
-    R = np.random.default_rng(seed).standard_normal((k, d))
-    return R / np.linalg.norm(R, axis=1, keepdims=True)
+    return unit_rows(np.random.default_rng(seed).standard_normal((k, d)))

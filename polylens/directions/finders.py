@@ -1,4 +1,5 @@
-"""Direction finders (activation PCA, gradient PCA, the Local Interaction Basis) and the one direction scorer.
+"""Direction finders: activation PCA, gradient PCA and the Local Interaction Basis (scored by
+``polylens.directions.scoring``).
 
 Both finders eigendecompose a second-moment matrix of rows ``X: [n, dim]``:
 
@@ -18,29 +19,9 @@ Both follow the scikit-learn estimator contract: ``fit`` returns ``self``;
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-import torch
 
-
-def _as_rows(X, name: str = "X") -> np.ndarray:
-    """[n, dim] (or [n, k, dim], flattened to rows) as float64 numpy; rejects NaN/inf."""
-    if isinstance(X, torch.Tensor):
-        X = X.detach().cpu().numpy()
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim == 3:
-        X = X.reshape(-1, X.shape[-1])
-    if X.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D array [n_samples, n_features] (or [n, k, n_features]); got shape {X.shape}"
-        )
-    if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {X.shape}); pass at least one sample and one feature")
-    if not np.isfinite(X).all():
-        bad = int((~np.isfinite(X)).any(axis=1).sum())
-        raise ValueError(f"{name} contains NaN or inf in {bad} of {X.shape[0]} rows; clean or drop those rows first")
-    return X
+from polylens.directions.scoring import as_rows, unit_rows
 
 
 class _SecondMomentPCA:
@@ -51,7 +32,7 @@ class _SecondMomentPCA:
     def fit(self, X, y=None):
         # [n, k, dim] Jacobian rows: E over the n samples of Σ_k g_k g_kᵀ = E[JᵀJ].
         n = X.shape[0] if getattr(X, "ndim", 2) == 3 else None
-        X = _as_rows(X)
+        X = as_rows(X)
         n = n or X.shape[0]
         dim = X.shape[1]
         k = dim if self.n_components is None else self.n_components
@@ -81,7 +62,7 @@ class _SecondMomentPCA:
     def transform(self, X) -> np.ndarray:
         """Coordinates of ``X`` along the components: ``[n, n_components]``."""
         self._check_fitted()
-        X = _as_rows(X)
+        X = as_rows(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}"
@@ -133,9 +114,9 @@ class LIB:
 
     def fit(self, X, gradients):
         n = X.shape[0]
-        A = _as_rows(X, "activations")
+        A = as_rows(X, "activations")
         grads_n = gradients.shape[0]
-        J = _as_rows(gradients, "gradients")
+        J = as_rows(gradients, "gradients")
         if grads_n != n:
             raise ValueError(f"{n} activation rows but {grads_n} gradient rows; give the gradients of the same inputs")
         if J.shape[1] != A.shape[1]:
@@ -160,7 +141,7 @@ class LIB:
             )
         order = order[:k]
         comps = (half @ V[:, order]).T  # [k, dim]
-        comps = comps / np.linalg.norm(comps, axis=1, keepdims=True)
+        comps = unit_rows(comps)
         signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
         self.components_ = comps * np.where(signs == 0, 1.0, signs)[:, None]
         self.importance_ = np.clip(lam[order], 0.0, None)
@@ -169,68 +150,3 @@ class LIB:
         self.rank_ = int(keep.sum())
         self.n_features_in_ = A.shape[1]
         return self
-
-
-class DirectionScores(NamedTuple):
-    """How well ``found`` directions recover ``truth`` directions (all sign-invariant).
-
-    mmcs: mean over truth of the best |cos| with any found direction (sign-invariant, for PCA-like
-        bases whose signs are arbitrary; ``sae.metrics.mmcs_signed`` is the signed one, for
-        dictionaries with non-negative coefficients).
-    hungarian_mean_cos: mean |cos| over the optimal one-to-one matching
-        (unmatched truth directions, when fewer are found, count as 0).
-    frac_recovered: share of truth directions whose best |cos| >= threshold.
-    subspace_overlap: mean over truth of ‖P u‖ for unit u, P the projector
-        onto span(found): 1 when every truth vector lies in that span.
-    n_directions: how many directions were found.
-    best_abs_cos: per truth direction, its best |cos|.
-    """
-
-    mmcs: float
-    hungarian_mean_cos: float
-    frac_recovered: float
-    subspace_overlap: float
-    n_directions: int
-    best_abs_cos: tuple = ()
-    """Each truth direction's best |cos| (the values ``mmcs`` averages): their distribution tells
-    "every direction half-found" from "half the directions found"."""
-
-
-def abs_cosines(truth, found) -> np.ndarray:
-    """|cos| between every truth row and every found row: ``[n_truth, n_found]``."""
-    T = _unit_rows(_as_rows(truth, "truth"))
-    F = _unit_rows(_as_rows(found, "found"))
-    if T.shape[1] != F.shape[1]:
-        raise ValueError(
-            f"truth has dimension {T.shape[1]} but found has {F.shape[1]}; they must live in the same space"
-        )
-    return np.abs(T @ F.T)
-
-
-def _unit_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
-
-
-def score_directions(truth, found, threshold: float = 0.9) -> DirectionScores:
-    """Score ``found: [m, dim]`` against ``truth: [g, dim]`` (rows are directions)."""
-    from scipy.optimize import linear_sum_assignment  # scipy only when scoring (~0.5 s to import)
-
-    cos = abs_cosines(truth, found)
-    best = cos.max(axis=1)
-    rows, cols = linear_sum_assignment(-cos)
-    hungarian = float(cos[rows, cols].sum() / cos.shape[0])
-    T = _unit_rows(_as_rows(truth, "truth"))
-    F = _as_rows(found, "found")
-    # Orthonormal basis of span(found) via SVD (rank-revealing, tolerant of duplicates).
-    _, s, vt = np.linalg.svd(F, full_matrices=False)
-    basis = vt[s > s.max() * 1e-10] if s.size and s.max() > 0 else np.zeros((0, F.shape[1]))
-    overlap = float(np.linalg.norm(T @ basis.T, axis=1).mean())
-    return DirectionScores(
-        mmcs=float(best.mean()),
-        hungarian_mean_cos=hungarian,
-        frac_recovered=float((best >= threshold).mean()),
-        subspace_overlap=overlap,
-        n_directions=int(F.shape[0]),
-        best_abs_cos=tuple(float(v) for v in best),
-    )

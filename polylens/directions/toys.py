@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from polylens.capture import capture
+from polylens.directions.scoring import unit_rows
 
 
 def _positive(name: str, value) -> None:
@@ -121,10 +122,6 @@ class Toy:
         return {"setup": self.name, "config": asdict(self.config), "final_loss": self.final_loss}
 
 
-def _unit_rows(W: Tensor) -> Tensor:
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def _train(model: nn.Module, sample, loss_fn, steps: int, lr: float, gen: torch.Generator) -> float:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss = torch.tensor(float("nan"))
@@ -159,7 +156,7 @@ def train_x2(config: X2Config = X2Config()) -> Toy:
     else:
         inputs = torch.rand(c.n_eval, c.n_inputs, generator=gen) * 2 - 1
     model.eval()
-    truth = _unit_rows(model.readout.weight.detach().clone())
+    truth = unit_rows(model.readout.weight.detach().clone())
     return Toy("x2", c, model, "hidden", inputs, truth, loss)
 
 
@@ -204,7 +201,7 @@ def train_superposition(config: SuperpositionConfig = SuperpositionConfig()) -> 
     if not represented.any():
         raise ValueError(f"no feature has a column norm >= norm_cut={c.norm_cut}; lower norm_cut or train longer")
     inputs = sample_sparse_features(c.n_features, c.n_eval, c.p_active, gen)
-    return Toy("superposition", c, model, "hidden", inputs, _unit_rows(W[represented]), loss)
+    return Toy("superposition", c, model, "hidden", inputs, unit_rows(W[represented]), loss)
 
 
 SETUPS = {"x2": (X2Config, train_x2), "superposition": (SuperpositionConfig, train_superposition)}
