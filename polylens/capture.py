@@ -30,6 +30,8 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor, nn
 
+from polylens.validation import check_choice, check_int
+
 LayerSpec = Union[str, Sequence[str], Callable[[str, nn.Module], bool]]
 Target = Callable[[Any], Tensor]
 
@@ -77,8 +79,9 @@ class _StopForward(Exception):
 
 def reused_message(name: str, n: int) -> str:
     return (
-        f"module {name!r} runs {n}+ times in one forward pass (a reused module, like torchvision ResNet's shared relu): "
-        "its calls cannot be told apart; capture a module that runs once (e.g. the one feeding it), or give each use its own module"
+        f"module {name!r} runs {n}+ times in one forward pass (a reused module, like torchvision ResNet's "
+        "shared relu): its calls cannot be told apart; capture a module that runs once (e.g. the one feeding it), "
+        "or give each use its own module"
     )
 
 
@@ -87,6 +90,58 @@ class Recorder:
     """What ``recording`` collects during forward passes: name -> tensor (last pass)."""
 
     activations: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Hook:
+    """The forward hook ``recording`` puts on one module: records its output (or input), patches it."""
+
+    name: str
+    rec: Recorder
+    wanted: set[str]
+    site: str
+    keep_graph: bool
+    patched: bool
+    replacement: Tensor | Callable[[Tensor], Tensor] | None
+    stop_early: bool
+    calls: int = 0
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        self.calls += 1
+        if self.calls > 1:
+            raise ValueError(reused_message(self.name, self.calls))
+        value = args[0] if self.site == "input" else output
+        if self.patched:
+            value = self.replacement(value) if callable(self.replacement) else self.replacement
+        if not isinstance(value, Tensor):
+            raise ValueError(
+                f"layer {self.name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one"
+            )
+        value = self._record(value)
+        if self.stop_early and self.wanted.issubset(self.rec.activations):
+            raise _StopForward
+        if self.site == "output" and (self.patched or value is not output):
+            return value
+        return None
+
+    def _record(self, value: Tensor) -> Tensor:
+        """Record ``value`` if wanted; return what the model goes on with."""
+        if not (self.keep_graph and self.site == "output"):
+            if self.name in self.wanted:
+                self.rec.activations[self.name] = value.detach().clone()  # what the module returned, kept as it was
+            return value
+        if not (value.is_floating_point() or value.is_complex()):
+            raise ValueError(
+                f"layer {self.name!r} outputs {value.dtype} values: no gradient reaches it; "
+                "pick a layer with floating-point output"
+            )
+        if not value.requires_grad:
+            value = value.detach().requires_grad_(True)
+        if self.name in self.wanted:
+            self.rec.activations[self.name] = value
+        # the model goes on with a copy, so an in-place edit downstream (``out += x``)
+        # cannot change what was recorded (nor hit autograd's leaf check)
+        return value.clone()
 
 
 @contextmanager
@@ -109,6 +164,7 @@ def recording(
     stop_early: abort the forward pass (caught by ``capture``) once all layers
         were recorded, so nothing past them is computed.
     """
+    check_choice("site", site, ("output", "input"))
     names = resolve_layers(model, layers)
     patch = dict(patch or {})
     modules = dict(model.named_modules())
@@ -116,51 +172,14 @@ def recording(
         if name not in modules or not name:
             resolve_layers(model, name)  # raises, listing the available layers
             raise ValueError(f"patch takes exact layer names, not patterns; got {name!r}")
+    if patch and site != "output":
+        raise ValueError(f"patch is only applied with site='output', not site={site!r}")
     rec = Recorder()
-    wanted = set(names)
     handles = []
-    calls: dict[str, int] = {}
-
-    def make_hook(name: str):
-        def hook(module, args, output):
-            calls[name] = calls.get(name, 0) + 1
-            if calls[name] > 1:
-                raise ValueError(reused_message(name, calls[name]))
-            value = args[0] if site == "input" else output
-            if name in patch:
-                if site == "input":
-                    raise ValueError("patching is only supported with site='output'")
-                replacement = patch[name]
-                value = replacement(value) if callable(replacement) else replacement
-            if not isinstance(value, Tensor):
-                raise ValueError(
-                    f"layer {name!r} produced {type(value).__name__}, not a tensor; pick a module that returns one"
-                )
-            if keep_graph and site == "output":
-                if not (value.is_floating_point() or value.is_complex()):
-                    raise ValueError(
-                        f"layer {name!r} outputs {value.dtype} values: no gradient reaches it; pick a layer with floating-point output"
-                    )
-                if not value.requires_grad:
-                    value = value.detach().requires_grad_(True)
-                if name in wanted:
-                    rec.activations[name] = value
-                # the model goes on with a copy, so an in-place edit downstream (``out += x``)
-                # cannot change what was recorded (nor hit autograd's leaf check)
-                value = value.clone()
-            elif name in wanted:
-                rec.activations[name] = value.detach().clone()  # what the module returned, kept as it was
-            if stop_early and wanted.issubset(rec.activations):
-                raise _StopForward
-            if site == "output" and (name in patch or value is not output):
-                return value
-            return None
-
-        return hook
-
     try:
         for name in dict.fromkeys(names + list(patch)):
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
+            hook = _Hook(name, rec, set(names), site, keep_graph, name in patch, patch.get(name), stop_early)
+            handles.append(modules[name].register_forward_hook(hook))
         yield rec
     finally:
         for handle in handles:
@@ -218,14 +237,15 @@ def capture(
     pick of one call); with early stopping, where a second call would come after the stop, one
     unstopped forward on the first input checks this once per model and layer set.
     """
-    if batch_size is not None and batch_size <= 0:
-        raise ValueError(f"batch_size={batch_size} must be a positive integer")
+    if batch_size is not None:
+        check_int("batch_size", batch_size)
     acts: dict[str, list[Tensor]] = {}
     grads: dict[str, list[Tensor]] = {}
     outs: list[Tensor] = []
     want_grad = target is not None
+    check_choice("site", site, ("output", "input"))
     if want_grad and site != "output":
-        raise ValueError("gradients are only captured at module outputs (site='output')")
+        raise ValueError(f"target is only differentiated at module outputs (site='output'), not site={site!r}")
     stop = stop_early and not want_grad and not keep_output
     if stop:
         _check_single_calls(model, inputs, layers, site, patch)
@@ -276,8 +296,8 @@ def _collect_gradients(value: Tensor, acts: dict[str, Tensor], grads: dict[str, 
     names = list(acts)
     if not columns.requires_grad:
         raise ValueError(
-            f"the target does not depend on layer {', '.join(map(repr, names))} through autograd (a detached or integer output); "
-            "no gradient exists: pick another layer or target"
+            f"the target does not depend on layer {', '.join(map(repr, names))} through autograd "
+            "(a detached or integer output); no gradient exists: pick another layer or target"
         )
     tensors = [acts[n] for n in names]
     rows: list[list[Tensor]] = [[] for _ in names]
@@ -292,7 +312,7 @@ def _collect_gradients(value: Tensor, acts: dict[str, Tensor], grads: dict[str, 
     for i, name in enumerate(names):
         if all(unused[i]):
             raise ValueError(
-                f"layer {name!r} has no gradient path to the target (the model detaches it, or the target does not read it); "
-                "pick a layer the output depends on"
+                f"layer {name!r} has no gradient path to the target (the model detaches it, or the target does "
+                "not read it); pick a layer the output depends on"
             )
         grads.setdefault(name, []).append(_store(torch.stack(rows[i], dim=1), device))

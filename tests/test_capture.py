@@ -152,3 +152,17 @@ def test_patch_needs_exact_names():
         capture(m, torch.randn(2, 5), "out", patch={"act*": torch.zeros(2, 6)})
     with pytest.raises(ValueError, match="unknown layer"):
         capture(m, torch.randn(2, 5), "out", patch={"nope": torch.zeros(2, 6)})
+
+
+def test_patch_at_the_input_site_is_refused_before_any_forward():
+    m = mlp()
+    calls = []
+    m.fc1.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(ValueError, match="patch is only applied with site='output', not site='input'"):
+        with recording(m, "fc1", site="input", patch={"fc1": torch.zeros(2, 7)}):
+            m(torch.randn(2, 5))
+    assert not calls and len(m.fc1._forward_hooks) == 1  # refused before the forward; no hook of ours left
+    with pytest.raises(ValueError, match="site='middle' must be one of 'output', 'input'"):
+        capture(m, torch.randn(2, 5), "fc1", site="middle")
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
+        capture(m, torch.randn(2, 5), "fc1", batch_size=0)
