@@ -47,12 +47,12 @@ def test_hamming_matches_brute_force():
 
 
 def test_popcount_fallback_for_numpy_1(monkeypatch):
-    from polylens.lens import codes as codes_module
+    from polylens.clustering.hamming import popcount_rows
 
     words = pack_bits(np.random.default_rng(3).random((5, 150)) > 0.3)
-    fast = codes_module.popcount_rows(words)
-    monkeypatch.delattr(np, "bitwise_count")
-    assert np.array_equal(codes_module.popcount_rows(words), fast)
+    fast = popcount_rows(words)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert np.array_equal(popcount_rows(words), unpack_bits(words, 150).sum(axis=1))
     assert np.array_equal(fast, unpack_bits(words, 150).sum(axis=1))
 
 
@@ -116,3 +116,15 @@ def test_codes_packed_batch_by_batch_equal_one_batch(digits):
     parts = extract_codes(digits, x, ["conv2", "fc1"], soft=True, batch_size=3)
     assert np.array_equal(whole.words, parts.words) and np.array_equal(whole.soft, parts.soft)
     assert whole.provenance == parts.provenance and len(parts) == 10
+
+
+def test_summary_counts_distinct_codes_and_bits_on():
+    pre, codes = _random_codes(n=9)
+    repeated = codes.rows([0, 1, 0, 2, 1, 0, 3])
+    info = repeated.summary()
+    bits = repeated.unpack()
+    assert info["n_inputs"] == 7 and info["n_units"] == 139 and info["model"] == "toy"
+    assert info["distinct_codes"] == repeated.n_distinct() == len({tuple(row) for row in bits.tolist()}) == 4
+    assert [layer["name"] for layer in info["layers"]] == ["l0", "l1", "l2"]
+    assert info["layers"][1]["units"] == 70
+    assert info["layers"][1]["fraction_on"] == pytest.approx(bits[:, 5:75].mean())

@@ -46,10 +46,17 @@ def test_knn_in_blocks_equals_one_block(monkeypatch):
         assert np.array_equal(part.indices, whole.indices), route
 
 
-def test_auto_route_is_one_of_the_timed_routes():
-    route = hamming.choose_route(48)
-    assert route in hamming.PROBE_TIMES[48]
-    assert hamming.PROBE_TIMES[48][route] == max(hamming.PROBE_TIMES[48].values())
+@pytest.mark.parametrize("n_words", [1, 3, 48])
+def test_the_chosen_route_exists_and_auto_gives_brute_force(n_words):
+    route = hamming.choose_route(n_words)
+    assert route in hamming._available_routes()
+    rng = np.random.default_rng(n_words)
+    a_bits, b_bits = rng.random((37, 64 * n_words)) < 0.5, rng.random((23, 64 * n_words)) < 0.5
+    brute = _brute(a_bits, b_bits)
+    assert np.array_equal(hamming.pairwise(pack_bits(a_bits), pack_bits(b_bits), route="auto"), brute)
+    assert np.array_equal(hamming.pairwise(pack_bits(a_bits), pack_bits(b_bits), route=route), brute)
+    with pytest.raises(ValueError, match="route='nope' is not available here"):
+        hamming.pairwise(pack_bits(a_bits), route="nope")
 
 
 def test_different_widths_and_bad_k_are_refused():

@@ -20,7 +20,7 @@ def load_points(args):
     from polylens.clustering import points as protocols
 
     if args.codes:
-        return codes_points(args.codes, args.layer)
+        return protocols.codes_points(args.codes, args.layer)
     adapter = load_from_args(args)
     spec = args.model or "digits"
     if spec.startswith("gpt2"):
@@ -49,48 +49,6 @@ def load_points(args):
     if spec == "digits":
         return protocols.digits_points(adapter, args.layer, progress=not args.no_progress)
     raise ValueError(f"model {spec} has no bundled inputs; give them with --input FILE.npy")
-
-
-def codes_points(path: str, layer: str | None):
-    """Codes from ``polylens codes`` (``.npz``) or a plain 0/1 ``.npy`` ``[n_points, n_units]``."""
-    import numpy as np
-    import torch
-
-    from polylens.clustering.points import LayerPoints
-    from polylens.lens.codes import SplineCodes
-    from polylens.models.base import npy_error
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--codes {path}: no such file")
-    if p.suffix == ".npz":
-        codes = SplineCodes.load(str(p))
-        if layer:
-            codes = codes.layer(layer)
-    elif p.suffix == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"--codes {path} is not a plain .npy array ({npy_error(err)})") from None
-        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise ValueError(f"--codes {path} must be shaped [n_points, n_units], got {arr.shape}")
-        if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
-            raise ValueError(
-                f"--codes {path} must hold only 0/1 values (spline codes); it holds other values ({arr.dtype})"
-            )
-        codes = SplineCodes.from_preactivations(
-            {"codes": torch.from_numpy(arr.astype(np.float32) - 0.5)}, provenance={"model": f"codes file {p.name}"}
-        )
-    else:
-        raise ValueError(f"--codes {path} must be a .npz from 'polylens codes' or a 0/1 .npy")
-    model = codes.provenance.get("model") or f"codes file {p.name}"
-    return LayerPoints(
-        model,
-        ",".join(codes.layer_names),
-        codes,
-        None,
-        examples=[{"input": i} for i in codes.provenance.get("input_ids", range(len(codes)))],
-    )
 
 
 def _position(text: str | None):

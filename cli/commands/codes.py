@@ -10,30 +10,6 @@ import sys
 from cli.modelargs import add_model_args, default_batch, load_from_args, prepare_inputs
 
 
-def summary(codes) -> dict:
-    bits = codes.unpack()
-    layers = []
-    for slot in codes.layers:
-        part = bits[:, slot.offset : slot.offset + slot.size]
-        layers.append(
-            {
-                "name": slot.name,
-                "kind": slot.kind,
-                "units": slot.size,
-                "shape": list(slot.shape),
-                "fraction_on": float(part.mean()),
-            }
-        )
-    distinct = len({row.tobytes() for row in codes.words})
-    return {
-        "model": codes.provenance.get("model"),
-        "n_inputs": len(codes),
-        "n_units": codes.n_units,
-        "distinct_codes": distinct,
-        "layers": layers,
-    }
-
-
 def run(args) -> int:
     from cli.output import check_outputs, write_json, write_with
     from polylens.lens.codes import extract_codes
@@ -70,7 +46,7 @@ def run(args) -> int:
     )
     codes.provenance.update({k: v for k, v in adapter.provenance.items() if k not in codes.provenance})
     write_with(args.out, codes.save)
-    info = summary(codes)
+    info = codes.summary()
     stream = sys.stderr if args.json == "-" else sys.stdout
     print(
         f"{info['n_inputs']} inputs, {info['n_units']} units, {info['distinct_codes']} distinct codes -> {args.out}",

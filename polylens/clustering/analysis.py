@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from polylens.clustering.agglomerative import Agglomerative
-from polylens.clustering.hamming import pairwise, unique_rows
+from polylens.clustering.hamming import pairwise
 from polylens.clustering.hdbscan import HDBSCAN
 from polylens.clustering.medoids import KMedoids
 from polylens.clustering.neighbors import Points
@@ -182,7 +182,7 @@ def cluster_layer(
         agree_cos = float(adjusted_rand_score(labelings["codes"], labelings["activations_cosine"]))
     primary = labelings.get("codes", labelings.get("activations"))
     clusters = describe(points, primary, top_examples=top_examples)
-    n_unique = len(unique_rows(points.codes.words).rows)
+    n_unique = points.codes.n_distinct()
     result = ClusterResult(
         model=points.model,
         layer=points.layer,

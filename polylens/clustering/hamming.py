@@ -14,7 +14,7 @@ and keeps the fastest for the process, since the winner depends on the CPU):
 - ``fp32``: the same identity as an fp32 matmul (exact: integers below 2²⁴).
 - ``cuda``: the fp32 matmul on the GPU, when one is present.
 - ``faiss``: faiss's ``hammings`` (its generic popcount loop for widths other than 4–64 bytes).
-- ``numpy``: ``np.bitwise_count`` on the XOR, the reference.
+- ``numpy``: ``popcount_rows`` on the XOR, the reference.
 
 k-nearest neighbours: ``knn`` (exact; the popcount route keeps each row's k best while it scans,
 the others take top-k of each block and merge), ``hnsw_knn`` (approximate, faiss's
@@ -23,7 +23,9 @@ Ties are broken by the lower index, so every route returns the same neighbours.
 
 Soft codes: ``expected_hamming`` (``Σ p(1−q) + q(1−p)``) and ``l1`` matrices.
 Duplicates: ``unique_rows`` collapses repeated codes once, with counts, and the inverse index to
-expand results back.
+expand results back; it is how distinct codes are counted everywhere. ``popcount_rows`` is the one
+row popcount in numpy (the numba kernels in ``_popcount`` count bits inside compiled loops, where
+numpy cannot run).
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ class Unique(NamedTuple):
     counts: np.ndarray
     inverse: np.ndarray
     first: np.ndarray
+
+
+_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def popcount_rows(words: np.ndarray) -> np.ndarray:
+    """Set bits per row of ``[..., n_words]`` uint64 → ``[...]`` int64: the one popcount outside
+    the compiled kernels (numpy ≥ 2: ``bitwise_count``; older numpy: a byte lookup table)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
+    as_bytes = np.ascontiguousarray(words).view(np.uint8)
+    return _POP8[as_bytes].sum(axis=-1)
 
 
 def unique_rows(x: np.ndarray) -> Unique:
@@ -112,7 +126,7 @@ def _block_popcount(a, b, out):
 def _block_numpy(a, b, out):
     step = max(1, 2**22 // max(1, b.size))
     for i in range(0, len(a), step):
-        out[i : i + step] = np.bitwise_count(a[i : i + step, None, :] ^ b[None, :, :]).sum(axis=-1)
+        out[i : i + step] = popcount_rows(a[i : i + step, None, :] ^ b[None, :, :])
 
 
 def _block_matmul(dtype, device: str = "cpu"):
@@ -154,8 +168,7 @@ def _available_routes() -> dict[str, Callable]:
         routes["cuda"] = _block_matmul(torch.float32, "cuda")
     if importlib.util.find_spec("faiss") is not None:
         routes["faiss"] = _block_faiss
-    if hasattr(np, "bitwise_count"):
-        routes["numpy"] = _block_numpy
+    routes["numpy"] = _block_numpy
     return routes
 
 

@@ -14,6 +14,7 @@ has them, and what the report shows of each point (a token in its context, an im
   the pre-activations of the branches its concatenation joins.
 - ``digits_points``: the embedded CNN on all 1797 bundled digits, with their classes.
 - ``array_points``: any model on inputs from an ``.npy``.
+- ``codes_points``: codes already computed, from a file (no model run, so no activations).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from polylens.lens.codes import SplineCodes, layer_preactivations
-from polylens.models.base import read_npy
+from polylens.models.base import npy_error, read_npy
 
 
 @dataclass
@@ -115,6 +116,43 @@ def array_points(
     codes, acts = _points(adapter, x, layers, batch_size=batch_size, progress=progress)
     return LayerPoints(
         adapter.name, layers[0], codes, acts, examples=[{"input": f"{Path(path).name}[{i}]"} for i in range(len(x))]
+    )
+
+
+def codes_points(path: str | Path, layer: str | None = None) -> LayerPoints:
+    """The codes in a file: an ``.npz`` written by ``SplineCodes.save`` (``layer``: keep that
+    layer's codes only) or a plain 0/1 ``.npy`` ``[n_points, n_units]``. No activations."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"codes file {str(path)!r}: no such file")
+    if p.suffix == ".npz":
+        codes = SplineCodes.load(str(p))
+        if layer:
+            codes = codes.layer(layer)
+    elif p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise ValueError(f"codes file {str(path)!r} is not a plain .npy array ({npy_error(err)})") from None
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"codes file {str(path)!r} must be shaped [n_points, n_units], got {arr.shape}")
+        if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+            raise ValueError(
+                f"codes file {str(path)!r} must hold only 0/1 values (spline codes); it holds other values "
+                f"({arr.dtype})"
+            )
+        codes = SplineCodes.from_preactivations(
+            {"codes": torch.from_numpy(arr.astype(np.float32) - 0.5)}, provenance={"model": f"codes file {p.name}"}
+        )
+    else:
+        raise ValueError(f"codes file {str(path)!r} must be a .npz written by SplineCodes.save or a 0/1 .npy")
+    model = codes.provenance.get("model") or f"codes file {p.name}"
+    return LayerPoints(
+        model,
+        ",".join(codes.layer_names),
+        codes,
+        None,
+        examples=[{"input": i} for i in codes.provenance.get("input_ids", range(len(codes)))],
     )
 
 

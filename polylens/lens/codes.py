@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from polylens.clustering.hamming import pairwise, popcount_rows, unique_rows
+
 SOFT_KINDS = ("relu", "identity", "gelu", "gelu_tanh", "silu")
 
 
@@ -67,17 +69,6 @@ def unpack_bits(words: np.ndarray, n_units: int) -> np.ndarray:
     words = np.ascontiguousarray(words, dtype="<u8")
     as_bytes = words.view(np.uint8).reshape(words.shape[0], -1)
     return np.unpackbits(as_bytes, axis=1, bitorder="little", count=n_units).astype(bool)
-
-
-_POP8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
-
-
-def popcount_rows(words: np.ndarray) -> np.ndarray:
-    """Set bits per row of ``[..., n_words]`` uint64 → ``[...]`` int64 (numpy ≥ 2: ``bitwise_count``)."""
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(words).sum(axis=-1, dtype=np.int64)
-    as_bytes = np.ascontiguousarray(words).view(np.uint8)  # numpy < 2: a byte lookup table
-    return _POP8[as_bytes].sum(axis=-1)
 
 
 @dataclass(frozen=True)
@@ -212,8 +203,6 @@ class SplineCodes:
     def hamming_matrix(self, other: SplineCodes | None = None) -> np.ndarray:
         """All pairwise Hamming distances ``[n, m]`` int32 (``other`` defaults to self), computed
         blockwise by the fastest exact route here (``polylens.clustering.hamming.pairwise``)."""
-        from polylens.clustering.hamming import pairwise
-
         other = self if other is None else other
         self._check_compatible(other)
         return pairwise(self.words, other.words)
@@ -229,6 +218,32 @@ class SplineCodes:
             raise ValueError("expected_hamming needs soft codes; build them with soft=True")
         p, q = self.soft.astype(np.float64), other.soft.astype(np.float64)
         return (p * (1 - q) + q * (1 - p)).sum(axis=1)
+
+    def n_distinct(self) -> int:
+        """How many different codes the rows hold."""
+        return len(unique_rows(self.words).rows)
+
+    def summary(self) -> dict:
+        """What the codes hold: ``model``, ``n_inputs``, ``n_units``, ``distinct_codes`` and per
+        layer ``name``, ``kind``, ``units``, ``shape`` and ``fraction_on`` (the share of bits set)."""
+        bits = self.unpack()
+        layers = [
+            {
+                "name": slot.name,
+                "kind": slot.kind,
+                "units": slot.size,
+                "shape": list(slot.shape),
+                "fraction_on": float(bits[:, slot.offset : slot.offset + slot.size].mean()),
+            }
+            for slot in self.layers
+        ]
+        return {
+            "model": self.provenance.get("model"),
+            "n_inputs": len(self),
+            "n_units": self.n_units,
+            "distinct_codes": self.n_distinct(),
+            "layers": layers,
+        }
 
     def metadata(self) -> dict:
         return {

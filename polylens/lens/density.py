@@ -30,6 +30,7 @@ import torch
 
 from polylens.capture import capture
 from polylens.lens.affine_change import affine_changes
+from polylens.lens.codes import SplineCodes
 from polylens.lens.exactness import EVAL_ONLY, first_smooth_step
 from polylens.lens.paths import ActivationPath, Evaluator
 from polylens.memory import available_memory
@@ -373,8 +374,8 @@ def _profile(adapter, ev, path, counted, crossings, n_profile):
     """Hamming distance between consecutive grid points, output labels, and their correlation."""
     t = np.linspace(0.0, 1.0, n_profile + 1)
     z, out = ev(path.at(t), want_output=True)
-    bits = z.numpy()[:, _layer_index(ev, counted)[2]] > 0
-    hamming = (bits[1:] != bits[:-1]).sum(axis=1)
+    codes = SplineCodes.from_preactivations({"counted": z[:, torch.from_numpy(_layer_index(ev, counted)[2])]})
+    hamming = codes.consecutive_hamming()
     labels = adapter.describe_output(out) if (out is not None and adapter.describe_output) else []
     changes, corr = [], None
     if labels:
