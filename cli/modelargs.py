@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def add_model_args(p) -> None:
     g = p.add_argument_group("model")
@@ -45,7 +47,10 @@ def load_from_args(args):
         if not (args.model or "").count(".py"):
             raise ValueError("--activation applies to FILE.py:FUNCTION models only")
         options["activations"] = acts
-    return load_model(args.model, **options)
+    adapter = load_model(args.model, **options)
+    if "mode" in adapter.provenance:  # the adapter changed the model's mode: say so
+        print(f"note: {args.model}: {adapter.provenance['mode']}", file=sys.stderr)
+    return adapter
 
 
 def prepare_inputs(adapter, raws: list[str], flag: str):

@@ -194,8 +194,11 @@ class CustomAdapter(ModelAdapter):
         if weights is not None:
             load_weights(model, weights, what=f"{spec}'s module")
         facts = {"spec": spec, "weights": str(weights) if weights else f"as built by {spec}"}
-        if _in_training_mode(model):  # each input's result must depend on that input alone
-            facts["mode"] = "eval (FUNCTION returned training mode; batch-norm uses running statistics, no dropout)"
+        if _in_training_mode(model):
+            facts["mode"] = (
+                "returned in training mode with batch-norm or dropout; polylens puts it in eval mode (running "
+                "statistics, no dropout), so each input's result depends on that input alone"
+            )
         model = model.to(device).eval()
         example_fn = getattr(user_module, "example_inputs", None)
         example_fn = example_fn if callable(example_fn) else None
