@@ -19,7 +19,6 @@ _EXPORTS = {
     "load_sae": "sae.train",
     "evaluate": "sae.metrics",
     "SharkeyData": "sae.synthetic",
-    "TMSData": "sae.synthetic",
     "export_saelens": "sae.export",
     "import_saelens": "sae.export",
 }

@@ -131,19 +131,24 @@ def train_run(
     data_options: dict | None = None,
     eval_samples: int = 20_000,
     force: bool = False,
+    *,
+    open_data=None,
 ) -> dict:
     """Train a new run in ``out_dir``, export it for SAELens, evaluate it; returns run.json's content.
 
-    ``data``: ``'sharkey'``, ``'tms'`` or a ``.npy``/``.safetensors`` path; ``data_options``: fields
-    of the synthetic data's config. ``sae_config`` as a dict: SAEConfig fields, with ``d_in`` taken
-    from the data and ``dict_size`` defaulting to twice the true feature count (synthetic data) or
-    2·d_in (a file). ``force`` empties nothing: files of the same names are replaced, others stay.
+    ``data``: ``'sharkey'``, a ``.npy``/``.safetensors`` path or an activation store; ``data_options``:
+    fields of the synthetic data's config. ``open_data(spec, seed=..., **options)`` opens ``data``
+    (default ``sae.synthetic.make_data``; the CLI's also opens ``'tms'``); the run records the spec
+    and options, and resuming or evaluating it opens them the same way. ``sae_config`` as a dict:
+    SAEConfig fields, with ``d_in`` taken from the data and ``dict_size`` defaulting to twice the
+    true feature count (synthetic data) or 2·d_in (a file). ``force`` empties nothing: files of the
+    same names are replaced, others stay.
     """
     out = Path(out_dir)
     check_run_folder(out, resume=False, force=force)
     train_config = train_config or TrainConfig()
     data_options = dict(data_options or {})
-    source = make_data(data, seed=train_config.seed, **data_options)
+    source = (open_data or make_data)(data, seed=train_config.seed, **data_options)
     if sae_config is None or isinstance(sae_config, dict):
         d = _dim(source)
         n_true = source.features.shape[0] if hasattr(source, "features") else d
@@ -161,9 +166,12 @@ def resume_run(
     data_options: dict | None = None,
     eval_samples: int = 20_000,
     progress: bool | None = None,
+    *,
+    open_data=None,
 ) -> dict:
     """Continue the run in ``out_dir`` (to ``n_samples`` in total, default its own) on the data it
-    recorded (or ``data``): the same weights as one uninterrupted run. Returns run.json's content."""
+    recorded (or ``data``): the same weights as one uninterrupted run. Returns run.json's content.
+    ``open_data`` as for ``train_run``."""
     out = Path(out_dir)
     check_run_folder(out, resume=True, force=False)
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
@@ -173,7 +181,7 @@ def resume_run(
         if data is None:
             raise ValueError(f"{out} does not record its data; pass the data again")
     data_options = dict(data_options or {})
-    source = make_data(data, seed=read_checkpoint(out)[1]["train"]["seed"], **data_options)
+    source = (open_data or make_data)(data, seed=read_checkpoint(out)[1]["train"]["seed"], **data_options)
     trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
     engine = trainer.build(source)
     with main_lock(out, engine.ctx):
@@ -209,11 +217,13 @@ def eval_run(
     data_options: dict | None = None,
     eval_samples: int | None = None,
     seed: int | None = None,
+    *,
+    open_data=None,
 ) -> dict:
     """Evaluate the SAE in ``out_dir`` (a training folder, or a SAELens folder with cfg.json) on
     ``data`` (default: the data its run recorded), with ground-truth metrics for synthetic data.
     ``eval_samples`` and ``seed`` default to the run's (else 20,000 and 0): then the numbers are
-    the ones ``train_run`` reported."""
+    the ones ``train_run`` reported. ``open_data`` as for ``train_run``."""
     out = Path(out_dir)
     if not out.is_dir():
         raise FileNotFoundError(
@@ -232,10 +242,10 @@ def eval_run(
         recorded = run.get("data", {})
         data, data_options = recorded.get("spec"), recorded.get("options", {})
         if data is None:
-            raise ValueError(f"{out} does not record its data; pass --data (sharkey, tms or a .npy/.safetensors file)")
+            raise ValueError(f"{out} does not record its data; give data= (sharkey, tms or a .npy/.safetensors file)")
     seed = run.get("train", {}).get("seed", 0) if seed is None else seed
     eval_samples = eval_samples or run.get("eval_samples", 20_000)
-    source = make_data(data, seed=seed, **(data_options or {}))
+    source = (open_data or make_data)(data, seed=seed, **(data_options or {}))
     d = _dim(source)
     if d != sae.config.d_in:
         raise ValueError(f"data dimension {d} does not match the SAE's d_in={sae.config.d_in}")

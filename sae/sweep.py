@@ -159,8 +159,11 @@ def sweep_run(
     eval_samples: int = 20_000,
     force: bool = False,
     resume: bool = False,
+    *,
+    open_data=None,
 ) -> dict:
-    """Sweep L1 × dictionary ratio on ``data`` (as ``sae.runs.train_run``) into ``out_dir``; returns sweep.json's content.
+    """Sweep L1 × dictionary ratio on ``data`` (opened by ``open_data`` as in ``sae.runs.train_run``)
+    into ``out_dir``; returns sweep.json's content.
 
     The sweep's checkpoint (``checkpoint.safetensors``, every ``config.checkpoint_every`` steps,
     on Ctrl-C and at the end) lets ``resume=True`` continue it with the same arguments.
@@ -178,7 +181,7 @@ def sweep_run(
     check_run_folder(out, resume=resume, force=force)
     config = config or TrainConfig()
     data_options = dict(data_options or {})
-    source = make_data(data, seed=config.seed, **data_options)
+    source = (open_data or make_data)(data, seed=config.seed, **data_options)
     truth = getattr(source, "features", None)
     n_true = truth.shape[0] if truth is not None else source.shape[1]
     sizes = dict_sizes_for(list(ratios), n_true)

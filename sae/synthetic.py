@@ -1,6 +1,6 @@
-"""Ground-truth synthetic activations: the Sharkey et al. (2022) generator and a TMS generator.
+"""Ground-truth synthetic activations: the Sharkey et al. (2022) generator.
 
-Both are seeded streams: ``sample(batch, generator)`` returns ``[batch, d]`` on the stream's
+It is a seeded stream: ``sample(batch, generator)`` returns ``[batch, d]`` on the stream's
 device, and ``features`` ``[n, d]`` (unit rows) is the ground truth an SAE should recover.
 
 Sharkey generator — decay form: we implement the *multiplicative* form of the public
@@ -137,81 +137,26 @@ class SharkeyData:
         return self.sample_codes(batch, generator) @ self.features
 
 
-@dataclass
-class TMSConfig:
-    """Toy-Models-of-Superposition data: n sparse features embedded in d dims."""
-
-    n_features: int = 40
-    """Sparse features n."""
-    d: int = 10
-    """Embedding dimension (superposition when n > d)."""
-    sparsity: float = 0.95
-    """S: each feature is 0 with probability S, else U[0, 1]."""
-    importance_decay: float = 1.0
-    """Importance of feature i is decay**i (weights a TMS model's loss; reported, not used by the SAE)."""
-    seed: int = 0
-    """Seed of the embedding directions."""
-
-    def __post_init__(self):
-        for name in ("n_features", "d"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
-        if not 0 <= self.sparsity < 1:
-            raise ValueError(f"sparsity={self.sparsity} must be in [0, 1)")
-        if not 0 < self.importance_decay <= 1:
-            raise ValueError(f"importance_decay={self.importance_decay} must be in (0, 1]")
-
-
-class TMSData:
-    """x ∈ R^n with P(x_i ≠ 0) = 1 − S, x_i ~ U[0, 1]; activations h = x @ features, features ``[n, d]``
-    random unit directions (the ground truth)."""
-
-    def __init__(self, config: TMSConfig | None = None, device: str | torch.device = "cpu"):
-        c = self.config = config if config is not None else TMSConfig()
-        g = torch.Generator().manual_seed(c.seed)
-        F = torch.randn(c.n_features, c.d, generator=g)
-        self.features = unit_rows(F).to(device)
-        self.importance = (c.importance_decay ** torch.arange(c.n_features, dtype=torch.float32)).to(device)
-        self.device = torch.device(device)
-
-    @property
-    def d(self) -> int:
-        return self.config.d
-
-    def expected_active(self) -> float:
-        return self.config.n_features * (1 - self.config.sparsity)
-
-    def sample_codes(self, batch: int, generator: torch.Generator) -> Tensor:
-        n = self.config.n_features
-        kw = dict(generator=generator, device=self.device)
-        active = torch.rand(batch, n, **kw) >= self.config.sparsity
-        return torch.rand(batch, n, **kw) * active
-
-    def sample(self, batch: int, generator: torch.Generator) -> Tensor:
-        return self.sample_codes(batch, generator) @ self.features
-
-
-SYNTHETIC = {"sharkey": (SharkeyConfig, SharkeyData), "tms": (TMSConfig, TMSData)}
+SYNTHETIC = {"sharkey": (SharkeyConfig, SharkeyData)}
 
 
 def make_data(spec: str, seed: int = 0, device: str | torch.device = "cpu", **options):
-    """A data source by name: ``'sharkey'`` / ``'tms'`` (options: fields of their config; ``seed``
-        seeds the features and Σ) → a generator object with ``features``; anything else is a path
-        to a ``.npy`` / ``.safetensors`` array → ``[N, d]`` tensor, or to an activation store folder
-    (``polylens cache``) → ``sae.activation_store.ActivationStore`` (``options`` must be empty)."""
+    """A data source by name: ``'sharkey'`` (options: fields of ``SharkeyConfig``; ``seed`` seeds the
+    features and Σ) → a generator object with ``features``; anything else is a path to a ``.npy`` /
+    ``.safetensors`` array → ``[N, d]`` tensor, or to an activation store folder (``polylens cache``)
+    → ``sae.activation_store.ActivationStore`` (``options`` must be empty). Other synthetic data
+    (``polylens sae --data tms``) is opened by the caller and handed to ``sae.runs`` as ``open_data``."""
     if spec in SYNTHETIC:
         config_cls, data_cls = SYNTHETIC[spec]
-        known = config_cls.__dataclass_fields__
+        known = [k for k in config_cls.__dataclass_fields__ if k != "seed"]
         unknown = sorted(set(options) - set(known))
         if unknown:
-            raise ValueError(
-                f"data {spec!r} has no option(s) {', '.join(unknown)}; known: {', '.join(k for k in known if k != 'seed')}"
-            )
+            raise ValueError(f"data {spec!r} has no option(s) {', '.join(unknown)}; known: {', '.join(known)}")
         return data_cls(config_cls(seed=seed, **options), device=device)
     if options:
         raise ValueError(
-            f"option(s) {', '.join(sorted(options))} apply to synthetic data (sharkey, tms), not to the file {spec}"
+            f"option(s) {', '.join(sorted(options))} apply to synthetic data ({', '.join(SYNTHETIC)}), "
+            f"not to the file {spec}"
         )
     from sae.activation_store import ActivationStore, is_store
     from sae.sources import load_array

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sae import metrics
-from sae.synthetic import SharkeyConfig, SharkeyData, TMSConfig, TMSData, solve_scale
+from sae.synthetic import SharkeyConfig, SharkeyData, solve_scale
 
 
 @pytest.mark.parametrize("correlated", [True, False])
@@ -72,13 +72,7 @@ def test_sharkey_features_unit_norm_and_sample_is_codes_times_features():
     assert torch.allclose(data.sample(50, g1), data.sample_codes(50, g2) @ data.features)
 
 
-def test_tms_sparsity_and_bad_config():
-    data = TMSData(TMSConfig(n_features=40, d=10, sparsity=0.9))
-    codes = data.sample_codes(20_000, torch.Generator().manual_seed(0))
-    assert float((codes != 0).float().mean()) == pytest.approx(0.1, abs=0.005)
-    assert data.expected_active() == pytest.approx(4.0)
-    with pytest.raises(ValueError, match="sparsity"):
-        TMSConfig(sparsity=1.0)
+def test_bad_config():
     with pytest.raises(ValueError, match="m="):
         SharkeyConfig(n_features=10, m=10)
 

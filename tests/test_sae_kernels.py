@@ -5,8 +5,8 @@ import torch
 
 from sae.kernels import fused_backward_, kernel_supports, sae_loss_and_grads
 from sae.model import SAEConfig, SparseAutoencoder
-from sae.synthetic import TMSConfig, TMSData
 from sae.train import TrainConfig, Trainer
+from tests.sae_streams import sparse_stream
 
 D, N, B = 8, 16, 32
 SETTINGS = {  # name: SAEConfig overrides
@@ -163,7 +163,7 @@ def test_sparse_path_ignores_whatever_its_scratch_buffers_hold(monkeypatch):
     ],
 )
 def test_trainer_with_kernel_ends_close_to_autograd(overrides):
-    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    data = sparse_stream(20, 8, 0.8)
     sc = SAEConfig(d_in=8, dict_size=24, **overrides)
     # dead_window of two batches: AuxK starts during the run for topk / batchtopk.
     runs = {

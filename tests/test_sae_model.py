@@ -111,10 +111,10 @@ def test_orthogonality_active_form_matches_full_and_reaches_the_neighbour():
 
 
 def test_orthogonality_penalty_lowers_max_pairwise_cos():
-    from sae.synthetic import TMSConfig, TMSData
     from sae.train import TrainConfig, train
+    from tests.sae_streams import sparse_stream
 
-    data = TMSData(TMSConfig(n_features=24, d=12, sparsity=0.9, seed=2))
+    data = sparse_stream(24, 12, 0.9, seed=2)
     res = {}
     for orth in (0.0, 1.0):
         cfg = SAEConfig(d_in=12, dict_size=24, l1=0.05, orth=orth)

@@ -8,9 +8,9 @@ import torch
 
 from sae.config import SAEConfig, TrainConfig
 from sae.runs import run_lock, train_run
-from sae.synthetic import TMSConfig, TMSData
 from sae.train import Trainer, load_sae
 from tests.cli_run import run
+from tests.sae_streams import sparse_stream
 
 TMS = [
     "--data",
@@ -36,7 +36,7 @@ def _same(a, b):
 
 
 def test_a_kill_between_the_checkpoint_files_keeps_the_run_resumable(tmp_path):
-    data = TMSData(TMSConfig(n_features=12, d=6))
+    data = sparse_stream(12, 6)
     sc, tc = _config(30)
     full = Trainer(sc, tc).fit(data).sae_
     part = Trainer(sc, TrainConfig(n_samples=64 * 10, batch_size=64, seed=1), tmp_path)
@@ -66,7 +66,7 @@ def test_force_over_a_finished_run_that_then_fails_leaves_no_old_files(tmp_path,
 
     monkeypatch.setattr(sae.runs, "make_data", lambda spec, seed=0, **kw: Interrupting(4))  # the new run stops mid-way
     with pytest.raises(KeyboardInterrupt):
-        train_run(out, "tms", {"l1": 0.2}, TrainConfig(n_samples=640, batch_size=64), force=True)
+        train_run(out, "sharkey", {"l1": 0.2}, TrainConfig(n_samples=640, batch_size=64), force=True)
     left = {p.name for p in out.iterdir()}
     assert "saelens" not in left  # the old export is gone, not left beside the new record
     record = json.loads((out / "run.json").read_text())
@@ -75,10 +75,10 @@ def test_force_over_a_finished_run_that_then_fails_leaves_no_old_files(tmp_path,
 
 
 class Interrupting:
-    """A TMS stream that raises KeyboardInterrupt on its n-th batch (a Ctrl-C mid-run)."""
+    """A sparse stream that raises KeyboardInterrupt on its n-th batch (a Ctrl-C mid-run)."""
 
     def __init__(self, n):
-        self.inner, self.n, self.calls = TMSData(TMSConfig(n_features=12, d=6)), n, 0
+        self.inner, self.n, self.calls = sparse_stream(12, 6), n, 0
         self.d, self.features = self.inner.d, self.inner.features
 
     def sample(self, m, generator=None):
@@ -90,12 +90,12 @@ class Interrupting:
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     sc, tc = _config(30)
-    full = Trainer(sc, tc).fit(TMSData(TMSConfig(n_features=12, d=6))).sae_
+    full = Trainer(sc, tc).fit(sparse_stream(12, 6)).sae_
     with pytest.raises(KeyboardInterrupt):
         Trainer(sc, tc, tmp_path).fit(Interrupting(15))
     resumed = Trainer.resume(tmp_path)
-    assert 0 < resumed.build(TMSData(TMSConfig(n_features=12, d=6))).step < 30
-    assert _same(full, resumed.fit(TMSData(TMSConfig(n_features=12, d=6))).sae_)
+    assert 0 < resumed.build(sparse_stream(12, 6)).step < 30
+    assert _same(full, resumed.fit(sparse_stream(12, 6)).sae_)
 
 
 def test_resume_refuses_flags_that_disagree_with_the_run(tmp_path, capsys):

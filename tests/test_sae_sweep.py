@@ -9,8 +9,8 @@ from sae.config import SAEConfig, TrainConfig
 from sae.ensemble import Ensemble
 from sae.files import CHECKPOINT, STATE, load_tensors
 from sae.sweep import SWEEP_JSON, SWEEP_PNG, SWEEP_WEIGHTS, sweep, sweep_run
-from sae.synthetic import TMSConfig, TMSData
 from sae.train import Trainer, train
+from tests.sae_streams import sparse_stream
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 
@@ -20,10 +20,10 @@ PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
     [("relu", {}), ("relu", dict(decoder_norm="weighted_l1")), ("topk", dict(k=3)), ("batchtopk", dict(k=3))],
 )
 def test_every_member_ends_where_its_single_run_ends(arch, extra):
-    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    data = sparse_stream(20, 8, 0.8)
     # dead_window of two batches: AuxK joins the topk / batchtopk runs midway.
     tc = TrainConfig(n_samples=64 * 30, batch_size=64, warmup_steps=5, dead_window=128, seed=4)
-    # Three L1s: on CPU the kernel takes two members a call (sae.sweep.CPU_MEMBERS_PER_CALL), so a
+    # Three L1s: on CPU the kernel takes two members a call (sae.ensemble.CPU_MEMBERS_PER_CALL), so a
     # chunk of two and a chunk of one.
     res = sweep(data, [0.05, 0.3, 1.0], [16, 24], dict(arch=arch, **extra), tc)
     assert len(res.saes) == 3 and [len(row) for row in res.saes] == [2, 2, 2]
@@ -72,10 +72,10 @@ def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp
 
 
 def test_refusals_leave_nothing_behind(tmp_path):
-    data = TMSData(TMSConfig(n_features=8, d=4))
+    data = sparse_stream(8, 4)
     tc = TrainConfig(n_samples=64 * 2, batch_size=64)
     with pytest.raises(ValueError, match="repeated dictionary sizes"):
-        sweep_run(tmp_path / "a", "tms", [0.1], [1.0, 1.01], {}, tc)
+        sweep_run(tmp_path / "a", "sharkey", [0.1], [1.0, 1.01], {}, tc, dict(n_features=8, d=4, m=0.4))
     with pytest.raises(ValueError, match="share every setting but l1"):
         Ensemble(
             [
@@ -92,7 +92,7 @@ def test_refusals_leave_nothing_behind(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="--force"):
-        sweep_run(tmp_path / "full", "tms", [0.1], [1.0], {}, tc)
+        sweep_run(tmp_path / "full", "sharkey", [0.1], [1.0], {}, tc)
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     assert not (tmp_path / "a").exists()
 
@@ -109,7 +109,7 @@ def test_refusals_leave_nothing_behind(tmp_path):
 def test_sweeps_have_what_single_runs_have_and_each_member_ends_where_its_single_run_ends(extra, train_extra):
     """Tied decoders, the orthogonality penalty, resampling and bf16 (refused by sweeps when they
     had a loop of their own) come from the one engine: every member equals its single run."""
-    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    data = sparse_stream(20, 8, 0.8)
     tc = TrainConfig(n_samples=64 * 24, batch_size=64, warmup_steps=5, seed=4, **train_extra)
     res = sweep(data, [0.05, 0.3, 1.0], [16], extra, tc)
     for i, l1 in enumerate(res.l1s):
@@ -127,7 +127,7 @@ def test_sweeps_have_what_single_runs_have_and_each_member_ends_where_its_single
 
 
 def test_a_stopped_sweep_resumes_to_the_same_weights(tmp_path):
-    data = TMSData(TMSConfig(n_features=20, d=8, sparsity=0.8))
+    data = sparse_stream(20, 8, 0.8)
     full = sweep(
         data,
         [0.05, 0.3],

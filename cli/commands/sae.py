@@ -177,6 +177,7 @@ def check_resume_flags(args) -> None:
 def run_train(args) -> int:
     from cli.output import check_outputs
     from sae.config import TrainConfig
+    from cli.experiments.tms import open_data
     from sae.runs import resume_run, train_run
 
     _positive(args, "samples", "batch_size", "lr", "dict_size", "k", "eval_samples")
@@ -187,7 +188,9 @@ def run_train(args) -> int:
         check_resume_flags(args)
         data = args.data if args.data_given else None
         progress = not args.no_progress and sys.stderr.isatty()
-        record = resume_run(args.out, args.samples, data, options if data else None, eval_samples, progress)
+        record = resume_run(
+            args.out, args.samples, data, options if data else None, eval_samples, progress, open_data=open_data
+        )
     else:
         record = train_run(
             args.out,
@@ -197,6 +200,7 @@ def run_train(args) -> int:
             options,
             eval_samples,
             args.force,
+            open_data=open_data,
         )
     if record.get("rank"):  # a data-parallel run: rank 0 reports
         return 0
@@ -206,12 +210,13 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     from cli.output import check_outputs
+    from cli.experiments.tms import open_data
     from sae.runs import eval_run
 
     _positive(args, "eval_samples")
     check_outputs(args.force, inputs=[args.data], json=args.json, plot=args.plot)
     data = args.data if args.data_given else None
-    record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples)
+    record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples, open_data=open_data)
     if args.plot:
         best = record.get("best_signed_cos") or []
         if not best:
@@ -234,6 +239,7 @@ def run_eval(args) -> int:
 def run_sweep(args) -> int:
     from cli.output import check_outputs
     from sae.config import TrainConfig
+    from cli.experiments.tms import open_data
     from sae.sweep import sweep_run
 
     _positive(args, "samples", "batch_size", "lr", "k", "eval_samples")
@@ -253,6 +259,7 @@ def run_sweep(args) -> int:
         args.eval_samples or 20_000,
         force=args.force,
         resume=args.resume,
+        open_data=open_data,
     )
     if record.get("rank"):
         return 0

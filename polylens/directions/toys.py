@@ -174,10 +174,12 @@ class TMSModel(nn.Module):
         return torch.relu(h @ self.hidden.weight + self.bias)  # [batch, n]
 
 
-def sample_sparse_features(n: int, batch: int, p: float, gen: torch.Generator) -> Tensor:
-    """TMS inputs ``[batch, n]``: each feature U[0, 1] with probability p, else 0."""
-    active = torch.rand(batch, n, generator=gen) < p
-    return torch.rand(batch, n, generator=gen) * active
+def sample_sparse_features(n: int, batch: int, p: float, gen: torch.Generator, device=None) -> Tensor:
+    """TMS inputs ``[batch, n]``: each feature U[0, 1) with probability p, else 0 (drawn on
+    ``device``, default the generator's): the one Toy-Models-of-Superposition feature generator."""
+    kw = {"generator": gen, "device": gen.device if device is None else device}
+    active = torch.rand(batch, n, **kw) < p
+    return torch.rand(batch, n, **kw) * active
 
 
 def train_superposition(config: SuperpositionConfig = SuperpositionConfig()) -> Toy:
