@@ -66,8 +66,8 @@ def main() -> None:
         t1 = time.perf_counter()
         sampled = boundary_density(adapter, path, exact=False, n_samples=N_SAMPLES, refine=False, n_profile=0)
         t2 = time.perf_counter()
-        e = Counter((c["layer"], c["unit"]) for c in exact.crossings)
-        s = Counter((c["layer"], c["unit"]) for c in sampled.crossings)
+        e = Counter((c.layer, c.unit) for c in exact.crossings)
+        s = Counter((c.layer, c.unit) for c in sampled.crossings)
         assert all(e[k] >= s[k] for k in s), "sampling found a crossing that exact counting missed"
         name = f"{adapter.name}: {label}"
         print(

@@ -52,11 +52,11 @@ for i, j in pairs:
     assert res.exact
     labels = res.profile["labels"]
     step_changed = np.array([labels[k] != labels[k + 1] for k in range(STEPS)], dtype=float)
-    ts = np.array([c["t"] for c in res.crossings])
+    ts = np.array([c.t for c in res.crossings])
     counts.append(np.histogram(ts, bins=grid)[0].astype(float))
     changed.append(step_changed)
     steps_of = np.clip(np.searchsorted(grid, ts, side="right") - 1, 0, STEPS - 1)
-    jumps.extend(c["affine_change"] for c in res.crossings)
+    jumps.extend(c.affine_change for c in res.crossings)
     jump_at_change.extend(step_changed[steps_of].astype(bool).tolist())
 counts, changed = np.array(counts), np.array(changed)
 

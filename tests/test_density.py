@@ -46,7 +46,7 @@ def relu_cnn(seed, pool=False):
 
 
 def _per_unit(res):
-    return Counter((c["layer"], c["unit"]) for c in res.crossings)
+    return Counter((c.layer, c.unit) for c in res.crossings)
 
 
 def _check_against_dense_sampling(adapter, path, n_dense=20000):
@@ -60,12 +60,12 @@ def _check_against_dense_sampling(adapter, path, n_dense=20000):
     assert e == d
     # Same positions, to the sampling step.
     for key in e:
-        te = sorted(x["t"] for x in exact.crossings if (x["layer"], x["unit"]) == key)
-        td = sorted(x["t"] for x in dense.crossings if (x["layer"], x["unit"]) == key)
+        te = sorted(x.t for x in exact.crossings if (x.layer, x.unit) == key)
+        td = sorted(x.t for x in dense.crossings if (x.layer, x.unit) == key)
         assert np.allclose(te, td, atol=1.5 / n_dense)
     # Each exact position is a zero of that unit's pre-activation.
     net64 = adapter.module.double()
-    pts = path.at(np.array([x["t"] for x in exact.crossings]))
+    pts = path.at(np.array([x.t for x in exact.crossings]))
     layers = list(exact.crossings_per_layer)
     if path.layer == "input":
         got = capture(net64, pts, layers)
@@ -74,8 +74,8 @@ def _check_against_dense_sampling(adapter, path, n_dense=20000):
         got = capture(net64, base, layers, patch={path.layer: pts})
     adapter.module.float()
     for i, x in enumerate(exact.crossings):
-        z = got.activations[x["layer"]].reshape(len(pts), -1)
-        assert abs(float(z[i, x["unit"]])) <= 1e-7 * float(z[i].abs().max())
+        z = got.activations[x.layer].reshape(len(pts), -1)
+        assert abs(float(z[i, x.unit])) <= 1e-7 * float(z[i].abs().max())
     return exact
 
 
@@ -119,7 +119,7 @@ def test_exact_finds_two_flips_within_one_sampling_step():
     exact = boundary_density(adapter, path, count_layers=["2"], n_profile=0)
     sampled = boundary_density(adapter, path, count_layers=["2"], exact=False, n_samples=100, n_profile=0)
     assert exact.n_crossings == 2 and sampled.n_crossings == 0
-    xs = path.at(np.array([c["t"] for c in exact.crossings])).flatten()
+    xs = path.at(np.array([c.t for c in exact.crossings])).flatten()
     assert torch.allclose(xs, torch.tensor([-0.001, 0.001], dtype=torch.float64), atol=1e-9)
 
 
@@ -131,7 +131,7 @@ def test_polyline_counts_add_up_over_segments_and_profile():
     first = boundary_density(adapter, interpolation_path(adapter, a, b, "input"), n_profile=0)
     second = boundary_density(adapter, interpolation_path(adapter, b, c, "input"), n_profile=0)
     assert whole.n_crossings == first.n_crossings + second.n_crossings
-    ts = [x["t"] for x in whole.crossings]
+    ts = [x.t for x in whole.crossings]
     assert ts == sorted(ts) and 0 <= ts[0] and ts[-1] <= 1
     assert whole.path["length"] == pytest.approx(first.path["length"] + second.path["length"])
     assert len(whole.profile["hamming"]) == 50 and len(whole.profile["labels"]) == 51
@@ -148,13 +148,13 @@ def test_smooth_mode_on_gelu_refines_to_zeros():
     net = nn.Sequential(nn.Linear(3, 16), nn.GELU(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 2))
     adapter = _adapter(net, {"0": "gelu", "2": "gelu"})
     path = interpolation_path(adapter, torch.randn(1, 3) * 3, torch.randn(1, 3) * 3, "input")
-    with pytest.raises(ValueError, match="not piecewise-linear.*smooth"):
+    with pytest.raises(ValueError, match="not piecewise-linear.*smooth \\(sampled\\) mode, exact=False"):
         boundary_density(adapter, path, exact=True)
     res = boundary_density(adapter, path, n_samples=500, n_profile=0)
     dense = boundary_density(adapter, path, exact=False, n_samples=20000, refine=False, n_profile=0)
     assert not res.exact and res.n_crossings == dense.n_crossings > 0
     for x, y in zip(res.crossings, dense.crossings):
-        assert abs(x["t"] - y["t"]) <= 1.5 / 20000
+        assert abs(x.t - y.t) <= 1.5 / 20000
 
 
 def test_bad_paths_raise_value_errors():
@@ -173,17 +173,30 @@ def test_bad_paths_raise_value_errors():
         boundary_density(adapter, path, count_layers=["0"])
 
 
-def test_shell_profile_accounts_for_every_crossing():
-    adapter = relu_mlp(5)
-    inputs = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
-    prof = shell_profile(adapter, inputs, "1", alpha_max=2.5, n_bins=12)
-    singles = [
-        boundary_density(adapter, scaling_path(adapter, inputs[i : i + 1], "1", 2.5), n_profile=0).n_crossings
-        for i in range(6)
-    ]
-    assert prof.n_crossings == sum(prof.crossings) == sum(singles)
-    assert sum(prof.coverage) == pytest.approx(2.5 * sum(prof.norms))
-    assert len(prof.density) == 12 and prof.exact
+def test_shell_profile_equals_the_closed_form_of_a_one_layer_relu_net():
+    # along the ray α·x in input space, unit i's pre-activation is α(w_i·x) + b_i: zero at
+    # α = -b_i / (w_i·x), a crossing when 0 < α < A, at radius α‖x‖
+    adapter = relu_mlp(5, d_in=3, width=40, depth=1)
+    inputs = torch.randn(7, 3, generator=torch.Generator().manual_seed(5))
+    alpha_max, n_bins = 2.5, 9
+    prof = shell_profile(adapter, inputs, "input", alpha_max=alpha_max, n_bins=n_bins)
+    w, b = adapter.module[0].weight.double().detach().numpy(), adapter.module[0].bias.double().detach().numpy()
+    x = inputs.double().numpy()
+    norms = np.linalg.norm(x, axis=1)
+    alpha = -b[None, :] / (x @ w.T)
+    inside = (alpha > 0) & (alpha < alpha_max)
+    radii = (alpha * norms[:, None])[inside]
+    edges = np.linspace(0, alpha_max * norms.max(), n_bins + 1)
+    counts = np.histogram(radii, bins=edges)[0]
+    reach = alpha_max * norms
+    coverage = [sum(max(0.0, min(r, hi) - lo) for r in reach) for lo, hi in zip(edges[:-1], edges[1:])]
+    assert prof.exact and prof.layers == ["0"] and prof.n_paths == 7
+    assert prof.n_crossings == inside.sum() > 20
+    assert prof.norms == pytest.approx(norms.tolist(), rel=1e-6)
+    assert prof.bin_edges == pytest.approx(edges.tolist(), rel=1e-6)
+    assert prof.crossings == counts.tolist()
+    assert prof.coverage == pytest.approx(coverage, rel=1e-6)
+    assert prof.density == pytest.approx((counts / np.array(coverage)).tolist(), rel=1e-6)
 
 
 def test_float64_copy_is_reused_until_weights_change():
@@ -208,7 +221,7 @@ def test_exact_counting_never_gives_up_on_roundoff(digits):
     exact = boundary_density(digits, path, exact=True)
     dense = boundary_density(digits, path, exact=False, n_samples=20000, n_profile=0)
     assert exact.exact is True
-    count = lambda r: sorted((c["layer"], c["unit"]) for c in r.crossings)  # noqa: E731
+    count = lambda r: sorted((c.layer, c.unit) for c in r.crossings)  # noqa: E731
     assert count(exact) == count(dense)
 
 
@@ -221,7 +234,7 @@ def test_exact_counting_accepts_pieces_too_narrow_to_hold_a_point(digits):
     exact = boundary_density(digits, path, n_profile=0, affine_change=False)
     dense = boundary_density(digits, path, exact=False, n_samples=50000, refine=False, n_profile=0)
     assert exact.exact and exact.n_crossings > 100
-    count = lambda r: sorted((c["layer"], c["unit"]) for c in r.crossings)  # noqa: E731
+    count = lambda r: sorted((c.layer, c.unit) for c in r.crossings)  # noqa: E731
     assert count(exact) == count(dense)
 
 
@@ -230,7 +243,7 @@ def _jacobian_jumps(adapter, path, crossings):
     pieces on either side of each crossing, where the map is affine."""
     module = adapter.float64_module()  # a Sequential: the rest of the net after the path's layer is a slice
     rest = module if path.layer == "input" else module[int(path.layer) + 1 :]
-    ts = [0.0] + [c["t"] for c in crossings] + [1.0]
+    ts = [0.0] + [c.t for c in crossings] + [1.0]
 
     def jac(t):
         return torch.autograd.functional.jacobian(lambda v: rest(v[None])[0], path.at(np.array([t]))[0])
@@ -254,8 +267,8 @@ def test_affine_change_per_crossing_equals_brute_force_jacobians(case):
         )  # "0": the crossing units' own layer
     res = boundary_density(adapter, path, n_profile=0)
     assert res.exact and res.n_crossings >= 5
-    got = [c["affine_change"] for c in res.crossings]
+    got = [c.affine_change for c in res.crossings]
     assert all(g > 0 for g in got)
     assert got == pytest.approx(_jacobian_jumps(adapter, path, res.crossings), rel=1e-6, abs=1e-12)
     smooth = boundary_density(adapter, path, exact=False, n_samples=100, n_profile=0)
-    assert all(c["affine_change"] is None for c in smooth.crossings)  # no affine pieces claimed when not certified
+    assert all(c.affine_change is None for c in smooth.crossings)  # no affine pieces claimed when not certified

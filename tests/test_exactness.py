@@ -43,7 +43,7 @@ class Tanh(nn.Module):
 def test_a_smooth_step_between_relu_layers_refuses_exact_and_defaults_to_smooth(middle, train, why):
     adapter = _net(middle, train=train)
     path = interpolation_path(adapter, torch.randn(1, 3), torch.randn(1, 3), "input")
-    with pytest.raises(ValueError, match=f"{why}.*--smooth"):
+    with pytest.raises(ValueError, match=f"{why}.*exact=False"):
         boundary_density(adapter, path, exact=True)
     res = boundary_density(adapter, path, n_samples=200, n_profile=0)
     assert res.exact is False
@@ -73,7 +73,7 @@ def test_inception_local_response_norm_before_maxpool1_is_not_exact():
     adapter = load_model("inceptionv1", random_weights=True, seed=0)
     x0, x1 = adapter.default_inputs(2).split(1)
     before = interpolation_path(adapter, x0, x1, "conv2d0")
-    with pytest.raises(ValueError, match="LRN.*--smooth"):
+    with pytest.raises(ValueError, match="LRN.*exact=False"):
         _choose_layers(adapter, before, ["conv2d1_pre_relu_conv"], True)
     assert _choose_layers(adapter, before, ["conv2d1_pre_relu_conv"], None)[2] is False
     after = interpolation_path(adapter, x0, x1, "maxpool1")
@@ -92,6 +92,6 @@ def test_gpt2_activation_kind_comes_from_the_config():
     # even with ReLU MLPs, the LayerNorm before the MLP sits on the path: never exact across it
     a, b = torch.tensor([[50256, 11, 12, 13]]), torch.tensor([[50256, 21, 22, 23]])
     path = interpolation_path(relu, a, b, "blocks.0.hook_resid_mid")
-    with pytest.raises(ValueError, match="module 'blocks.0.ln2' \\(LayerNorm\\).*--smooth"):
+    with pytest.raises(ValueError, match="module 'blocks.0.ln2' \\(LayerNorm\\).*exact=False"):
         _choose_layers(relu, path, None, True)
     assert _choose_layers(relu, path, None, None)[2] is False

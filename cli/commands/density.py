@@ -32,7 +32,7 @@ def format_result(res) -> str:
         f"{res.n_crossings} crossings ({kind}, {res.evaluations} evaluations), {res.density_per_unit_length:.4g} per unit length",
     ]
     lines += [f"  {name:<32} {count:>8}" for name, count in res.crossings_per_layer.items()]
-    jumps = [c["affine_change"] for c in res.crossings if c.get("affine_change") is not None]
+    jumps = [c.affine_change for c in res.crossings if c.affine_change is not None]
     if jumps:
         q = [float(v) for v in np.quantile(jumps, [0.1, 0.5, 0.9])]
         lines.append(

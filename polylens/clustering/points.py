@@ -257,7 +257,8 @@ def gpt2_points(
     progress: bool = False,
 ) -> LayerPoints:
     """The paper's GPT-2 protocol on the text at ``path`` (see the module docstring)."""
-    from polylens.models.gpt2 import EOT, resolve_tokenizer
+    from polylens.models.gpt2 import resolve_tokenizer
+    from polylens.progress import progress_bar
 
     model = adapter.module
     seq_len = min(seq_len, model.cfg.n_ctx)
@@ -267,56 +268,22 @@ def gpt2_points(
         )
     layers = _single_layer(adapter, layer, f"blocks.{model.cfg.n_layers // 2}.mlp.hook_pre")
     tok = resolve_tokenizer()
-    seqs, notes = [], []
-    for name, text in read_texts(path):
-        ids = tok.encode(text, add_special_tokens=False) if text.strip() else []
-        body = seq_len - 1  # BOS first
-        for start in range(0, len(ids), body):
-            seq = [EOT] + ids[start : start + body]
-            pos = gpt2_positions(len(seq), per_seq, skip)
-            if len(seq) < seq_len:
-                notes.append(
-                    f"{name}: a sequence of {len(seq)} tokens (shorter than {seq_len}): took positions {pos.tolist() or 'none'}"
-                )
-            if len(pos):
-                seqs.append((name, seq, pos))
-    if max_sequences is not None:
-        seqs = seqs[:max_sequences]
-    if not seqs:
-        raise ValueError(f"no sequence in {str(path)!r} is longer than skip={skip} tokens; give more text")
-    parts_acts, labels = [], {"token": [], "next_token": [], "position": []}
-    examples = []
-    from polylens.progress import progress_bar
-
+    seqs, notes = _gpt2_sequences(tok, path, seq_len, per_seq, skip, max_sequences)
+    parts_acts, labels, examples = [], {"token": [], "next_token": [], "position": []}, []
     bar = progress_bar(sum(len(s) for _, s, _ in seqs), f"{adapter.name} {layers[0]}", unit="tok", enabled=progress)
     for b0 in range(0, len(seqs), batch_size):
         batch = seqs[b0 : b0 + batch_size]
         bar.update(sum(len(seq) for _, seq, _ in batch))
-        by_len: dict[int, list[int]] = {}
-        for j, (_, seq, _) in enumerate(batch):  # equal lengths run together
-            by_len.setdefault(len(seq), []).append(j)
-        picked: dict[int, torch.Tensor] = {}
-        for group in by_len.values():
-            x = torch.tensor([batch[j][1] for j in group], dtype=torch.long, device=next(model.parameters()).device)
-            _, pre = layer_preactivations(adapter, x, layers, batch_size=len(group))
-            for row, j in enumerate(group):
-                picked[j] = pre[layers[0]][row, torch.as_tensor(batch[j][2])]  # [len(pos), d_mlp]
+        picked = _gpt2_preactivations(adapter, layers[0], batch)
         for j, (name, seq, pos) in enumerate(batch):
-            z = picked[j]
-            parts_acts.append(z.float().cpu().numpy())
+            parts_acts.append(picked[j].float().cpu().numpy())
             for p in pos.tolist():
                 labels["token"].append(seq[p])
                 labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
                 labels["position"].append(p)
                 lo = max(1, p - context)
-                examples.append(
-                    {
-                        "text": [tok.decode([t]) for t in seq[lo : p + 6]],
-                        "focus": p - lo,
-                        "source": name,
-                        "sequence": b0 + j,
-                    }
-                )
+                text = [tok.decode([t]) for t in seq[lo : p + 6]]
+                examples.append({"text": text, "focus": p - lo, "source": name, "sequence": b0 + j})
     bar.close()
     acts = np.concatenate(parts_acts)
     codes = SplineCodes.from_preactivations(
@@ -329,7 +296,8 @@ def gpt2_points(
     names["next_token"] = names["token"]
     notes.insert(
         0,
-        f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken (positions round(linspace({skip}, L-1, {per_seq})))",
+        f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken "
+        f"(positions round(linspace({skip}, L-1, {per_seq})))",
     )
     return LayerPoints(
         adapter.name,
@@ -341,3 +309,44 @@ def gpt2_points(
         examples=examples,
         notes=notes,
     )
+
+
+def _gpt2_sequences(tok, path, seq_len: int, per_seq: int, skip: int, max_sequences: int | None):
+    """``[(file name, token ids with BOS first, positions taken)]`` and notes on short sequences."""
+    from polylens.models.gpt2 import EOT
+
+    seqs, notes = [], []
+    for name, text in read_texts(path):
+        ids = tok.encode(text, add_special_tokens=False) if text.strip() else []
+        body = seq_len - 1  # BOS first
+        for start in range(0, len(ids), body):
+            seq = [EOT] + ids[start : start + body]
+            pos = gpt2_positions(len(seq), per_seq, skip)
+            if len(seq) < seq_len:
+                notes.append(
+                    f"{name}: a sequence of {len(seq)} tokens (shorter than {seq_len}): "
+                    f"took positions {pos.tolist() or 'none'}"
+                )
+            if len(pos):
+                seqs.append((name, seq, pos))
+    if max_sequences is not None:
+        seqs = seqs[:max_sequences]
+    if not seqs:
+        raise ValueError(f"no sequence in {str(path)!r} is longer than skip={skip} tokens; give more text")
+    return seqs, notes
+
+
+def _gpt2_preactivations(adapter, layer: str, batch) -> dict[int, torch.Tensor]:
+    """Batch row → the pre-activations ``[len(positions), d_mlp]`` at its positions; sequences of
+    equal length run through the model together."""
+    device = next(adapter.module.parameters()).device
+    by_len: dict[int, list[int]] = {}
+    for j, (_, seq, _) in enumerate(batch):
+        by_len.setdefault(len(seq), []).append(j)
+    picked: dict[int, torch.Tensor] = {}
+    for group in by_len.values():
+        x = torch.tensor([batch[j][1] for j in group], dtype=torch.long, device=device)
+        _, pre = layer_preactivations(adapter, x, [layer], batch_size=len(group))
+        for row, j in enumerate(group):
+            picked[j] = pre[layer][row, torch.as_tensor(batch[j][2])]
+    return picked

@@ -17,6 +17,8 @@ has |φ'₊ − φ'₋| = 1, an identity layer 0, and a smooth activation has no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -30,28 +32,28 @@ _OUTPUT_BUDGET = 20_000_000  # output elements (and as many tangents) held per b
 
 
 def affine_changes(
-    adapter: ModelAdapter, module: torch.nn.Module, path: ActivationPath, crossings: list[dict], batch_size: int = 256
+    adapter: ModelAdapter, module: torch.nn.Module, path: ActivationPath, crossings: Sequence, batch_size: int = 256
 ) -> list[float | None]:
     """‖A₊ − A₋‖_F of the map from ``path.layer``'s space to ``module``'s output, one per crossing.
 
-    module: the model run (the float64 copy exact counting uses); crossings: ``{"t", "layer",
-    "unit"}`` as ``boundary_density`` gives them. None where the layer's activation is not
+    module: the model run (the float64 copy exact counting uses); crossings: with ``t``, ``layer``
+    and ``unit``, as ``boundary_density`` gives them (``polylens.lens.density.Crossing``). None where the layer's activation is not
     piecewise-linear or the model's output is not a tensor.
     """
     out = [None] * len(crossings)
     dtype = next(module.parameters()).dtype
     by_layer: dict[str, list[int]] = {}
     for i, c in enumerate(crossings):
-        if adapter.activation_layers.get(c["layer"]) in SLOPE_JUMP:
-            by_layer.setdefault(c["layer"], []).append(i)
+        if adapter.activation_layers.get(c.layer) in SLOPE_JUMP:
+            by_layer.setdefault(c.layer, []).append(i)
     for layer, rows in by_layer.items():
         jump = SLOPE_JUMP[adapter.activation_layers[layer]]
         step = 1  # one crossing first, to size the batches by the output it gives
         start = 0
         while start < len(rows):
             part = rows[start : start + step]
-            t = np.array([crossings[i]["t"] for i in part])
-            units = torch.tensor([crossings[i]["unit"] for i in part])
+            t = np.array([crossings[i].t for i in part])
+            units = torch.tensor([crossings[i].unit for i in part])
             points = path.at(t).to(dtype)
             grad_norm = _pre_activation_gradient_norm(module, path, points, layer, units)
             reads, size = _output_derivative_norm(module, path, points, layer, units)

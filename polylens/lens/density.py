@@ -23,7 +23,8 @@ spaced points, each refined by bisection; flips within one step can be missed.
 from __future__ import annotations
 
 import bisect
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from polylens.lens.exactness import EVAL_ONLY, first_smooth_step
 from polylens.lens.paths import ActivationPath, Evaluator
 from polylens.memory import available_memory
 from polylens.models.base import PIECEWISE_LINEAR, ModelAdapter
+from polylens.validation import check_int
 
 # Relative linearity tolerance. float64 roundoff in a forward pass is ~fan_in · 2^-53 · scale
 # (≈1e-12 for fan-in 10^4), so 1e-9 leaves a 1000× margin against false kinks, while a real kink
@@ -51,15 +53,28 @@ MAX_SAMPLES = 10_000_000  # sampled points on one path: beyond, memory and time 
 _NOISE = 1e3 * np.finfo(np.float64).eps  # |z| below this × the layer's scale is float64 roundoff, not a sign
 
 
-@dataclass
+@dataclass(frozen=True)
+class Crossing:
+    """One unit changing its hard code along a path: at ``t`` ∈ [0, 1], unit ``unit`` (flat index
+    in the layer's pre-activation, ``[*unit_shape]`` flattened) of activation layer ``layer``;
+    ``affine_change`` = ‖A₊ − A₋‖_F of the linearised map from the path's space to the model output
+    on the two sides (exact mode; None otherwise)."""
+
+    t: float
+    layer: str
+    unit: int
+    affine_change: float | None = None
+
+    def to_json(self) -> dict:
+        return {"t": self.t, "layer": self.layer, "unit": self.unit, "affine_change": self.affine_change}
+
+
+@dataclass(frozen=True)
 class DensityResult:
     """Crossings along one path, with the Hamming profile and the outputs along it.
 
-    crossings: ``[{"t", "layer", "unit", "affine_change"}]`` sorted by t; unit = flat index in the
-    layer's pre-activation (``[*unit_shape]`` flattened); affine_change = ‖A₊ − A₋‖_F of the
-    linearised map from the path's space to the model output on the two sides (exact mode; None
-    otherwise). profile: ``{"t": [m+1], "hamming": [m],
-    "labels": [m+1]}`` on an even grid. peak_output_correlation: Pearson r between crossings per
+    crossings: ``Crossing`` s sorted by t. profile: ``{"t": [m+1], "hamming": [m], "labels": [m+1]}``
+    on an even grid (empty without one). peak_output_correlation: Pearson r between crossings per
     grid step and "the output label changes in this step" (None when either is constant).
     """
 
@@ -68,7 +83,7 @@ class DensityResult:
     space_layer: str
     path: dict
     n_crossings: int
-    crossings: list[dict]
+    crossings: list[Crossing]
     density_per_unit_length: float
     exact: bool
     crossings_per_layer: dict[str, int]
@@ -78,7 +93,10 @@ class DensityResult:
     peak_output_correlation: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Plain JSON types; each crossing as ``{"t", "layer", "unit", "affine_change"}``."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "crossings"}
+        out["crossings"] = [c.to_json() for c in self.crossings]
+        return {f.name: out[f.name] for f in fields(self)}
 
 
 def downstream_layers(adapter: ModelAdapter, path: ActivationPath) -> list[str]:
@@ -138,9 +156,7 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
     if exact is None:
         exact = why is None
     if exact and why:
-        raise ValueError(
-            f"{why}, so exact counting does not apply; use the smooth (sampled) mode: exact=False / --smooth"
-        )
+        raise ValueError(f"{why}, so exact counting does not apply; count in the smooth (sampled) mode, exact=False")
     return counted, (checked if exact else counted), exact
 
 
@@ -151,83 +167,108 @@ def _layer_index(ev: Evaluator, counted: list[str]) -> tuple[np.ndarray, np.ndar
     return starts, layer_id, count_mask
 
 
-def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tuple[float, int]]:
-    """All (s, unit) zero crossings of counted units on the segment v0 → v1 (s ∈ [0, 1])."""
-    cache: dict[float, np.ndarray] = {}
+class _SegmentPoints:
+    """The pre-activations evaluated on one segment v0 → v1, by position s ∈ [0, 1], within the
+    memory and evaluation budgets."""
 
-    budget = MEMORY_SHARE * available_memory()
+    def __init__(self, ev: Evaluator, v0, v1, max_evaluations: int):
+        self.ev, self.v0, self.v1, self.max_evaluations = ev, v0, v1, max_evaluations
+        self.z: dict[float, np.ndarray] = {}
+        self.keys: list[float] = []
+        self.budget = MEMORY_SHARE * available_memory()
 
-    def evaluate(ss):
-        new = sorted({s for s in ss if s not in cache})
+    def evaluate(self, ss) -> None:
+        ev, new = self.ev, sorted({s for s in ss if s not in self.z})
         while new:  # a forward batch at a time: never every new point of a wide layer at once
             part, new = new[: ev.step()], new[ev.step() :]
-            s_t = torch.tensor(part, dtype=torch.float64).reshape(-1, *([1] * v0.dim()))
-            z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
-            for s, row in zip(part, z.numpy()):
-                cache[s] = row
-            if 8 * ev.width * len(cache) > budget:
+            s_t = torch.tensor(part, dtype=torch.float64).reshape(-1, *([1] * self.v0.dim()))
+            z, _ = ev(self.v0[None] + s_t * (self.v1 - self.v0)[None])
+            self.z.update(zip(part, z.numpy()))
+            if 8 * ev.width * len(self.z) > self.budget:
                 raise ValueError(
-                    f"exact counting keeps {ev.width:,} float64 pre-activations for each point it is working on and needs more than "
-                    f"{len(cache):,} of them here ({8 * ev.width * len(cache) / 2**30:.1f} GiB, over the memory free); "
-                    "count fewer layers (--count-layers, count_layers=) or use the smooth mode (--smooth)"
+                    f"exact counting keeps {ev.width:,} float64 pre-activations for each point it is working on "
+                    f"and needs more than {len(self.z):,} of them here "
+                    f"({8 * ev.width * len(self.z) / 2**30:.1f} GiB, over the memory free); "
+                    "count fewer layers (count_layers=) or count in the sampled mode (exact=False)"
                 )
-        if ev.evaluations > max_evaluations:
+        if ev.evaluations > self.max_evaluations:
             raise ValueError(
-                f"exact counting needed more than max_evaluations={max_evaluations} forward evaluations; raise it or shorten the path"
+                f"exact counting needed more than max_evaluations={self.max_evaluations} forward evaluations; "
+                "raise it or shorten the path"
             )
+        self.keys = sorted(self.z)
 
-    evaluate([0.0, 1.0])
-    starts, layer_id, count_mask = _layer_index(ev, counted)
+    def interior(self, a: float, b: float) -> list[float]:
+        """Evaluated points well inside (a, b), at most _MAX_CHECKS of them."""
+        keys, lo, hi = self.keys, a + 0.01 * (b - a), b - 0.01 * (b - a)
+        pts = keys[bisect.bisect_right(keys, lo) : bisect.bisect_left(keys, hi)]
+        return pts[:: max(1, len(pts) // _MAX_CHECKS)][:_MAX_CHECKS]
+
+    def keep_only(self, pieces: list[tuple[float, float]]) -> None:
+        """Forget the points outside every piece still to be checked."""
+        keys = self.keys
+        keep = {k for a, b in pieces for k in keys[bisect.bisect_left(keys, a) : bisect.bisect_right(keys, b)]}
+        for k in [k for k in self.z if k not in keep]:
+            del self.z[k]
+        self.keys = sorted(self.z)
+
+
+def _piece(points: _SegmentPoints, a: float, b: float, index) -> tuple[np.ndarray, list[tuple[float, int]]]:
+    """Where to split the piece [a, b] (empty when it is affine), and its counted crossings when it is."""
+    starts, layer_id, count_mask = index
     n_layers = len(starts)
+    za, zb = points.z[a], points.z[b]
+    pts = np.array(points.interior(a, b))
+    scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
+    if pts.size:
+        frac = (pts - a) / (b - a)
+        lerp = za[None] + frac[:, None] * (zb - za)[None]
+        dev = np.abs(np.stack([points.z[p] for p in pts]) - lerp).max(axis=0)
+        bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
+    else:  # no float64 point between the ends (a piece a few ulps wide): nothing inside can be seen or split
+        bad = np.zeros(n_layers, dtype=bool)
+    first_bad = int(np.argmax(bad)) if bad.any() else n_layers
+    flips = (za > 0) != (zb > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_star = a + (b - a) * za / (za - zb)
+    margin = _INSIDE * (b - a)
+    # A unit within roundoff of zero at both ends sits on its boundary for the whole piece:
+    # its sign there is noise, so it gives no split (its kink moves later layers by noise
+    # only); its one crossing is still counted, at the piece end where its sign settles.
+    at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * scale[layer_id]
+    inside = flips & ~at_noise & (s_star > a + margin) & (s_star < b - margin)
+    limit = first_bad if first_bad < n_layers else n_layers - 1
+    splits = np.unique(s_star[inside & (layer_id < limit)]) if pts.size else np.empty(0)
+    if first_bad < n_layers and splits.size == 0:
+        splits = pts  # a kink from no counted unit (e.g. max-pool): split at the evaluated checks
+    if splits.size:
+        return splits, []
+    units = np.nonzero(flips & count_mask)[0]  # affine piece: read off the counted crossings
+    return splits, [(float(np.clip(s_star[u], a, b)), int(u)) for u in units]
+
+
+def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tuple[float, int]]:
+    """All (s, unit) zero crossings of counted units on the segment v0 → v1 (s ∈ [0, 1])."""
+    points = _SegmentPoints(ev, v0, v1, max_evaluations)
+    points.evaluate([0.0, 1.0])
+    index = _layer_index(ev, counted)
     pending, found = [(0.0, 1.0)], []
     while pending:
-        evaluate([s for piece in pending for s in piece])  # new split points
-        keys = sorted(cache)
-
-        def interior(a, b):  # evaluated points well inside (a, b), at most _MAX_CHECKS of them
-            pts = keys[bisect.bisect_right(keys, a + 0.01 * (b - a)) : bisect.bisect_left(keys, b - 0.01 * (b - a))]
-            return pts[:: max(1, len(pts) // _MAX_CHECKS)][:_MAX_CHECKS]
-
+        points.evaluate([s for piece in pending for s in piece])  # new split points
         # Points already evaluated (parents' check points) serve as checks; add the golden-section
         # points only where a piece has fewer than _CHECKS of them.
-        evaluate(
+        points.evaluate(
             [
                 a + (b - a) * (_GOLDEN if k == 0 else 0.5)
                 for a, b in pending
-                for k in range(len(interior(a, b)), _CHECKS)
+                for k in range(len(points.interior(a, b)), _CHECKS)
             ]
         )
-        keys = sorted(cache)
         queue, pending = pending, []
         for a, b in queue:
-            za, zb = cache[a], cache[b]
-            pts = np.array(interior(a, b))
-            scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
-            if pts.size:
-                frac = (pts - a) / (b - a)
-                dev = np.abs(np.stack([cache[p] for p in pts]) - (za[None] + frac[:, None] * (zb - za)[None])).max(
-                    axis=0
-                )
-                bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
-            else:  # no float64 point between the ends (a piece a few ulps wide): nothing inside can be seen or split
-                bad = np.zeros(n_layers, dtype=bool)
-            first_bad = int(np.argmax(bad)) if bad.any() else n_layers
-            flips = (za > 0) != (zb > 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                s_star = a + (b - a) * za / (za - zb)
-            margin = _INSIDE * (b - a)
-            # A unit within roundoff of zero at both ends sits on its boundary for the whole piece:
-            # its sign there is noise, so it gives no split (its kink moves later layers by noise
-            # only); its one crossing is still counted, at the piece end where its sign settles.
-            at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * scale[layer_id]
-            inside = flips & ~at_noise & (s_star > a + margin) & (s_star < b - margin)
-            limit = first_bad if first_bad < n_layers else n_layers - 1
-            splits = np.unique(s_star[inside & (layer_id < limit)]) if pts.size else np.empty(0)
-            if first_bad < n_layers and splits.size == 0:
-                splits = pts  # a kink from no counted unit (e.g. max-pool): split at the evaluated checks
-            if splits.size == 0:  # affine piece: read off the counted crossings
-                units = np.nonzero(flips & count_mask)[0]
-                found.extend((float(np.clip(s_star[u], a, b)), int(u)) for u in units)
+            splits, crossings = _piece(points, a, b, index)
+            found.extend(crossings)
+            if splits.size == 0:
                 continue
             if b - a < _MIN_WIDTH:
                 raise ValueError(
@@ -236,10 +277,7 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
                 )
             edges = [a, *splits.tolist(), b]
             pending.extend(zip(edges[:-1], edges[1:]))
-        keys = sorted(cache)  # forget points outside every piece still to be checked
-        keep = {k for a, b in pending for k in keys[bisect.bisect_left(keys, a) : bisect.bisect_right(keys, b)]}
-        for k in [k for k in cache if k not in keep]:
-            del cache[k]
+        points.keep_only(pending)
     return found
 
 
@@ -305,21 +343,52 @@ def boundary_density(
     Frobenius norm of the change of the linearised map (path space → model output) across it
     (``polylens.lens.affine_change``; exact mode only, else None).
     """
-    for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
-        if value < 1:
-            raise ValueError(f"{name}={value} must be a positive integer")
-    if n_profile < 0:
-        raise ValueError(f"n_profile={n_profile} must be >= 0")
+    _check_sizes(n_samples, n_profile, batch_size)
+    counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
+    ev = Evaluator(adapter, path, checked, batch_size=batch_size, float64=exact)  # float64 where exactness needs it
+    crossings = _crossings(ev, path, counted, exact, n_samples, refine, max_evaluations)
+    if exact and affine_change:
+        changes_f = affine_changes(adapter, ev.module, path, crossings, batch_size)
+        crossings = [replace(c, affine_change=value) for c, value in zip(crossings, changes_f)]
+    evaluations = ev.evaluations
+    profile, changes, corr = _profile(adapter, ev, path, counted, crossings, n_profile) if n_profile else ({}, [], None)
+    return DensityResult(
+        model=adapter.name,
+        layers=counted,
+        space_layer=path.layer,
+        path={
+            "kind": path.kind,
+            "length": path.length,
+            "layer": path.layer,
+            "n_vertices": int(path.vertices.shape[0]),
+            **path.meta,
+        },
+        n_crossings=len(crossings),
+        crossings=crossings,
+        density_per_unit_length=len(crossings) / path.length,
+        exact=exact,
+        crossings_per_layer={n: sum(c.layer == n for c in crossings) for n in counted},
+        evaluations=evaluations,
+        profile=profile,
+        output_changes=changes,
+        peak_output_correlation=corr,
+    )
+
+
+def _check_sizes(n_samples: int, n_profile: int, batch_size: int) -> None:
+    check_int("n_samples", n_samples, low=1)
+    check_int("batch_size", batch_size, low=1)
+    check_int("n_profile", n_profile, low=0)
     for name, value in (("n_samples", n_samples), ("n_profile", n_profile)):
         if value > MAX_SAMPLES:
             raise ValueError(
-                f"{name}={value}{' (--samples)' if name == 'n_samples' else ''} is more than {MAX_SAMPLES:,} points on one path (a forward pass each); "
+                f"{name}={value} is more than {MAX_SAMPLES:,} points on one path (a forward pass each); "
                 "use fewer, or exact counting where the network is piecewise-linear"
             )
-    counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
-    ev = Evaluator(
-        adapter, path, checked, batch_size=batch_size, float64=exact
-    )  # float64 only where exactness needs it
+
+
+def _crossings(ev, path, counted, exact, n_samples, refine, max_evaluations) -> list[Crossing]:
+    """The crossings of every segment of ``path``, sorted by t (no affine change yet)."""
     verts = path.vertices.detach().double()
     seg_len = path.segment_lengths
     raw: list[tuple[float, int]] = []
@@ -331,43 +400,11 @@ def boundary_density(
             got = _sampled_segment(ev, verts[i], verts[i + 1], steps, counted, refine)
         raw.extend((float(path.to_t(i, s)), u) for s, u in got)
     raw.sort()
-    evaluations = ev.evaluations
-    unit_layer = [(name, off, size) for name, off, size in ev.offsets]
     crossings = []
     for t, u in raw:
-        name, off, _ = next(x for x in unit_layer if x[1] <= u < x[1] + x[2])
-        crossings.append({"t": t, "layer": name, "unit": int(u - off)})
-    changes_f = (
-        affine_changes(adapter, ev.module, path, crossings, batch_size)
-        if (exact and affine_change)
-        else [None] * len(crossings)
-    )
-    for c, value in zip(crossings, changes_f):
-        c["affine_change"] = value
-    per_layer = {n: sum(c["layer"] == n for c in crossings) for n in counted}
-    profile, changes, corr = _profile(adapter, ev, path, counted, crossings, n_profile) if n_profile else ({}, [], None)
-    meta = {k: v for k, v in path.meta.items()}
-    return DensityResult(
-        model=adapter.name,
-        layers=counted,
-        space_layer=path.layer,
-        path={
-            "kind": path.kind,
-            "length": path.length,
-            "layer": path.layer,
-            "n_vertices": int(path.vertices.shape[0]),
-            **meta,
-        },
-        n_crossings=len(crossings),
-        crossings=crossings,
-        density_per_unit_length=len(crossings) / path.length,
-        exact=exact,
-        crossings_per_layer=per_layer,
-        evaluations=evaluations,
-        profile=profile,
-        output_changes=changes,
-        peak_output_correlation=corr,
-    )
+        name, off, _ = next(x for x in ev.offsets if x[1] <= u < x[1] + x[2])
+        crossings.append(Crossing(t, name, int(u - off)))
+    return crossings
 
 
 def _profile(adapter, ev, path, counted, crossings, n_profile):
@@ -381,7 +418,7 @@ def _profile(adapter, ev, path, counted, crossings, n_profile):
     if labels:
         changed = np.array([labels[k] != labels[k + 1] for k in range(n_profile)], dtype=float)
         changes = [float(0.5 * (t[k] + t[k + 1])) for k in np.nonzero(changed)[0]]
-        counts = np.histogram([c["t"] for c in crossings], bins=t)[0].astype(float)
+        counts = np.histogram([c.t for c in crossings], bins=t)[0].astype(float)
         if changed.std() > 0 and counts.std() > 0:
             corr = float(np.corrcoef(counts, changed)[0, 1])
     return {"t": t.tolist(), "hamming": hamming.tolist(), "labels": list(labels)}, changes, corr

@@ -77,7 +77,7 @@ def shell_profile(
         )
         norm = path.meta["norm"]
         norms.append(norm)
-        radii.extend(c["t"] * alpha_max * norm for c in res.crossings)
+        radii.extend(c.t * alpha_max * norm for c in res.crossings)
         evaluations += res.evaluations
         layers, was_exact = res.layers, res.exact
     norms_a = np.array(norms)
