@@ -9,6 +9,7 @@ them too (``polylens.directions.scoring`` keeps the sign-invariant MMCS and subs
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -119,6 +120,18 @@ def dead_fraction(acts: Tensor) -> float:
     return float(((acts != 0).sum(0) == 0).float().mean())
 
 
+def _as_tensor(x, name: str = "x") -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (str, Path)):
+        from sae.sources import load_array
+
+        return load_array(x)
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.asarray(x, dtype=np.float32))
+    raise TypeError(f"{name} must be a tensor, a numpy array or a .npy/.safetensors path; got {type(x).__name__}")
+
+
 class Evaluation(NamedTuple):
     """Everything ``evaluate`` measures (ground-truth fields are NaN without ground truth)."""
 
@@ -140,7 +153,12 @@ def evaluate(
     sae, x: Tensor, truth: Tensor | None = None, codes: Tensor | None = None, batch_size: int = 8192
 ) -> Evaluation:
     """Score ``sae`` (in eval mode) on ``x [N, d]`` and, when given, against ``truth [G, d]``
-    (``codes [N, G]``, the true coefficients of ``x``, make the mean L2 ratio activation-based)."""
+    (``codes [N, G]``, the true coefficients of ``x``, make the mean L2 ratio activation-based).
+    ``x`` is what ``Trainer.fit`` reads as rows: a tensor, a numpy array or a ``.npy`` /
+    ``.safetensors`` file; ``truth`` and ``codes`` may be arrays too."""
+    x = _as_tensor(x)
+    truth = None if truth is None else _as_tensor(truth, "truth")
+    codes = None if codes is None else _as_tensor(codes, "codes")
     was_training = sae.training
     sae.eval()
     try:

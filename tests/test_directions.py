@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from polylens.directions.finders import ActivationPCA, GradientPCA
+from polylens.directions.finders import LIB, ActivationPCA, GradientPCA
 from polylens.directions.scoring import abs_cosines, score_directions, span_basis, unit_rows
 from sae.metrics import frac_recovered, hungarian
 
@@ -45,7 +45,9 @@ def test_estimator_contract_and_errors():
     X = torch.randn(20, 5)
     X_before = X.clone()
     pca = ActivationPCA(2)
-    with pytest.raises(ValueError, match="not fitted"):
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
         pca.transform(X)
     assert pca.fit(X) is pca
     assert torch.equal(X, X_before)
@@ -167,3 +169,35 @@ def test_span_basis_and_unit_rows_against_independent_computations():
     X = np.array([[3.0, 4.0], [0.0, 0.0]])
     assert np.allclose(unit_rows(X), [[0.6, 0.8], [0.0, 0.0]])
     assert torch.allclose(unit_rows(torch.tensor(X)), torch.tensor([[0.6, 0.8], [0.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "estimator", [ActivationPCA(3), GradientPCA(3, center=True), LIB(), LIB(2, tol=1e-3)], ids=repr
+)
+def test_sklearn_clone_and_not_fitted(estimator):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    twin = clone(estimator)
+    assert type(twin) is type(estimator) and twin.get_params() == estimator.get_params()
+    with pytest.raises(NotFittedError):
+        twin.transform(np.ones((2, 4)))
+    assert twin.set_params(n_components=1).n_components == 1 and estimator.n_components != 1
+    with pytest.raises(ValueError, match="not a parameter"):
+        twin.set_params(bogus=1)
+
+
+def test_lib_transform_gives_uncorrelated_features_with_the_importances():
+    """f = Λ^{1/2} Vᵀ D^{-1/2} Uᵀ a: over the fitted activations E[f fᵀ] = diag(Λ) (computed here from
+    the features alone), and each feature grows along its own direction."""
+    rng = np.random.default_rng(6)
+    n, d, k = 3000, 5, 2
+    A = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+    W = rng.normal(size=(k, d))
+    lib = LIB().fit(A, np.broadcast_to(W, (n, k, d)))
+    F = lib.transform(A)
+    assert F.shape == (n, lib.components_.shape[0])
+    assert np.allclose(F.T @ F / n, np.diag(lib.importance_), atol=1e-8 * lib.importance_.max())
+    assert np.all(lib.transform(lib.components_[:k]).diagonal() > 0)
+    with pytest.raises(ValueError, match="fitted with 5"):
+        lib.transform(A[:, :4])

@@ -168,3 +168,22 @@ def test_sharkey_feature_scales_are_log_normal_per_feature_and_off_by_default():
     with pytest.raises(ValueError, match="scale_sigma=-1"):
         SharkeyConfig(scale_sigma=-1.0)
     assert not math.isnan(spread.expected_active())
+
+
+def test_evaluate_reads_what_the_trainer_reads(tmp_path):
+    """A tensor, a numpy array and a .npy file of the same rows give the same evaluation."""
+    import numpy as np
+
+    from sae.config import SAEConfig
+    from sae.model import SparseAutoencoder
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(SAEConfig(d_in=6, dict_size=12))
+    x = torch.rand(300, 6)
+    truth = torch.randn(4, 6)
+    np.save(tmp_path / "x.npy", x.numpy())
+    ref = metrics.evaluate(sae, x, truth)
+    np.testing.assert_equal(tuple(metrics.evaluate(sae, x.numpy(), truth.numpy())), tuple(ref))  # NaN == NaN here
+    np.testing.assert_equal(tuple(metrics.evaluate(sae, tmp_path / "x.npy", truth)), tuple(ref))
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        metrics.evaluate(sae, [[0.0] * 6])

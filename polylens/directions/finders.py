@@ -22,22 +22,63 @@ from __future__ import annotations
 import numpy as np
 
 from polylens.directions.scoring import as_rows, unit_rows
+from polylens.validation import check_int
 
 
-class _SecondMomentPCA:
-    def __init__(self, n_components: int | None = None, *, center: bool):
-        self.n_components = n_components
-        self.center = center
+class _Estimator:
+    """scikit-learn's parameter protocol (``get_params``/``set_params``, so ``sklearn.base.clone``
+    works) without importing scikit-learn: the parameters are ``__init__``'s arguments."""
 
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        import inspect
+
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.name != "self" and p.kind != p.VAR_KEYWORD]
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(
+                    f"{name}={value!r} is not a parameter of {type(self).__name__}; its parameters: {valid}"
+                )
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    def _check_fitted(self):
+        if not hasattr(self, "components_"):
+            from sklearn.exceptions import NotFittedError
+
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+    def _check_features(self, X) -> np.ndarray:
+        X = as_rows(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}"
+            )
+        return X
+
+
+class _SecondMomentPCA(_Estimator):
     def fit(self, X, y=None):
         # [n, k, dim] Jacobian rows: E over the n samples of Σ_k g_k g_kᵀ = E[JᵀJ].
         n = X.shape[0] if getattr(X, "ndim", 2) == 3 else None
         X = as_rows(X)
         n = n or X.shape[0]
         dim = X.shape[1]
-        k = dim if self.n_components is None else self.n_components
-        if not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
-            raise ValueError(f"n_components={self.n_components} must be between 1 and n_features={dim}")
+        k = (
+            dim
+            if self.n_components is None
+            else check_int("n_components", self.n_components, high=dim, high_name="n_features")
+        )
         self.mean_ = X.mean(axis=0) if self.center else np.zeros(dim)
         Xc = X - self.mean_
         moment = Xc.T @ Xc / n  # [dim, dim]
@@ -55,19 +96,10 @@ class _SecondMomentPCA:
         self.n_features_in_ = dim
         return self
 
-    def _check_fitted(self):
-        if not hasattr(self, "components_"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
-
     def transform(self, X) -> np.ndarray:
         """Coordinates of ``X`` along the components: ``[n, n_components]``."""
         self._check_fitted()
-        X = as_rows(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"X has {X.shape[1]} features, but this {type(self).__name__} was fitted with {self.n_features_in_}"
-            )
-        return (X - self.mean_) @ self.components_.T
+        return (self._check_features(X) - self.mean_) @ self.components_.T
 
     def fit_transform(self, X, y=None) -> np.ndarray:
         return self.fit(X).transform(X)
@@ -77,7 +109,8 @@ class ActivationPCA(_SecondMomentPCA):
     """PCA of a layer's activations ``[n, dim]``: eigenvectors of Cov(a) (``center=True``)."""
 
     def __init__(self, n_components: int | None = None, *, center: bool = True):
-        super().__init__(n_components, center=center)
+        self.n_components = n_components
+        self.center = center
 
 
 class GradientPCA(_SecondMomentPCA):
@@ -88,10 +121,11 @@ class GradientPCA(_SecondMomentPCA):
     """
 
     def __init__(self, n_components: int | None = None, *, center: bool = False):
-        super().__init__(n_components, center=center)
+        self.n_components = n_components
+        self.center = center
 
 
-class LIB:
+class LIB(_Estimator):
     """The Local Interaction Basis of one layer (Bushnaq et al. 2024, arXiv:2405.10928; the
     ``"jacobian"`` basis of Apollo's ``rib``), from activations ``[n, dim]`` and the gradients of a
     downstream target with respect to them (``[n, dim]`` or Jacobian rows ``[n, k, dim]``):
@@ -102,7 +136,8 @@ class LIB:
     3. eigendecompose M = E[(J U D^{1/2})ᵀ (J U D^{1/2})] = V Λ Vᵀ;
     4. the features are f = Λ^{1/2} Vᵀ w; each one's direction in activation space (the column of
        U D^{1/2} V that reconstructs a from f) is a row of ``components_`` (unit), ordered by
-       ``importance_`` = Λ, the feature's share of E‖J‖² (gradient energy), highest first.
+       ``importance_`` = Λ, the feature's share of E‖J‖² (gradient energy), highest first;
+       ``transform`` gives the features f (E[f fᵀ] = diag(Λ) over the fitted activations).
 
     Equivalently the directions are the eigenvectors of G·E[JᵀJ]. They lie in the span of the
     activations (step 1), so a read-out direction outside that span is found only in part.
@@ -137,16 +172,25 @@ class LIB:
         k = len(order) if self.n_components is None else self.n_components
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(order):
             raise ValueError(
-                f"n_components={self.n_components} must be between 1 and the {len(order)} directions the activations span"
+                f"n_components={self.n_components} must be between 1 and the {len(order)} directions "
+                "the activations span"
             )
         order = order[:k]
         comps = (half @ V[:, order]).T  # [k, dim]
         comps = unit_rows(comps)
         signs = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
-        self.components_ = comps * np.where(signs == 0, 1.0, signs)[:, None]
+        signs = np.where(signs == 0, 1.0, signs)[:, None]
+        self.components_ = comps * signs
+        # f = Λ^{1/2} Vᵀ D^{-1/2} Uᵀ a, with each feature's sign that of its direction
+        self.encoder_ = signs * np.sqrt(np.clip(lam[order], 0.0, None))[:, None] * (V[:, order].T @ (U / np.sqrt(d)).T)
         self.importance_ = np.clip(lam[order], 0.0, None)
         total = float(np.trace(H))
         self.importance_ratio_ = self.importance_ / total if total > 0 else np.zeros_like(self.importance_)
         self.rank_ = int(keep.sum())
         self.n_features_in_ = A.shape[1]
         return self
+
+    def transform(self, X) -> np.ndarray:
+        """The features f of activations ``X [n, dim]``: ``[n, n_components]`` (see the class docstring)."""
+        self._check_fitted()
+        return self._check_features(X) @ self.encoder_.T
