@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from polylens.clustering.hamming import pairwise, popcount_rows, unique_rows
+from polylens.validation import check_float, check_int
 
 SOFT_KINDS = ("relu", "identity", "gelu", "gelu_tanh", "silu")
 
@@ -44,8 +45,7 @@ def soft_code(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
     if kind == "gelu_tanh":
         return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
     if kind == "silu":
-        if not beta > 0:
-            raise ValueError(f"beta={beta} must be > 0 for the SiLU/Swish soft code σ(βz)")
+        check_float("beta", beta, low=0, open_low=True)  # the SiLU/Swish soft code σ(βz)
         return torch.sigmoid(beta * z)
     if kind in ("relu", "identity"):
         return (z > 0).to(z.dtype)
@@ -116,8 +116,8 @@ class SplineCodes:
     ) -> SplineCodes:
         """Codes from pre-activations ``name -> [n, *unit_shape]`` (concatenated in mapping order)."""
         kinds = dict(kinds or {})
-        if soft and not (math.isfinite(beta) and beta > 0):
-            raise ValueError(f"beta={beta} (--beta) must be a finite number > 0: the SiLU/Swish soft code is σ(βz)")
+        if soft:
+            check_float("beta", beta, low=0, open_low=True)  # the SiLU/Swish soft code σ(βz)
         slots, bits, probs, offset, n = [], [], [], 0, None
         for name, z in preacts.items():
             if n is not None and z.shape[0] != n:
@@ -315,10 +315,9 @@ def extract_codes(
     """
     from polylens.progress import progress_bar
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be a positive integer")
-    if soft and not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta={beta} (--beta) must be a finite number > 0: the SiLU/Swish soft code is σ(βz)")
+    check_int("batch_size", batch_size, low=1)
+    if soft:
+        check_float("beta", beta, low=0, open_low=True)  # the SiLU/Swish soft code σ(βz)
     ids = list(input_ids) if input_ids is not None else [str(i) for i in range(inputs.shape[0])]
     parts, seq_len = [], None
     bar = progress_bar(inputs.shape[0], f"codes {adapter.name}", enabled=progress)

@@ -98,7 +98,8 @@ def interpolation_path(
     acts = [_layer_value(adapter, x, layer) for x in xs]
     if layer == "input" and not torch.is_floating_point(x0):
         raise ValueError(
-            "interpolation in input space needs float inputs (these are token ids); pick an activation layer with --layer"
+            "interpolation in input space needs float inputs (these are token ids); "
+            "give the path an activation layer (layer=)"
         )
     kind = "input" if layer == "input" else "interp"
     return ActivationPath(
@@ -115,7 +116,8 @@ def scaling_path(
     a = _layer_value(adapter, x, layer).detach()
     if layer == "input" and not torch.is_floating_point(a):
         raise ValueError(
-            "scaling in input space needs float inputs (these are token ids); pick an activation layer with --layer"
+            "scaling in input space needs float inputs (these are token ids); "
+            "give the path an activation layer (layer=)"
         )
     norm = float(a.double().norm())
     if norm == 0:

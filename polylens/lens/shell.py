@@ -19,6 +19,7 @@ from torch import Tensor
 from polylens.lens.density import boundary_density
 from polylens.lens.paths import scaling_path
 from polylens.models.base import ModelAdapter
+from polylens.validation import check_float, check_int
 
 
 @dataclass
@@ -56,10 +57,8 @@ def shell_profile(
     batch_size: int = 256,
 ) -> ShellProfile:
     """Crossings per unit radius vs ‖α·a‖ over the scaling paths of ``inputs [n, ...]`` at ``layer``."""
-    if n_bins < 1:
-        raise ValueError(f"n_bins={n_bins} must be a positive integer")
-    if not alpha_max > 0:
-        raise ValueError(f"alpha_max={alpha_max} must be > 0")
+    check_int("n_bins", n_bins, low=1)
+    check_float("alpha_max", alpha_max, low=0, open_low=True)
     if inputs.shape[0] < 1:
         raise ValueError("shell_profile needs at least one input")
     radii, norms, evaluations, layers, was_exact = [], [], 0, None, True
