@@ -122,7 +122,8 @@ def cpu_header() -> None:
         f"CPU: {model}; {os.cpu_count()} cpus; flags: " + " ".join(f"{f}={'yes' if f in flags else 'no'}" for f in want)
     )
     print(
-        f"torch.backends.cpu.get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}; threads: torch {torch.get_num_threads()}, "
+        f"torch.backends.cpu.get_cpu_capability() = {torch.backends.cpu.get_cpu_capability()}; threads: torch "
+        f"{torch.get_num_threads()}, "
         f"numba {numba.get_num_threads()}, faiss {faiss.omp_get_max_threads()}; faiss {faiss.__version__}; {load()}"
     )
 
@@ -235,7 +236,8 @@ def bench_knn(args) -> None:
     print(
         "distances equal to ours (all k columns): "
         + ", ".join(f"{k} {v}" for k, v in same.items())
-        + f"; indices equal to faiss knn_hamming: {np.mean(ours.indices == fi):.4f} of entries (ties may order differently)"
+        + f"; indices equal to faiss knn_hamming: {np.mean(ours.indices == fi):.4f} of entries (ties may order "
+        "differently)"
     )
     print(
         f"ours (auto) / fastest peer ({best[0]}): {rate / (best[3] / best[1]):.2f}x; route=popcount / fastest peer: "
@@ -246,7 +248,8 @@ def bench_knn(args) -> None:
 def describe(m, y) -> str:
     from sklearn.metrics import adjusted_rand_score
 
-    return f"ARI {adjusted_rand_score(y, m.labels_):.4f}, {len(set(m.labels_.tolist()) - {-1})} clusters, noise {np.mean(m.labels_ < 0):.4f}"
+    n_clusters = len(set(m.labels_.tolist()) - {-1})
+    return f"ARI {adjusted_rand_score(y, m.labels_):.4f}, {n_clusters} clusters, noise {np.mean(m.labels_ < 0):.4f}"
 
 
 def bench_hdbscan(args) -> None:
@@ -255,7 +258,8 @@ def bench_hdbscan(args) -> None:
 
     mcs = args.min_cluster_size
     print(
-        f"\n## 3-4. HDBSCAN, planted codes ({UNITS} bits, 20 prototypes, 5.1-10.2% bits flipped), min_cluster_size={mcs}"
+        f"\n## 3-4. HDBSCAN, planted codes ({UNITS} bits, 20 prototypes, 5.1-10.2% bits flipped), "
+        f"min_cluster_size={mcs}"
     )
     print("| run | n | runs | median s | route | result vs planted |\n|---|---:|---:|---:|---|---|")
     words, y = planted(args.n_hdbscan, 20, 0.05, 0.10, 5)
@@ -268,7 +272,8 @@ def bench_hdbscan(args) -> None:
         print(f"| sklearn.cluster.HDBSCAN(metric='hamming'), bool | {n} | 1 | {t_sk:.3f} | - | {describe(sk, y[:n])} |")
         t_o, r_o, mo = timed(lambda: HDBSCAN(min_cluster_size=mcs).fit(X[:n])) if n != len(X) else (t, r, m)
         print(
-            f"speedup sklearn s / ours s at n={n}: {t_sk / t_o:.1f}x (goal >= 30x); ARI ours vs sklearn {ari(sk.labels_, mo.labels_):.4f}"
+            f"speedup sklearn s / ours s at n={n}: {t_sk / t_o:.1f}x (goal >= 30x); ARI ours vs sklearn "
+            f"{ari(sk.labels_, mo.labels_):.4f}"
         )
     words, y = planted(args.n_mid, 20, 0.05, 0.10, 6)
     t, r, m = timed(lambda: HDBSCAN(min_cluster_size=mcs).fit(words))
@@ -287,7 +292,8 @@ def large_child(args) -> None:
         while True:
             time.sleep(60)
             print(
-                f"[large] {time.perf_counter() - start:.0f} s into fit, rss {status_mb('VmRSS'):.0f} MB (peak {status_mb('VmHWM'):.0f} MB), "
+                f"[large] {time.perf_counter() - start:.0f} s into fit, rss {status_mb('VmRSS'):.0f} MB (peak "
+                f"{status_mb('VmHWM'):.0f} MB), "
                 f"{load()}",
                 file=sys.stderr,
                 flush=True,
@@ -327,10 +333,12 @@ def large_child(args) -> None:
 
 def bench_large(args) -> None:
     print(
-        f"\n## 5. HDBSCAN knn='hnsw', {args.n_large:,} planted codes ({UNITS} bits, 50 prototypes, 5.1% flipped), child process"
+        f"\n## 5. HDBSCAN knn='hnsw', {args.n_large:,} planted codes ({UNITS} bits, 50 prototypes, 5.1% flipped), "
+        "child process"
     )
     print(
-        "| run | fit s | peak RSS MB (VmHWM) | ru_maxrss MB | peak before fit MB | route | recall | ARI | noise | clusters |\n"
+        "| run | fit s | peak RSS MB (VmHWM) | ru_maxrss MB | peak before fit MB | route | recall | ARI | noise | "
+        "clusters |\n"
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
     )
     for sample in [0 if r == "all" else int(r) for r in args.large_runs.split(",")]:
@@ -364,7 +372,8 @@ def bench_large(args) -> None:
                 + re.findall(r"(?:HNSW \w+|exact k-NN): *\d+%(?:(?!\[large)[^\r\n])*", tail[0])[-1:]
             )
             print(
-                f"| {name} | > {args.large_timeout} (stopped; child wall time) | - | - | - | - | - | - | - | - |\n  (last seen: {' / '.join(seen)})"
+                f"| {name} | > {args.large_timeout} (stopped; child wall time) | - | - | - | - | - | - | - | - |\n  "
+                f"(last seen: {' / '.join(seen)})"
             )
             continue
         line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
@@ -374,15 +383,18 @@ def bench_large(args) -> None:
         res = json.loads(line[7:])
         rec = "-" if res["recall"] is None else f"{res['recall']:.3f}"
         print(
-            f"| {name} | {res['fit']:.1f} | {res['hwm']:.0f} | {res['maxrss']:.0f} | {res['rss0']:.0f} | {res['route']} | {rec} | {res['ari']:.4f} "
+            f"| {name} | {res['fit']:.1f} | {res['hwm']:.0f} | {res['maxrss']:.0f} | {res['rss0']:.0f} | "
+            f"{res['route']} | {rec} | {res['ari']:.4f} "
             f"| {res['noise']:.4f} | {res['clusters']} |"
         )
         print(
-            f"  (child: probe {res['probe']:.1f} s, warm-up {res['warm']:.1f} s, generation {res['gen']:.1f} s; {res['n_unique']:,} distinct; "
+            f"  (child: probe {res['probe']:.1f} s, warm-up {res['warm']:.1f} s, generation {res['gen']:.1f} s; "
+            f"{res['n_unique']:,} distinct; "
             f"{res['load']}; notes: {' | '.join(res['notes'])})"
         )
     print(
-        f"goal: <= 900 s, peak RSS <= 8192 MB (ru_maxrss of a child starts at the parent's peak, {maxrss_mb():.0f} MB: Linux keeps it over exec)"
+        f"goal: <= 900 s, peak RSS <= 8192 MB (ru_maxrss of a child starts at the parent's peak, {maxrss_mb():.0f} MB: "
+        "Linux keeps it over exec)"
     )
 
 
@@ -409,7 +421,8 @@ def main() -> None:
     p.add_argument(
         "--large-runs",
         default="100000",
-        help="comma-separated: all (every point; did not finish in 20 min here) and/or N (sample=N, then assign; default 100000)",
+        help="comma-separated: all (every point; may not finish within --large-timeout) and/or N "
+        "(sample=N, then assign; default 100000)",
     )
     p.add_argument("--large-timeout", type=int, default=1200, help="stop a large run after this many seconds")
     p.add_argument("--min-cluster-size", type=int, default=20)
@@ -427,7 +440,8 @@ def main() -> None:
     cpu_header()
     probe, warm = warm_up()
     print(
-        f"warm-up (numba compile / cache load of every route, tiny dense, HNSW and sampled fits): {warm:.2f} s; excluded from timings below"
+        f"warm-up (numba compile / cache load of every route, tiny dense, HNSW and sampled fits): {warm:.2f} s; "
+        "excluded from timings below"
     )
     skip = set(args.skip.split(","))
     for name, fn in (("pairwise", bench_pairwise), ("knn", bench_knn), ("hdbscan", bench_hdbscan)):

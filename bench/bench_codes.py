@@ -47,7 +47,8 @@ def main() -> None:
         f"model: {adapter.name}; input [{BATCH}, {SEQ}] tokens; threads {torch.get_num_threads()}; median of {REPEATS}"
     )
     print(
-        f"{'layer':<24}{'codes s':>9}{'capture s':>11}{'stop_at s':>11}{'full s':>9}{'codes/stop_at':>15}{'codes/full':>12}"
+        f"{'layer':<24}{'codes s':>9}{'capture s':>11}{'stop_at s':>11}{'full s':>9}{'codes/stop_at':>15}"
+        f"{'codes/full':>12}"
     )
     with torch.no_grad():
         model(tokens[:, :8])  # warm up kernels and allocator

@@ -24,7 +24,8 @@ result = boundary_density(model, path, n_profile=200)
 
 print(f"{model.name}: test images {a} (class 3) -> {b} (class 8), path in {layer}, length {path.length:.3f}")
 print(
-    f"{result.n_crossings} crossings ({'exact' if result.exact else 'sampled'}, {result.evaluations} forward evaluations)"
+    f"{result.n_crossings} crossings ({'exact' if result.exact else 'sampled'}, {result.evaluations} forward "
+    "evaluations)"
 )
 for name, count in result.crossings_per_layer.items():
     print(f"  {name:<8} {count}")

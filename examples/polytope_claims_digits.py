@@ -135,18 +135,25 @@ with open(out, "w") as fh:
 b = claim1["baseline"]
 print(f"{model.name}, layer {layer}, exact counting")
 print(
-    f"1. {n_paths} interpolation paths (different classes), {STEPS} steps each: corr(crossings per step, output change) = "
-    f"{observed:.3f}; shifted-crossings baseline {b['mean']:.3f} ± {b['std']:.3f} (95%: {b['p95']:.3f}), p = {b['p_value']:.3g}"
+    f"1. {n_paths} interpolation paths (different classes), {STEPS} steps each: corr(crossings per step, output "
+    "change) = "
+    f"{observed:.3f}; shifted-crossings baseline {b['mean']:.3f} ± {b['std']:.3f} (95%: {b['p95']:.3f}), p = "
+    f"{b['p_value']:.3g}"
 )
 print(f"   crossings per step where the class changes {at_change:.2f}, elsewhere {elsewhere:.2f}")
 print(
-    f"2. shell over {prof.n_paths} scaling paths: density peaks at radius {peak_r:.2f} ({density[peak]:.2f} per unit radius); "
-    f"real norms median {claim2['real_norms']['median']:.2f} [5%: {claim2['real_norms']['p5']:.2f}, 95%: {claim2['real_norms']['p95']:.2f}], "
-    f"{100 * claim2['share_of_real_norms_below_peak']:.0f}% below the peak; density at the median norm {claim2['density_at_median_norm']:.2f}"
+    f"2. shell over {prof.n_paths} scaling paths: density peaks at radius {peak_r:.2f} ({density[peak]:.2f} per unit "
+    "radius); "
+    f"real norms median {claim2['real_norms']['median']:.2f} [5%: {claim2['real_norms']['p5']:.2f}, 95%: "
+    f"{claim2['real_norms']['p95']:.2f}], "
+    f"{100 * claim2['share_of_real_norms_below_peak']:.0f}% below the peak; density at the median norm "
+    f"{claim2['density_at_median_norm']:.2f}"
 )
 m = claim3["frobenius"]
 print(
-    f"3. ||A+ - A-||_F over {len(jumps)} crossings: median {m['median']:.3f} [10%: {m['p10']:.3f}, 90%: {m['p90']:.3f}]; "
-    f"median where the class changes {claim3['median_where_output_changes']:.3f}, elsewhere {claim3['median_elsewhere']:.3f}"
+    f"3. ||A+ - A-||_F over {len(jumps)} crossings: median {m['median']:.3f} [10%: {m['p10']:.3f}, 90%: "
+    f"{m['p90']:.3f}]; "
+    f"median where the class changes {claim3['median_where_output_changes']:.3f}, elsewhere "
+    f"{claim3['median_elsewhere']:.3f}"
 )
 print(f"wrote {out}")

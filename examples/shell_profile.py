@@ -22,7 +22,8 @@ norms = np.array(prof.norms)
 edges = np.array(prof.bin_edges)
 density = np.array(prof.density, dtype=float)
 print(
-    f"{model.name}: {prof.n_paths} scaling paths in {layer}, counting {', '.join(prof.layers)}: {prof.n_crossings} crossings, {prof.evaluations} evaluations"
+    f"{model.name}: {prof.n_paths} scaling paths in {layer}, counting {', '.join(prof.layers)}: {prof.n_crossings} "
+    f"crossings, {prof.evaluations} evaluations"
 )
 print(f"data norms ‖a‖: median {np.median(norms):.2f}, range [{norms.min():.2f}, {norms.max():.2f}]")
 for lo, hi, d in zip(edges[:-1], edges[1:], density):

@@ -92,7 +92,8 @@ def _as_words(words: np.ndarray, name: str = "codes") -> np.ndarray:
     words = np.asarray(words)
     if words.ndim != 2 or words.dtype != np.uint64:
         raise ValueError(
-            f"{name} must be packed uint64 words [n, n_words] (polylens.lens.codes.pack_bits), got {words.dtype} {words.shape}"
+            f"{name} must be packed uint64 words [n, n_words] (polylens.lens.codes.pack_bits), "
+            f"got {words.dtype} {words.shape}"
         )
     return np.ascontiguousarray(words)
 

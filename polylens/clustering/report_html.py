@@ -132,7 +132,8 @@ def render_html(result, points, figures: dict[str, str], *, max_clusters: int = 
         if not res:
             continue
         lab = ", ".join(
-            f"{n}: purity {v['purity'] if v['purity'] is not None else float('nan'):.3f} / NMI {v['nmi']:.3f} / ARI {v['ari']:.3f}"
+            f"{n}: purity {v['purity'] if v['purity'] is not None else float('nan'):.3f} "
+            f"/ NMI {v['nmi']:.3f} / ARI {v['ari']:.3f}"
             for n, v in (res["by_label"] or {}).items()
         )
         rows.append(
@@ -161,7 +162,8 @@ def render_html(result, points, figures: dict[str, str], *, max_clusters: int = 
         near = c["nearest_cluster"]
         cards.append(
             f"<div class='card'><h3>cluster {c['label']} — {c['size']} points</h3>"
-            f"<div class='meta'>mean active fraction {c['mean_active_fraction']:.3f}; mean Hamming to medoid {c['mean_hamming_to_medoid']:.1f}; "
+            f"<div class='meta'>mean active fraction {c['mean_active_fraction']:.3f}; "
+            f"mean Hamming to medoid {c['mean_hamming_to_medoid']:.1f}; "
             + (f"nearest cluster {near['label']} (medoid distance {near['hamming']})" if near else "no other cluster")
             + f"</div><div class='units'>on more often: {over or '—'}<br>off more often: {under or '—'}</div>"
             + (f"<div class='meta'>{labels}</div>" if labels else "")
@@ -178,8 +180,10 @@ def render_html(result, points, figures: dict[str, str], *, max_clusters: int = 
 <html lang="en"><head><meta charset="utf-8"><title>polylens clusters: {e(result.model)} {e(result.layer)}</title>
 <style>{CSS}</style></head><body>
 <h1>Spline-code clusters — {e(result.model)}, {e(result.layer)}</h1>
-<p>{result.n_points} points, {result.n_unique_codes} distinct codes; method {e(result.method)}; {result.seconds:.1f} s.</p>
-<table><tr><th>clustered on</th><th>clusters</th><th>noise</th><th>route</th><th>s</th><th>against labels</th></tr>{"".join(rows)}</table>
+<p>{result.n_points} points, {result.n_unique_codes} distinct codes; method {e(result.method)};
+{result.seconds:.1f} s.</p>
+<table><tr><th>clustered on</th><th>clusters</th><th>noise</th><th>route</th><th>s</th>
+<th>against labels</th></tr>{"".join(rows)}</table>
 {agree}<div class="figs">{figs}</div>
 <ul class="notes">{notes}</ul>
 <h2>Clusters ({len(result.clusters)})</h2>{"".join(cards)}{more}

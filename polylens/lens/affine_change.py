@@ -37,8 +37,8 @@ def affine_changes(
     """‖A₊ − A₋‖_F of the map from ``path.layer``'s space to ``module``'s output, one per crossing.
 
     module: the model run (the float64 copy exact counting uses); crossings: with ``t``, ``layer``
-    and ``unit``, as ``boundary_density`` gives them (``polylens.lens.density.Crossing``). None where the layer's activation is not
-    piecewise-linear or the model's output is not a tensor.
+    and ``unit``, as ``boundary_density`` gives them (``polylens.lens.density.Crossing``). None
+    where the layer's activation is not piecewise-linear or the model's output is not a tensor.
     """
     out = [None] * len(crossings)
     dtype = next(module.parameters()).dtype

@@ -192,7 +192,8 @@ class SplineCodes:
     def _check_compatible(self, other: SplineCodes) -> None:
         if other.n_units != self.n_units or [s.size for s in other.layers] != [s.size for s in self.layers]:
             raise ValueError(
-                f"codes have different layouts: {self.n_units} units {self.layer_names} vs {other.n_units} units {other.layer_names}"
+                f"codes have different layouts: {self.n_units} units {self.layer_names} "
+                f"vs {other.n_units} units {other.layer_names}"
             )
 
     def hamming(self, other: SplineCodes) -> np.ndarray:

@@ -115,7 +115,8 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
     training = [n for n, m in adapter.module.named_modules() if isinstance(m, EVAL_ONLY) and m.training]
     if training:
         raise ValueError(
-            f"module {training[0]!r} ({type(dict(adapter.module.named_modules())[training[0]]).__name__}) is in training mode, "
+            f"module {training[0]!r} ({type(dict(adapter.module.named_modules())[training[0]]).__name__}) "
+            "is in training mode, "
             "so each path point would depend on the others in its batch; call model.eval() first"
         )
     below = downstream_layers(adapter, path)
@@ -130,7 +131,8 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
         for name in counted:
             if name not in below:
                 raise ValueError(
-                    f"count layer {name!r} is not an activation layer at or after {path.layer!r}; choose from: {', '.join(below)}"
+                    f"count layer {name!r} is not an activation layer at or after {path.layer!r}; "
+                    f"choose from: {', '.join(below)}"
                 )
         counted = [n for n in below if n in counted]
     checked = below[: below.index(counted[-1]) + 1]
