@@ -21,12 +21,13 @@ for layer in layers:
     runs = [
         compare_layer(
             adapter, layer, inputs, target="logits", k=10, labels=labels, seed=s, sae=LayerSAEOptions(steps=steps)
-        )[0]
+        ).to_json()
         for s in range(n_seeds)
     ]
     r0 = runs[0]
     print(
-        f"\n{layer}: width {r0['width']}, {r0['n_rows']:,} rows, top-10 directions, mean-ablated, seeds 0..{n_seeds - 1} (mean [min, max])"
+        f"\n{layer}: width {r0['width']}, {r0['n_rows']:,} rows, top-10 directions, mean-ablated, "
+        f"seeds 0..{n_seeds - 1} (mean [min, max])"
     )
     print(f"  {'method':<15}{'act. variance':>24}{'grad. energy':>24}{'KL@10':>24}{'acc. drop@10':>24}{'KL@1':>10}")
     for name in r0["methods"]:

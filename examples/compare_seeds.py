@@ -17,7 +17,7 @@ n_seeds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 sae = SAEOptions(steps=int(sys.argv[2])) if len(sys.argv) > 2 else SAEOptions()
 for label, options in SETUPS.items():
     setup = label.split()[0]
-    runs = [compare(setup, seed=s, sae=sae, **options)[0] for s in range(n_seeds)]
+    runs = [compare(setup, seed=s, sae=sae, **options).result for s in range(n_seeds)]
     gt = runs[0].ground_truth
     print(f"\n{label}: {gt['n_directions']} ground-truth directions in {gt['dim']} dims, seeds 0..{n_seeds - 1}")
     for method in runs[0].methods:

@@ -24,13 +24,29 @@ def digits_result(digits):
     adapter = load_model("digits")
     inputs = adapter.default_inputs(120)
     labels = adapter.default_labels(120)
-    result, directions = compare_layer(adapter, "relu1", inputs, target="logits", k=6, labels=labels, sae=FAST)
-    return adapter, inputs, labels, result, directions
+    comparison = compare_layer(adapter, "relu1", inputs, target="logits", k=6, labels=labels, sae=FAST)
+    return adapter, inputs, labels, comparison.to_json(), comparison.directions
 
 
 def test_result_has_the_documented_shape(digits_result):
+    import json
+
     _, _, _, res, _ = digits_result
-    assert set(res) >= {"model", "layer", "target", "n_inputs", "methods", "agreement"}
+    assert list(res) == [
+        "model",
+        "layer",
+        "target",
+        "gradient_rows",
+        "n_inputs",
+        "n_rows",
+        "width",
+        "k",
+        "ablation",
+        "seed",
+        "methods",
+        "agreement",
+    ]  # the command's JSON keys, in their order
+    assert json.loads(json.dumps(res)) == res
     assert res["model"] == "digits-cnn" and res["layer"] == "relu1" and res["n_inputs"] == 120
     assert set(res["methods"]) == {"activation_pca", "gradient_pca", "lib", "sae", "gradient_sae", "gsae", "random"}
     for m in res["methods"].values():
@@ -147,13 +163,15 @@ def test_gpt2_random_weights_sketched_logits():
     tiny = {"n_layers": 1, "d_model": 32, "d_mlp": 64, "n_heads": 2, "d_head": 16, "n_ctx": 32}
     adapter = load_model("gpt2", random_weights=True, config=tiny, seed=1)
     inputs = adapter.default_inputs(4)
-    res, _ = compare_layer(
+    res = compare_layer(
         adapter, "blocks.0.mlp.hook_post", inputs, target="logits", k=3, is_text=True, sae=LayerSAEOptions(steps=20)
-    )
+    ).to_json()
     assert "sketch" in res["gradient_rows"] and "estimate" in res["gradient_rows"]
     assert res["n_rows"] == 4 * (inputs.shape[1] - 1)  # the BOS position is left out
     assert res["methods"]["gradient_pca"]["ablation"]["accuracy_drop"] is not None  # next-token accuracy
-    loss, _ = compare_layer(adapter, "blocks.0.mlp.hook_post", inputs, target="loss", k=2, is_text=True, sae=None)
+    loss = compare_layer(
+        adapter, "blocks.0.mlp.hook_post", inputs, target="loss", k=2, is_text=True, sae=None
+    ).to_json()
     assert "next-token" in loss["gradient_rows"] and set(loss["methods"]) == {
         "activation_pca",
         "gradient_pca",
@@ -229,6 +247,9 @@ def test_training_mode_batch_norm_is_refused_in_python(digits):
     try:
         with pytest.raises(ValueError, match="training mode and has batch-norm"):
             compare_layer(adapter, "relu1", adapter.default_inputs(8), k=2, sae=None)
+        adapter.module.eval()
+        with pytest.raises(ValueError, match=r"k=0 must be between 1 and the layer's width"):
+            compare_layer(adapter, "relu1", adapter.default_inputs(8), k=0, sae=None)
     finally:
         del adapter.module.bn
         adapter.module.eval()
@@ -238,7 +259,9 @@ def test_cli_switches_a_training_mode_model_to_eval_and_says_so(capsys, tmp_path
     model = tmp_path / "bn.py"
     model.write_text(
         "import torch\nfrom torch import nn\n"
-        "def make():\n    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))\n    return m.train()\n"
+        "def make():\n"
+        "    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))\n"
+        "    return m.train()\n"
         "def example_inputs(n):\n    return torch.randn(n, 4, generator=torch.Generator().manual_seed(0))\n"
     )
     code, out, err = run(

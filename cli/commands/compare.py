@@ -230,7 +230,7 @@ def run_model_layer(args) -> int:
         from polylens.rows import rows_of
 
         args.k = min(10, rows_of(capture(adapter.module, inputs[:1], [layer]).activations[layer], is_text).shape[1])
-    result, _ = compare_layer(
+    comparison = compare_layer(
         adapter,
         layer,
         inputs,
@@ -243,6 +243,7 @@ def run_model_layer(args) -> int:
         sae=sae,
         progress=not args.no_progress,
     )
+    result = comparison.to_json()
     print(format_layer_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.plot:
         from polylens.plots import plot_layer_comparison

@@ -11,9 +11,36 @@ SAEs) meet here; the entry point is ``compare_layer``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
+
 from cli.experiments.sae_methods import LayerSAEOptions, train_topk_sae
 
 METHODS = ("activation_pca", "gradient_pca", "lib", "sae", "gradient_sae", "gsae", "random")
+
+
+@dataclass(frozen=True)
+class LayerComparison:
+    """What ``compare_layer`` measured: the JSON fields (``to_json``) and each method's directions."""
+
+    model: str
+    layer: str
+    target: str
+    gradient_rows: str
+    n_inputs: int
+    n_rows: int
+    width: int
+    k: int
+    ablation: str
+    seed: int
+    methods: dict
+    """Per method: n_directions, activation_variance, gradient_energy and the ablation curve."""
+    agreement: dict
+    """``{"methods": names, "mmcs": matrix}``: sign-invariant MMCS of each method against each other's."""
+    directions: dict = field(default_factory=dict, repr=False, compare=False)
+    """Each method's top-k directions ``[m, d]`` (not serialised)."""
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "directions"}
 
 
 def _check_eval_mode(module) -> None:
@@ -22,8 +49,8 @@ def _check_eval_mode(module) -> None:
     norms = [name for name, m in module.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if module.training and norms:
         raise ValueError(
-            f"the model is in training mode and has batch-norm layers ({', '.join(norms[:3])}): its per-sample gradients would "
-            "mix the batch's samples; put it in eval mode (model.eval()) first"
+            f"the model is in training mode and has batch-norm layers ({', '.join(norms[:3])}): its per-sample "
+            "gradients would mix the batch's samples; put it in eval mode (model.eval()) first"
         )
 
 
@@ -125,13 +152,13 @@ def compare_layer(
     sae: LayerSAEOptions | None = LayerSAEOptions(),
     batch_size: int = 32,
     progress: bool = False,
-) -> tuple[dict, dict]:
+) -> LayerComparison:
     """Run every method on ``layer`` of ``adapter`` over ``inputs`` and measure its directions.
 
     target: ``logits``, ``loss``, ``predicted`` or a class index (``polylens.targets``);
     labels: ``[n]`` class labels (accuracy drop; ``loss`` on a classifier), text inputs use their
-    tokens. Returns ``(result, directions)``: the JSON-ready result and each method's top-k
-    directions.
+    tokens. Returns a ``LayerComparison``: its ``to_json()`` is the command's JSON, its
+    ``directions`` each method's top-k directions.
     """
     import torch
 
@@ -139,28 +166,29 @@ def compare_layer(
     from polylens.directions.ablation import ABLATIONS, ablation_curve, ablation_ks, agreement, subspace_shares
     from polylens.rows import rows_of
     from polylens.targets import parse_target
+    from polylens.validation import check_choice
 
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation {ablation!r} is unknown; choose {' or '.join(ABLATIONS)}")
+    check_choice("ablation", ablation, ABLATIONS)
     module = adapter.module
     _check_eval_mode(module)
     with torch.no_grad():
         first = capture(module, inputs[:1], [layer], keep_output=True)
     if first.output is None:
         raise ValueError(
-            f"model {adapter.name} does not return a tensor; compare reads its output as logits [batch, classes] (or [batch, positions, vocabulary])"
+            f"model {adapter.name} does not return a tensor; compare reads its output as logits [batch, classes] "
+            "(or [batch, positions, vocabulary])"
         )
     width = rows_of(first.activations[layer], is_text).shape[1]
-    if not isinstance(k, int) or not 1 <= k <= width:
-        raise ValueError(f"--k {k} must be between 1 and the layer's width {width} ({layer})")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= width:
+        raise ValueError(f"k={k!r} must be between 1 and the layer's width {width} ({layer})")
     tgt = parse_target(target, first.output.shape, is_text=is_text, has_labels=labels is not None, seed=seed)
     A, J, reference = capture_rows(
         adapter, layer, inputs, tgt, is_text=is_text, labels=labels, batch_size=batch_size, progress=progress
     )
     if not bool(J.abs().sum() > 0):
         raise ValueError(
-            f"the gradient of the target with respect to {layer} is zero on every input: there is no gradient energy to share out; "
-            "pick another layer or --target"
+            f"the gradient of the target with respect to {layer} is zero on every input: there is no gradient "
+            "energy to share out; pick another layer or target"
         )
     directions = layer_directions(A, J, k, seed, sae)
     ks = ablation_ks(k)
@@ -189,18 +217,18 @@ def compare_layer(
             "ablation": curve | {"activation_variance": var, "gradient_energy": grad},
         }
     names, matrix = agreement(directions)
-    result = {
-        "model": adapter.name,
-        "layer": layer,
-        "target": str(target),
-        "gradient_rows": tgt.describe(),
-        "n_inputs": int(inputs.shape[0]),
-        "n_rows": int(A.shape[0]),
-        "width": int(width),
-        "k": k,
-        "ablation": ablation,
-        "seed": seed,
-        "methods": methods,
-        "agreement": {"methods": names, "mmcs": matrix},
-    }
-    return result, directions
+    return LayerComparison(
+        model=adapter.name,
+        layer=layer,
+        target=str(target),
+        gradient_rows=tgt.describe(),
+        n_inputs=int(inputs.shape[0]),
+        n_rows=int(A.shape[0]),
+        width=int(width),
+        k=k,
+        ablation=ablation,
+        seed=seed,
+        methods=methods,
+        agreement={"methods": names, "mmcs": matrix},
+        directions=directions,
+    )

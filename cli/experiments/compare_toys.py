@@ -4,6 +4,7 @@ directions the toy planted (x²'s read-out, superposition's features)?"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from cli.experiments.sae_methods import LayerSAEOptions, SAEOptions, train_sae, train_topk_sae
 
@@ -26,6 +27,16 @@ class CompareResult:
             "methods": self.methods,
             "toy": self.toy,
         }
+
+
+class ToyComparison(NamedTuple):
+    """What ``compare`` returns: the scores (``result.to_json()`` is the command's JSON), the trained
+    toy and each method's directions ``[m, dim]``."""
+
+    result: CompareResult
+    toy: Any
+    """The trained ``polylens.directions.toys.Toy`` (its truth, model and inputs)."""
+    directions: dict
 
 
 def method_directions(toy, n_directions: int, seed: int, sae: SAEOptions | None = SAEOptions()) -> dict:
@@ -75,10 +86,12 @@ def _sae_directions(acts, n_truth: int, seed: int, opts: SAEOptions, *, learn_b_
     )
 
 
-def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options):
+def compare(
+    setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions | None = SAEOptions(), **options
+) -> ToyComparison:
     """Train toy ``setup`` (options: fields of its config) and score every method.
 
-    Returns ``(CompareResult, toy, directions)``. Each PCA proposes as many
+    Returns a ``ToyComparison`` (result, toy, directions). Each PCA proposes as many
     directions as there are ground-truth directions (at most the layer width);
     the SAE (``sae=None`` leaves it out) proposes its whole dictionary.
     """
@@ -104,4 +117,4 @@ def compare(setup: str, seed: int = 0, threshold: float = 0.9, sae: SAEOptions |
             "best_abs_cos": list(scores.best_abs_cos),  # per ground-truth direction: the distribution behind mmcs
         }
     result = CompareResult(setup, seed, {"n_directions": n_truth, "dim": dim}, methods, toy.describe())
-    return result, toy, directions
+    return ToyComparison(result, toy, directions)
