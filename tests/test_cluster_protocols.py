@@ -1,6 +1,9 @@
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from polylens.capture import capture
 from polylens.clustering import points as protocols
@@ -79,11 +82,19 @@ def test_digits_codes_and_activations_are_both_scored(digits):
     assert len(pts.codes) == 1797 and pts.activations.shape == (1797, 64)
     assert np.array_equal(pts.codes.unpack(), pts.activations > 0)
     result, labelings = cluster_layer(pts, params={"min_cluster_size": 15})
+    truth = pts.labels["class"]
     for space in ("codes", "activations"):
-        res = result.on[space]
-        assert res["purity"] is not None and res["nmi"] is not None and res["ari"] is not None
-        assert res["purity"] == pytest.approx(purity(labelings[space], pts.labels["class"]))
-    assert result.agreement_ari is not None
+        res, pred = result.on[space], labelings[space]
+        kept = pred >= 0
+        # purity by counting: each cluster's most common class, over the points not called noise
+        majority = sum(Counter(truth[pred == c].tolist()).most_common(1)[0][1] for c in set(pred[kept].tolist()))
+        assert res["purity"] == pytest.approx(majority / kept.sum())
+        assert res["nmi"] == pytest.approx(normalized_mutual_info_score(truth, pred))
+        assert res["ari"] == pytest.approx(adjusted_rand_score(truth, pred))
+        assert res["n_clusters"] == len(set(pred[kept].tolist())) and res["noise_frac"] == pytest.approx(
+            1 - kept.mean()
+        )
+    assert result.agreement_ari == pytest.approx(adjusted_rand_score(labelings["codes"], labelings["activations"]))
     c = result.clusters[0]
     members = np.flatnonzero(labelings["codes"] == 0)
     assert c["size"] == len(members) and c["medoid"] in members and set(c["top_examples"]) <= set(members)
@@ -94,3 +105,20 @@ def test_purity_by_hand():
     truth = np.array([1, 1, 2, 3, 3, 3])
     assert purity(pred, truth) == pytest.approx(4 / 5)
     assert purity(np.full(4, -1), truth[:4]) is None
+
+
+def test_cluster_layer_scores_a_tiny_labelled_example_by_hand():
+    from polylens.clustering.points import LayerPoints
+    from polylens.lens.codes import LayerSlot, SplineCodes, pack_bits
+
+    # three codes 20 bits apart, twelve copies each; classes: 10 + 2, 12, 6 + 6
+    protos = np.zeros((3, 60), dtype=bool)
+    protos[1, :20], protos[2, 20:40] = True, True
+    group = np.repeat(np.arange(3), 12)
+    classes = np.array([0] * 10 + [1] * 2 + [1] * 12 + [2] * 6 + [0] * 6)
+    codes = SplineCodes(pack_bits(protos[group]), 60, (LayerSlot("l", "relu", 0, 60, (60,)),))
+    points = LayerPoints("toy", "l", codes, None, labels={"class": classes})
+    result, labelings = cluster_layer(points, method="kmedoids", on="codes", params={"n_clusters": 3})
+    assert adjusted_rand_score(group, labelings["codes"]) == 1.0
+    assert result.on["codes"]["purity"] == pytest.approx((10 + 12 + 6) / 36)
+    assert result.n_unique_codes == 3 and sorted(result.on["codes"]["sizes"]) == [12, 12, 12]
