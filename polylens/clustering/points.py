@@ -277,13 +277,7 @@ def gpt2_points(
         picked = _gpt2_preactivations(adapter, layers[0], batch)
         for j, (name, seq, pos) in enumerate(batch):
             parts_acts.append(picked[j].float().cpu().numpy())
-            for p in pos.tolist():
-                labels["token"].append(seq[p])
-                labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
-                labels["position"].append(p)
-                lo = max(1, p - context)
-                text = [tok.decode([t]) for t in seq[lo : p + 6]]
-                examples.append({"text": text, "focus": p - lo, "source": name, "sequence": b0 + j})
+            _gpt2_labels(tok, name, seq, pos, b0 + j, context, labels, examples)
     bar.close()
     acts = np.concatenate(parts_acts)
     codes = SplineCodes.from_preactivations(
@@ -291,9 +285,7 @@ def gpt2_points(
         {layers[0]: adapter.activation_layers[layers[0]]},
         provenance={"model": adapter.name, "layers": layers},
     )
-    token_ids = sorted(set(labels["token"]) | (set(labels["next_token"]) - {-1}))
-    names = {"token": {t: tok.decode([t]) for t in token_ids}}
-    names["next_token"] = names["token"]
+    token_names = {t: tok.decode([t]) for t in sorted(set(labels["token"]) | (set(labels["next_token"]) - {-1}))}
     notes.insert(
         0,
         f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken "
@@ -305,7 +297,7 @@ def gpt2_points(
         codes,
         acts,
         labels={k: np.asarray(v, dtype=np.int64) for k, v in labels.items()},
-        label_names=names,
+        label_names={"token": token_names, "next_token": token_names},
         examples=examples,
         notes=notes,
     )
@@ -334,6 +326,17 @@ def _gpt2_sequences(tok, path, seq_len: int, per_seq: int, skip: int, max_sequen
     if not seqs:
         raise ValueError(f"no sequence in {str(path)!r} is longer than skip={skip} tokens; give more text")
     return seqs, notes
+
+
+def _gpt2_labels(tok, name: str, seq: list[int], pos, sequence: int, context: int, labels, examples) -> None:
+    """Append the labels (token, next token, position) and the example text of each position taken."""
+    for p in pos.tolist():
+        labels["token"].append(seq[p])
+        labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
+        labels["position"].append(p)
+        lo = max(1, p - context)
+        text = [tok.decode([t]) for t in seq[lo : p + 6]]
+        examples.append({"text": text, "focus": p - lo, "source": name, "sequence": sequence})
 
 
 def _gpt2_preactivations(adapter, layer: str, batch) -> dict[int, torch.Tensor]:
