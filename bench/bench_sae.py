@@ -187,6 +187,7 @@ def bench_recovery(args, data: SharkeyData) -> None:
         except ValueError as err:  # the trainer stopped itself (e.g. a NaN loss): say so, go on
             steps, how = (watch.trace[-1][0] if watch.trace else 0), f"training failed ({err})"
         wall = time.perf_counter() - start
+        sae = trainer.groups[0].members()[0] if name == "ours" else trainer.sae
         with torch.no_grad():
             sae.eval()
             fired = sae.encode(held_out) != 0  # [8192, n]

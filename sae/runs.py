@@ -25,6 +25,7 @@ from sae.config import SAEConfig, TrainConfig
 from sae.engine import read_checkpoint
 from sae.files import CHECKPOINT, STATE, read_json, write_json_atomic
 from sae.metrics import best_signed_cosines, evaluate
+from sae.sources import SEED_STRIDE
 from sae.synthetic import make_data
 from sae.train import Trainer, load_sae
 
@@ -43,7 +44,7 @@ def eval_batch(data, n_samples: int, seed: int) -> tuple[Tensor, Tensor | None, 
         return data[:n_samples].float(), None, None
     if hasattr(data, "read"):  # an activation store: its first rows, in-sample as for arrays
         return data.read(0, min(n_samples, data.rows)), None, None
-    g = torch.Generator(device=data.device).manual_seed(seed * 1_000_003 + EVAL_SALT)
+    g = torch.Generator(device=data.device).manual_seed(seed * SEED_STRIDE + EVAL_SALT)
     codes = data.sample_codes(n_samples, g)
     return codes @ data.features, data.features, codes
 

@@ -21,6 +21,10 @@ from torch import Tensor
 from sae.activation_store import ActivationStore, StoreBatches, is_store
 from sae.files import load_tensors
 
+SEED_STRIDE = 1_000_003
+"""A run's seed times this (a prime) plus a step, an epoch or a salt seeds each generator, so the
+streams of different seeds do not overlap."""
+
 
 def load_array(path: str | Path) -> Tensor:
     """Activations ``[N, d]`` from ``.npy`` (no pickle) or ``.safetensors`` (key 'activations' or the only key)."""
@@ -113,7 +117,7 @@ class BatchSource:
 
     def generator(self, step: int, salt: int = 0) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**63 - 1))
+        g.manual_seed((self.seed * SEED_STRIDE + step * 7_919 + salt * 104_729) % (2**63 - 1))
         return g
 
     def batch(self, step: int) -> Tensor:
@@ -135,7 +139,7 @@ class BatchSource:
             per_epoch = self.array.shape[0] // self.batch_size
             epoch, i = divmod(step, per_epoch)
             if epoch != self._epoch:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                g = torch.Generator().manual_seed(self.seed * SEED_STRIDE + epoch)
                 self._epoch, self._perm = epoch, torch.randperm(self.array.shape[0], generator=g)
             idx = self._perm[i * self.batch_size : (i + 1) * self.batch_size]
             return self.array[idx].to(self.device, torch.float32)

@@ -40,6 +40,7 @@ def test_every_member_ends_where_its_single_run_ends(arch, extra):
         assert not torch.allclose(res.saes[0][0].W_dec, res.saes[1][0].W_dec)
 
 
+@pytest.mark.slow
 def test_sweep_run_writes_grid_weights_and_plot_and_reads_the_size_heuristic(tmp_path):
     from sae.synthetic import SharkeyConfig, SharkeyData
 

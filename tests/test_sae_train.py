@@ -8,11 +8,13 @@ from sae.engine import Engine
 from sae.files import CHECKPOINT, STATE
 from sae.metrics import evaluate, mmcs_signed
 from sae.model import SAEConfig
+from sae.sources import SEED_STRIDE
 from sae.synthetic import SharkeyConfig, SharkeyData
 from sae.train import TrainConfig, Trainer, load_sae, train
 from tests.sae_streams import sparse_stream
 
 
+@pytest.mark.slow
 def test_small_sharkey_features_are_recovered():
     data = SharkeyData(SharkeyConfig(n_features=48, d=24, m=3.0, seed=4))
     # l1 0.3: the soft threshold is l1/2 = 0.15 against coefficients U[0, 1) (0.1 leaves L0 ≈ 16 for m = 3).
@@ -132,14 +134,14 @@ def test_data_sources_tensor_numpy_path_and_iterator_agree(tmp_path):
     # An iterator of the very batches the array source draws (its seeded per-epoch permutation)
     # trains the same SAE. The iterator's b_dec starts at its first batch's mean, the array's at
     # the mean of all rows: make both zero.
-    perm0 = torch.randperm(256, generator=torch.Generator().manual_seed(2 * 1_000_003))
+    perm0 = torch.randperm(256, generator=torch.Generator().manual_seed(2 * SEED_STRIDE))
     y = x.clone()
     y[perm0[:64]] -= y[perm0[:64]].mean(0)
     y[perm0[64:]] -= y[perm0[64:]].mean(0)
     long = TrainConfig(n_samples=64 * 40, batch_size=64, seed=2, lr=1e-2)
     batches = []
     for epoch in range(10):
-        perm = torch.randperm(256, generator=torch.Generator().manual_seed(2 * 1_000_003 + epoch))
+        perm = torch.randperm(256, generator=torch.Generator().manual_seed(2 * SEED_STRIDE + epoch))
         batches += [y[perm[i * 64 : (i + 1) * 64]] for i in range(4)]
     ref = train(sc, long, y).sae_
     it = train(sc, long, batches).sae_
