@@ -55,6 +55,8 @@ def run(args) -> int:
     from cli.experiments.compare_toys import compare
     from cli.experiments.sae_methods import SAEOptions
     from cli.output import check_outputs, write_json, write_with
+    from cli.sample_scale import scaled
+    from polylens.directions.toys import SETUPS
 
     if args.setup is None and args.model is None:
         raise ValueError(
@@ -73,11 +75,12 @@ def run(args) -> int:
         raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
     options = _options_from_args(args)
     check_outputs(args.force, json=args.json, plot=args.plot)
+    options["steps"] = scaled(options.get("steps") or SETUPS[args.setup][0].steps)
     sae = SAEOptions(
         dict_size=args.sae_dict,
         l1=args.sae_l1,
         enabled=not args.no_sae,
-        **({} if args.sae_steps is None else {"steps": args.sae_steps}),
+        steps=scaled(SAEOptions.steps if args.sae_steps is None else args.sae_steps),
     )
     for flag, value in (("--sae-dict", sae.dict_size), ("--sae-steps", sae.steps)):
         if value is not None and value <= 0:
@@ -194,6 +197,7 @@ def run_model_layer(args) -> int:
     from cli.experiments.sae_methods import LayerSAEOptions
     from cli.modelargs import load_from_args, model_inputs
     from cli.output import check_outputs, write_json, write_with
+    from cli.sample_scale import scaled
     from polylens.directions.ablation import ABLATIONS
 
     for flag in ("hidden", "inputs", "features", "p_active", "importance_decay", "steps"):
@@ -223,7 +227,7 @@ def run_model_layer(args) -> int:
         dict_size=args.sae_dict,
         k=args.sae_k,
         enabled=not args.no_sae,
-        **({} if args.sae_steps is None else {"steps": args.sae_steps}),
+        steps=scaled(LayerSAEOptions.steps if args.sae_steps is None else args.sae_steps),
     )
     if args.k is None:
         from polylens.capture import capture

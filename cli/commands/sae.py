@@ -63,11 +63,12 @@ def _sae_fields(args) -> dict:
     return fields
 
 
-def _train_config(args, samples_default: int):
+def _train_config(args):
+    from cli.sample_scale import scaled
     from sae.config import TrainConfig
 
     return TrainConfig(
-        n_samples=args.samples or samples_default,
+        n_samples=args.samples or scaled(TrainConfig.n_samples, args.batch_size),
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup,
@@ -82,6 +83,18 @@ def _train_config(args, samples_default: int):
         progress=not args.no_progress and sys.stderr.isatty(),
         dead_window=args.dead_window,
     )
+
+
+def _counts(args) -> int:
+    """Scale ``--samples`` in place by ``$POLYLENS_SAMPLE_SCALE``; the evaluation samples, scaled the same."""
+    import inspect
+
+    from cli.sample_scale import scaled
+    from sae.runs import train_run
+
+    if args.samples is not None:
+        args.samples = scaled(args.samples, args.batch_size)
+    return scaled(args.eval_samples or inspect.signature(train_run).parameters["eval_samples"].default)
 
 
 def _summary(record: dict) -> str:
@@ -175,15 +188,14 @@ def check_resume_flags(args) -> None:
 
 
 def run_train(args) -> int:
-    from cli.output import check_outputs
-    from sae.config import TrainConfig
     from cli.experiments.tms import open_data
+    from cli.output import check_outputs
     from sae.runs import resume_run, train_run
 
     _positive(args, "samples", "batch_size", "lr", "dict_size", "k", "eval_samples")
     check_outputs(args.force, inputs=[args.data], json=args.json)
     options = _data_options(args)
-    eval_samples = args.eval_samples or 20_000
+    eval_samples = _counts(args)
     if args.resume:
         check_resume_flags(args)
         data = args.data if args.data_given else None
@@ -196,7 +208,7 @@ def run_train(args) -> int:
             args.out,
             args.data,
             _sae_fields(args),
-            _train_config(args, TrainConfig.n_samples),
+            _train_config(args),
             options,
             eval_samples,
             args.force,
@@ -209,8 +221,8 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from cli.output import check_outputs
     from cli.experiments.tms import open_data
+    from cli.output import check_outputs
     from sae.runs import eval_run
 
     _positive(args, "eval_samples")
@@ -237,13 +249,13 @@ def run_eval(args) -> int:
 
 
 def run_sweep(args) -> int:
-    from cli.output import check_outputs
-    from sae.config import TrainConfig
     from cli.experiments.tms import open_data
+    from cli.output import check_outputs
     from sae.sweep import sweep_run
 
     _positive(args, "samples", "batch_size", "lr", "k", "eval_samples")
     check_outputs(args.force, inputs=[args.data], json=args.json)
+    eval_samples = _counts(args)
     l1s = _floats(args.l1s, "--l1s")
     ratios = _floats(args.ratios, "--ratios")
     fields = _sae_fields(args)
@@ -254,9 +266,9 @@ def run_sweep(args) -> int:
         l1s,
         ratios,
         fields,
-        _train_config(args, TrainConfig.n_samples),
+        _train_config(args),
         _data_options(args),
-        args.eval_samples or 20_000,
+        eval_samples,
         force=args.force,
         resume=args.resume,
         open_data=open_data,
