@@ -183,7 +183,7 @@ def sweep_run(
     data_options = dict(data_options or {})
     source = (open_data or make_data)(data, seed=config.seed, **data_options)
     truth = getattr(source, "features", None)
-    n_true = truth.shape[0] if truth is not None else source.shape[1]
+    n_true = truth.shape[0] if truth is not None else getattr(source, "d", None) or source.shape[1]
     sizes = dict_sizes_for(list(ratios), n_true)
     ctx = context(config.device)
     with main_lock(out, ctx, clear=force and not resume):
