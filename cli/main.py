@@ -29,10 +29,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="polylens", description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.description = (
-        "Polytope-lens analysis, activation vs gradient PCA, and sparse autoencoders. "
-        "Run 'polylens COMMAND --help' for each command."
+    parser = Parser(
+        prog="polylens",
+        description="Polytope-lens analysis, activation vs gradient PCA, and sparse autoencoders. "
+        "Run 'polylens COMMAND --help' for each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in COMMANDS:
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (resume checks them)
@@ -60,7 +61,10 @@ def _main(argv: list[str] | None = None) -> int:
         print(str(err), file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError) as err:
-        print(f"polylens: error: {err}", file=sys.stderr)
+        from cli.flags import raised_in_cli, to_flags
+
+        message = str(err) if raised_in_cli(err) else to_flags(str(err), parser, args)
+        print(f"polylens: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("polylens: interrupted", file=sys.stderr)

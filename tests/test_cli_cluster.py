@@ -70,7 +70,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "badimages" / "x.png").write_bytes(b"not a png at all")
     (tmp_path / "exists").mkdir()
     return [
-        (["--codes", tmp_path / "few.npy", "--min-cluster-size", "10"], "fewer than min_cluster_size"),
+        (["--codes", tmp_path / "few.npy", "--min-cluster-size", "10"], "fewer than --min-cluster-size=10"),
         (["--codes", tmp_path / "notbinary.npy"], "0/1"),
         (["--codes", tmp_path / "onedim.npy"], "n_points, n_units"),
         (["--codes", tmp_path / "missing.npy"], "no such file"),

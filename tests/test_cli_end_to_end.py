@@ -243,3 +243,9 @@ def test_progress_bar_shows_unless_no_progress(digits, tmp_path, capsys):
     assert code == 0 and "/20" in err and "input/s" in err  # done of total, and the rate
     code, _, err = run(capsys, "codes", "--n", "20", "--out", tmp_path / "b.npz", "--no-progress")
     assert code == 0 and err == ""
+
+
+def test_library_messages_name_the_flag_the_user_typed(digits, capsys):
+    # polylens.lens.shell checks n_bins (its parameter); the line names --bins, what was typed
+    code, out, err = run(capsys, "density", "--path", "shell", "--layer", "relu1", "--bins", "0")
+    assert code == 2 and err.strip() == "polylens: error: --bins=0 must be a positive integer"

@@ -1,0 +1,56 @@
+"""The one place the CLI maps Python parameters to flags: library messages name parameters
+(``k=12 must be ...``, scikit-learn style); the user typed flags, so the error line names those."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+CLI = Path(__file__).resolve().parent
+
+# Library parameters whose flag is not the parameter's own name, by command (``sae`` covers its subcommands).
+RENAMED = {
+    "compare": {
+        "n_components": "--k",
+        "n_hidden": "--hidden",
+        "n_inputs": "--inputs",
+        "n_features": "--features",
+        "random_state": "--seed",
+    },
+    "density": {"n_bins": "--bins", "n_samples": "--samples", "n_profile": "--profile-steps"},
+    "cluster": {"random_state": "--seed"},
+    "sae": {"n_samples": "--samples", "warmup_steps": "--warmup", "n_features": "--features", "d": "--dim"},
+}
+
+_PARAM = re.compile(r"(?<![-\w.])([A-Za-z_]\w*)=")
+
+
+def flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """``dest -> --flag`` for the command ``args`` ran (its subcommands' parsers followed)."""
+    names: dict[str, str] = {}
+    while parser is not None:
+        sub = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(args, action.dest, None) or "")
+            elif action.option_strings and action.option_strings[-1].startswith("--"):
+                names.setdefault(action.dest, action.option_strings[-1])
+        parser = sub
+    return names
+
+
+def raised_in_cli(err: BaseException) -> bool:
+    """Whether ``err`` was raised by the CLI's own code (whose messages already name flags)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(CLI)
+
+
+def to_flags(message: str, parser: argparse.ArgumentParser, args: argparse.Namespace | None) -> str:
+    """``message`` with each ``param=`` the command has a flag for written ``--flag=``."""
+    if args is None or not getattr(args, "command", None):
+        return message
+    names = {**flags_of(parser, args), **RENAMED.get(args.command, {})}
+    return _PARAM.sub(lambda m: f"{names[m.group(1)]}=" if m.group(1) in names else m.group(0), message)
