@@ -43,7 +43,7 @@ def _positive(args, *names) -> None:
 def _sae_fields(args) -> dict:
     fields = {
         "arch": args.arch,
-        "l1": args.l1,
+        "l1": getattr(args, "l1", 0.0),  # sweep L1s come from --l1s
         "k": args.k,
         "init": args.init,
         "orth": args.orth,
@@ -55,7 +55,7 @@ def _sae_fields(args) -> dict:
     }
     if args.init_matrix and args.init != "svd":
         raise ValueError("--init-matrix is read by --init svd only")
-    if args.dict_size is not None:
+    if getattr(args, "dict_size", None) is not None:  # sweep sizes come from --ratios
         fields["dict_size"] = args.dict_size
     for name in ("l1", "orth"):
         if fields[name] < 0:
@@ -165,25 +165,29 @@ def check_resume_flags(args) -> None:
             ours, theirs = getattr(args, flag[2:].replace("-", "_")), state[section].get(field)
             if ours != theirs:
                 raise ValueError(
-                    f"{flag} {ours} disagrees with the run in {out} ({field}={theirs}); --resume continues the run as it was: "
+                    f"{flag} {ours} disagrees with the run in {out} ({field}={theirs}); "
+                    "--resume continues the run as it was: "
                     "drop the flag, or start a new run with another --out"
                 )
     done = state["step"] * state["train"]["batch_size"]
     if args.samples is not None and args.samples < done:
         raise ValueError(
-            f"--samples {args.samples} is below the {done} samples the run in {out} has already trained; give at least that"
+            f"--samples {args.samples} is below the {done} samples the run in {out} has already trained; "
+            "give at least that"
         )
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
     recorded = run.get("data", {})
     if args.data_given and recorded.get("spec") not in (None, args.data):
         raise ValueError(
-            f"--data {args.data} disagrees with the run in {out} (data {recorded.get('spec')}); drop it to resume on the run's data"
+            f"--data {args.data} disagrees with the run in {out} (data {recorded.get('spec')}); "
+            "drop it to resume on the run's data"
         )
     options = _data_options(args)
     for key, value in options.items():
         if recorded.get("options", {}).get(key) != value:
             raise ValueError(
-                f"the data option {key}={value} disagrees with the run in {out} ({key}={recorded.get('options', {}).get(key)})"
+                f"the data option {key}={value} disagrees with the run in {out} "
+                f"({key}={recorded.get('options', {}).get(key)})"
             )
 
 
@@ -325,15 +329,20 @@ def _add_model_and_training(p) -> None:
     d = SAEConfig.__dataclass_fields__
     t = TrainConfig.__dataclass_fields__
     g = p.add_argument_group("SAE")
-    g.add_argument("--arch", choices=ARCHS, default="relu", help="relu (+L1), topk or batchtopk (default relu)")
+    g.add_argument(
+        "--arch",
+        choices=ARCHS,
+        default=d["arch"].default,
+        help=f"relu (+L1), topk or batchtopk (default {d['arch'].default})",
+    )
     g.add_argument(
         "--k", type=int, default=d["k"].default, help=f"active latents for topk/batchtopk (default {d['k'].default})"
     )
     g.add_argument(
         "--init",
         choices=INITS,
-        default="kaiming",
-        help="initialisation scheme (default kaiming; svd: the layer's weight matrix)",
+        default=d["init"].default,
+        help=f"initialisation scheme (default {d['init'].default}; svd: the layer's weight matrix)",
     )
     g.add_argument(
         "--init-matrix",
@@ -346,14 +355,16 @@ def _add_model_and_training(p) -> None:
         default=d["init_blend"].default,
         help="data init: weight of the data sample (default 0.8)",
     )
-    g.add_argument("--orth", type=float, default=0.0, help="decoder orthogonality penalty weight (default 0: off)")
+    g.add_argument(
+        "--orth", type=float, default=d["orth"].default, help="decoder orthogonality penalty weight (default 0: off)"
+    )
     g.add_argument(
         "--orth-full", action="store_true", help="O(n^2) orthogonality penalty over all latents (small dictionaries)"
     )
     g.add_argument(
         "--decoder-norm",
         choices=DECODER_NORMS,
-        default="unit",
+        default=d["decoder_norm"].default,
         help="unit-norm decoder rows, or L1 weighted by row norm",
     )
     g.add_argument("--tied", action="store_true", help="tie the decoder to the encoder")
@@ -363,12 +374,15 @@ def _add_model_and_training(p) -> None:
     h.add_argument("--lr", type=float, default=t["lr"].default, help=f"Adam learning rate (default {t['lr'].default})")
     h.add_argument("--warmup", type=int, default=t["warmup_steps"].default, help="linear warm-up steps")
     h.add_argument(
-        "--seed", type=int, default=0, help="seed of the init, the batches and the synthetic data (default 0)"
+        "--seed",
+        type=int,
+        default=t["seed"].default,
+        help="seed of the init, the batches and the synthetic data (default 0)",
     )
     h.add_argument(
         "--lr-decay",
         type=float,
-        default=0.0,
+        default=t["lr_decay"].default,
         metavar="S",
         help="the lr falls linearly to 0 over the last share S of the steps; resampling stops there (default 0)",
     )
@@ -381,14 +395,14 @@ def _add_model_and_training(p) -> None:
     h.add_argument(
         "--resample-duplicates",
         type=float,
-        default=0.0,
+        default=t["resample_duplicates"].default,
         metavar="COS",
         help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)",
     )
     h.add_argument(
         "--resample-dead-towards",
         choices=RESAMPLE_TARGETS,
-        default="input",
+        default=t["resample_dead_towards"].default,
         help="a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat",
     )
     h.add_argument(
@@ -398,10 +412,13 @@ def _add_model_and_training(p) -> None:
         help="samples without firing that make a latent dead (default 1000000 for relu, 100000 for topk/batchtopk)",
     )
     h.add_argument(
-        "--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (default: at the end)"
+        "--checkpoint-every",
+        type=int,
+        default=t["checkpoint_every"].default,
+        help="also checkpoint every N steps (default: at the end)",
     )
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    h.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    h.add_argument("--device", default=t["device"].default, help=f"torch device (default {t['device'].default})")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -464,13 +481,5 @@ def register(sub) -> None:
         default="0.5,1,2,4",
         help="comma-separated dictionary sizes as multiples of the number of true features (or of d for files)",
     )
-    s.add_argument("--dict-size", type=int, help=argparse_suppress())
-    s.add_argument("--l1", type=float, default=0.0, help=argparse_suppress())
     _add_model_and_training(s)
     s.set_defaults(handler=run_sweep)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
