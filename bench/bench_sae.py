@@ -113,7 +113,8 @@ def bench_throughput(args, data: SharkeyData) -> None:
     rate = {k: steps * b / statistics.median(v) for k, v in runs.items()}
     for k, v in runs.items():
         print(
-            f"    {k:<8} {rate[k]:>10,.0f} samples/s   ({statistics.median(v) / steps * 1e3:.0f} ms/step; runs {', '.join(f'{t:.2f}' for t in v)} s)"
+            f"    {k:<8} {rate[k]:>10,.0f} samples/s   ({statistics.median(v) / steps * 1e3:.0f} ms/step; "
+            f"runs {', '.join(f'{t:.2f}' for t in v)} s)"
         )
     print(f"    ratio ours/SAELens: {rate['ours'] / rate['saelens']:.2f}x   (goal >= 1.6x)")
 
@@ -294,7 +295,8 @@ def bench_synthetic_suite(args, data=None) -> None:
 
     print(
         f"\n(iv) SAELens's synthetic suite (FeatureDictionary, ActivationGenerator with Zipfian firing), TopK, "
-        f"{args.suite_samples:,} training samples each, scored by sae_lens.synthetic.eval_sae_on_synthetic_data on 100,000 samples"
+        f"{args.suite_samples:,} training samples each, "
+        "scored by sae_lens.synthetic.eval_sae_on_synthetic_data on 100,000 samples"
     )
     for name, (n_feat, dim, latents, k, pmax, pmin) in SUITE.items():
         torch.manual_seed(0)
@@ -331,13 +333,16 @@ def bench_synthetic_suite(args, data=None) -> None:
         )
         true_l0 = next(iter(rows.values()))[0].true_l0
         print(
-            f"  {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), Zipfian firing {pmin}..{pmax} (true L0 {true_l0:.2f}), "
+            f"  {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), "
+            f"Zipfian firing {pmin}..{pmax} (true L0 {true_l0:.2f}), "
             f"{latents} latents, k = {k}"
         )
         for label, (r, sec) in rows.items():
             print(
-                f"    {label:<50} MCC {r.mcc:.3f}  uniqueness {r.uniqueness:.3f}  dead {r.dead_latents:>4} of {latents}  "
-                f"F1 {r.classification.f1_score:.3f}  EV {r.explained_variance:.3f}  shrinkage {r.shrinkage:.3f}  L0 {r.sae_l0:.2f}  ({sec:.0f} s)"
+                f"    {label:<50} MCC {r.mcc:.3f}  uniqueness {r.uniqueness:.3f}  "
+                f"dead {r.dead_latents:>4} of {latents}  "
+                f"F1 {r.classification.f1_score:.3f}  EV {r.explained_variance:.3f}  shrinkage {r.shrinkage:.3f}  "
+                f"L0 {r.sae_l0:.2f}  ({sec:.0f} s)"
             )
 
 

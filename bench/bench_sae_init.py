@@ -76,7 +76,8 @@ def main() -> None:
     data = digits_data()
     x = torch.from_numpy(__import__("numpy").concatenate([data["x_train"], data["x_test"]]))
     print(
-        f"digits CNN ({model.name}), all {len(x)} digits; ReLU + L1 {args.l1}, {args.ratio}x latents, batch {args.batch}, "
+        f"digits CNN ({model.name}), all {len(x)} digits; ReLU + L1 {args.l1}, {args.ratio}x latents, "
+        f"batch {args.batch}, "
         f"budget {args.budget:,} samples, explained variance every {args.every} steps on 4096 stored rows; "
         f"seeds 0..{args.seeds - 1}; {torch.get_num_threads()} threads"
     )

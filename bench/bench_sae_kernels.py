@@ -82,7 +82,8 @@ def bench_loss_and_grads(batches: list[torch.Tensor], steps: int) -> None:
 def bench_trainer(batches: list[torch.Tensor], repeats: int) -> None:
     steps = len(batches)
     print(
-        f"(b) Trainer.fit, relu+L1 defaults, {steps} steps per run from initialisation, median of {repeats} interleaved runs"
+        f"(b) Trainer.fit, relu+L1 defaults, {steps} steps per run from initialisation, "
+        f"median of {repeats} interleaved runs"
     )
 
     def run(fused: bool) -> float:
@@ -122,7 +123,8 @@ def bench_paths(x: torch.Tensor, steps: int) -> None:
             sae = make_sae(dict(arch=arch, k=l0), l0 if arch == "relu" else None, x)
             med = interleaved({sp: (lambda sp=sp: fused_backward_(sae, x, sparse=sp)) for sp in (False, True)}, steps)
             print(
-                f"    {f'{arch} L0={l0}':<20}{l0 / N:>8.3f}{med[False]:>10.1f}{med[True]:>11.1f}{med[False] / med[True]:>13.2f}x"
+                f"    {f'{arch} L0={l0}':<20}{l0 / N:>8.3f}{med[False]:>10.1f}{med[True]:>11.1f}"
+                f"{med[False] / med[True]:>13.2f}x"
             )
     E = 4
     saes = [make_sae(dict(l1=l1), None, x) for l1 in (1.0, 2.0, 5.0, 10.0)]

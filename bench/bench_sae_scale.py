@@ -131,7 +131,8 @@ def bench_processes(tmp: Path, threads: int) -> None:
     diff = max(float((a.state_dict()[k] - b.state_dict()[k]).abs().max()) for k in a.state_dict())
     print(
         f"(c) Sharkey stream, 256 -> 1024, global batch 1024, 150 steps, whole command with start-up: 1 process "
-        f"({threads} threads) {t1:.1f} s, 2 processes ({max(1, threads // 2)} thread each, gloo) {t2:.1f} s: ratio {t1 / t2:.2f}x; "
+        f"({threads} threads) {t1:.1f} s, 2 processes ({max(1, threads // 2)} thread each, gloo) {t2:.1f} s: "
+        f"ratio {t1 / t2:.2f}x; "
         f"largest weight difference {diff:.1e}"
     )
 
@@ -144,8 +145,10 @@ def bench_sweep(name: str, live: LiveLayer, l1s, sizes, steps: int, batch: int) 
     t_ens = timed(lambda: sweep(live, list(l1s), list(sizes), {}, tc))
     t_fwd = timed(lambda: [live.sample(batch, torch.Generator().manual_seed(s)) for s in range(steps)])
     print(
-        f"(d) {name}: {len(l1s) * len(sizes)} SAEs (l1 {', '.join(f'{v:g}' for v in l1s)} x latents {', '.join(map(str, sizes))}), "
-        f"width {live.d}, batch {batch}, {steps} steps, activations computed live: sequential {t_seq:.1f} s, ensemble {t_ens:.1f} s: "
+        f"(d) {name}: {len(l1s) * len(sizes)} SAEs "
+        f"(l1 {', '.join(f'{v:g}' for v in l1s)} x latents {', '.join(map(str, sizes))}), "
+        f"width {live.d}, batch {batch}, {steps} steps, activations computed live: "
+        f"sequential {t_seq:.1f} s, ensemble {t_ens:.1f} s: "
         f"ratio {t_seq / t_ens:.2f}x (goal >= 3x); the model's forward alone {t_fwd:.1f} s of the {steps} batches"
     )
 

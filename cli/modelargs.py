@@ -28,7 +28,8 @@ def add_model_args(p) -> None:
         metavar="LAYER=KIND",
         action="append",
         default=[],
-        help="FILE.py models: module LAYER's output is the pre-activation of a functional activation KIND (relu, gelu, gelu_tanh, silu); repeatable",
+        help="FILE.py models: module LAYER's output is the pre-activation of a functional activation KIND "
+        "(relu, gelu, gelu_tanh, silu); repeatable",
     )
 
 
@@ -61,7 +62,8 @@ def prepare_inputs(adapter, raws: list[str], flag: str):
     for raw, x in zip(raws[1:], xs[1:]):
         if x.shape != xs[0].shape:
             raise ValueError(
-                f"{flag} {raw!r} gives shape {tuple(x.shape)} but {flag} {raws[0]!r} gives {tuple(xs[0].shape)}; inputs must have the same shape"
+                f"{flag} {raw!r} gives shape {tuple(x.shape)} but {flag} {raws[0]!r} gives {tuple(xs[0].shape)}; "
+                "inputs must have the same shape"
             )
     return torch.cat(xs)
 

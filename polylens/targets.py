@@ -49,8 +49,10 @@ class Target:
         if self.kind == "logits":
             if self.sketched:
                 return (
-                    f"a random sketch of the Jacobian of the {self.n_outputs} logits{where}: {SKETCH_COLUMNS} Gaussian projections "
-                    f"per input{' and position' if self.is_text else ''}, drawn afresh for each (an unbiased estimate of E[JᵀJ], not the exact value)"
+                    f"a random sketch of the Jacobian of the {self.n_outputs} logits{where}: "
+                    f"{SKETCH_COLUMNS} Gaussian projections "
+                    f"per input{' and position' if self.is_text else ''}, drawn afresh for each "
+                    "(an unbiased estimate of E[JᵀJ], not the exact value)"
                 )
             return f"the Jacobian of all {self.n_outputs} logits"
         if self.kind == "loss":
@@ -111,7 +113,8 @@ def parse_target(spec: str, output_shape, *, is_text: bool, has_labels: bool, se
     shape = tuple(output_shape)
     if len(shape) not in (2, 3) or (len(shape) == 3 and not is_text):
         raise ValueError(
-            f"the model's output has shape {shape}; targets read [batch, classes] logits or a language model's [batch, positions, vocabulary]"
+            f"the model's output has shape {shape}; "
+            "targets read [batch, classes] logits or a language model's [batch, positions, vocabulary]"
         )
     n = shape[-1]
     spec = str(spec)
@@ -124,10 +127,12 @@ def parse_target(spec: str, output_shape, *, is_text: bool, has_labels: bool, se
         return Target("class", n, is_text, index, seed)
     if spec not in KINDS:
         raise ValueError(
-            f"--target {spec!r} is not a target of this model; choose logits, loss, predicted or a class index 0-{n - 1}"
+            f"--target {spec!r} is not a target of this model; "
+            f"choose logits, loss, predicted or a class index 0-{n - 1}"
         )
     if spec == "loss" and not (is_text or has_labels):
         raise ValueError(
-            "--target loss needs labels and these inputs have none (bundled digits inputs and text have them); use --target logits or a class index"
+            "--target loss needs labels and these inputs have none (bundled digits inputs and text have them); "
+            "use --target logits or a class index"
         )
     return Target(spec, n, is_text, None, seed)

@@ -201,7 +201,8 @@ class ActivationStore:
         path = self.path / shard["file"]
         if not path.is_file():
             raise ValueError(
-                f"shard {path} named in the manifest is missing; the store is damaged (write it again with polylens cache --force)"
+                f"shard {path} named in the manifest is missing; "
+                "the store is damaged (write it again with polylens cache --force)"
             )
         try:
             with open(path, "rb") as fh:
@@ -229,7 +230,8 @@ class ActivationStore:
         if info["file"] not in self._verified:
             if sha256(path) != info["sha256"]:
                 raise ValueError(
-                    f"shard {path}: its sha256 does not match the manifest; the store is damaged (write it again with polylens cache --force)"
+                    f"shard {path}: its sha256 does not match the manifest; "
+                    "the store is damaged (write it again with polylens cache --force)"
                 )
             self._verified.add(info["file"])
         tensors, _ = load_tensors(path, "shard")

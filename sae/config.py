@@ -178,7 +178,8 @@ class TrainConfig:
             raise ValueError(f"lr_decay={self.lr_decay} must be in [0, 1] (a share of the steps)")
         if self.resample_dead_towards not in RESAMPLE_TARGETS:
             raise ValueError(
-                f"resample_dead_towards={self.resample_dead_towards!r} is unknown; choose one of {', '.join(RESAMPLE_TARGETS)}"
+                f"resample_dead_towards={self.resample_dead_towards!r} is unknown; "
+                f"choose one of {', '.join(RESAMPLE_TARGETS)}"
             )
         if not 0 <= self.resample_duplicates < 1:
             raise ValueError(

@@ -104,7 +104,8 @@ def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource)
         x = source.batch(0).float()
     if not bool(torch.isfinite(x).all()):
         raise ValueError(
-            f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; clean the data first"
+            f"the first {x.shape[0]} samples (used to initialise b_dec and the decoder) contain NaN or inf; "
+            "clean the data first"
         )
     return x.cpu()
 
@@ -130,7 +131,8 @@ def init_matrix(sae_config: SAEConfig, source: BatchSource) -> Tensor | None:
             else "the data is not an activation store"
         )
         raise ValueError(
-            f"--init svd needs the weight matrix of the layer being interpreted and {where}; give --init-matrix FILE.safetensors:KEY"
+            f"--init svd needs the weight matrix of the layer being interpreted and {where}; "
+            "give --init-matrix FILE.safetensors:KEY"
         )
     return matrix
 
@@ -162,7 +164,8 @@ def read_checkpoint(out_dir: str | Path) -> tuple[dict[str, Tensor], dict]:
     state = read_json(out_dir / STATE)
     if meta.get("step") != str(state.get("step")):
         raise ValueError(
-            f"checkpoint in {out_dir} is inconsistent: tensors at step {meta.get('step')}, JSON at step {state.get('step')}"
+            f"checkpoint in {out_dir} is inconsistent: "
+            f"tensors at step {meta.get('step')}, JSON at step {state.get('step')}"
         )
     return tensors, state
 

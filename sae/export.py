@@ -180,7 +180,8 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
     arch = cfg.get("architecture", "standard")
     if arch not in ("standard", "topk", "jumprelu"):
         raise ValueError(
-            f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk and jumprelu (one shared threshold)"
+            f"{where}: architecture={arch!r} is not supported; "
+            "polylens reads standard, topk and jumprelu (one shared threshold)"
         )
     for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
         if cfg.get(key) not in ok:
@@ -203,7 +204,8 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
             raise ValueError(
-                f"{wfile}: {key} has shape {tuple(tensors[key].shape)}, but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}"
+                f"{wfile}: {key} has shape {tuple(tensors[key].shape)}, "
+                f"but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}"
             )
     return arch, d_in, n
 
@@ -224,7 +226,8 @@ def _config(
         thr = tensors["threshold"]
         if not bool((thr == thr[0]).all()):
             raise ValueError(
-                f"{where}: jumprelu with a threshold per latent (min {float(thr.min()):.4g}, max {float(thr.max()):.4g}) "
+                f"{where}: jumprelu with a threshold per latent "
+                f"(min {float(thr.min()):.4g}, max {float(thr.max()):.4g}) "
                 "cannot be imported; polylens reads jumprelu with one shared threshold (SAELens's BatchTopK)"
             )
         if "k" in details:

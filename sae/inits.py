@@ -65,7 +65,8 @@ def initial_decoder(
     if init == "svd":
         if matrix is None:
             raise ValueError(
-                "init='svd' needs the weight matrix of the layer: train on an activation store (polylens cache records it) "
+                "init='svd' needs the weight matrix of the layer: "
+                "train on an activation store (polylens cache records it) "
                 "or give --init-matrix FILE.safetensors:KEY"
             )
         base = svd_directions(matrix, d)

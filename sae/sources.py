@@ -146,7 +146,8 @@ class BatchSource:
         if self.batches is not None:
             if step >= len(self.batches):
                 raise ValueError(
-                    f"the list holds {len(self.batches)} batches and step {step} needs one more; give more batches or fewer samples"
+                    f"the list holds {len(self.batches)} batches and step {step} needs one more; "
+                    "give more batches or fewer samples"
                 )
             return torch.as_tensor(self.batches[step]).to(self.device, torch.float32)
         if self._it is None or step < self._pos:
@@ -158,7 +159,8 @@ class BatchSource:
             x = torch.as_tensor(next(self._it))
         except StopIteration:
             raise ValueError(
-                f"the data ran out after {self._pos} batches; step {step} needs one more; give more data or fewer samples"
+                f"the data ran out after {self._pos} batches; step {step} needs one more; "
+                "give more data or fewer samples"
             ) from None
         self._pos += 1
         return x.to(self.device, torch.float32)

@@ -85,7 +85,8 @@ def sweep_engine(
         tensors, state = read_checkpoint(out_dir)
         if "sweep" not in state:
             raise ValueError(
-                f"the checkpoint in {out_dir} is a single run's, not a sweep's; resume it with polylens sae train --resume"
+                f"the checkpoint in {out_dir} is a single run's, not a sweep's; "
+                "resume it with polylens sae train --resume"
             )
         theirs = {
             **{f"sweep {k}": v for k, v in state["sweep"].items()},
@@ -100,7 +101,8 @@ def sweep_engine(
         for key in theirs:
             if mine.get(key) != theirs[key]:
                 raise ValueError(
-                    f"resuming: {key} is {mine.get(key)!r} here but {theirs[key]!r} in the run in {out_dir}; give the run's value"
+                    f"resuming: {key} is {mine.get(key)!r} here but {theirs[key]!r} in the run in {out_dir}; "
+                    "give the run's value"
                 )
         engine.restore(tensors, state)
     return engine

@@ -13,7 +13,8 @@ MODELS = {
     "m_args.py": "def f(width):\n    pass\n",
     "m_notmodule.py": "def f():\n    return 3\n",
     "m_exit.py": "import sys\ndef f():\n    sys.exit(0)\n",
-    "m_ok.py": "import torch\ndef f():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n",
+    "m_ok.py": "import torch\ndef f():\n    torch.manual_seed(0)\n"
+    "    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))\n",
 }
 
 

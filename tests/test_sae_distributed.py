@@ -115,7 +115,10 @@ def test_a_sweep_under_torchrun_matches_one_process(tmp_path):
 def test_a_rank_that_dies_ends_the_others_with_one_line(tmp_path):
     port = str(_port())
     dist = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2", "POLYLENS_DIST_TIMEOUT": "30"}
-    dying = "import os, datetime, torch.distributed as d; d.init_process_group('gloo', timeout=datetime.timedelta(seconds=30)); os._exit(1)"
+    dying = (
+        "import os, datetime, torch.distributed as d; "
+        "d.init_process_group('gloo', timeout=datetime.timedelta(seconds=30)); os._exit(1)"
+    )
     peer = subprocess.Popen([sys.executable, "-c", dying], env=_env(RANK="1", **dist))
     main = subprocess.run(
         [

@@ -57,7 +57,8 @@ def run(args) -> int:
     )
     stream = sys.stderr if args.json == "-" else sys.stdout
     print(
-        f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows of width {manifest['width']} ({manifest['dtype']}) "
+        f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows "
+        f"of width {manifest['width']} ({manifest['dtype']}) "
         f"in {len(manifest['shards'])} shards -> {args.out}",
         file=stream,
     )
@@ -108,7 +109,8 @@ def register(sub) -> None:
         "--gradients",
         choices=sorted(GRADIENT_TARGETS),
         metavar="TARGET",
-        help="also store the gradient of TARGET w.r.t. each row: loss (GPT-2's next-token loss) or logit (the predicted class's)",
+        help="also store the gradient of TARGET w.r.t. each row: "
+        "loss (GPT-2's next-token loss) or logit (the predicted class's)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="the store folder (re-run to resume an interrupted one)")

@@ -110,7 +110,8 @@ def run(args) -> int:
     summary["out"] = args.out
     stream = sys.stderr if args.json == "-" else sys.stdout
     print(
-        f"{result.model} {result.layer}: {result.n_points} points, {result.n_unique_codes} distinct codes, {result.method}",
+        f"{result.model} {result.layer}: {result.n_points} points, "
+        f"{result.n_unique_codes} distinct codes, {result.method}",
         file=stream,
     )
     for space, res in result.on.items():
@@ -121,7 +122,8 @@ def run(args) -> int:
                 else f"  purity {_num(res['purity'])}  NMI {_num(res['nmi'])}  ARI {_num(res['ari'])}"
             )
             print(
-                f"  {space:<20} {res['n_clusters']:>5} clusters  noise {res['noise_frac']:.3f}  [{res['route']}]{extra}",
+                f"  {space:<20} {res['n_clusters']:>5} clusters  "
+                f"noise {res['noise_frac']:.3f}  [{res['route']}]{extra}",
                 file=stream,
             )
     if result.agreement_ari is not None:
@@ -146,7 +148,8 @@ def register(sub) -> None:
     p.add_argument(
         "--layer",
         metavar="L",
-        help="activation layer (digits: fc1; gpt2: blocks.L.mlp.hook_pre, default the middle block; inceptionv1: mixed4a)",
+        help="activation layer "
+        "(digits: fc1; gpt2: blocks.L.mlp.hook_pre, default the middle block; inceptionv1: mixed4a)",
     )
     p.add_argument(
         "--input",

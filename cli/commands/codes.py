@@ -54,7 +54,8 @@ def run(args) -> int:
     )
     for layer in info["layers"]:
         print(
-            f"  {layer['name']:<32} {layer['kind']:<10} {layer['units']:>8} units  {100 * layer['fraction_on']:5.1f}% on",
+            f"  {layer['name']:<32} {layer['kind']:<10} {layer['units']:>8} units  "
+            f"{100 * layer['fraction_on']:5.1f}% on",
             file=stream,
         )
     write_json({**info, "out": args.out}, args.json)

@@ -1,4 +1,5 @@
-"""``polylens compare``: which directions does each method recover: on a toy, against its ground truth (``--setup``), or in a model's layer (``--model --layer``)?
+"""``polylens compare``: which directions does each method recover: on a toy, against its ground truth
+(``--setup``), or in a model's layer (``--model --layer``)?
 
 The Python equivalents are ``cli.experiments.compare_toys.compare`` (toys) and
 ``cli.experiments.compare_layer.compare_layer`` (model layers).
@@ -25,7 +26,8 @@ def format_table(result) -> str:
     keys = [k for k in rows[0][1] if k not in ("n_directions", "best_abs_cos")] + ["n_directions"]
     head = f"{'method':<16}" + "".join(f"{k:>20}" for k in keys)
     lines = [
-        f"setup={result.setup} seed={result.seed}: {result.ground_truth['n_directions']} ground-truth directions in {result.ground_truth['dim']} dims",
+        f"setup={result.setup} seed={result.seed}: {result.ground_truth['n_directions']} ground-truth directions "
+        f"in {result.ground_truth['dim']} dims",
         head,
         "-" * len(head),
     ]
@@ -60,7 +62,8 @@ def run(args) -> int:
 
     if args.setup is None and args.model is None:
         raise ValueError(
-            "one of --setup or --model is required: --setup x2|superposition (a toy with ground truth) or --model SPEC --layer NAME"
+            "one of --setup or --model is required: "
+            "--setup x2|superposition (a toy with ground truth) or --model SPEC --layer NAME"
         )
     if args.setup is not None and args.model is not None:
         raise ValueError("give --setup (a toy) or --model (a model's layer), not both")
@@ -102,8 +105,9 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="which directions do PCAs, LIB and SAEs recover: on a toy (--setup) or in a model's layer (--model --layer)",
-        description=__doc__.splitlines()[0],
+        help="which directions do PCAs, LIB and SAEs recover: "
+        "on a toy (--setup) or in a model's layer (--model --layer)",
+        description=" ".join(__doc__.split("\n\n")[0].split()),
     )
     p.add_argument("--setup", help="toy: x2 (read-out of an x² fit) or superposition (TMS autoencoder)")
     p.add_argument("--seed", type=int, default=0, help="seed for training and data (default 0)")
@@ -130,14 +134,16 @@ def register(sub) -> None:
     )
     m.add_argument(
         "--target",
-        help="what the gradients differentiate: logits (default), loss (needs labels or text), predicted, or a class index",
+        help="what the gradients differentiate: "
+        "logits (default), loss (needs labels or text), predicted, or a class index",
     )
     m.add_argument(
         "--input",
         action="append",
         default=[],
         metavar="PATH",
-        help="GPT-2: a text file; other models: input files; default: the model's bundled inputs (digits: its 360 test images)",
+        help="GPT-2: a text file; other models: input files; "
+        "default: the model's bundled inputs (digits: its 360 test images)",
     )
     m.add_argument("--n", type=int, help="how many inputs (bundled ones, or GPT-2 contexts from --input)")
     m.add_argument("--context", type=int, help="GPT-2 with --input: tokens per context, BOS included (default 64)")
@@ -177,7 +183,8 @@ def format_layer_table(result: dict) -> str:
         f"{f'acc. drop@{k}':>14}" if any(m["ablation"]["accuracy_drop"] for m in result["methods"].values()) else ""
     )
     lines = [
-        f"{result['model']} {result['layer']}: {result['n_rows']:,} rows of width {result['width']} from {result['n_inputs']} inputs; "
+        f"{result['model']} {result['layer']}: {result['n_rows']:,} rows of width {result['width']} "
+        f"from {result['n_inputs']} inputs; "
         f"target {result['target']} ({result['gradient_rows']}); top-{k} directions, {result['ablation']}-ablated",
         head,
         "-" * len(head),

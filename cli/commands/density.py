@@ -29,20 +29,23 @@ def format_result(res) -> str:
     kind = "exact" if res.exact else "sampled"
     lines = [
         f"{res.model}: path {res.path['kind']} in {res.space_layer}, length {res.path['length']:.4g}",
-        f"{res.n_crossings} crossings ({kind}, {res.evaluations} evaluations), {res.density_per_unit_length:.4g} per unit length",
+        f"{res.n_crossings} crossings ({kind}, {res.evaluations} evaluations), "
+        f"{res.density_per_unit_length:.4g} per unit length",
     ]
     lines += [f"  {name:<32} {count:>8}" for name, count in res.crossings_per_layer.items()]
     jumps = [c.affine_change for c in res.crossings if c.affine_change is not None]
     if jumps:
         q = [float(v) for v in np.quantile(jumps, [0.1, 0.5, 0.9])]
         lines.append(
-            f"affine map change per crossing, ||A+ - A-||_F (to the output): median {q[1]:.4g} [10%: {q[0]:.4g}, 90%: {q[2]:.4g}]"
+            "affine map change per crossing, ||A+ - A-||_F (to the output): "
+            f"median {q[1]:.4g} [10%: {q[0]:.4g}, 90%: {q[2]:.4g}]"
         )
     labels = res.profile.get("labels") or []
     if labels:
         corr = "n/a" if res.peak_output_correlation is None else f"{res.peak_output_correlation:.3f}"
         lines.append(
-            f"output {labels[0]} -> {labels[-1]}, {len(res.output_changes)} changes; corr(crossings, output change) = {corr}"
+            f"output {labels[0]} -> {labels[-1]}, {len(res.output_changes)} changes; "
+            f"corr(crossings, output change) = {corr}"
         )
     return "\n".join(lines)
 
@@ -63,7 +66,8 @@ def run_shell(args, adapter, stream):
         n_samples=args.samples,
     )
     print(
-        f"{prof.model}: shell profile in {prof.layer} over {prof.n_paths} scaling paths, {prof.n_crossings} crossings ({'exact' if prof.exact else 'sampled'})",
+        f"{prof.model}: shell profile in {prof.layer} over {prof.n_paths} scaling paths, "
+        f"{prof.n_crossings} crossings ({'exact' if prof.exact else 'sampled'})",
         file=stream,
     )
     if args.plot:
@@ -133,7 +137,8 @@ def register(sub) -> None:
     p.add_argument(
         "--path",
         default="interp",
-        help="interp (between --from and --to at --layer), scale (α·a(--from)), input (interp in input space), shell (radial profile over many scaling paths)",
+        help="interp (between --from and --to at --layer), scale (α·a(--from)), input (interp in input space), "
+        "shell (radial profile over many scaling paths)",
     )
     p.add_argument(
         "--from",
