@@ -24,6 +24,7 @@ RENAMED = {
 }
 
 _PARAM = re.compile(r"(?<![-\w.])([A-Za-z_]\w*)=")
+_SWITCH = re.compile(r"(?<![-\w.])([A-Za-z_]\w*)=True\b")
 
 
 def flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
@@ -35,6 +36,20 @@ def flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[
             if isinstance(action, argparse._SubParsersAction):
                 sub = action.choices.get(getattr(args, action.dest, None) or "")
             elif action.option_strings and action.option_strings[-1].startswith("--"):
+                names.setdefault(action.dest, action.option_strings[-1])
+        parser = sub
+    return names
+
+
+def switches_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """``dest -> --flag`` of the on/off flags (``store_true``): ``random_weights=True`` reads ``--random-weights``."""
+    names: dict[str, str] = {}
+    while parser is not None:
+        sub = None
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                sub = action.choices.get(getattr(args, action.dest, None) or "")
+            elif isinstance(action, argparse._StoreTrueAction) and action.option_strings[-1].startswith("--"):
                 names.setdefault(action.dest, action.option_strings[-1])
         parser = sub
     return names
@@ -53,4 +68,6 @@ def to_flags(message: str, parser: argparse.ArgumentParser, args: argparse.Names
     if args is None or not getattr(args, "command", None):
         return message
     names = {**flags_of(parser, args), **RENAMED.get(args.command, {})}
+    switches = switches_of(parser, args)
+    message = _SWITCH.sub(lambda m: switches[m.group(1)] if m.group(1) in switches else m.group(0), message)
     return _PARAM.sub(lambda m: f"{names[m.group(1)]}=" if m.group(1) in names else m.group(0), message)

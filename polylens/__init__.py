@@ -17,9 +17,22 @@ _EXPORTS = {
     "extract_codes": "polylens.lens.codes",
     "boundary_density": "polylens.lens.density",
     "shell_profile": "polylens.lens.shell",
+    "interpolation_path": "polylens.lens.paths",
+    "scaling_path": "polylens.lens.paths",
+    "polyline_path": "polylens.lens.paths",
     "ActivationPCA": "polylens.directions.finders",
     "GradientPCA": "polylens.directions.finders",
+    "LIB": "polylens.directions.finders",
     "score_directions": "polylens.directions.scoring",
+    "HDBSCAN": "polylens.clustering.hdbscan",
+    "KMedoids": "polylens.clustering.medoids",
+    "Agglomerative": "polylens.clustering.agglomerative",
+    "cluster_layer": "polylens.clustering.analysis",
+    "digits_points": "polylens.clustering.points",
+    "array_points": "polylens.clustering.points",
+    "image_points": "polylens.clustering.points",
+    "gpt2_points": "polylens.clustering.points",
+    "codes_points": "polylens.clustering.points",
 }
 
 __all__ = list(_EXPORTS)

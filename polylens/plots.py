@@ -34,8 +34,12 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
     g = truth.shape[0]
     vectors = g <= _MAX_VECTOR_PANELS
     n_panels = 2 + (g if vectors else len(names))
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.8 * n_panels, 3.6), squeeze=False, layout="constrained")
-    axes = axes[0]
+    n_cols = min(4, n_panels)  # a grid, not a strip: at most four panels a row
+    n_rows = -(-n_panels // n_cols)
+    fig, grid = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.6 * n_rows), squeeze=False, layout="constrained")
+    for ax in grid.flat[n_panels:]:
+        ax.set_axis_off()
+    axes = list(grid.flat[:n_panels])
 
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
@@ -81,7 +85,7 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
             order = list(cols[np.argsort(rows)]) + [c for c in range(cos[name].shape[1]) if c not in set(cols)]
             im = ax.imshow(cos[name][:, order], vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
             ax.set(title=f"{name}: |cos|", xlabel="recovered (matched order)", ylabel="ground-truth direction")
-        fig.colorbar(im, ax=list(axes[1:]), shrink=0.85, label="|cos|")
+        fig.colorbar(im, ax=axes[1:], shrink=0.85, label="|cos|")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, format="png")

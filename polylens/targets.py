@@ -122,17 +122,16 @@ def parse_target(spec: str, output_shape, *, is_text: bool, has_labels: bool, se
         index = int(spec)
         if not 0 <= index < n:
             raise ValueError(
-                f"--target {spec}: the model has {n} outputs, so a class index must be between 0 and {n - 1}"
+                f"target={spec!r}: the model has {n} outputs, so a class index must be between 0 and {n - 1}"
             )
         return Target("class", n, is_text, index, seed)
     if spec not in KINDS:
         raise ValueError(
-            f"--target {spec!r} is not a target of this model; "
-            f"choose logits, loss, predicted or a class index 0-{n - 1}"
+            f"target={spec!r} is not a target of this model; choose logits, loss, predicted or a class index 0-{n - 1}"
         )
     if spec == "loss" and not (is_text or has_labels):
         raise ValueError(
-            "--target loss needs labels and these inputs have none (bundled digits inputs and text have them); "
-            "use --target logits or a class index"
+            "target='loss' needs labels and these inputs have none (bundled digits inputs and text have them); "
+            "use target='logits' or a class index"
         )
     return Target(spec, n, is_text, None, seed)

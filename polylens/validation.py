@@ -24,7 +24,9 @@ def check_int(name: str, value, *, low: int | None = 1, high: int | None = None,
     return value
 
 
-def check_float(name: str, value, *, low: float | None = None, high: float | None = None, open_low: bool = False) -> float:
+def check_float(
+    name: str, value, *, low: float | None = None, high: float | None = None, open_low: bool = False
+) -> float:
     """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``open_low``)."""
     if isinstance(value, bool):
         raise TypeError(f"{name}={value!r} must be a number")

@@ -123,9 +123,8 @@ class TrainConfig:
     dead_window: int | None = None
     """A latent is dead when it has not fired for this many samples. None: ``DEAD_WINDOW`` for the
     architecture, 1,000,000 for ReLU (dead latents are resampled, rarely) and 100,000 for TopK /
-    BatchTopK, whose AuxK loss revives dead latents every step: with a 1 M window AuxK starts too
-    late in a run of a few million samples (SAELens's synthetic suite, 8 features a dimension: 486
-    of 1024 latents dead at 1 M, 25 at 100 k; bench/bench_sae.py part iv)."""
+    BatchTopK, whose AuxK loss acts on dead latents every step: with a 1 M window AuxK would start
+    too late in a run of a few million samples (docs/sae.md gives the measured counts)."""
 
     def window(self, arch: str) -> int:
         """The dead-latent window in samples for an SAE of ``arch``."""

@@ -54,15 +54,15 @@ def check_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+        raise ValueError(f"device={device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"--device {device}: no CUDA GPU is available here (torch.cuda.is_available() is False); use --device cpu"
+            f"device={device!r}: no CUDA GPU is available here (torch.cuda.is_available() is False); use cpu"
         )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+        raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {device}: only cpu, cuda and mps are supported")
+        raise ValueError(f"device={device!r}: only cpu, cuda and mps are supported")
     return dev
 
 

@@ -36,9 +36,8 @@ KERNEL_ARCHS = ("relu", "topk", "batchtopk")
 SUPPORTED_ARCHS = KERNEL_ARCHS + ("gsae",)
 """The ``SAEConfig.arch`` values the trainer's kernel path takes (``kernel_supports``)."""
 SPARSE_MAX_DENSITY = 0.1
-"""Fraction of active entries under which the sparse path is taken. bench/bench_sae_kernels.py at
-d=256, 512 latents, batch 4096 (1 and 2 threads): sparse 2.7x faster at 0.01, 1.3x at 0.08, even
-at ≈0.12, 0.6x at 0.23."""
+"""Fraction of active entries under which the sparse path is taken: the sparse products win below
+it and lose above it (bench/bench_sae_kernels.py measures where they break even; docs/scale.md)."""
 
 
 class SAEGrads(NamedTuple):
@@ -324,8 +323,8 @@ class _Pattern:
         crow = torch.cat([self.row_start, self.row_start.new_tensor([self.cols.numel()])])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR tensor support is in beta state"
-            # Zeros, not empty_like: sampled_addmm computes beta·S + …, and 0·NaN from an
-            # uninitialised buffer is NaN (it made the loss NaN now and then).
+            # Zeros, not empty_like: sampled_addmm computes beta·S + …, and 0·NaN is NaN, so an
+            # uninitialised buffer could poison the product.
             S = torch.sparse_csr_tensor(
                 crow, self.cols, torch.zeros_like(self.vals), (self.E * self.B, self.E * self.n), check_invariants=False
             )

@@ -75,7 +75,7 @@ class BatchSource:
     ):
         if batch_size % world:
             raise ValueError(
-                f"--batch-size {batch_size} must be a multiple of the {world} processes (each takes an equal slice)"
+                f"batch_size={batch_size} must be a multiple of the {world} processes (each takes an equal slice)"
             )
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
         self.rank, self.world = rank, world

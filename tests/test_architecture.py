@@ -115,3 +115,16 @@ def test_the_command_line_starts_without_torch():
     code = "import sys, cli.main; cli.main.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_public_names_resolve_and_import_polylens_needs_no_torch():
+    code = (
+        "import sys, polylens, sae; assert 'torch' not in sys.modules, 'import polylens imported torch'; "
+        "[getattr(polylens, n) for n in polylens.__all__]; [getattr(sae, n) for n in sae.__all__]; "
+        "from sklearn.base import clone; "
+        "[clone(c()) for c in (polylens.ActivationPCA, polylens.GradientPCA, polylens.LIB, polylens.HDBSCAN, "
+        "polylens.KMedoids, polylens.Agglomerative)]; print(len(polylens.__all__))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 20

@@ -146,7 +146,7 @@ def test_offline_cli_error_imports_no_torch(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}  # an empty hub cache
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.stdout.strip() == "2 []", out.stderr
-    assert out.stderr.count("\n") == 1 and "random_weights=True" in out.stderr and "weights=DIR" in out.stderr
+    assert out.stderr.count("\n") == 1 and "--random-weights" in out.stderr and "weights=DIR" in out.stderr
 
 
 def test_bad_arguments():
