@@ -145,8 +145,8 @@ RUNS = {
     ("digits", "shell"): (["--path", "shell", "--layer", "relu1", "--n", "4", "--bins", "4"], {"n_paths": 4}),
     ("file", "shell"): (["--path", "shell", "--layer", "0", "--input", "{d}/x.npy", "--bins", "4"], {"n_paths": 40}),
     ("gpt2", "shell"): (
-        ["--path", "shell", "--layer", "blocks.0.hook_resid_post", "--n", "2", "--bins", "3", "--samples", "50"],
-        {"n_paths": 2},
+        ["--path", "shell", "--layer", "blocks.0.hook_resid_post", "--n", "1", "--bins", "2", "--samples", "8"],
+        {"n_paths": 1},
     ),
     ("digits", "cluster"): (["--layer", "fc1"], {"n_points": 1797}),
     ("file", "cluster"): (["--input", "{d}/x.npy", "--layer", "0"], {"n_points": 40}),
@@ -161,7 +161,7 @@ RUNS = {
         ["--layer", "blocks.1.mlp.hook_post", "--input", "{d}/text.txt", "--n", "2", "--context", "16"],
         {"n_inputs": 2, "n_rows": 30},  # BOS left out: 15 rows a context
     ),
-    ("inceptionv1", "compare"): (["--layer", "mixed3a", "--n", "2"], {"n_inputs": 2}),
+    ("inceptionv1", "compare"): (["--layer", "mixed3a", "--n", "2", "--k", "2"], {"n_inputs": 2, "k": 2}),
     ("digits", "cache"): (["--layer", "conv2", "--n", "20"], {"rows": 20 * 16}),
     ("file", "cache"): (["--layer", "0", "--input", "{d}/x.npy"], {"rows": 40, "width": 16}),
     ("gpt2", "cache"): (
