@@ -27,31 +27,32 @@ _PARAM = re.compile(r"(?<![-\w.])([A-Za-z_]\w*)=")
 _SWITCH = re.compile(r"(?<![-\w.])([A-Za-z_]\w*)=True\b")
 
 
-def flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
-    """``dest -> --flag`` for the command ``args`` ran (its subcommands' parsers followed)."""
-    names: dict[str, str] = {}
+def _options(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The ``--long`` option actions of the command ``args`` ran (its subcommands' parsers followed)."""
     while parser is not None:
         sub = None
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 sub = action.choices.get(getattr(args, action.dest, None) or "")
             elif action.option_strings and action.option_strings[-1].startswith("--"):
-                names.setdefault(action.dest, action.option_strings[-1])
+                yield action
         parser = sub
+
+
+def flags_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """``dest -> --flag`` for the command ``args`` ran."""
+    names: dict[str, str] = {}
+    for action in _options(parser, args):
+        names.setdefault(action.dest, action.option_strings[-1])
     return names
 
 
 def switches_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
     """``dest -> --flag`` of the on/off flags (``store_true``): ``random_weights=True`` reads ``--random-weights``."""
     names: dict[str, str] = {}
-    while parser is not None:
-        sub = None
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                sub = action.choices.get(getattr(args, action.dest, None) or "")
-            elif isinstance(action, argparse._StoreTrueAction) and action.option_strings[-1].startswith("--"):
-                names.setdefault(action.dest, action.option_strings[-1])
-        parser = sub
+    for action in _options(parser, args):
+        if isinstance(action, argparse._StoreTrueAction):
+            names.setdefault(action.dest, action.option_strings[-1])
     return names
 
 
