@@ -12,8 +12,18 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 if TYPE_CHECKING:  # annotations only: importing this module must not import torch (CLI start-up)
     from torch import Tensor, nn
 
-Activation = Literal["relu", "gelu", "gelu_tanh", "silu", "identity"]
-PIECEWISE_LINEAR = frozenset({"relu", "identity"})
+Activation = Literal["relu", "relu6", "gelu", "gelu_tanh", "silu", "identity"]
+PIECEWISE_LINEAR = frozenset({"relu", "relu6", "identity"})
+# Where each kind's slope changes: a unit's hard code is how many of them its pre-activation lies
+# above, written as one bit per breakpoint (ReLU6 has three states, two bits: z > 0, z > 6).
+BREAKPOINTS: dict[str, tuple[float, ...]] = {
+    "relu": (0.0,),
+    "relu6": (0.0, 6.0),
+    "identity": (0.0,),
+    "gelu": (0.0,),
+    "gelu_tanh": (0.0,),
+    "silu": (0.0,),
+}
 
 
 class ModelAdapter:

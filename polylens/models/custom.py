@@ -9,7 +9,7 @@ pre-activation) are found three ways, later ones winning:
    one forward pass matches each activation module's input tensor to the module that produced it.
 3. **Functional activations** (``F.relu(self.fc1(x))``, ``torch.tanh``…) leave no module to hook,
    so name them: ``activations={"fc1": "relu"}`` says that the
-   output of module ``fc1`` is the pre-activation of a ReLU. Kinds: relu, gelu, gelu_tanh, silu,
+   output of module ``fc1`` is the pre-activation of a ReLU. Kinds: relu, relu6, gelu, gelu_tanh, silu,
    identity.
 
 ``example_inputs(n)``, when defined, also gives the default inputs (input ``3`` is its row 3).
@@ -41,6 +41,8 @@ def _first_line(err: BaseException) -> str:
 def _kind_of(module: nn.Module) -> str | None:
     if isinstance(module, nn.ReLU):
         return "relu"
+    if isinstance(module, nn.ReLU6):
+        return "relu6"
     if isinstance(module, nn.GELU):
         return "gelu_tanh" if module.approximate == "tanh" else "gelu"
     if isinstance(module, nn.SiLU):
