@@ -279,7 +279,13 @@ def describe(points, labels: np.ndarray, *, top_units: int = 10, top_examples: i
 
 
 def _unit_names(codes) -> list[str]:
+    """One name a code bit: ``layer[i]`` (``i`` alone for one layer); where a unit has a bit for
+    each of several breakpoints (ReLU6), ``layer[i]>0`` and ``layer[i]>6``."""
     names = []
     for slot in codes.layers:
-        names.extend(f"{slot.name}[{i}]" if len(codes.layers) > 1 else str(i) for i in range(slot.size))
+        units = [f"{slot.name}[{i}]" if len(codes.layers) > 1 else str(i) for i in range(slot.units)]
+        if len(slot.breakpoints) == 1:
+            names.extend(units)
+        else:  # one block of bits a breakpoint (polylens.lens.codes)
+            names.extend(f"{u}>{bp:g}" for bp in slot.breakpoints for u in units)
     return names

@@ -12,7 +12,9 @@ reverse pass) and ∂f/∂φ_u the output's derivative along the unit (one forwa
 the crossing point. That is the Frobenius distance between the "implied weight matrices" of the
 two polytopes (the paper's footnote 8), computed without forming either matrix: GPT-2's would be
 vocabulary × width × positions. It holds where one unit crosses at a time (generic paths); ReLU
-has |φ'₊ − φ'₋| = 1, an identity layer 0, and a smooth activation has no affine pieces (None).
+has |φ'₊ − φ'₋| = 1, ReLU6 1 at both its breakpoints (slope 0 → 1 at z = 0, 1 → 0 at z = 6), an
+identity layer 0, and a smooth activation has no affine pieces (None). ∂f/∂φ_u is read on the
+side of the breakpoint where the slope is 1: above 0, below 6.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from polylens.capture import recording
 from polylens.lens.paths import ActivationPath
 from polylens.models.base import ModelAdapter
 
-SLOPE_JUMP = {"relu": 1.0, "identity": 0.0}  # |φ'₊ − φ'₋| at the boundary z = 0
+SLOPE_JUMP = {"relu": 1.0, "relu6": 1.0, "identity": 0.0}  # |φ'₊ − φ'₋| at each breakpoint of the kind
+# Which side of each breakpoint has slope 1 (+1 above, −1 below); a kind not listed: above.
+ACTIVE_SIDE = {"relu6": {0.0: 1.0, 6.0: -1.0}}
 _OUTPUT_BUDGET = 20_000_000  # output elements (and as many tangents) held per batch
 
 
@@ -36,8 +40,9 @@ def affine_changes(
 ) -> list[float | None]:
     """‖A₊ − A₋‖_F of the map from ``path.layer``'s space to ``module``'s output, one per crossing.
 
-    module: the model run (the float64 copy exact counting uses); crossings: with ``t``, ``layer``
-    and ``unit``, as ``boundary_density`` gives them (``polylens.lens.density.Crossing``). None
+    module: the model run (the float64 copy exact counting uses); crossings: with ``t``, ``layer``,
+    ``unit`` and ``breakpoint`` (0 where absent), as ``boundary_density`` gives them
+    (``polylens.lens.density.Crossing``). None
     where the layer's activation is not piecewise-linear or the model's output is not a tensor.
     """
     out = [None] * len(crossings)
@@ -47,16 +52,20 @@ def affine_changes(
         if adapter.activation_layers.get(c.layer) in SLOPE_JUMP:
             by_layer.setdefault(c.layer, []).append(i)
     for layer, rows in by_layer.items():
-        jump = SLOPE_JUMP[adapter.activation_layers[layer]]
+        kind = adapter.activation_layers[layer]
+        jump = SLOPE_JUMP[kind]
         step = 1  # one crossing first, to size the batches by the output it gives
         start = 0
         while start < len(rows):
             part = rows[start : start + step]
             t = np.array([crossings[i].t for i in part])
             units = torch.tensor([crossings[i].unit for i in part])
+            bps = [float(getattr(crossings[i], "breakpoint", 0.0)) for i in part]
+            at = torch.tensor(bps, dtype=dtype)
+            side = torch.tensor([ACTIVE_SIDE.get(kind, {}).get(bp, 1.0) for bp in bps], dtype=dtype)
             points = path.at(t).to(dtype)
             grad_norm = _pre_activation_gradient_norm(module, path, points, layer, units)
-            reads, size = _output_derivative_norm(module, path, points, layer, units)
+            reads, size = _output_derivative_norm(module, path, points, layer, units, at, side)
             if reads is None:
                 return out
             for i, g, d in zip(part, grad_norm.tolist(), reads.tolist()):
@@ -85,14 +94,18 @@ def _pre_activation_gradient_norm(module, path, points, layer, units) -> torch.T
     return grad.reshape(points.shape[0], -1).norm(dim=1)
 
 
-def _output_derivative_norm(module, path, points, layer, units) -> tuple[torch.Tensor | None, int]:
-    """‖∂f/∂φ_u‖ (forward mode), with z_u nudged to the active side so φ' there is the "on" slope."""
+def _output_derivative_norm(module, path, points, layer, units, at=None, side=None) -> tuple[torch.Tensor | None, int]:
+    """‖∂f/∂φ_u‖ (forward mode), with z_u put just beside its breakpoint ``at`` (default 0) on the
+    side ``side`` (+1 above, −1 below; default above) where φ' is 1, the "on" slope."""
     rows = torch.arange(len(units))
+    at = torch.zeros(len(units), dtype=points.dtype) if at is None else at.to(points.dtype)
+    side = torch.ones(len(units), dtype=points.dtype) if side is None else side.to(points.dtype)
 
     def along_unit(z):
         flat = z.detach().reshape(z.shape[0], -1).clone()
         scale = flat.abs().amax(dim=1).clamp_min(torch.finfo(flat.dtype).tiny)
-        flat[rows, units] = 1e-9 * scale  # on the active side, far too small to move any other unit's sign
+        # on the active side, far too small to move any other unit's sign
+        flat[rows, units] = (at + side * 1e-9 * scale).to(flat.dtype)
         tangent = torch.zeros_like(flat)
         tangent[rows, units] = 1.0
         return fwAD.make_dual(flat.reshape(z.shape), tangent.reshape(z.shape))

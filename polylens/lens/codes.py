@@ -1,14 +1,22 @@
 """Spline codes: which neurons are on, per input, bit-packed, with the layer map kept.
 
-Hard code of a unit with pre-activation z: ``1[z > 0]`` (the polytope an input lies in).
+Hard code of a unit with pre-activation z: one bit per breakpoint of its activation
+(``polylens.models.base.BREAKPOINTS``), thermometer style, ``1[z > breakpoint]``: ``1[z > 0]`` for
+ReLU, identity and the smooth kinds (the polytope an input lies in). ReLU6's three states
+(z ≤ 0, 0 < z ≤ 6, z > 6) are two bits a unit, ``1[z > 0]`` and ``1[z > 6]``, so the Hamming
+distance between two codes is the number of (unit, breakpoint) boundaries between them (a jump
+from state 0 to state 2 counts 2). A layer's bits are written in blocks, one per breakpoint, each
+over all the layer's flattened units (block 0: every unit's ``z > 0``, then block 1: every unit's
+``z > 6``); ``LayerSlot.bit_meaning`` maps a bit back to its (unit, breakpoint).
 Soft (probabilistic) code for smooth activations: ``Φ(z)`` for GELU (the tanh form
 ``0.5·(1 + tanh(√(2/π)(z + 0.044715 z³)))`` for ``gelu_tanh``, as GPT-2 uses), ``σ(βz)``
 for SiLU/Swish; the hard code is their β → ∞ limit. Because Φ, σ > 0, GELU/SiLU outputs
 are positive exactly when z > 0, so the hard code also equals ``post-activation > 0``.
 
-There is one code type, ``SplineCodes``: hard bits packed 64 units to a ``uint64`` word
-(``[n, ceil(n_units/64)]``), the unit count, the layer map (name, kind, offset, size,
-unit shape) and provenance; optionally the soft codes ``[n, n_units]`` beside them.
+There is one code type, ``SplineCodes``: hard bits packed 64 to a ``uint64`` word
+(``[n, ceil(n_units/64)]``), the bit count ``n_units`` (one bit a unit except for ReLU6), the
+layer map (name, kind, offset and size in bits, unit shape) and provenance; optionally the soft
+codes ``[n, n_units]`` beside them (ReLU6's as its two 0/1 bits: piecewise-linear, no softness).
 """
 
 from __future__ import annotations
@@ -23,9 +31,15 @@ import torch
 from torch import Tensor
 
 from polylens.clustering.hamming import pairwise, popcount_rows, unique_rows
+from polylens.models.base import BREAKPOINTS
 from polylens.validation import check_float, check_int
 
-SOFT_KINDS = ("relu", "identity", "gelu", "gelu_tanh", "silu")
+SOFT_KINDS = ("relu", "relu6", "identity", "gelu", "gelu_tanh", "silu")
+
+
+def breakpoints(kind: str) -> tuple[float, ...]:
+    """Where activation ``kind`` changes slope (``BREAKPOINTS``); a kind not listed there has one, 0."""
+    return BREAKPOINTS.get(kind, (0.0,))
 
 
 def hard_code(z: Tensor) -> Tensor:
@@ -33,11 +47,27 @@ def hard_code(z: Tensor) -> Tensor:
     return z > 0
 
 
+def hard_bits(z: Tensor, kind: str = "relu") -> Tensor:
+    """A layer's hard code bits ``[n, B·units]`` from its flattened pre-activations ``z [n, units]``:
+    block j (columns ``j·units … (j+1)·units − 1``) is ``1[z > breakpoint_j]`` of ``kind``."""
+    return torch.cat([z > bp for bp in breakpoints(kind)], dim=1)
+
+
+def soft_bits(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
+    """The soft counterpart of ``hard_bits``, ``[n, B·units]`` float: ``soft_code`` for the kinds
+    with one breakpoint, the hard bits as 0./1. for ReLU6 (piecewise-linear: no softness)."""
+    if len(breakpoints(kind)) == 1:
+        return soft_code(z, kind, beta)
+    z = z.double() if z.dtype == torch.float64 else z.float()
+    return hard_bits(z, kind).to(z.dtype)
+
+
 def soft_code(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
     """Probability that each unit is on, same shape as ``z`` (float).
 
     kind: ``gelu`` → Φ(z); ``gelu_tanh`` → the tanh approximation of Φ; ``silu`` → σ(βz);
-    ``relu``/``identity`` → the hard code as 0./1. (piecewise-linear: no softness).
+    ``relu``/``identity`` → the hard code as 0./1. (piecewise-linear: no softness). ``relu6`` has
+    two bits a unit, not one: its soft code is ``soft_bits``.
     """
     z = z.double() if z.dtype == torch.float64 else z.float()
     if kind == "gelu":
@@ -49,6 +79,8 @@ def soft_code(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
         return torch.sigmoid(beta * z)
     if kind in ("relu", "identity"):
         return (z > 0).to(z.dtype)
+    if kind == "relu6":
+        raise ValueError("relu6 has two code bits a unit (z > 0, z > 6); its soft code is soft_bits(z, 'relu6')")
     raise ValueError(f"unknown activation kind {kind!r}; expected one of {', '.join(SOFT_KINDS)}")
 
 
@@ -73,7 +105,12 @@ def unpack_bits(words: np.ndarray, n_units: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class LayerSlot:
-    """Where one layer's units sit in the concatenated code."""
+    """Where one layer's bits sit in the concatenated code.
+
+    offset, size: the layer's first bit and its bit count, ``len(breakpoints) · units``; shape:
+    the unit shape (one pre-activation a unit). Bit ``i`` of the layer (``0 ≤ i < size``) is
+    ``1[z_u > breakpoints[j]]`` with ``(u, breakpoints[j]) = bit_meaning(i)``.
+    """
 
     name: str
     kind: str
@@ -81,13 +118,38 @@ class LayerSlot:
     size: int
     shape: tuple[int, ...]
 
+    def __post_init__(self):
+        if self.size % len(self.breakpoints):
+            raise ValueError(
+                f"layer {self.name!r} of kind {self.kind} has {len(self.breakpoints)} bits a unit, "
+                f"so its size must be a multiple of that, not {self.size}"
+            )
+
+    @property
+    def breakpoints(self) -> tuple[float, ...]:
+        """Where the layer's activation changes slope: one code bit a unit for each."""
+        return breakpoints(self.kind)
+
+    @property
+    def units(self) -> int:
+        """The layer's unit count (pre-activations), also the length of each breakpoint's block of bits."""
+        return self.size // len(self.breakpoints)
+
+    def bit_meaning(self, bit: int) -> tuple[int, float]:
+        """Bit ``bit`` of this layer (counted from the layer's offset) → (the unit's flat index, the
+        breakpoint the bit compares its pre-activation with)."""
+        if not 0 <= bit < self.size:
+            raise ValueError(f"bit={bit} is outside layer {self.name!r}'s {self.size} bits")
+        block, unit = divmod(bit, self.units)
+        return unit, self.breakpoints[block]
+
 
 @dataclass
 class SplineCodes:
     """Hard spline codes of ``n`` inputs over one or more layers (concatenated in order).
 
     words: ``[n, n_words]`` uint64, packed by ``pack_bits``.
-    n_units: total units over all layers; layers: the layer map.
+    n_units: total bits over all layers (one a unit, two a ReLU6 unit); layers: the layer map.
     soft: ``[n, n_units]`` float32 probabilities, or None (hard codes only).
     provenance: ``{"model": str, "input_ids": [str], ...}``.
     """
@@ -114,7 +176,10 @@ class SplineCodes:
         beta: float = 1.0,
         provenance: dict | None = None,
     ) -> SplineCodes:
-        """Codes from pre-activations ``name -> [n, *unit_shape]`` (concatenated in mapping order)."""
+        """Codes from pre-activations ``name -> [n, *unit_shape]`` (concatenated in mapping order).
+
+        kinds: ``name -> activation kind`` (``relu`` where not given); a kind with B breakpoints
+        gives its layer B blocks of bits (``hard_bits``)."""
         kinds = dict(kinds or {})
         if soft:
             check_float("beta", beta, low=0, open_low=True)  # the SiLU/Swish soft code σ(βz)
@@ -127,11 +192,12 @@ class SplineCodes:
                 raise ValueError(f"layer {name!r} has NaN pre-activations; check the model and inputs")
             flat = z.detach().reshape(n, -1)
             kind = kinds.get(name, "relu")
-            slots.append(LayerSlot(name, kind, offset, flat.shape[1], tuple(z.shape[1:])))
-            offset += flat.shape[1]
-            bits.append(hard_code(flat).cpu().numpy())
+            size = len(breakpoints(kind)) * flat.shape[1]
+            slots.append(LayerSlot(name, kind, offset, size, tuple(z.shape[1:])))
+            offset += size
+            bits.append(hard_bits(flat, kind).cpu().numpy())
             if soft:
-                probs.append(soft_code(flat, kind, beta).float().cpu().numpy())
+                probs.append(soft_bits(flat, kind, beta).float().cpu().numpy())
         if not slots:
             raise ValueError("no layers given to build codes from")
         allbits = np.concatenate(bits, axis=1)
@@ -225,14 +291,16 @@ class SplineCodes:
         return len(unique_rows(self.words).rows)
 
     def summary(self) -> dict:
-        """What the codes hold: ``model``, ``n_inputs``, ``n_units``, ``distinct_codes`` and per
-        layer ``name``, ``kind``, ``units``, ``shape`` and ``fraction_on`` (the share of bits set)."""
+        """What the codes hold: ``model``, ``n_inputs``, ``n_units`` (bits), ``distinct_codes`` and per
+        layer ``name``, ``kind``, ``units``, ``bits`` (``units`` × breakpoints), ``shape`` and
+        ``fraction_on`` (the share of bits set)."""
         bits = self.unpack()
         layers = [
             {
                 "name": slot.name,
                 "kind": slot.kind,
-                "units": slot.size,
+                "units": slot.units,
+                "bits": slot.size,
                 "shape": list(slot.shape),
                 "fraction_on": float(bits[:, slot.offset : slot.offset + slot.size].mean()),
             }

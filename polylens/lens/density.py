@@ -1,19 +1,24 @@
 """Polytope boundary density along paths: exact for piecewise-linear networks, sampled otherwise.
 
 A *crossing* is a position t ∈ [0, 1] on a path (``polylens.lens.paths``) where unit u of an
-activation layer changes its hard code 1[z > 0]. Crossings are counted at the activation
-layers at and after the path's layer (or a named subset); density = crossings / path length
-(Euclidean, in the path layer's space).
+activation layer crosses a breakpoint of its activation (``polylens.models.base.BREAKPOINTS``):
+z = 0, and for ReLU6 also z = 6, each flipping one bit of the unit's hard code
+(``polylens.lens.codes``). Crossings are counted at the activation layers at and after the path's
+layer (or a named subset); density = crossings / path length (Euclidean, in the path layer's space).
+The evaluator gives each breakpoint its own column, ``z − breakpoint``, so everything below looks
+for sign changes of columns, and a crossing of either breakpoint counts.
 
-Exact mode (ReLU/identity only): each segment is split into pieces on which every pre-activation
-up to the last counted layer is affine in s, and each unit's zero is solved analytically on its
-piece. A piece [a, b] is accepted when (i) the pre-activations at every evaluated interior point
-(at least one: points inherited from the parent piece, else the golden-section point) equal the
-linear interpolation of the ends within ``TOL`` × the layer's scale, and (ii) no unit of a
-non-final layer changes sign strictly inside (it would put a kink into every later layer; the
-piece is split at its analytic zero). Failing (i) first at layer f splits at the zeros of the
-layers before f, which are affine, or else at the check points. This is ExactLine-style
-layer-wise refinement done with forward passes (float64), so any torch module works; kinks from
+Exact mode (ReLU/ReLU6/identity only): each segment is split into pieces on which every
+pre-activation up to the last counted layer is affine in s, and each unit's crossings of its
+breakpoints are solved analytically on its piece. A piece [a, b] is accepted when (i) the
+pre-activations at every evaluated interior point (at least one: points inherited from the parent
+piece, else the golden-section point) equal the linear interpolation of the ends within ``TOL`` ×
+the layer's scale (tested on z itself, the breakpoint-0 columns: z − 6 is affine exactly where z
+is, and its subtraction's roundoff is not z's), and (ii) no unit of a non-final layer crosses any
+of its breakpoints strictly inside (it would put a kink into every later layer; the piece is split
+at that crossing). Failing (i) first at layer f splits at the crossings of the layers before f,
+which are affine, or else at the check points. This is ExactLine-style layer-wise refinement done
+with forward passes (float64), so any torch module works; kinks from
 undeclared piecewise-linear ops (max-pool, functional ReLUs) are found by rule (i).
 
 Sampled mode (smooth activations, ``exact=False``): sign changes between ``n_samples`` evenly
@@ -56,17 +61,25 @@ _NOISE = 1e3 * np.finfo(np.float64).eps  # |z| below this × the layer's scale i
 @dataclass(frozen=True)
 class Crossing:
     """One unit changing its hard code along a path: at ``t`` ∈ [0, 1], unit ``unit`` (flat index
-    in the layer's pre-activation, ``[*unit_shape]`` flattened) of activation layer ``layer``;
-    ``affine_change`` = ‖A₊ − A₋‖_F of the linearised map from the path's space to the model output
-    on the two sides (exact mode; None otherwise)."""
+    in the layer's pre-activation, ``[*unit_shape]`` flattened) of activation layer ``layer``
+    crosses ``breakpoint`` (0, or 6 for ReLU6's upper kink); ``affine_change`` = ‖A₊ − A₋‖_F of
+    the linearised map from the path's space to the model output on the two sides (exact mode;
+    None otherwise)."""
 
     t: float
     layer: str
     unit: int
     affine_change: float | None = None
+    breakpoint: float = 0.0
 
     def to_json(self) -> dict:
-        return {"t": self.t, "layer": self.layer, "unit": self.unit, "affine_change": self.affine_change}
+        return {
+            "t": self.t,
+            "layer": self.layer,
+            "unit": self.unit,
+            "breakpoint": self.breakpoint,
+            "affine_change": self.affine_change,
+        }
 
 
 @dataclass(frozen=True)
@@ -93,7 +106,7 @@ class DensityResult:
     peak_output_correlation: float | None = None
 
     def to_json(self) -> dict:
-        """Plain JSON types; each crossing as ``{"t", "layer", "unit", "affine_change"}``."""
+        """Plain JSON types; each crossing as ``{"t", "layer", "unit", "breakpoint", "affine_change"}``."""
         out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "crossings"}
         out["crossings"] = [c.to_json() for c in self.crossings]
         return {f.name: out[f.name] for f in fields(self)}
@@ -162,11 +175,35 @@ def _choose_layers(adapter, path, count_layers, exact) -> tuple[list[str], list[
     return counted, (checked if exact else counted), exact
 
 
-def _layer_index(ev: Evaluator, counted: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class _Columns:
+    """The evaluator's columns, by layer: ``starts`` (each layer's first column), ``layer_id``,
+    ``count`` (counted layer?) and ``breakpoint`` a column; ``plain``: the columns of each layer's
+    first block (breakpoint 0: z itself; a slice when that is every column) and ``plain_starts``
+    each layer's start among them, where linearity and scale are read."""
+
+    starts: np.ndarray
+    layer_id: np.ndarray
+    count: np.ndarray
+    breakpoint: np.ndarray
+    plain: np.ndarray | slice
+    plain_starts: np.ndarray
+
+
+def _layer_index(ev: Evaluator, counted: list[str]) -> _Columns:
     starts = np.array([off for _, off, _ in ev.offsets])
     layer_id = np.concatenate([np.full(size, i) for i, (_, _, size) in enumerate(ev.offsets)])
     count_mask = np.concatenate([np.full(size, name in counted) for name, _, size in ev.offsets])
-    return starts, layer_id, count_mask
+    units = [size // len(ev.breakpoints[name]) for name, _, size in ev.offsets]
+    breakpoint = ev.column_breakpoints()
+    if sum(units) == len(layer_id):  # one breakpoint (0) a layer: every column is z itself
+        plain, plain_starts = slice(None), starts
+    else:
+        plain = np.concatenate([np.arange(off, off + n) for (_, off, _), n in zip(ev.offsets, units)])
+        plain_starts = np.concatenate([[0], np.cumsum(units)[:-1]]).astype(starts.dtype)
+    if np.any(breakpoint[plain] != 0):
+        raise ValueError("every activation kind's first breakpoint must be 0 (polylens.models.base.BREAKPOINTS)")
+    return _Columns(starts, layer_id, count_mask, breakpoint, plain, plain_starts)
 
 
 class _SegmentPoints:
@@ -217,16 +254,20 @@ class _SegmentPoints:
 
 def _piece(points: _SegmentPoints, a: float, b: float, index) -> tuple[np.ndarray, list[tuple[float, int]]]:
     """Where to split the piece [a, b] (empty when it is affine), and its counted crossings when it is."""
-    starts, layer_id, count_mask = index
-    n_layers = len(starts)
+    layer_id, count_mask, bp = index.layer_id, index.count, index.breakpoint
+    n_layers = len(index.starts)
     za, zb = points.z[a], points.z[b]
     pts = np.array(points.interior(a, b))
-    scale = np.maximum.reduceat(np.maximum(np.abs(za), np.abs(zb)), starts)
+    # Linearity and scale are read on z itself (each layer's breakpoint-0 block): z − 6 is affine
+    # exactly where z is, and its subtraction's roundoff (~ulp(6)) is no kink, however small z is.
+    plain, plain_starts = index.plain, index.plain_starts
+    pa, pb = za[plain], zb[plain]
+    scale = np.maximum.reduceat(np.maximum(np.abs(pa), np.abs(pb)), plain_starts)
     if pts.size:
         frac = (pts - a) / (b - a)
-        lerp = za[None] + frac[:, None] * (zb - za)[None]
-        dev = np.abs(np.stack([points.z[p] for p in pts]) - lerp).max(axis=0)
-        bad = np.maximum.reduceat(dev, starts) > TOL * scale + 1e-300
+        lerp = pa[None] + frac[:, None] * (pb - pa)[None]
+        dev = np.abs(np.stack([points.z[p][plain] for p in pts]) - lerp).max(axis=0)
+        bad = np.maximum.reduceat(dev, plain_starts) > TOL * scale + 1e-300
     else:  # no float64 point between the ends (a piece a few ulps wide): nothing inside can be seen or split
         bad = np.zeros(n_layers, dtype=bool)
     first_bad = int(np.argmax(bad)) if bad.any() else n_layers
@@ -234,10 +275,12 @@ def _piece(points: _SegmentPoints, a: float, b: float, index) -> tuple[np.ndarra
     with np.errstate(divide="ignore", invalid="ignore"):
         s_star = a + (b - a) * za / (za - zb)
     margin = _INSIDE * (b - a)
-    # A unit within roundoff of zero at both ends sits on its boundary for the whole piece:
-    # its sign there is noise, so it gives no split (its kink moves later layers by noise
-    # only); its one crossing is still counted, at the piece end where its sign settles.
-    at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * scale[layer_id]
+    # A unit within roundoff of its breakpoint at both ends sits on its boundary for the whole
+    # piece: its sign there is noise, so it gives no split (its kink moves later layers by noise
+    # only); its one crossing is still counted, at the piece end where its sign settles. The
+    # roundoff of z − breakpoint is z's (∝ the layer's scale) plus that of the subtraction (∝ the
+    # breakpoint); near z = 6 the layer's scale is at least 6 anyway.
+    at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * (scale[layer_id] + np.abs(bp))
     inside = flips & ~at_noise & (s_star > a + margin) & (s_star < b - margin)
     limit = first_bad if first_bad < n_layers else n_layers - 1
     splits = np.unique(s_star[inside & (layer_id < limit)]) if pts.size else np.empty(0)
@@ -293,7 +336,7 @@ def _sampled_segment(ev: Evaluator, v0, v1, n_steps, counted, refine, iterations
         s_t = torch.from_numpy(part).reshape(-1, *([1] * v0.dim()))
         z, _ = ev(v0[None] + s_t * (v1 - v0)[None])
         if count_mask is None:
-            count_mask = _layer_index(ev, counted)[2]
+            count_mask = _layer_index(ev, counted).count
         bits = z.numpy()[:, count_mask] > 0
         allbits = bits if prev_bits is None else np.concatenate([prev_bits[None], bits])
         alls = part if prev_s is None else np.concatenate([[prev_s], part])
@@ -403,9 +446,9 @@ def _crossings(ev, path, counted, exact, n_samples, refine, max_evaluations) -> 
         raw.extend((float(path.to_t(i, s)), u) for s, u in got)
     raw.sort()
     crossings = []
-    for t, u in raw:
-        name, off, _ = next(x for x in ev.offsets if x[1] <= u < x[1] + x[2])
-        crossings.append(Crossing(t, name, int(u - off)))
+    for t, column in raw:
+        name, unit, bp = ev.locate(column)
+        crossings.append(Crossing(t, name, int(unit), breakpoint=float(bp)))
     return crossings
 
 
@@ -413,7 +456,7 @@ def _profile(adapter, ev, path, counted, crossings, n_profile):
     """Hamming distance between consecutive grid points, output labels, and their correlation."""
     t = np.linspace(0.0, 1.0, n_profile + 1)
     z, out = ev(path.at(t), want_output=True)
-    codes = SplineCodes.from_preactivations({"counted": z[:, torch.from_numpy(_layer_index(ev, counted)[2])]})
+    codes = SplineCodes.from_preactivations({"counted": z[:, torch.from_numpy(_layer_index(ev, counted).count)]})
     hamming = codes.consecutive_hamming()
     labels = adapter.describe_output(out) if (out is not None and adapter.describe_output) else []
     changes, corr = [], None

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from polylens.capture import capture
-from polylens.models.base import ModelAdapter
+from polylens.models.base import BREAKPOINTS, ModelAdapter
 
 
 @dataclass
@@ -152,8 +152,13 @@ BATCH_BYTES = 256 * 2**20
 class Evaluator:
     """Pre-activations of ``layers`` at path points, counting evaluations (a float64 copy of the model if asked).
 
-    ``__call__(points [m, *shape], want_output)`` → ``(z [m, n_units], output [m, ...] | None)``;
-    ``offsets``: (layer, offset, size) of each layer in z's columns.
+    ``__call__(points [m, *shape], want_output)`` → ``(z [m, width], output [m, ...] | None)``: for
+    each layer, one block of columns a breakpoint of its activation kind (``BREAKPOINTS``; one block,
+    at 0, for a layer of no declared kind), block j holding ``z − breakpoint_j`` over the layer's
+    flattened units. A column changes sign exactly where its unit crosses that breakpoint, so a
+    ReLU6 layer ``[z − 0, z − 6]`` shows both its boundaries to every consumer of the columns, and
+    block 0 (breakpoint 0) is ``z`` itself. ``offsets``: (layer, offset, size) of each layer in the
+    columns, size = breakpoints × units; ``locate(column)`` → (layer, unit, breakpoint).
     """
 
     def __init__(
@@ -170,11 +175,27 @@ class Evaluator:
         if float64:
             self.module = adapter.float64_module()
         self.path, self.layers, self.batch_size = path, layers, batch_size
+        self.breakpoints = {n: BREAKPOINTS.get(adapter.activation_layers.get(n, "relu"), (0.0,)) for n in layers}
         self.base = path.base
         if self.base is not None and torch.is_floating_point(self.base):
             self.base = self.base.to(self.dtype)
         self.evaluations = 0
         self.offsets: list[tuple[str, int, int]] = []
+
+    def locate(self, column: int) -> tuple[str, int, float]:
+        """Column ``column`` of the evaluated values → (its layer, the unit's flat index in the
+        layer's pre-activation, the breakpoint the column is measured from)."""
+        for name, off, size in self.offsets:
+            if off <= column < off + size:
+                block, unit = divmod(column - off, size // len(self.breakpoints[name]))
+                return name, unit, self.breakpoints[name][block]
+        raise ValueError(f"column {column} is outside the {self.width} evaluated columns")
+
+    def column_breakpoints(self) -> np.ndarray:
+        """The breakpoint each column is measured from, ``[width]`` (known after the first call)."""
+        return np.concatenate(
+            [np.repeat(self.breakpoints[name], size // len(self.breakpoints[name])) for name, _, size in self.offsets]
+        )
 
     @property
     def width(self) -> int | None:
@@ -200,7 +221,7 @@ class Evaluator:
             else:
                 base = self.base.expand(m, *self.base.shape[1:])
                 got = capture(self.module, base, self.layers, patch={self.path.layer: chunk}, keep_output=want_output)
-            flat = [got.activations[n].reshape(m, -1).to(self.dtype) for n in self.layers]
+            flat = [self._columns(got.activations[n].reshape(m, -1).to(self.dtype), n) for n in self.layers]
             if not self.offsets:
                 off = 0
                 for n, f in zip(self.layers, flat):
@@ -216,3 +237,8 @@ class Evaluator:
                 outs.append(got.output)
             self.evaluations += m
         return torch.cat(zs), (torch.cat(outs) if outs else None)
+
+    def _columns(self, z: Tensor, name: str) -> Tensor:
+        """``[m, units]`` → ``[m, B·units]``: ``z − breakpoint`` a block (``z`` itself at 0, no roundoff)."""
+        bps = self.breakpoints[name]
+        return z if bps == (0.0,) else torch.cat([z if bp == 0 else z - bp for bp in bps], dim=1)
