@@ -11,7 +11,8 @@ def add_model_args(p) -> None:
         "--model",
         metavar="SPEC",
         default=None,
-        help="digits (default, embedded), gpt2[-medium…], inceptionv1, torchvision:NAME or FILE.py:FUNCTION",
+        help="digits (default, embedded), efficientnet-lite0, minilm-l6 (trained, offline), gpt2[-medium…], "
+        "inceptionv1, torchvision:NAME or FILE.py:FUNCTION",
     )
     g.add_argument("--weights", metavar="PATH", help="weights file or directory for the model")
     g.add_argument(

@@ -31,6 +31,7 @@ _EXPORTS = {
     "digits_points": "polylens.clustering.points",
     "array_points": "polylens.clustering.points",
     "image_points": "polylens.clustering.points",
+    "text_points": "polylens.clustering.points",
     "gpt2_points": "polylens.clustering.points",
     "codes_points": "polylens.clustering.points",
 }

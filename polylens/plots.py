@@ -187,9 +187,9 @@ def plot_layer_comparison(result: Mapping, path: str, title: str = "") -> None:
     with_acc = any(m["ablation"]["accuracy_drop"] for m in methods.values())
     n_panels = 4 + with_acc
     fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, 3.8), layout="constrained")
-    panels = [("kl", "KL(original ‖ ablated)", True)] + (
-        [("accuracy_drop", "accuracy drop", False)] if with_acc else []
-    )
+    first = next(iter(methods.values()))["ablation"]
+    change = ("kl", "KL(original ‖ ablated)") if "kl" in first else ("cos_distance", "1 − cos(embedding, ablated)")
+    panels = [(*change, True)] + ([("accuracy_drop", "accuracy drop", False)] if with_acc else [])
     panels += [
         ("activation_variance", "share of activation variance", False),
         ("gradient_energy", "share of gradient energy", False),
@@ -202,7 +202,7 @@ def plot_layer_comparison(result: Mapping, path: str, title: str = "") -> None:
         ax.set(
             xlabel="top-k directions",
             ylabel=label,
-            title=label if key in ("kl", "accuracy_drop") else label + " in the span",
+            title=label if key in ("kl", "cos_distance", "accuracy_drop") else label + " in the span",
         )
         if log:
             ax.set_yscale("symlog", linthresh=1e-3)

@@ -12,6 +12,11 @@ outputs at s and after).
 drawn afresh for every input and position, whose Jacobian rows give E[JᵀJ] without bias
 (E[r rᵀ] = I) and, averaged over many inputs, many independent projections: an estimate, and
 ``describe`` says so.
+
+A sentence encoder's output is its embedding ``[B, d]`` (``output_kind="embedding"``): its one
+target, ``"embedding"``, is the embedding's Jacobian, sketched in the same way (d = 384 for
+MiniLM). The cosine to the unablated embedding would be no target: it is at its maximum there, so
+its gradient is zero.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 MAX_JACOBIAN_COLUMNS = 32
 SKETCH_COLUMNS = 8
 KINDS = ("logits", "loss", "predicted")
+EMBEDDING = "embedding"
 
 
 @dataclass
@@ -36,16 +42,24 @@ class Target:
 
     @property
     def sketched(self) -> bool:
-        return self.kind == "logits" and (self.is_text or self.n_outputs > MAX_JACOBIAN_COLUMNS)
+        return self.kind in ("logits", EMBEDDING) and (self.is_text or self.n_outputs > MAX_JACOBIAN_COLUMNS)
 
     @property
     def columns(self) -> int:
-        if self.kind != "logits":
+        if self.kind not in ("logits", EMBEDDING):
             return 1
         return SKETCH_COLUMNS if self.sketched else self.n_outputs
 
     def describe(self) -> str:
         where = " summed over the context's positions" if self.is_text else ""
+        if self.kind == EMBEDDING:
+            return (
+                f"a random sketch of the Jacobian of the {self.n_outputs}-dimensional sentence embedding: "
+                f"{SKETCH_COLUMNS} Gaussian projections per input, drawn afresh for each "
+                "(an unbiased estimate of E[JᵀJ], not the exact value)"
+                if self.sketched
+                else f"the Jacobian of all {self.n_outputs} embedding coordinates"
+            )
         if self.kind == "logits":
             if self.sketched:
                 return (
@@ -107,10 +121,21 @@ class Target:
         return sketch
 
 
-def parse_target(spec: str, output_shape, *, is_text: bool, has_labels: bool, seed: int = 0) -> Target:
+def parse_target(
+    spec: str, output_shape, *, is_text: bool, has_labels: bool, seed: int = 0, output_kind: str = "classes"
+) -> Target:
     """``logits``, ``loss``, ``predicted`` or a class index, checked against the model's output
-    shape (``[1, C]`` or ``[1, T, V]``) and whether labels exist."""
+    shape (``[1, C]`` or ``[1, T, V]``) and whether labels exist; for a sentence encoder
+    (``output_kind="embedding"``, output ``[1, d]``) only ``embedding``."""
     shape = tuple(output_shape)
+    if output_kind == EMBEDDING:
+        if spec != EMBEDDING or len(shape) != 2:
+            raise ValueError(
+                f"target={spec!r}: a sentence encoder's target is its embedding; use target='embedding'"
+                if len(shape) == 2
+                else f"a sentence encoder's output must be [batch, d], got shape {shape}"
+            )
+        return Target(EMBEDDING, shape[-1], False, None, seed)
     if len(shape) not in (2, 3) or (len(shape) == 3 and not is_text):
         raise ValueError(
             f"the model's output has shape {shape}; "

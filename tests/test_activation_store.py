@@ -217,8 +217,12 @@ def test_cache_gpt2_text_contexts_with_the_next_token_loss_gradient(tmp_path, ca
     assert torch.allclose(store.read(0, 15, "gradients"), acts["z"].grad[0, 1:], atol=1e-6)
     empty = tmp_path / "e.txt"
     empty.write_text("")
-    with pytest.raises(ValueError, match="holds 0 tokens"):
+    with pytest.raises(ValueError, match="e.txt' is empty"):
         text_contexts(gpt, str(empty), 16, None)
+    short = tmp_path / "s.txt"
+    short.write_text("two words")
+    with pytest.raises(ValueError, match="holds 2 tokens"):
+        text_contexts(gpt, str(short), 16, None)
 
 
 def test_svd_init_copies_the_left_singular_vectors_of_the_stored_weight_matrix(tmp_path, capsys):

@@ -14,10 +14,10 @@ TINY = dict(n_layers=2, d_model=64, n_heads=2, n_ctx=64)
 
 
 def test_gpt2_positions_are_evenly_spaced_after_the_skip():
-    assert protocols.gpt2_positions(1024).tolist() == [100, 285, 469, 654, 838, 1023]
-    assert protocols.gpt2_positions(101).tolist() == [100]
-    assert protocols.gpt2_positions(100).tolist() == []
-    assert protocols.gpt2_positions(300, 3, 50).tolist() == [50, 174, 299]
+    assert protocols.text_positions(1024).tolist() == [100, 285, 469, 654, 838, 1023]
+    assert protocols.text_positions(101).tolist() == [100]
+    assert protocols.text_positions(100).tolist() == []
+    assert protocols.text_positions(300, 3, 50).tolist() == [50, 174, 299]
 
 
 def test_gpt2_protocol_takes_exactly_the_documented_tokens(tmp_path):

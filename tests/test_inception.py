@@ -209,7 +209,7 @@ def test_images_from_folder_and_samples(tmp_path):
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "b.png")
-    Image.fromarray(np.full((240, 240), 255, dtype=np.uint8)).save(tmp_path / "a.jpg")  # greyscale → RGB
+    Image.fromarray(np.full((240, 240, 3), 255, dtype=np.uint8)).save(tmp_path / "a.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
     x, names = images.load_folder(tmp_path)
     assert names == ["a.jpg", "b.png"] and x.shape == (2, 3, 224, 224) and x.dtype == torch.float32
@@ -225,6 +225,16 @@ def test_images_from_folder_and_samples(tmp_path):
         images.load_folder(tmp_path / "missing")
     with pytest.raises(ValueError, match="not an image"):
         images.load_image(tmp_path / "notes.txt")
+    bad = {
+        "grey.png": (np.full((240, 240), 9, dtype=np.uint8), "grayscale"),
+        "alpha.png": (np.full((240, 240, 4), 9, dtype=np.uint8), "alpha channel"),
+        "deep.png": (np.full((240, 240), 900, dtype=np.uint16), "not an 8-bit colour image"),
+        "small.png": (np.full((100, 300, 3), 9, dtype=np.uint8), "300x100 pixels, smaller than the 224-pixel crop"),
+    }
+    for name, (pixels, why) in bad.items():
+        Image.fromarray(pixels).save(tmp_path / name)
+        with pytest.raises(ValueError, match=why):
+            images.load_image(tmp_path / name)
 
 
 def test_prepare_file_and_index(adapter, tmp_path):

@@ -13,11 +13,13 @@ from pathlib import Path
 def run(args) -> int:
     import shutil
 
-    from cli.experiments.cache import cache_activations
+    from cli.experiments.cache import cache_activations, input_identity
     from cli.modelargs import load_from_args, model_inputs
     from cli.output import check_outputs
+    from polylens.models.corpus import NAME as CORPUS
 
-    check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json)
+    files = [i for i in args.input if i != CORPUS or Path(i).exists()]
+    check_outputs(args.force, inputs=[*files, args.weights], json=args.json)
     for name in ("tokens", "context", "n", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -53,13 +55,13 @@ def run(args) -> int:
         tokens=args.tokens,
         batch_size=args.batch_size,
         progress=not args.no_progress,
-        meta={"context": args.context if is_text else None},
+        meta={"context": args.context if is_text else None, "inputs": input_identity(args.input)},
     )
     stream = sys.stderr if args.json == "-" else sys.stdout
     print(
         f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows "
         f"of width {manifest['width']} ({manifest['dtype']}) "
-        f"in {len(manifest['shards'])} shards -> {args.out}",
+        f"in {len(manifest['shards'])} shards -> {args.out} ({manifest['seconds_last_run']:.0f} s)",
         file=stream,
     )
     from cli.output import write_json
@@ -92,16 +94,23 @@ def register(sub) -> None:
         action="append",
         default=[],
         metavar="PATH",
-        help="GPT-2: a text file; other models: input files (.npy, images); default: the model's bundled inputs",
+        help="gpt2, minilm-l6: a text file, or corpus:english (the English text that ships with Python: its "
+        "documentation, docstrings, licences); other models: input files (.npy, images); "
+        "default: the model's bundled inputs",
     )
     p.add_argument(
         "--n",
         type=int,
-        default=360,
-        help="without --input: the first N bundled inputs (default 360, the digits test split)",
+        help="the first N bundled inputs without --input (default 360, the digits test split); "
+        "with a text --input, at most N contexts (default: as many as --tokens needs)",
     )
     p.add_argument("--tokens", type=int, help="store at most this many rows (GPT-2: tokens)")
-    p.add_argument("--context", type=int, default=128, help="GPT-2: tokens per context, BOS included (default 128)")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=128,
+        help="text models: tokens per context, special tokens included (default 128)",
+    )
     p.add_argument(
         "--dtype", choices=["float16", "bfloat16", "float32"], default="float32", help="stored dtype (default float32)"
     )

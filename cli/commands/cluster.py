@@ -2,7 +2,7 @@
 labels, JSON and a self-contained HTML report.
 
 Python equivalent: ``polylens.clustering.analysis.cluster_layer(polylens.clustering.points.digits_points(
-load_model("digits"), "fc1"))``; the protocols are ``gpt2_points``, ``image_points``,
+load_model("digits"), "fc1"))``; the protocols are ``text_points``, ``image_points``,
 ``digits_points``, ``array_points``.
 """
 
@@ -23,32 +23,47 @@ def load_points(args):
         return protocols.codes_points(args.codes, args.layer)
     adapter = load_from_args(args)
     spec = args.model or "digits"
-    if spec.startswith("gpt2"):
+    progress = not args.no_progress
+    for flag, value, default in (("--skip", args.skip, 100), ("--per-seq", args.per_seq, 6)):
+        if value != default and adapter.tokenize is None:
+            raise ValueError(f"{flag} applies to text models (gpt2, minilm-l6); {spec} does not read text")
+    if adapter.tokenize is not None:
         if not args.input:
-            raise ValueError("GPT-2 clustering needs --input: a text file or a folder of .txt files")
-        return protocols.gpt2_points(
+            raise ValueError(f"{spec} clustering needs --input: a text file or a folder of .txt files")
+        if args.position:
+            raise ValueError(f"--position applies to image models; {spec} reads text")
+        return protocols.text_points(
             adapter,
             args.layer,
             args.input,
             max_sequences=args.max_sequences,
             skip=args.skip,
             per_seq=args.per_seq,
-            progress=not args.no_progress,
+            progress=progress,
         )
-    if spec == "inceptionv1" or spec.startswith("torchvision"):
-        if not args.input:
-            raise ValueError(f"{spec} clustering needs --input FOLDER of images")
-        layer = args.layer or ("mixed4a" if spec == "inceptionv1" else None)
+    if args.max_sequences is not None:
+        raise ValueError(f"--max-sequences applies to text models (gpt2, minilm-l6); {spec} does not read text")
+    if spec in IMAGE_DEFAULT_LAYER or spec.startswith("torchvision"):
+        layer = args.layer or IMAGE_DEFAULT_LAYER.get(spec)
         if layer is None:
             raise ValueError("give --layer (an activation layer of the model)")
+        if not args.input and spec != "efficientnet-lite0":  # the one image model with any number of bundled images
+            raise ValueError(f"{spec} clustering needs --input FOLDER of images")
         return protocols.image_points(
-            adapter, layer, args.input, position=_position(args.position), progress=not args.no_progress
+            adapter, layer, args.input, n=args.n, position=_position(args.position), progress=progress
         )
+    if args.position:
+        raise ValueError(f"--position applies to image models (conv layers); {spec} has none")
     if args.input:
-        return protocols.array_points(adapter, args.layer, args.input, progress=not args.no_progress)
+        return protocols.array_points(adapter, args.layer, args.input, progress=progress)
     if spec == "digits":
-        return protocols.digits_points(adapter, args.layer, progress=not args.no_progress)
+        return protocols.digits_points(adapter, args.layer, progress=progress)
     raise ValueError(f"model {spec} has no bundled inputs; give them with --input FILE.npy")
+
+
+# Image models and the layer their clustering reads by default (the paper's mixed4a for InceptionV1;
+# for EfficientNet-Lite0 the expansion pre-activations of block 10, 672 channels at 14x14, a comparable depth)
+IMAGE_DEFAULT_LAYER = {"inceptionv1": "mixed4a", "efficientnet-lite0": "_blocks.10._bn0"}
 
 
 def _position(text: str | None):
@@ -75,7 +90,7 @@ def run(args) -> int:
     check_outputs(args.force, inputs=[args.input, args.codes, args.weights], json=args.json)
     if args.json not in (None, "-") and os.path.abspath(args.json).startswith(os.path.abspath(args.out) + os.sep):
         raise ValueError(f"--json {args.json} lies inside --out {args.out}, which is replaced; write it elsewhere")
-    for flag in ("min_cluster_size", "n_clusters", "max_dense", "sample"):
+    for flag in ("min_cluster_size", "n_clusters", "max_dense", "sample", "n"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise ValueError(f"--{flag.replace('_', '-')}={v} must be a positive integer")
@@ -148,13 +163,14 @@ def register(sub) -> None:
     p.add_argument(
         "--layer",
         metavar="L",
-        help="activation layer "
-        "(digits: fc1; gpt2: blocks.L.mlp.hook_pre, default the middle block; inceptionv1: mixed4a)",
+        help="activation layer (digits: fc1; gpt2, minilm-l6: blocks.L.mlp.hook_pre, default the middle block; "
+        "inceptionv1: mixed4a; efficientnet-lite0: _blocks.10._bn0)",
     )
     p.add_argument(
         "--input",
         metavar="PATH",
-        help="gpt2: a text file or folder of .txt; images: a folder; FILE.py models: an .npy of inputs",
+        help="gpt2, minilm-l6: a text file or folder of .txt; images: a folder (efficientnet-lite0: default its "
+        "bundled images); FILE.py models: an .npy of inputs",
     )
     p.add_argument(
         "--codes",
@@ -203,15 +219,23 @@ def register(sub) -> None:
         "--sample", type=int, metavar="N", help="fit on N sampled points, assign the rest by HDBSCAN's prediction rule"
     )
     p.add_argument("--position", metavar="H,W", help="image models: the spatial position (default the centre)")
-    p.add_argument("--max-sequences", type=int, metavar="N", help="gpt2: use at most N sequences")
+    p.add_argument(
+        "--n",
+        type=int,
+        metavar="N",
+        help="efficientnet-lite0 without --input: how many bundled images (default 500)",
+    )
+    p.add_argument("--max-sequences", type=int, metavar="N", help="text models: use at most N sequences")
     p.add_argument(
         "--skip",
         type=int,
         default=100,
         metavar="N",
-        help="gpt2: skip the first N positions of each sequence (default 100)",
+        help="text models: skip the first N positions of each sequence (default 100)",
     )
-    p.add_argument("--per-seq", type=int, default=6, metavar="N", help="gpt2: positions taken per sequence (default 6)")
+    p.add_argument(
+        "--per-seq", type=int, default=6, metavar="N", help="text models: positions taken per sequence (default 6)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder: labels.npy, clusters.json, report.html")
     p.add_argument("--json", metavar="PATH", help="write the JSON summary to PATH ('-' for stdout)")

@@ -49,13 +49,14 @@ def run(args) -> int:
     info = codes.summary()
     stream = sys.stderr if args.json == "-" else sys.stdout
     print(
-        f"{info['n_inputs']} inputs, {info['n_units']} units, {info['distinct_codes']} distinct codes -> {args.out}",
+        f"{info['n_inputs']} inputs, {sum(layer['units'] for layer in info['layers'])} units "
+        f"({info['n_units']} code bits), {info['distinct_codes']} distinct codes -> {args.out}",
         file=stream,
     )
     for layer in info["layers"]:
         print(
             f"  {layer['name']:<32} {layer['kind']:<10} {layer['units']:>8} units  "
-            f"{100 * layer['fraction_on']:5.1f}% on",
+            f"{100 * layer['fraction_on']:5.1f}% of bits on",
             file=stream,
         )
     write_json({**info, "out": args.out}, args.json)

@@ -135,18 +135,21 @@ def register(sub) -> None:
     m.add_argument(
         "--target",
         help="what the gradients differentiate: "
-        "logits (default), loss (needs labels or text), predicted, or a class index",
+        "logits (default), loss (needs labels or text), predicted, or a class index; "
+        "minilm-l6: embedding (its default)",
     )
     m.add_argument(
         "--input",
         action="append",
         default=[],
         metavar="PATH",
-        help="GPT-2: a text file; other models: input files; "
+        help="GPT-2, minilm-l6: a text file; other models: input files; "
         "default: the model's bundled inputs (digits: its 360 test images)",
     )
-    m.add_argument("--n", type=int, help="how many inputs (bundled ones, or GPT-2 contexts from --input)")
-    m.add_argument("--context", type=int, help="GPT-2 with --input: tokens per context, BOS included (default 64)")
+    m.add_argument("--n", type=int, help="how many inputs (bundled ones, or text contexts from --input)")
+    m.add_argument(
+        "--context", type=int, help="text models with --input: tokens per context, special tokens included (default 64)"
+    )
     m.add_argument("--k", type=int, help="top-k directions per method (default 10; at most the layer width)")
     m.add_argument(
         "--ablation",
@@ -179,7 +182,9 @@ def register(sub) -> None:
 
 def format_layer_table(result: dict) -> str:
     k = result["k"]
-    head = f"{'method':<16}{'n':>4}{'act. variance':>15}{'grad. energy':>14}{f'KL@{k}':>12}" + (
+    key = "kl" if "kl" in next(iter(result["methods"].values()))["ablation"] else "cos_distance"
+    measure = "KL" if key == "kl" else "1-cos"
+    head = f"{'method':<16}{'n':>4}{'act. variance':>15}{'grad. energy':>14}{f'{measure}@{k}':>12}" + (
         f"{f'acc. drop@{k}':>14}" if any(m["ablation"]["accuracy_drop"] for m in result["methods"].values()) else ""
     )
     lines = [
@@ -193,7 +198,7 @@ def format_layer_table(result: dict) -> str:
         ab = m["ablation"]
         drop = ab["accuracy_drop"]
         lines.append(
-            f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}{ab['kl'][-1]:>12.4g}"
+            f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}{ab[key][-1]:>12.4g}"
             + (f"{drop[-1]:>14.4f}" if drop else "")
         )
     return "\n".join(lines)

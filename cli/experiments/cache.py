@@ -27,6 +27,9 @@ def layer_weight(adapter, layer: str):
     if weight is None and layer.endswith("mlp.hook_pre"):
         parent = modules.get(layer.rsplit(".", 1)[0])
         w_in = getattr(parent, "W_in", None)
+        inner = getattr(parent, "inner", None)  # polylens.models.bert's MLP: nn.Linear [d_mlp, d_model]
+        if w_in is None and inner is not None:
+            return inner.weight.detach()
         return None if w_in is None else w_in.detach().T.contiguous()  # [d_mlp, d_model]
     if weight is None or weight.dim() < 2:
         return None
@@ -34,32 +37,57 @@ def layer_weight(adapter, layer: str):
 
 
 def text_contexts(adapter, path: str, context: int, tokens: int | None):
-    """Token contexts ``[n, context]`` (BOS first) cut from the text file at ``path``."""
+    """Token contexts ``[n, context]`` cut from the text file at ``path``, each ``adapter.wrap``ped
+    (GPT-2: BOS first; BERT: [CLS] first, [SEP] last)."""
     import torch
 
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--input {path} does not exist")
-    if context < 2 or context > adapter.module.cfg.n_ctx:
-        raise ValueError(f"--context {context} must be between 2 and the model's n_ctx={adapter.module.cfg.n_ctx}")
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError:
-        raise ValueError(f"--input {path} is not UTF-8 text; GPT-2 reads a text file") from None
-    ids = adapter.tokenize(text)
-    step = context - 1
+    n_ctx, extra = adapter.n_ctx, adapter.n_special
+    if context < extra + 1 or context > n_ctx:
+        raise ValueError(f"--context {context} must be between {extra + 1} and the model's context of {n_ctx} tokens")
+    ids = adapter.tokenize(input_text(path))
+    step = context - extra
     if len(ids) < step:
         raise ValueError(
-            f"--input {path} holds {len(ids)} tokens, fewer than one context of {context} (BOS + {step}); "
-            "give more text or a smaller --context"
+            f"--input {path} holds {len(ids)} tokens, fewer than one context of {context} "
+            f"({extra} special + {step}); give more text or a smaller --context"
         )
     n = len(ids) // step
     if tokens is not None:
         n = min(n, -(-tokens // step))
-    body = torch.tensor(ids[: n * step], dtype=torch.long).reshape(n, step)
-    from polylens.models.gpt2 import EOT
+    return torch.tensor([adapter.wrap(ids[i * step : (i + 1) * step]) for i in range(n)], dtype=torch.long)
 
-    return torch.cat([torch.full((n, 1), EOT, dtype=torch.long), body], dim=1)
+
+def input_text(path: str) -> str:
+    """The text of a UTF-8 file, or of the English corpus that ships with Python (``corpus:english``,
+    ``polylens.models.corpus``) where no file of that name exists."""
+    from polylens.models import corpus
+    from polylens.models.base import read_text
+
+    if str(path) == corpus.NAME and not Path(path).exists():
+        return corpus.english_text()
+    return read_text(path)
+
+
+def input_identity(paths) -> list[dict]:
+    """What each input is, for a store's manifest: a file's absolute path, size and SHA-256, or the
+    built-in corpus's source and the SHA-256 of its text."""
+    import hashlib
+
+    from polylens.models import corpus
+
+    out = []
+    for path in paths:
+        if str(path) == corpus.NAME and not Path(path).exists():
+            text = corpus.english_text().encode()
+            out.append({"source": corpus.SOURCE, "name": corpus.NAME, "sha256": hashlib.sha256(text).hexdigest()})
+            continue
+        p = Path(path)
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out.append({"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": digest.hexdigest()})
+    return out
 
 
 def _target(kind: str, is_text: bool, tokens):
@@ -91,11 +119,14 @@ def cache_activations(
 ) -> dict:
     """Run ``adapter`` on ``inputs`` (a batch at a time) up to ``layer`` and write the rows into the
     store at ``out`` (resuming an incomplete one); returns the manifest."""
+    import time
+
     import torch
 
     from polylens.capture import capture
     from sae.activation_store import DTYPES, StoreWriter
 
+    began = time.perf_counter()
     if gradients is not None and gradients not in GRADIENT_TARGETS:
         raise ValueError(f"--gradients {gradients!r}: choose {' or '.join(GRADIENT_TARGETS)}")
     first = capture(adapter.module, inputs[:1], [layer]).activations[layer]
@@ -139,6 +170,7 @@ def cache_activations(
             bar.update(keep)
     finally:
         bar.close()
+    writer.manifest["seconds_last_run"] = round(time.perf_counter() - began, 1)  # this run's, resumed or not
     return writer.close()
 
 

@@ -181,7 +181,17 @@ def compare_layer(
     width = rows_of(first.activations[layer], is_text).shape[1]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= width:
         raise ValueError(f"k={k!r} must be between 1 and the layer's width {width} ({layer})")
-    tgt = parse_target(target, first.output.shape, is_text=is_text, has_labels=labels is not None, seed=seed)
+    embedding = adapter.output_kind == "embedding"
+    if embedding and target == "logits":  # the default target; a sentence encoder has no logits
+        target = "embedding"
+    tgt = parse_target(
+        target,
+        first.output.shape,
+        is_text=is_text and not embedding,
+        has_labels=labels is not None,
+        seed=seed,
+        output_kind=adapter.output_kind,
+    )
     A, J, reference = capture_rows(
         adapter, layer, inputs, tgt, is_text=is_text, labels=labels, batch_size=batch_size, progress=progress
     )
@@ -209,6 +219,7 @@ def compare_layer(
             labels=labels,
             reference=reference,
             batch_size=batch_size,
+            embedding=embedding,
         )
         methods[name] = {
             "n_directions": int(D.shape[0]),

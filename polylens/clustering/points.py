@@ -4,14 +4,17 @@ Each protocol returns a ``LayerPoints``: the hard spline codes of one layer, the
 they come from (the same points, for clustering activations beside codes), labels where the data
 has them, and what the report shows of each point (a token in its context, an image).
 
-- ``gpt2_points``: text from a file or a folder of ``.txt`` files, GPT-2 tokenizer, cut into
-  sequences of ``seq_len`` tokens (1024, or the model's context if shorter; BOS first); from each,
-  ``per_seq`` = 6 positions evenly spaced after the first ``skip`` = 100: ``round(linspace(skip,
-  L − 1, 6))`` for a sequence of L tokens (a shorter last sequence gives its own six, and one of
-  ``skip`` tokens or fewer gives none; ``notes`` say so). Code of ``blocks.L.mlp.hook_pre``.
-- ``image_points`` (InceptionV1, torchvision): one vector per image of all channels of a layer at
-  one spatial position (default the centre). A block name (``mixed4a``) means its output channels:
-  the pre-activations of the branches its concatenation joins.
+- ``text_points`` (GPT-2, MiniLM; ``gpt2_points`` is the same function): text from a file or a
+  folder of ``.txt`` files, the model's own tokenizer, cut into sequences of ``seq_len`` tokens
+  (1024, or the model's context if shorter; with the model's special tokens: GPT-2's BOS first,
+  BERT's [CLS] first and [SEP] last); from each, ``per_seq`` = 6 positions evenly spaced after the
+  first ``skip`` = 100: ``round(linspace(skip, L − 1, 6))`` for a sequence of L tokens before any
+  trailing special token (a shorter last sequence gives its own six, and one of ``skip`` tokens or
+  fewer gives none; ``notes`` say so). Code of ``blocks.L.mlp.hook_pre``.
+- ``image_points`` (InceptionV1, EfficientNet-Lite0, torchvision): one vector per image of all
+  channels of a layer at one spatial position (default the centre), from a folder of images or, for
+  a model with them, its bundled images; labelled by the class the model predicts. A block name
+  (``mixed4a``) means its output channels: the pre-activations of the branches its concatenation joins.
 - ``digits_points``: the embedded CNN on all 1797 bundled digits, with their classes.
 - ``array_points``: any model on inputs from an ``.npy``.
 - ``codes_points``: codes already computed, from a file (no model run, so no activations).
@@ -174,21 +177,33 @@ def block_preactivation_layers(adapter, layer: str) -> list[str]:
 def image_points(
     adapter,
     layer: str,
-    folder: str | Path,
+    folder: str | Path | None = None,
     *,
+    n: int | None = None,
     position: tuple[int, int] | None = None,
     batch_size: int = 16,
     thumb: int = 64,
     progress: bool = False,
 ) -> LayerPoints:
-    """One vector per image in ``folder``: all channels of ``layer`` at ``position`` (default centre)."""
+    """One vector per image: all channels of ``layer`` at ``position`` (default centre), for the
+    images in ``folder``, or (``folder=None``) the model's first ``n`` bundled images (default 500).
+    Labelled by the class the model predicts (``class``), named by its ``describe_output``."""
     from PIL import Image
 
     from polylens.models.images import image_files
 
-    files = image_files(folder)
     layers = block_preactivation_layers(adapter, layer)
-    x = torch.cat([adapter.prepare(str(f)) for f in files])
+    if folder is not None:
+        files = image_files(folder)
+        x = torch.cat([adapter.prepare(str(f)) for f in files])
+        names = [f.name for f in files]
+        source = f"{len(files)} images"
+    else:
+        if adapter.default_inputs is None:
+            raise ValueError(f"model {adapter.name} has no bundled images; give a folder of images")
+        x = adapter.default_inputs(n or 500)
+        files, names = None, [f"bundled image {i}" for i in range(x.shape[0])]
+        source = f"{x.shape[0]} bundled images (photographs, then seeded crops and flips)"
     if position is None:
         from polylens.capture import capture
 
@@ -197,23 +212,45 @@ def image_points(
             raise ValueError(f"layer {layer!r} is not a conv layer [n, C, H, W]; image points need one")
         position = (shape[2] // 2, shape[3] // 2)
     codes, acts = _points(adapter, x, layers, position=position, batch_size=batch_size, progress=progress, unit="img")
+    labels, label_names = _predicted(adapter, x, batch_size)
     examples = []
-    for f in files:
-        with Image.open(f) as img:
-            img = img.convert("RGB")
-            img.thumbnail((thumb, thumb))
-            examples.append({"image": np.asarray(img, dtype=np.uint8), "file": f.name})
+    for i, name in enumerate(names):
+        if files is not None:
+            with Image.open(files[i]) as img:
+                img = img.convert("RGB")
+                img.thumbnail((thumb, thumb))
+                pixels = np.asarray(img, dtype=np.uint8)
+        else:
+            small = torch.nn.functional.interpolate(x[i : i + 1].float().cpu(), size=(thumb, thumb), mode="area")[0]
+            pixels = (small.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        examples.append({"image": pixels, "file": name})
     return LayerPoints(
         adapter.name,
         layer,
         codes,
         acts,
+        labels=labels,
+        label_names=label_names,
         examples=examples,
-        notes=[f"{len(files)} images; channels of {layer} at position {position[0]},{position[1]}"],
+        notes=[f"{source}; channels of {layer} at position {position[0]},{position[1]}; labels: predicted class"],
     )
 
 
-def gpt2_positions(length: int, per_seq: int = 6, skip: int = 100) -> np.ndarray:
+def _predicted(adapter, x: torch.Tensor, batch_size: int) -> tuple[dict, dict]:
+    """``({"class": predicted class [n]}, {"class": id → name})`` from a full forward pass, or empty
+    where the model's output is not class logits."""
+    if adapter.output_kind != "classes":
+        return {}, {}
+    with torch.no_grad():
+        out = torch.cat([adapter.module(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    if out.dim() != 2:
+        return {}, {}
+    pred = out.argmax(1).cpu().numpy().astype(np.int64)
+    names = adapter.describe_output(out) if adapter.describe_output else [str(int(c)) for c in pred]
+    return {"class": pred}, {"class": {int(c): name for c, name in zip(pred, names)}}
+
+
+def text_positions(length: int, per_seq: int = 6, skip: int = 100) -> np.ndarray:
     """The token positions taken from a sequence of ``length``: ``round(linspace(skip, length−1,
     per_seq))`` (distinct), none when ``length ≤ skip``."""
     if length <= skip:
@@ -243,7 +280,7 @@ def read_texts(path: str | Path) -> list[tuple[str, str]]:
     return texts
 
 
-def gpt2_points(
+def text_points(
     adapter,
     layer: str | None,
     path: str | Path,
@@ -256,28 +293,27 @@ def gpt2_points(
     context: int = 24,
     progress: bool = False,
 ) -> LayerPoints:
-    """The paper's GPT-2 protocol on the text at ``path`` (see the module docstring)."""
-    from polylens.models.gpt2 import resolve_tokenizer
+    """The paper's GPT-2 protocol on the text at ``path``, for any text model (see the module docstring)."""
     from polylens.progress import progress_bar
 
-    model = adapter.module
-    seq_len = min(seq_len, model.cfg.n_ctx)
-    if skip >= seq_len:
+    n_ctx = adapter.n_ctx
+    seq_len = min(seq_len, n_ctx)
+    if skip >= seq_len - adapter.n_special + 1:
         raise ValueError(
-            f"skip={skip} leaves nothing of sequences of {seq_len} tokens (the model's context is {model.cfg.n_ctx})"
+            f"skip={skip} leaves nothing of sequences of {seq_len} tokens (the model's context is {n_ctx})"
         )
-    layers = _single_layer(adapter, layer, f"blocks.{model.cfg.n_layers // 2}.mlp.hook_pre")
-    tok = resolve_tokenizer()
-    seqs, notes = _gpt2_sequences(tok, path, seq_len, per_seq, skip, max_sequences)
+    n_layers = len(adapter.activation_layers)
+    layers = _single_layer(adapter, layer, f"blocks.{n_layers // 2}.mlp.hook_pre")
+    seqs, notes = _text_sequences(adapter, path, seq_len, per_seq, skip, max_sequences)
     parts_acts, labels, examples = [], {"token": [], "next_token": [], "position": []}, []
     bar = progress_bar(sum(len(s) for _, s, _ in seqs), f"{adapter.name} {layers[0]}", unit="tok", enabled=progress)
     for b0 in range(0, len(seqs), batch_size):
         batch = seqs[b0 : b0 + batch_size]
         bar.update(sum(len(seq) for _, seq, _ in batch))
-        picked = _gpt2_preactivations(adapter, layers[0], batch)
+        picked = _text_preactivations(adapter, layers[0], batch)
         for j, (name, seq, pos) in enumerate(batch):
             parts_acts.append(picked[j].float().cpu().numpy())
-            _gpt2_labels(tok, name, seq, pos, b0 + j, context, labels, examples)
+            _text_labels(adapter, name, seq, pos, b0 + j, context, labels, examples)
     bar.close()
     acts = np.concatenate(parts_acts)
     codes = SplineCodes.from_preactivations(
@@ -285,7 +321,8 @@ def gpt2_points(
         {layers[0]: adapter.activation_layers[layers[0]]},
         provenance={"model": adapter.name, "layers": layers},
     )
-    token_names = {t: tok.decode([t]) for t in sorted(set(labels["token"]) | (set(labels["next_token"]) - {-1}))}
+    seen = set(labels["token"]) | (set(labels["next_token"]) - {-1})
+    token_names = {t: adapter.decode([t]) for t in sorted(seen)}
     notes.insert(
         0,
         f"{len(seqs)} sequences of up to {seq_len} tokens, {len(examples)} tokens taken "
@@ -303,17 +340,19 @@ def gpt2_points(
     )
 
 
-def _gpt2_sequences(tok, path, seq_len: int, per_seq: int, skip: int, max_sequences: int | None):
-    """``[(file name, token ids with BOS first, positions taken)]`` and notes on short sequences."""
-    from polylens.models.gpt2 import EOT
+gpt2_points = text_points  # the protocol's name in the paper's setting
 
+
+def _text_sequences(adapter, path, seq_len: int, per_seq: int, skip: int, max_sequences: int | None):
+    """``[(file name, token ids with the special tokens, positions taken)]`` and notes on short sequences."""
     seqs, notes = [], []
+    trailing = adapter.n_special - 1  # special tokens after the text ([SEP]); none for GPT-2
     for name, text in read_texts(path):
-        ids = tok.encode(text, add_special_tokens=False) if text.strip() else []
-        body = seq_len - 1  # BOS first
+        ids = adapter.tokenize(text) if text.strip() else []
+        body = seq_len - adapter.n_special
         for start in range(0, len(ids), body):
-            seq = [EOT] + ids[start : start + body]
-            pos = gpt2_positions(len(seq), per_seq, skip)
+            seq = adapter.wrap(ids[start : start + body])
+            pos = text_positions(len(seq) - trailing, per_seq, skip)
             if len(seq) < seq_len:
                 notes.append(
                     f"{name}: a sequence of {len(seq)} tokens (shorter than {seq_len}): "
@@ -328,18 +367,18 @@ def _gpt2_sequences(tok, path, seq_len: int, per_seq: int, skip: int, max_sequen
     return seqs, notes
 
 
-def _gpt2_labels(tok, name: str, seq: list[int], pos, sequence: int, context: int, labels, examples) -> None:
+def _text_labels(adapter, name: str, seq: list[int], pos, sequence: int, context: int, labels, examples) -> None:
     """Append the labels (token, next token, position) and the example text of each position taken."""
     for p in pos.tolist():
         labels["token"].append(seq[p])
         labels["next_token"].append(seq[p + 1] if p + 1 < len(seq) else -1)
         labels["position"].append(p)
         lo = max(1, p - context)
-        text = [tok.decode([t]) for t in seq[lo : p + 6]]
+        text = [adapter.decode([t]) for t in seq[lo : p + 6]]
         examples.append({"text": text, "focus": p - lo, "source": name, "sequence": sequence})
 
 
-def _gpt2_preactivations(adapter, layer: str, batch) -> dict[int, torch.Tensor]:
+def _text_preactivations(adapter, layer: str, batch) -> dict[int, torch.Tensor]:
     """Batch row → the pre-activations ``[len(positions), d_mlp]`` at its positions; sequences of
     equal length run through the model together."""
     device = next(adapter.module.parameters()).device

@@ -55,10 +55,14 @@ def _ablated(Q: torch.Tensor, mean: torch.Tensor | None):
 
 
 def output_change(
-    reference: torch.Tensor, out: torch.Tensor, *, is_text: bool, labels=None, tokens=None
+    reference: torch.Tensor, out: torch.Tensor, *, is_text: bool, labels=None, tokens=None, embedding: bool = False
 ) -> tuple[float, float | None]:
     """(mean KL(p_reference ‖ p_out) over inputs (text: over positions after the BOS), accuracy of
-    ``out`` or None without labels). Outputs are read as logits."""
+    ``out`` or None without labels). Outputs are read as logits; ``embedding``: they are sentence
+    embeddings ``[n, d]`` and the change is the mean 1 − cos(reference, out), accuracy None."""
+    if embedding:
+        cos = torch.nn.functional.cosine_similarity(reference.double(), out.double(), dim=-1)
+        return float((1.0 - cos).mean()), None
     ref, new = (reference[:, 1:], out[:, 1:]) if is_text else (reference, out)
     logp, logq = torch.log_softmax(ref.double(), -1), torch.log_softmax(new.double(), -1)
     kl = float((logp.exp() * (logp - logq)).sum(-1).mean())
@@ -97,16 +101,19 @@ def ablation_curve(
     labels=None,
     reference=None,
     batch_size: int = 64,
+    embedding: bool = False,
 ) -> dict:
     """Ablate ``layer``'s rows along the span of the first k ``directions`` for each k in ``ks``
     (``mode``: ``ABLATIONS``; ``mean``: the rows' mean ``[d]``) and measure the output's change:
-    ``{"k", "kl", "accuracy_drop"}`` (the drop is None without labels)."""
+    ``{"k", "kl", "accuracy_drop"}`` (the drop is None without labels); for a sentence encoder
+    (``embedding``) ``{"k", "cos_distance", "accuracy_drop": None}``, the change being 1 − cos."""
     if mode not in ABLATIONS:
         raise ValueError(f"ablation {mode!r} is unknown; choose {' or '.join(ABLATIONS)}")
     if reference is None:
         reference = run_model(module, inputs, layer, batch_size=batch_size)
     tokens = inputs if is_text else None
-    _, base_acc = output_change(reference, reference, is_text=is_text, labels=labels, tokens=tokens)
+    kw = dict(is_text=is_text, labels=labels, tokens=tokens, embedding=embedding)
+    _, base_acc = output_change(reference, reference, **kw)
     p = next(iter(module.parameters()), torch.zeros(()))
     mu = None if mode == "project" else torch.as_tensor(np.asarray(mean), dtype=p.dtype, device=p.device)
     kls, drops = [], []
@@ -114,10 +121,11 @@ def ablation_curve(
         Q = torch.as_tensor(span_basis(np.asarray(directions)[:k]), dtype=p.dtype, device=p.device)
         patch = lambda v, Q=Q: map_rows(v, _ablated(Q, mu), is_text)  # noqa: E731
         out = run_model(module, inputs, layer, batch_size=batch_size, patch=patch)
-        kl, acc = output_change(reference, out, is_text=is_text, labels=labels, tokens=tokens)
+        kl, acc = output_change(reference, out, **kw)
         kls.append(kl)
         drops.append(None if acc is None else base_acc - acc)
-    return {"k": list(ks), "kl": kls, "accuracy_drop": None if base_acc is None else drops}
+    key = "cos_distance" if embedding else "kl"
+    return {"k": list(ks), key: kls, "accuracy_drop": None if base_acc is None else drops}
 
 
 def agreement(directions: dict) -> tuple[list[str], list[list[float]]]:

@@ -43,6 +43,13 @@ class ModelAdapter:
         concatenation, a padded max-pool), beside the standard ones ``polylens.lens.exactness`` knows;
         exact counting is certified only across modules of these kinds.
 
+    output_kind: what the module returns: ``"classes"`` (logits ``[n, C]``), ``"next_token"``
+        (a language model's logits ``[n, seq, vocab]``) or ``"embedding"`` (a sentence encoder's
+        ``[n, d]``: its output change is 1 − cos, its gradient target the embedding).
+    Text models (``tokenize`` set) also give ``n_ctx`` (tokens a context holds), ``n_special``
+    (tokens ``wrap`` adds: GPT-2's BOS, BERT's [CLS] and [SEP]), ``wrap(ids)`` (one context's ids with
+    them) and ``decode(ids)``.
+
     Methods: ``prepare(raw)`` (a path, an index, text, an array → the model input ``[1, ...]``) and,
     where the model has them (else the attribute is ``None``): ``default_inputs(n)`` (``[n, ...]``
     bundled offline examples), ``default_labels(n)`` (their class labels ``[n]``),
@@ -60,6 +67,8 @@ class ModelAdapter:
     registry: ClassVar[dict[str, type[ModelAdapter]]] = {}  # spec_pattern -> adapter class
 
     piecewise_linear_modules: tuple = ()
+    output_kind: ClassVar[str] = "classes"
+    n_special: ClassVar[int] = 0
     default_inputs: Callable[[int], Tensor] | None = None
     default_labels: Callable[[int], Tensor] | None = None
     describe_output: Callable[[Tensor], list[str]] | None = None
@@ -144,8 +153,12 @@ class ModelAdapter:
         """Return ``layer`` if known, else a ValueError listing the available names."""
         names = list(allowed if allowed is not None else self.space_layers)
         if layer not in names:
+            import difflib
+
+            near = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f"nearest: {', '.join(near)}; " if near else ""
             shown = ", ".join(names[:40]) + (f", ... ({len(names) - 40} more)" if len(names) > 40 else "")
-            raise ValueError(f"unknown layer {layer!r} for model {self.name}; available layers: {shown}")
+            raise ValueError(f"unknown layer {layer!r} for model {self.name}; {hint}available layers: {shown}")
         return layer
 
 
@@ -243,3 +256,17 @@ def read_npy(path: str | Path, *, what: str = "input file", integers: bool = Fal
     if arr.size == 0:
         raise ValueError(f"{what} {str(path)!r} is empty (shape {arr.shape})")
     return arr.astype(np.float32) if kind == "f" else arr
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content; an empty or undecodable file is a one-line ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"text file {str(path)!r} is not UTF-8 (byte {err.start}); convert it to UTF-8") from None
+    if not text.strip():
+        raise ValueError(f"text file {str(path)!r} is empty; give a file with text")
+    return text

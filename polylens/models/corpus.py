@@ -12,6 +12,7 @@ from pathlib import Path
 LICENCES = Path("/usr/share/common-licenses")
 SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "turtledemo"}
 SOURCE = "pydoc_data.topics, the standard library's docstrings, /usr/share/common-licenses"
+NAME = "corpus:english"  # how a command's --input names this text
 
 
 def _docstrings(path: Path) -> list[str]:
@@ -41,3 +42,8 @@ def english_texts() -> list[tuple[str, str]]:
         for path in sorted(p for p in LICENCES.iterdir() if p.is_file()):
             texts.append((f"licence:{path.name}", path.read_text(encoding="utf-8", errors="replace")))
     return texts
+
+
+def english_text() -> str:
+    """``english_texts`` joined into one text, each part after a blank line."""
+    return "\n\n".join(text for _, text in english_texts())

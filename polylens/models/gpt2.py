@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polylens.models.base import ModelAdapter, read_npy
+from polylens.models.base import ModelAdapter, read_npy, read_text
 from polylens.validation import check_int
 
 if TYPE_CHECKING:
@@ -243,6 +243,8 @@ class GPT2Adapter(ModelAdapter):
 
     spec_pattern = r"gpt2(-\w+)?"
     spec_help = "gpt2[-medium|-large|-xl]"
+    output_kind = "next_token"
+    n_special = 1  # BOS
 
     def __init__(self, model, name: str, facts: dict, *, tokenizer=None, device: str = "cpu"):
         from transformer_lens.hook_points import HookPoint
@@ -295,6 +297,17 @@ class GPT2Adapter(ModelAdapter):
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def wrap(self, ids: list[int]) -> list[int]:
+        """One context: BOS (``<|endoftext|>``) then ``ids``."""
+        return [EOT, *ids]
+
+    @property
+    def n_ctx(self) -> int:
+        return self.module.cfg.n_ctx
 
     def encode(self, text: str) -> Tensor:
         """``text`` → ``[1, seq]`` token ids with BOS first, refused beyond the context ``n_ctx``."""
@@ -359,7 +372,7 @@ def _read_input_file(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"input file {str(path)!r} does not exist")
     if path.suffix != ".npy":
-        return path.read_text()
+        return read_text(path)
     ids = read_npy(path, integers=True)
     if ids.dtype.kind not in "iu":
         raise ValueError(
