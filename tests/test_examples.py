@@ -16,6 +16,7 @@ SMALL_ARGS = {
     "polytope_claims_digits.py": ["6", "relu1", "4", "claims.json"],
     "shell_profile.py": ["relu1", "3", "shell.png"],
     "x2_gradient_vs_activation_pca.py": [],
+    "trained_vs_twin.py": ["--out", "twin", "--quick"],
 }
 
 
