@@ -82,7 +82,8 @@ def test_density_json_plot_and_summary(capsys, tmp_path):
     assert res["model"] == "digits-cnn" and res["exact"] is True and res["path"]["kind"] == "input"
     assert res["layers"] == ["conv1", "conv2", "fc1"] and res["n_crossings"] == len(res["crossings"]) > 0
     assert (
-        set(res["crossings"][0]) == {"t", "layer", "unit", "breakpoint", "affine_change"} and res["crossings"][0]["affine_change"] > 0
+        set(res["crossings"][0]) == {"t", "layer", "unit", "breakpoint", "affine_change"}
+        and res["crossings"][0]["affine_change"] > 0
     )
     assert res["density_per_unit_length"] == pytest.approx(res["n_crossings"] / res["path"]["length"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "crossings" in err
@@ -166,7 +167,10 @@ def test_custom_module_weights_file(capsys, tmp_path, model_file):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["density", "--layer", "conv9"], "unknown layer 'conv9' for model digits-cnn; nearest: conv2, conv1; available layers: input, conv1"),
+        (
+            ["density", "--layer", "conv9"],
+            "unknown layer 'conv9' for model digits-cnn; nearest: conv2, conv1; available layers: input, conv1",
+        ),
         (["density", "--layer", "input", "--from", 3, "--to", 3], "zero-length"),
         (["density", "--layer", "relu1", "--count-layers", "conv1"], "choose from: conv2, fc1"),
         (["density", "--layer", "input", "--path", "circle"], "unknown --path"),

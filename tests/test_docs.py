@@ -16,6 +16,8 @@ defaults) and nothing else; flags are never changed, except where a case says so
   naming a tiny HuggingFace GPT-2 of the same layout (12 blocks, so ``blocks.6`` exists; width 32,
   saved by ``transformers`` as a user's own checkpoint would be), InceptionV1 with
   ``--random-weights`` in place of ``--weights url``;
+- ``english.txt`` is ``polylens.models.corpus.english_text()``, written as docs/trained-models.md
+  writes it;
 - ``corpus.txt`` and ``texts/`` are Python's own ``pydoc_data.topics`` text (for
   ``compare --model gpt2 ... --n 64`` a short ``corpus.txt``: the command takes the few contexts it
   holds, as it would from any short file); ``photos/`` holds crops of scikit-learn's two bundled photos;
@@ -125,6 +127,20 @@ def check_gpt2_clusters(d: Path, out: str) -> None:
 def check_inception_clusters(d: Path, out: str) -> None:
     report = _cluster_folder(d / "inception-clusters", 12)
     assert report["layer"].startswith("mixed4a")
+
+
+def check_trained_clusters(out_dir: str, n_points: int, layer: str) -> Callable[[Path, str], None]:
+    """A trained-model (or twin) cluster run: its folder, and its --json summary agreeing with clusters.json."""
+
+    def check(d: Path, out: str) -> None:
+        report = _cluster_folder(d / out_dir, n_points, labelled=True)  # predicted class, or token and position
+        assert report["layer"] == layer
+        summary = _json(d / f"{out_dir}.json")
+        assert summary["out"] == out_dir and {k: summary[k] for k in report if k != "clusters"} == {
+            k: v for k, v in report.items() if k != "clusters"
+        }
+
+    return check
 
 
 def check_big_clusters(d: Path, out: str) -> None:
@@ -243,6 +259,21 @@ CASES: dict[str, Case] = {
     "polylens cluster --model inceptionv1 --weights url --layer mixed4a --input photos/ --out inception-clusters": Case(
         check_inception_clusters, replace={"--weights url": "--random-weights"}
     ),
+    # docs/trained-models.md: the trained networks and their twins, at the sizes printed
+    **{
+        f"polylens cluster --model efficientnet-lite0{twin} --layer _blocks.10._bn0 --n 500 "
+        f"--out cluster-cnn-10-{name} --json cluster-cnn-10-{name}.json": Case(
+            check_trained_clusters(f"cluster-cnn-10-{name}", 500, "_blocks.10._bn0")
+        )
+        for twin, name in (("", "trained"), (" --random-weights", "twin"))
+    },
+    **{
+        f"polylens cluster --model minilm-l6{twin} --layer blocks.3.mlp.hook_pre --input english.txt "
+        f"--max-sequences 200 --out cluster-text-3-{name} --json cluster-text-3-{name}.json": Case(
+            check_trained_clusters(f"cluster-text-3-{name}", 1200, "blocks.3.mlp.hook_pre")
+        )
+        for twin, name in (("", "trained"), (" --random-weights", "twin"))
+    },
     "polylens cluster --codes codes.npz --on codes --sample 50000 --out big-clusters": Case(
         check_big_clusters, needs=(CODES,)
     ),
@@ -308,6 +339,9 @@ def inputs(tmp_path_factory, digits):
     (root / "texts").mkdir()
     for i in range(4):
         (root / "texts" / f"part{i}.txt").write_text(text[6000 * i : 6000 * (i + 1)], encoding="utf-8")
+    from polylens.models.corpus import english_text
+
+    (root / "english.txt").write_text(english_text(), encoding="utf-8")  # as docs/trained-models.md writes it
     (root / "photos").mkdir()
     crops = sample_images(6)
     for i, img in enumerate([*crops, *crops.flip(-1)]):  # 12 images: HDBSCAN's smallest cluster is 10
@@ -374,7 +408,7 @@ _done: dict[str, Path] = {}
 def _run_case(line: str, inputs: Path, tmp_path_factory, capsys) -> tuple[Path, str]:
     case = CASES[line]
     folder = tmp_path_factory.mktemp("doc-run")
-    for name in ("texts", "photos"):
+    for name in ("texts", "photos", "english.txt"):
         (folder / name).symlink_to(inputs / name)
     (folder / "corpus.txt").write_text(
         (inputs / "text.txt").read_text(encoding="utf-8")[: case.corpus], encoding="utf-8"
