@@ -262,8 +262,11 @@ def capture(
             acts.setdefault(name, []).append(_store(value.detach(), device))
         if keep_output and isinstance(out, Tensor):
             outs.append(_store(out.detach(), device))
+    # without a target each recorded activation is already a copy of its own: one batch's needs no
+    # second copy (a recorded leaf kept for gradients, or the output, may share the model's memory)
+    join = (lambda v: v[0] if len(v) == 1 else torch.cat(v)) if not want_grad else torch.cat
     return Captured(
-        activations={k: torch.cat(v) for k, v in acts.items()},
+        activations={k: join(v) for k, v in acts.items()},
         gradients={k: torch.cat(v) for k, v in grads.items()},
         output=torch.cat(outs) if outs else None,
     )

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from polylens.capture import recording
+from polylens.capture import _StopForward, recording
 from polylens.lens.paths import ActivationPath
 from polylens.models.base import ModelAdapter
 
@@ -36,7 +36,12 @@ _OUTPUT_BUDGET = 20_000_000  # output elements (and as many tangents) held per b
 
 
 def affine_changes(
-    adapter: ModelAdapter, module: torch.nn.Module, path: ActivationPath, crossings: Sequence, batch_size: int = 256
+    adapter: ModelAdapter,
+    module: torch.nn.Module,
+    path: ActivationPath,
+    crossings: Sequence,
+    batch_size: int = 256,
+    shared_base: bool = False,
 ) -> list[float | None]:
     """‖A₊ − A₋‖_F of the map from ``path.layer``'s space to ``module``'s output, one per crossing.
 
@@ -44,6 +49,10 @@ def affine_changes(
     ``unit`` and ``breakpoint`` (0 where absent), as ``boundary_density`` gives them
     (``polylens.lens.density.Crossing``). None
     where the layer's activation is not piecewise-linear or the model's output is not a tensor.
+    shared_base: run what comes before ``path.layer`` once, on the batch-1 base (the patch gives
+    later modules the batch), as ``polylens.lens.paths.Evaluator`` does where it found that to equal
+    the expanded base; a pass that fails or returns other than one row a point is run again from the
+    expanded base, and so is everything after it.
     """
     out = [None] * len(crossings)
     dtype = next(module.parameters()).dtype
@@ -64,8 +73,14 @@ def affine_changes(
             at = torch.tensor(bps, dtype=dtype)
             side = torch.tensor([ACTIVE_SIDE.get(kind, {}).get(bp, 1.0) for bp in bps], dtype=dtype)
             points = path.at(t).to(dtype)
-            grad_norm = _pre_activation_gradient_norm(module, path, points, layer, units)
-            reads, size = _output_derivative_norm(module, path, points, layer, units, at, side)
+            try:
+                grad_norm = _pre_activation_gradient_norm(module, path, points, layer, units, shared_base)
+                reads, size = _output_derivative_norm(module, path, points, layer, units, at, side, shared_base)
+            except Exception:  # from the batch-1 base: a shape clash, or not one row a point; expand instead
+                if not shared_base:
+                    raise
+                shared_base = False
+                continue
             if reads is None:
                 return out
             for i, g, d in zip(part, grad_norm.tolist(), reads.tolist()):
@@ -75,26 +90,39 @@ def affine_changes(
     return out
 
 
-def _inputs(path: ActivationPath, points: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Model input and the patch that puts ``points`` into the path's layer."""
+def _inputs(path: ActivationPath, points: torch.Tensor, shared_base: bool = False) -> tuple[torch.Tensor, dict]:
+    """Model input and the patch that puts ``points`` into the path's layer (the input is the batch-1
+    base itself with ``shared_base``, else the base expanded to one row a point)."""
     if path.layer == "input":
         return points, {}
     base = path.base.to(points.dtype) if torch.is_floating_point(path.base) else path.base
-    return base.expand(points.shape[0], *base.shape[1:]), {path.layer: points}
+    return (base if shared_base else base.expand(points.shape[0], *base.shape[1:])), {path.layer: points}
 
 
-def _pre_activation_gradient_norm(module, path, points, layer, units) -> torch.Tensor:
-    """‖∇z_u‖ with respect to the path's space, one row per point (reverse mode)."""
+def _check_rows(value: torch.Tensor, m: int) -> None:
+    if value.shape[0] != m:
+        raise ValueError(f"the forward pass gave {value.shape[0]} rows for {m} path points")
+
+
+def _pre_activation_gradient_norm(module, path, points, layer, units, shared_base=False) -> torch.Tensor:
+    """‖∇z_u‖ with respect to the path's space, one row per point (reverse mode; the forward pass
+    stops at ``layer``: nothing after it is on the way to z_u)."""
     points = points.detach().requires_grad_(True)
-    x, patch = _inputs(path, points)
-    with torch.enable_grad(), recording(module, [layer], keep_graph=True, patch=patch) as rec:
-        module(x)
+    x, patch = _inputs(path, points, shared_base)
+    with torch.enable_grad(), recording(module, [layer], keep_graph=True, patch=patch, stop_early=True) as rec:
+        try:
+            module(x)
+        except _StopForward:
+            pass
+        _check_rows(rec.activations[layer], points.shape[0])
         z = rec.activations[layer].reshape(points.shape[0], -1)
         (grad,) = torch.autograd.grad(z[torch.arange(len(units)), units].sum(), points)
     return grad.reshape(points.shape[0], -1).norm(dim=1)
 
 
-def _output_derivative_norm(module, path, points, layer, units, at=None, side=None) -> tuple[torch.Tensor | None, int]:
+def _output_derivative_norm(
+    module, path, points, layer, units, at=None, side=None, shared_base=False
+) -> tuple[torch.Tensor | None, int]:
     """‖∂f/∂φ_u‖ (forward mode), with z_u put just beside its breakpoint ``at`` (default 0) on the
     side ``side`` (+1 above, −1 below; default above) where φ' is 1, the "on" slope."""
     rows = torch.arange(len(units))
@@ -110,7 +138,7 @@ def _output_derivative_norm(module, path, points, layer, units, at=None, side=No
         tangent[rows, units] = 1.0
         return fwAD.make_dual(flat.reshape(z.shape), tangent.reshape(z.shape))
 
-    x, patch = _inputs(path, points.detach())
+    x, patch = _inputs(path, points.detach(), shared_base)
     if layer in patch:
         fixed = patch[layer]
         patch[layer] = lambda _z: along_unit(fixed)
@@ -120,6 +148,7 @@ def _output_derivative_norm(module, path, points, layer, units, at=None, side=No
         y = module(x)
         if not isinstance(y, torch.Tensor):
             return None, 0
+        _check_rows(y, len(units))
         tangent = fwAD.unpack_dual(y).tangent
     if tangent is None:  # the output does not depend on the unit
         return torch.zeros(len(units), dtype=points.dtype), int(y[0].numel())

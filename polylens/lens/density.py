@@ -244,12 +244,19 @@ class _SegmentPoints:
         return pts[:: max(1, len(pts) // _MAX_CHECKS)][:_MAX_CHECKS]
 
     def keep_only(self, pieces: list[tuple[float, float]]) -> None:
-        """Forget the points outside every piece still to be checked."""
-        keys = self.keys
-        keep = {k for a, b in pieces for k in keys[bisect.bisect_left(keys, a) : bisect.bisect_right(keys, b)]}
-        for k in [k for k in self.z if k not in keep]:
-            del self.z[k]
-        self.keys = sorted(self.z)
+        """Forget the points outside every piece still to be checked (ends included)."""
+        if not pieces:
+            self.z.clear()
+            self.keys = []
+            return
+        ends = np.array(sorted(pieces))
+        keys = np.array(self.keys)
+        at = np.searchsorted(ends[:, 0], keys, side="right") - 1  # the last piece starting at or before
+        inside = (at >= 0) & (keys <= ends[np.maximum(at, 0), 1])
+        if not inside.all():
+            for k in keys[~inside].tolist():
+                del self.z[k]
+            self.keys = keys[inside].tolist()
 
 
 def _piece(points: _SegmentPoints, a: float, b: float, index) -> tuple[np.ndarray, list[tuple[float, int]]]:
@@ -293,24 +300,34 @@ def _piece(points: _SegmentPoints, a: float, b: float, index) -> tuple[np.ndarra
 
 
 def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tuple[float, int]]:
-    """All (s, unit) zero crossings of counted units on the segment v0 → v1 (s ∈ [0, 1])."""
+    """All (s, unit) zero crossings of counted units on the segment v0 → v1 (s ∈ [0, 1]).
+
+    Pieces are refined a group at a time, depth first: a group's children are done before the
+    pieces waiting beside it, so only the points of pieces still to be checked are held (a layer of
+    10⁵ units and a first split into thousands of pieces would otherwise hold every new end point at
+    once). A piece's checks read only points inside it, so the points evaluated, and what is found,
+    do not depend on the order the pieces are taken in."""
     points = _SegmentPoints(ev, v0, v1, max_evaluations)
     points.evaluate([0.0, 1.0])
     index = _layer_index(ev, counted)
-    pending, found = [(0.0, 1.0)], []
-    while pending:
-        points.evaluate([s for piece in pending for s in piece])  # new split points
+    stack, found = [[(0.0, 1.0)]], []  # lists of pieces still to check; the last list goes first
+    while stack:
+        group_size = max(1, ev.step() // 2)  # its new end points and checks: a forward batch each
+        group, stack[-1] = stack[-1][:group_size], stack[-1][group_size:]
+        if not stack[-1]:
+            stack.pop()
+        points.evaluate([s for piece in group for s in piece])  # new split points
         # Points already evaluated (parents' check points) serve as checks; add the golden-section
         # points only where a piece has fewer than _CHECKS of them.
         points.evaluate(
             [
                 a + (b - a) * (_GOLDEN if k == 0 else 0.5)
-                for a, b in pending
+                for a, b in group
                 for k in range(len(points.interior(a, b)), _CHECKS)
             ]
         )
-        queue, pending = pending, []
-        for a, b in queue:
+        children = []
+        for a, b in group:
             splits, crossings = _piece(points, a, b, index)
             found.extend(crossings)
             if splits.size == 0:
@@ -321,8 +338,10 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
                     "the network is not piecewise-linear here; declare its activations or use exact=False"
                 )
             edges = [a, *splits.tolist(), b]
-            pending.extend(zip(edges[:-1], edges[1:]))
-        points.keep_only(pending)
+            children.extend(zip(edges[:-1], edges[1:]))
+        if children:
+            stack.append(children)
+        points.keep_only([piece for pieces in stack for piece in pieces])
     return found
 
 
@@ -379,6 +398,7 @@ def boundary_density(
     batch_size: int = 256,
     max_evaluations: int = 2_000_000,
     affine_change: bool = True,
+    shared_base: bool = True,
 ) -> DensityResult:
     """Count polytope boundary crossings along ``path``.
 
@@ -386,14 +406,17 @@ def boundary_density(
     ValueError. n_samples: sampled mode's steps over the whole path. n_profile: grid steps for the
     Hamming/output profile (0: none). affine_change: give each crossing ``affine_change``, the
     Frobenius norm of the change of the linearised map (path space → model output) across it
-    (``polylens.lens.affine_change``; exact mode only, else None).
+    (``polylens.lens.affine_change``; exact mode only, else None). shared_base: for a path in a
+    hidden layer, run the layers before it once on the base input (``Evaluator``), where that gives
+    bit for bit what the base expanded to every point does; False: always expand (the reference).
     """
     _check_sizes(n_samples, n_profile, batch_size)
     counted, checked, exact = _choose_layers(adapter, path, count_layers, exact)
-    ev = Evaluator(adapter, path, checked, batch_size=batch_size, float64=exact)  # float64 where exactness needs it
+    # float64 where exactness needs it
+    ev = Evaluator(adapter, path, checked, batch_size=batch_size, float64=exact, shared_base=shared_base)
     crossings = _crossings(ev, path, counted, exact, n_samples, refine, max_evaluations)
     if exact and affine_change:
-        changes_f = affine_changes(adapter, ev.module, path, crossings, batch_size)
+        changes_f = affine_changes(adapter, ev.module, path, crossings, batch_size, shared_base=ev.shares_base())
         crossings = [replace(c, affine_change=value) for c, value in zip(crossings, changes_f)]
     evaluations = ev.evaluations
     profile, changes, corr = _profile(adapter, ev, path, counted, crossings, n_profile) if n_profile else ({}, [], None)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from polylens.capture import capture
+from polylens.capture import Captured, capture
 from polylens.models.base import BREAKPOINTS, ModelAdapter
 
 
@@ -147,6 +147,26 @@ def polyline_path(adapter: ModelAdapter, vertices: Tensor, layer: str, base: Ten
 
 
 BATCH_BYTES = 256 * 2**20
+_VERIFY_POINTS = 4  # path points on which the batch-1 base is compared with the expanded one
+
+
+def _same(a: Captured | None, b: Captured) -> bool:
+    """``a`` holds exactly ``b``'s activations and output (bit for bit)."""
+    if a is None or set(a.activations) != set(b.activations) or (a.output is None) != (b.output is None):
+        return False
+    pairs = [(a.activations[n], b.activations[n]) for n in b.activations]
+    if b.output is not None:
+        pairs.append((a.output, b.output))
+    return all(x.shape == y.shape and x.dtype == y.dtype and torch.equal(x, y) for x, y in pairs)
+
+
+def _finite(a: Tensor) -> bool:
+    """No NaN or inf in ``a``: one reduction, and the element-wise test only where its sum is not finite."""
+    return bool(torch.isfinite(a.sum())) or bool(torch.isfinite(a).all())
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class Evaluator:
@@ -159,6 +179,11 @@ class Evaluator:
     ReLU6 layer ``[z − 0, z − 6]`` shows both its boundaries to every consumer of the columns, and
     block 0 (breakpoint 0) is ``z`` itself. ``offsets``: (layer, offset, size) of each layer in the
     columns, size = breakpoints × units; ``locate(column)`` → (layer, unit, breakpoint).
+
+    shared_base: for a path in a hidden layer, compute what comes before that layer once, from the
+    batch-1 base, instead of from the base expanded to every point (see ``_patched``); after the
+    first call of several points, ``self.shared_base`` says which way the evaluator runs (False:
+    expanded, the reference route, also what ``shared_base=False`` forces).
     """
 
     def __init__(
@@ -168,6 +193,7 @@ class Evaluator:
         layers: list[str],
         batch_size: int = 256,
         float64: bool = True,
+        shared_base: bool = True,
     ):
         self.module = adapter.module
         param = next(adapter.module.parameters(), None)
@@ -181,6 +207,8 @@ class Evaluator:
             self.base = self.base.to(self.dtype)
         self.evaluations = 0
         self.offsets: list[tuple[str, int, int]] = []
+        # None: not yet shown; True: the batch-1 base gives what the expanded one does; False: expand
+        self.shared_base: bool | None = None if (shared_base and self.base is not None) else False
 
     def locate(self, column: int) -> tuple[str, int, float]:
         """Column ``column`` of the evaluated values → (its layer, the unit's flat index in the
@@ -219,26 +247,84 @@ class Evaluator:
             if self.path.layer == "input":
                 got = capture(self.module, chunk, self.layers, keep_output=want_output)
             else:
-                base = self.base.expand(m, *self.base.shape[1:])
-                got = capture(self.module, base, self.layers, patch={self.path.layer: chunk}, keep_output=want_output)
-            flat = [self._columns(got.activations[n].reshape(m, -1).to(self.dtype), n) for n in self.layers]
+                got = self._patched(chunk, want_output)
+            acts = [got.activations[n].reshape(m, -1).to(self.dtype) for n in self.layers]
             if not self.offsets:
                 off = 0
-                for n, f in zip(self.layers, flat):
-                    self.offsets.append((n, off, f.shape[1]))
-                    off += f.shape[1]
-            z = torch.cat(flat, dim=1)
-            if not torch.isfinite(z).all():
+                for n, a in zip(self.layers, acts):
+                    self.offsets.append((n, off, a.shape[1] * len(self.breakpoints[n])))
+                    off += self.offsets[-1][2]
+            if not all(_finite(a) for a in acts):  # z − breakpoint is finite exactly where z is
                 raise ValueError(
                     "the model produced NaN/inf pre-activations along the path; check the inputs and the scaling range"
                 )
-            zs.append(z)
+            zs.append(self._columns(acts))
             if want_output and got.output is not None:
                 outs.append(got.output)
             self.evaluations += m
-        return torch.cat(zs), (torch.cat(outs) if outs else None)
+        return _cat(zs), (_cat(outs) if outs else None)
 
-    def _columns(self, z: Tensor, name: str) -> Tensor:
-        """``[m, units]`` → ``[m, B·units]``: ``z − breakpoint`` a block (``z`` itself at 0, no roundoff)."""
-        bps = self.breakpoints[name]
-        return z if bps == (0.0,) else torch.cat([z if bp == 0 else z - bp for bp in bps], dim=1)
+    def _patched(self, chunk: Tensor, want_output: bool) -> Captured:
+        """The forward pass with the path's layer's output replaced by ``chunk [m, ...]``.
+
+        What runs before that layer does not depend on the path point, so it runs once, on the
+        batch-1 base, and the patch hands the layer's consumers a batch of m (a residual sum with an
+        earlier batch-1 tensor broadcasts). Where a model cannot take that (a concatenation with a
+        batch-1 branch, a batch-1 attention mask) or would compute something else, the base is
+        expanded to m rows as before: the first call of two or more points compares both ways
+        bit for bit, and every later call checks that all it returns has m rows."""
+        m = chunk.shape[0]
+        if m > 1 and self.shared_base is None:
+            self._decide(chunk[:_VERIFY_POINTS])
+        if m > 1 and self.shared_base:
+            got = self._shared(chunk, want_output)
+            if got is not None:
+                return got
+            self.shared_base = False
+        return self._expanded(chunk, want_output)
+
+    def shares_base(self) -> bool:
+        """Whether passes that patch the path's layer may start from the batch-1 base (what
+        ``polylens.lens.affine_change`` asks); decided now, on points of the path, if no call of
+        several points has decided it yet."""
+        if self.shared_base is None:
+            self._decide(self.path.at(np.linspace(0.2, 0.8, _VERIFY_POINTS)).to(self.dtype))
+        return bool(self.shared_base)
+
+    def _decide(self, chunk: Tensor) -> None:
+        """Compare both routes on ``chunk [k ≥ 2, ...]``, run to the model's output, bit for bit."""
+        self.shared_base = _same(self._shared(chunk, True), self._expanded(chunk, True))
+
+    def _expanded(self, chunk: Tensor, want_output: bool) -> Captured:
+        base = self.base.expand(chunk.shape[0], *self.base.shape[1:])
+        return capture(self.module, base, self.layers, patch={self.path.layer: chunk}, keep_output=want_output)
+
+    def _shared(self, chunk: Tensor, want_output: bool) -> Captured | None:
+        """The forward pass from the batch-1 base; None where it fails or returns other than m rows."""
+        m = chunk.shape[0]
+        try:
+            got = capture(self.module, self.base, self.layers, patch={self.path.layer: chunk}, keep_output=want_output)
+        except Exception:  # any failure (a shape clash in a cat, a batch-1 mask) means: expand instead
+            return None
+        acts = got.activations
+        if set(acts) != set(self.layers) or any(a.shape[0] != m for a in acts.values()):
+            return None
+        if got.output is not None and got.output.shape[0] != m:
+            return None
+        return got
+
+    def _columns(self, acts: list[Tensor]) -> Tensor:
+        """Each layer's ``[m, units]`` → its blocks ``z − breakpoint`` (``z`` itself at 0, no roundoff),
+        written straight into one ``[m, width]`` array (no per-layer copies to concatenate)."""
+        if len(acts) == 1 and self.breakpoints[self.layers[0]] == (0.0,):
+            return acts[0]
+        z = torch.empty(acts[0].shape[0], self.width, dtype=self.dtype)
+        for (name, off, _), a in zip(self.offsets, acts):
+            units = a.shape[1]
+            for j, bp in enumerate(self.breakpoints[name]):
+                block = z[:, off + j * units : off + (j + 1) * units]
+                if bp == 0:
+                    block.copy_(a)
+                else:
+                    torch.sub(a, bp, out=block)
+        return z
