@@ -48,6 +48,99 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
+    previous = _stops_as_interrupts()
+    try:
+        return _run(argv)
+    finally:
+        if previous:
+            import signal
+
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _stops_as_interrupts() -> dict:
+    """SIGTERM (``kill PID``, ``timeout``, a batch scheduler) stops a command as Ctrl-C does, so it
+    saves what it has (a checkpoint, the last complete shard) and says how to resume; a second
+    SIGTERM, sent while that is saved, is ignored. During SAE training both wait for the end of
+    the step under way (see ``_at_step_end``). Returns the handlers replaced."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    sent = []
+
+    def stop(signum, frame):
+        name = "SIGTERM" if signum == signal.SIGTERM else ""
+        if sent:
+            if signum == signal.SIGTERM:
+                return
+            raise KeyboardInterrupt(name)  # Ctrl-C twice: now
+        sent.append(signum)
+        fit = frame
+        while fit is not None and not (fit.f_code.co_name == "fit" and fit.f_globals.get("__name__") == "sae.engine"):
+            fit = fit.f_back
+        if fit is None or not hasattr(fit.f_locals.get("self"), "step"):
+            raise KeyboardInterrupt(name)
+        _at_step_end(fit, name)
+
+    return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _at_step_end(fit, name: str) -> None:
+    """Raise KeyboardInterrupt in the training loop's frame ``fit`` (``sae.engine.Engine.fit``)
+    once its step is done: after ``self.step`` has advanced, at the first jump back to the loop's
+    head (or at its return). Raised mid-step, an interrupt would save weights one update ahead of
+    the step counter, and the resumed run would differ from an uninterrupted one."""
+    import sys
+
+    engine = fit.f_locals["self"]
+    begun, last = engine.step, [fit.f_lineno]
+
+    def trace(frame, event, arg):
+        if frame is fit and (
+            event == "return" or (event == "line" and engine.step != begun and frame.f_lineno < last[0])
+        ):
+            sys.settrace(None)
+            fit.f_trace = None
+            raise KeyboardInterrupt(name)
+        if frame is fit and event == "line":
+            last[0] = frame.f_lineno
+        return trace
+
+    fit.f_trace_lines = True
+    fit.f_trace = trace
+    sys.settrace(lambda *_: None)  # line events reach fit's own tracer only while some tracer is set
+
+
+def _resume_hint(args) -> str:
+    """What an interrupted command left, and how to go on from it."""
+    from pathlib import Path
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return ""
+    out = Path(out)
+    if args.command == "cache":
+        try:
+            from sae.activation_store import read_manifest
+
+            rows = read_manifest(out)["rows"]
+        except (OSError, ValueError):
+            return f"; nothing was stored in {out}"
+        return f"; {rows:,} rows in complete shards are kept in {out}: run the same command again to finish the store"
+    if args.command == "sae" and getattr(args, "sae_command", None) in ("train", "sweep"):
+        from sae.files import CHECKPOINT
+
+        if not (out / CHECKPOINT).is_file():
+            return f"; no checkpoint was saved in {out}"
+        again = "the same command again" if getattr(args, "resume", False) else "the same command with --resume"
+        return f"; its checkpoint is saved in {out}: run {again} to continue"
+    return ""
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = None
     try:
@@ -66,8 +159,10 @@ def _main(argv: list[str] | None = None) -> int:
         message = str(err) if raised_in_cli(err) else to_flags(str(err), parser, args)
         print(f"polylens: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("polylens: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        how = " by SIGTERM" if str(err) == "SIGTERM" else ""
+        hint = _resume_hint(args) if args is not None else ""
+        print(f"polylens: interrupted{how}{hint}", file=sys.stderr)
         return 130
 
 

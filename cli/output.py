@@ -36,34 +36,101 @@ def _check_parent(p: Path, what: str) -> None:
         raise PermissionError(f"cannot write {what}: folder {parent} is not writable")
 
 
-def check_output_dir(path: str, force: bool) -> None:
-    """``check_output`` for an output folder (replaced whole with ``force``)."""
+MARKER = ".polylens-output.json"
+"""What ``write_dir`` leaves in each folder it writes: the command and the files it wrote, so that
+``--force`` replaces a folder only when it holds nothing but that command's earlier output."""
+
+
+def out_folder(path: str, flag: str = "--out") -> Path:
+    """The real folder ``path`` names (symbolic links followed), checked before any work: not the
+    current folder or one that holds it, not a file, its parent an existing writable folder."""
     p = Path(path)
-    if p.exists() and not force:
+    real = Path(os.path.realpath(p))
+    here = os.path.realpath(os.getcwd())
+    if here == str(real) or here.startswith(str(real).rstrip(os.sep) + os.sep):
+        what = "the current folder" if here == str(real) else "a folder that holds the current folder"
+        raise ValueError(f"{flag} {path} is {what}; give the name of a new folder for the output")
+    if real.exists() and not real.is_dir():
+        raise ValueError(f"{flag} {path} is a file; give a folder name")
+    _check_parent(real, f"{flag} {path}")
+    if real.is_dir() and not os.access(real, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {flag} {path}: this user may not write the folder (permission denied)")
+    return real
+
+
+def foreign_in(folder: Path, command: str, legacy: tuple[str, ...] = ()) -> str | None:
+    """The first entry of ``folder`` that is not part of an earlier output of ``command`` (recognised
+    by ``MARKER``, or for an output written before the marker by every name matching ``legacy``'s
+    patterns, the first of them present), or None: the folder may be replaced."""
+    from fnmatch import fnmatch
+
+    names = sorted(os.listdir(folder))
+    if not names:
+        return None
+    if MARKER in names:
+        try:
+            record = json.loads((folder / MARKER).read_text())
+        except (OSError, ValueError):
+            record = None
+        if not (
+            isinstance(record, dict) and record.get("command") == command and isinstance(record.get("files"), list)
+        ):
+            return MARKER
+        ours = lambda name: name == MARKER or name in record["files"]  # noqa: E731
+    elif legacy and legacy[0] in names:
+        ours = lambda name: any(fnmatch(name, pattern) for pattern in legacy)  # noqa: E731
+    else:
+        return names[0]
+    for name in names:
+        if not ours(name) or (folder / name).is_symlink() or not (folder / name).is_file():
+            return name
+    return None
+
+
+def refuse_foreign(path: str, name: str, command: str, flag: str = "--out") -> ValueError:
+    return ValueError(
+        f"{flag} {path} holds {name}, which is not part of an earlier polylens {command} output; "
+        f"--force replaces only such a folder: give a new folder, or move {name} out of it"
+    )
+
+
+def check_output_dir(path: str, force: bool, *, command: str, legacy: tuple[str, ...] = ()) -> None:
+    """``check_output`` for an output folder, replaced whole with ``force`` only when it holds
+    nothing but an earlier output of ``command`` (see ``foreign_in``)."""
+    real = out_folder(path)
+    if not real.exists():
+        return
+    name = foreign_in(real, command, legacy)
+    if name is not None:
+        raise refuse_foreign(path, name, command)
+    if not force:
         raise FileExistsError(f"output folder {path} already exists; pass --force to replace it")
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"--out {path} is a file; give a folder name")
-    _check_parent(p, f"--out {path}")
 
 
-def write_dir(path: str, writer: Callable[[Path], None]) -> None:
-    """``writer(tmp_folder)``, then swap the folder in for ``path`` (an old one removed after)."""
+def write_dir(path: str, writer: Callable[[Path], None], *, command: str, legacy: tuple[str, ...] = ()) -> None:
+    """``writer(tmp_folder)``, then swap the folder in for ``path`` (its real folder, symbolic links
+    followed); an old one, checked again to hold nothing but ``command``'s output, removed after."""
     import shutil
 
-    p = Path(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent if str(p.parent) else "."))
+    real = out_folder(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{real.name}.", dir=real.parent))
     try:
         writer(tmp)
+        files = sorted(os.listdir(tmp))
+        (tmp / MARKER).write_text(json.dumps({"command": command, "files": files}) + "\n")
         from sae.files import current_umask
 
         os.chmod(tmp, 0o777 & ~current_umask())
-        if p.exists():
-            old = p.with_name(f".{p.name}.old.{os.getpid()}")
-            os.replace(p, old)
-            os.replace(tmp, p)
+        if real.exists():
+            name = foreign_in(real, command, legacy)
+            if name is not None:  # written to while this command ran
+                raise refuse_foreign(path, name, command)
+            old = real.with_name(f".{real.name}.old.{os.getpid()}")
+            os.replace(real, old)
+            os.replace(tmp, real)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, p)
+            os.replace(tmp, real)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

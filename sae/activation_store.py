@@ -14,18 +14,29 @@ the manifest (itself replaced atomically). Re-opened on an interrupted store it 
 the last complete shard: ``rows_done`` says how many rows to skip, no shard is half-written or
 entered twice. ``ActivationStore`` reads a store (checking every shard against the manifest) and
 ``StoreBatches`` streams shuffled batches from it with bounded memory (see its docstring).
+
+A store is read only through ``read_manifest`` and ``check_shard``: the manifest's type, keys,
+dtype, width, shard names (plain names inside the folder), row counts and checksums, and each
+file's safetensors header bounded by its size, before anything is allocated.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import re
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from sae.files import load_tensors, read_json, save_tensors_atomic, write_json_atomic
+from sae.files import (
+    load_tensors,
+    read_json,
+    read_safetensors_header,
+    save_tensors_atomic,
+    write_json_atomic,
+)
 
 FORMAT = "polylens-activation-store/1"
 MANIFEST = "manifest.json"
@@ -36,6 +47,125 @@ SAFETENSORS_DTYPE = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 
 def is_store(path) -> bool:
     return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+
+_FILES = r"(manifest\.json|weight\.safetensors|shard_\d{6}\.safetensors)"
+_OWN = re.compile(rf"{_FILES}|\.{_FILES}\.[A-Za-z0-9_]+\.(json|safetensors)")  # a store's files, or their temps
+_HEX = re.compile(r"[0-9a-f]{64}")
+_FIELDS = {  # key: (types, what it must be)
+    "format": (str, "a string"),
+    "width": (int, "a positive integer"),
+    "dtype": (str, f"one of {', '.join(DTYPES)}"),
+    "shard_rows": (int, "a positive integer"),
+    "rows": (int, "a non-negative integer"),
+    "complete": (bool, "true or false"),
+    "shards": (list, "a list"),
+    "gradients": ((str, type(None)), "a string or null"),
+    "weight": ((str, type(None)), "a file name or null"),
+}
+
+
+def _plain(name) -> bool:
+    """A file name inside the store folder: no folder part, no ``..``, not absolute."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and os.path.basename(name) == name
+        and not any(c in name for c in "/\\\0")
+    )
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of the store at ``folder``, every field checked (type, keys, dtype, width,
+    shard entries, the row total): anything else is a one-line ValueError naming the manifest."""
+    path = Path(folder) / MANIFEST
+    m = read_json(path)
+    damaged = "write the store again with polylens cache --force"
+    if not isinstance(m, dict):
+        raise ValueError(f"{path} is not an activation store manifest (a JSON {type(m).__name__}, not an object)")
+    if m.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a polylens activation store manifest (format {m.get('format')!r})")
+    for key, (types, want) in _FIELDS.items():
+        if key not in m:
+            raise ValueError(f"{path} lacks the key {key!r}; the store is damaged ({damaged})")
+        value = m[key]
+        ok = isinstance(value, types) and not (types is int and isinstance(value, bool))
+        if ok and key == "dtype":
+            ok = value in DTYPES
+        if ok and key in ("width", "shard_rows"):
+            ok = value >= 1
+        if ok and key == "rows":
+            ok = value >= 0
+        if ok and key == "weight" and value is not None:
+            ok = _plain(value)
+        if not ok:
+            raise ValueError(f"{path}: {key} is {value!r}, it must be {want}; the store is damaged ({damaged})")
+    total = 0
+    for i, shard in enumerate(m["shards"]):
+        ok = isinstance(shard, dict) and _plain(shard.get("file"))
+        ok = ok and type(shard.get("rows")) is int and shard["rows"] >= 1
+        ok = ok and isinstance(shard.get("sha256"), str) and _HEX.fullmatch(shard["sha256"]) is not None
+        if not ok:
+            raise ValueError(
+                f"{path}: shard entry {i} ({str(shard)[:80]}) must be {{file: a plain file name in the store, "
+                f"rows: a positive integer, sha256: 64 hex digits}}; the store is damaged ({damaged})"
+            )
+        total += shard["rows"]
+    if total != m["rows"]:
+        raise ValueError(f"{path}: its shards hold {total} rows, its rows field says {m['rows']} ({damaged})")
+    return m
+
+
+def check_shard(folder: str | Path, manifest: dict, shard: dict) -> None:
+    """The shard file exists and its header declares the manifest's dtype and shape for each
+    tensor the store holds (read within the file's size, nothing allocated)."""
+    path = Path(folder) / shard["file"]
+    if not path.is_file():
+        raise ValueError(
+            f"shard {path} named in the manifest is missing; "
+            "the store is damaged (write it again with polylens cache --force)"
+        )
+    header = read_safetensors_header(path, "shard")
+    want = SAFETENSORS_DTYPE[manifest["dtype"]]
+    for key in ("activations", "gradients") if manifest.get("gradients") else ("activations",):
+        info = header.get(key)
+        if info is None:
+            raise ValueError(f"shard {path} has no {key!r} tensor")
+        if info["dtype"] != want or info["shape"] != [shard["rows"], manifest["width"]]:
+            raise ValueError(
+                f"shard {path}: {key} is {info['dtype']} {info['shape']}, the manifest says "
+                f"{want} {[shard['rows'], manifest['width']]}"
+            )
+
+
+def foreign_file(folder: str | Path) -> str | None:
+    """The first entry of ``folder`` that is not part of an activation store (the manifest of a
+    polylens store, its weight file, its shards, their temporary files), or None: the folder holds
+    nothing but a store (or nothing) and may be replaced."""
+    p = Path(folder)
+    names = sorted(os.listdir(p))
+    if names and MANIFEST not in names:
+        return names[0]
+    if names:
+        try:
+            ours = read_json(p / MANIFEST)
+        except (OSError, ValueError):
+            ours = None
+        if not isinstance(ours, dict) or ours.get("format") != FORMAT:
+            return MANIFEST
+    for name in names:
+        if not _OWN.fullmatch(name) or (p / name).is_symlink() or not (p / name).is_file():
+            return name
+    return None
+
+
+def clear_store(folder: str | Path) -> None:
+    """Remove a store's files from ``folder`` (which ``foreign_file`` found to hold nothing else),
+    the manifest last: a removal cut short leaves a damaged store, still recognisable as one."""
+    p = Path(folder)
+    names = sorted(n for n in os.listdir(p) if _OWN.fullmatch(n))
+    for name in sorted(names, key=lambda n: n == MANIFEST):
+        (p / name).unlink()
 
 
 def sha256(path: Path) -> str:
@@ -82,7 +212,7 @@ class StoreWriter:
         }
         path = self.out / MANIFEST
         if path.is_file():
-            self.manifest = read_json(path)
+            self.manifest = read_manifest(self.out)
             for key, value in fields.items():
                 if self.manifest.get(key) != value:
                     raise ValueError(
@@ -172,54 +302,31 @@ class ActivationStore:
             raise FileNotFoundError(
                 f"{self.path} is not an activation store (no {MANIFEST}); write one with polylens cache"
             )
-        m = self.manifest = read_json(self.path / MANIFEST)
-        if m.get("format") != FORMAT:
-            raise ValueError(
-                f"{self.path / MANIFEST} is not a polylens activation store manifest (format {m.get('format')!r})"
-            )
-        if not m.get("complete"):
+        m = self.manifest = read_manifest(self.path)
+        if not m["complete"]:
             raise ValueError(
                 f"the store {self.path} is incomplete (its writing stopped); run polylens cache again to finish it"
             )
         if not m["shards"]:
             raise ValueError(f"the store {self.path} holds no rows")
-        self.width, self.rows, self.dtype = int(m["width"]), int(m["rows"]), m["dtype"]
+        self.width, self.rows, self.dtype = m["width"], m["rows"], m["dtype"]
         self.d = self.width
-        self.has_gradients = m.get("gradients") is not None
+        self.has_gradients = m["gradients"] is not None
         self.starts = []
         total = 0
         for shard in m["shards"]:
-            self._check_header(shard)
+            check_shard(self.path, m, shard)
             self.starts.append(total)
             total += shard["rows"]
-        if total != self.rows:
-            raise ValueError(f"the store {self.path}'s shards hold {total} rows, its manifest says {self.rows}")
+        if m["weight"] is not None:
+            path = self.path / m["weight"]
+            if not path.is_file():
+                raise ValueError(f"the weight file {path} named in the manifest is missing; the store is damaged")
+            info = read_safetensors_header(path, "weight file").get("weight")
+            if info is None or info["dtype"] != "F32" or len(info["shape"]) != 2 or info["shape"][0] != self.width:
+                raise ValueError(f"weight file {path} holds no F32 'weight' [{self.width}, fan_in] tensor")
         self._verified: set[str] = set()
         self._cache: tuple[int, dict[str, Tensor]] | None = None
-
-    def _check_header(self, shard: dict) -> None:
-        path = self.path / shard["file"]
-        if not path.is_file():
-            raise ValueError(
-                f"shard {path} named in the manifest is missing; "
-                "the store is damaged (write it again with polylens cache --force)"
-            )
-        try:
-            with open(path, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"shard {path} is not a readable safetensors file ({err})") from None
-        want = SAFETENSORS_DTYPE[self.manifest["dtype"]]
-        for key in ("activations", "gradients") if self.manifest.get("gradients") else ("activations",):
-            info = header.get(key)
-            if info is None:
-                raise ValueError(f"shard {path} has no {key!r} tensor")
-            if info["dtype"] != want or info["shape"] != [shard["rows"], self.manifest["width"]]:
-                raise ValueError(
-                    f"shard {path}: {key} is {info['dtype']} {info['shape']}, the manifest says "
-                    f"{want} {[shard['rows'], self.manifest['width']]}"
-                )
 
     def shard(self, i: int) -> dict[str, Tensor]:
         """Shard ``i``'s tensors (float32), its checksum verified once."""
@@ -254,7 +361,7 @@ class ActivationStore:
 
     def weight(self) -> Tensor | None:
         """The layer's weight matrix ``[width, fan_in]`` recorded with the store, or None."""
-        if not self.manifest.get("weight"):
+        if self.manifest["weight"] is None:
             return None
         return load_tensors(self.path / self.manifest["weight"], "weight file")[0]["weight"]
 

@@ -153,7 +153,7 @@ def test_cache_command_stores_conv_channel_vectors_and_gradients_an_sae_trains_o
     assert main([*again, "--gradients", "logit"]) == 2  # complete: refused without --force
     assert "is complete; pass --force" in capsys.readouterr().err
     assert main(again) == 2  # another store (no gradients) into the same folder
-    assert "holds another store (gradients" in capsys.readouterr().err
+    assert "holds another store (--gradients: " in capsys.readouterr().err
     code = main(
         [
             "sae",

@@ -11,12 +11,13 @@ from pathlib import Path
 
 
 def run(args) -> int:
-    import shutil
+    import os
 
     from cli.experiments.cache import cache_activations, input_identity
     from cli.modelargs import load_from_args, model_inputs
-    from cli.output import check_outputs
+    from cli.output import check_outputs, out_folder
     from polylens.models.corpus import NAME as CORPUS
+    from sae.activation_store import MANIFEST, foreign_file
 
     files = [i for i in args.input if i != CORPUS or Path(i).exists()]
     check_outputs(args.force, inputs=[*files, args.weights], json=args.json)
@@ -24,30 +25,40 @@ def run(args) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')}={value} must be a positive integer")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {args.out} is a file; give a folder")
-    from sae.activation_store import MANIFEST
-
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        if not args.force:
-            raise FileExistsError(
-                f"--out {args.out} holds other files; give an empty or new folder, or --force to replace it"
-            )
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"folder {parent} does not exist; create it first")
+    out = out_folder(args.out)
+    if args.json not in (None, "-") and os.path.realpath(args.json).startswith(str(out) + os.sep):
+        raise ValueError(f"--json {args.json} lies inside the store --out {args.out}; write it elsewhere")
+    name = foreign_file(out) if out.exists() else None  # checked again, under the store's lock, before writing
+    if name is not None and args.force:
+        raise ValueError(
+            f"--out {args.out} holds {name}, which is not part of an activation store; --force replaces only a "
+            f"store: give a new folder, or move {name} out of it"
+        )
+    if name is not None and (name == MANIFEST or not (out / MANIFEST).is_file()):
+        raise FileExistsError(f"--out {args.out} holds {name} and no activation store; give an empty or new folder")
     adapter = load_from_args(args)
     layer = adapter.check_layer(args.layer)
     if adapter.tokenize is not None and not args.input:
         raise ValueError("a language model caches a text file: give --input FILE.txt")
     inputs, is_text, _ = model_inputs(adapter, args, context=args.context, tokens=args.tokens, n_default=360)
-    if args.force and out.exists():
-        shutil.rmtree(out)
+    meta = {
+        "context": args.context if is_text else None,
+        "inputs": input_identity(args.input),
+        "model_spec": args.model or "digits",
+        "weights_path": None if args.weights is None else os.path.realpath(args.weights),
+        "random_weights": args.random_weights,
+        "n": args.n,
+        "device": args.device,
+    }
+    if args.activation:
+        meta["activation"] = sorted(args.activation)
+    source, sep, _ = (args.model or "").rpartition(":")
+    if sep and source.endswith(".py") and Path(source).is_file():  # a FILE.py model: its code, too
+        meta["model_file"] = input_identity([source])[0]
     manifest = cache_activations(
         adapter,
         layer,
-        out,
+        args.out,
         inputs,
         is_text=is_text,
         dtype=args.dtype,
@@ -55,7 +66,8 @@ def run(args) -> int:
         tokens=args.tokens,
         batch_size=args.batch_size,
         progress=not args.no_progress,
-        meta={"context": args.context if is_text else None, "inputs": input_identity(args.input)},
+        force=args.force,
+        meta=meta,
     )
     stream = sys.stderr if args.json == "-" else sys.stdout
     print(
@@ -124,5 +136,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="inputs per forward pass (default 16)")
     p.add_argument("--out", required=True, metavar="DIR", help="the store folder (re-run to resume an interrupted one)")
     p.add_argument("--json", metavar="PATH", help="write the manifest summary as JSON to PATH ('-' for stdout)")
-    p.add_argument("--force", action="store_true", help="replace an existing store")
+    p.add_argument(
+        "--force", action="store_true", help="replace an existing store (never a folder that holds anything else)"
+    )
     p.set_defaults(handler=run)

@@ -76,6 +76,9 @@ def _position(text: str | None):
     return h, w
 
 
+OUTPUTS = ("clusters.json", "report.html", "labels.npy", "labels_*.npy")  # an --out written before the marker
+
+
 def run(args) -> int:
     import json
 
@@ -86,7 +89,7 @@ def run(args) -> int:
     from polylens.clustering.report_html import render_html, summary_figures
     from sae.files import finite
 
-    check_output_dir(args.out, args.force)
+    check_output_dir(args.out, args.force, command="cluster", legacy=OUTPUTS)
     check_outputs(args.force, inputs=[args.input, args.codes, args.weights], json=args.json)
     if args.json not in (None, "-") and os.path.abspath(args.json).startswith(os.path.abspath(args.out) + os.sep):
         raise ValueError(f"--json {args.json} lies inside --out {args.out}, which is replaced; write it elsewhere")
@@ -120,7 +123,7 @@ def run(args) -> int:
         (folder / "clusters.json").write_text(json.dumps(finite(result.to_json()), indent=1) + "\n")
         (folder / "report.html").write_text(page, encoding="utf-8")
 
-    write_dir(args.out, writer)
+    write_dir(args.out, writer, command="cluster", legacy=OUTPUTS)
     summary = {k: v for k, v in result.to_json().items() if k != "clusters"}
     summary["out"] = args.out
     stream = sys.stderr if args.json == "-" else sys.stdout

@@ -102,6 +102,67 @@ def _target(kind: str, is_text: bool, tokens):
     return Target("loss" if kind == "loss" else "predicted", 0, is_text).fn(tokens=tokens)
 
 
+# what each recorded field is, in the words of the flags that set it (a resume names the first that differs)
+CHANGED = {
+    "inputs": "--input",
+    "model_spec": "--model",
+    "model_file": "the --model file",
+    "weights_path": "--weights",
+    "random_weights": "--random-weights",
+    "model": "the model",
+    "model_sha256": "the model's weights",
+    "layer": "--layer",
+    "n": "--n",
+    "tokens": "--tokens (the rows to store)",
+    "context": "--context",
+    "dtype": "--dtype",
+    "gradients": "--gradients",
+    "device": "--device",
+    "width": "the layer's width",
+}
+
+
+def module_sha256(module) -> str:
+    """SHA-256 of a module's state (every parameter and buffer: names, dtypes, shapes, bytes)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _show(key: str, value) -> str:
+    if key == "model_file" and isinstance(value, dict):
+        value = [value]
+    if key in ("inputs", "model_file") and isinstance(value, list):
+        if not value:
+            return "the model's bundled inputs"
+        return ", ".join(f"{i.get('path') or i.get('name')} (sha256 {str(i.get('sha256'))[:12]}…)" for i in value)
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "…"
+    return "none" if value is None else str(value)
+
+
+def check_same_store(out: Path, manifest: dict, fields: dict, *, replace: str) -> None:
+    """Refuse to resume the store at ``out`` with rows made otherwise than its own: one line naming
+    the first recorded field (input, model, option) that differs."""
+    keys = [*CHANGED, *(k for k in fields if k not in CHANGED)]
+    for key in keys:
+        if key in fields and manifest.get(key) != fields[key]:
+            what = CHANGED.get(key, key)
+            raise ValueError(
+                f"--out {out} holds another store ({what}: {_show(key, manifest.get(key))} there, "
+                f"{_show(key, fields[key])} now); "
+                + ("" if manifest.get("complete") else "finish it with the command that began it, or ")
+                + replace
+            )
+
+
 def cache_activations(
     adapter,
     layer: str,
@@ -115,63 +176,116 @@ def cache_activations(
     batch_size: int = 16,
     shard_rows: int | None = None,
     progress: bool = False,
+    force: bool = False,
     meta: dict | None = None,
 ) -> dict:
     """Run ``adapter`` on ``inputs`` (a batch at a time) up to ``layer`` and write the rows into the
-    store at ``out`` (resuming an incomplete one); returns the manifest."""
+    store at ``out`` (resuming an incomplete one begun from the same inputs, model and options;
+    ``force``: replacing a store there, but never a folder that holds anything else); returns the
+    manifest. Everything is checked before the first byte is written, and the folder is locked
+    while it is written (a second writer is refused)."""
+    import os
     import time
 
     import torch
 
     from polylens.capture import capture
-    from sae.activation_store import DTYPES, StoreWriter
+    from sae.activation_store import DTYPES, FORMAT, MANIFEST, StoreWriter, clear_store, foreign_file, read_manifest
+    from sae.files import folder_lock
 
     began = time.perf_counter()
     if gradients is not None and gradients not in GRADIENT_TARGETS:
         raise ValueError(f"--gradients {gradients!r}: choose {' or '.join(GRADIENT_TARGETS)}")
-    first = capture(adapter.module, inputs[:1], [layer]).activations[layer]
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose {', '.join(DTYPES)}")
+    if batch_size < 1 or (tokens is not None and tokens < 1) or inputs.shape[0] < 1:
+        raise ValueError(f"batch_size={batch_size}, tokens={tokens} and the {inputs.shape[0]} inputs must be positive")
+    shown, out = out, Path(os.path.realpath(out))
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {shown} is a file; give a folder")
+    parent = out.parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"folder {parent} for --out {shown} does not exist; create it first")
+    # the layer, and the gradient target on the model's output, tried on the first input before anything is written
+    probe = None if gradients is None else _target(gradients, is_text, inputs[:1])
+    first = capture(adapter.module, inputs[:1], [layer], target=probe).activations[layer]
     per_input = rows_of(first, is_text).shape[0]
     width = rows_of(first, is_text).shape[1]
     total = per_input * inputs.shape[0] if tokens is None else min(tokens, per_input * inputs.shape[0])
     elt = torch.finfo(DTYPES[dtype]).bits // 8
     shard_rows = shard_rows or max(1024, min(1 << 20, (256 << 20) // (elt * width)))
     what = None if gradients is None else GRADIENT_TARGETS[gradients]
-    writer = StoreWriter(
-        out,
-        width=width,
-        dtype=dtype,
-        shard_rows=shard_rows,
-        gradients=what,
-        weight=layer_weight(adapter, layer),
-        meta={"model": adapter.name, "layer": layer, "tokens": total, **(meta or {})},
+    meta = {"model": adapter.name, "layer": layer, "tokens": total, "model_sha256": module_sha256(adapter.module)} | (
+        meta or {}
     )
-    if writer.complete:
-        raise FileExistsError(f"the store {out} is complete; pass --force to write it again")
-    start = writer.rows_done // per_input  # resume: the input holding the first row not yet stored
-    writer.begin(start * per_input)
-    from polylens.progress import progress_bar
+    fields = {"format": FORMAT, "width": width, "dtype": dtype, "shard_rows": shard_rows, "gradients": what, **meta}
 
-    bar = progress_bar(
-        total, f"cache {layer}", unit="tok" if is_text else "row", enabled=progress, initial=writer.rows_done
-    )
-    done = start * per_input
-    try:
-        for lo in range(start, inputs.shape[0], batch_size):
-            if done >= total:
-                break
-            batch = inputs[lo : lo + batch_size]
-            target = None if gradients is None else _target(gradients, is_text, batch)
-            got = capture(adapter.module, batch, [layer], target=target)
-            acts = rows_of(got.activations[layer], is_text)
-            grads = None if target is None else rows_of(got.gradients[layer][:, 0], is_text)
-            keep = min(acts.shape[0], total - done)
-            writer.add(acts[:keep], None if grads is None else grads[:keep])
-            done += keep
-            bar.update(keep)
-    finally:
-        bar.close()
-    writer.manifest["seconds_last_run"] = round(time.perf_counter() - began, 1)  # this run's, resumed or not
-    return writer.close()
+    def check(folder: Path) -> None:
+        """What may be done to the folder as it is now (refusals only: nothing written)."""
+        name = foreign_file(folder) if folder.exists() else None
+        if force:
+            if name is not None:
+                raise ValueError(
+                    f"--out {shown} holds {name}, which is not part of an activation store; --force replaces "
+                    f"only a store: give a new folder, or move {name} out of it"
+                )
+            return
+        if name is not None and (name == MANIFEST or not (folder / MANIFEST).is_file()):
+            raise FileExistsError(f"--out {shown} holds {name} and no activation store; give an empty or new folder")
+        if (folder / MANIFEST).is_file():
+            replace = "give another --out" if name is not None else "give another --out, or --force to replace it"
+            manifest = read_manifest(folder)
+            check_same_store(shown, manifest, fields, replace=replace)
+            if manifest["complete"]:
+                hint = "give another --out" if name is not None else "pass --force to write it again"
+                raise FileExistsError(f"the store {shown} is complete; {hint}")
+
+    check(out)
+    created = not out.exists()
+    out.mkdir(exist_ok=True)
+    with folder_lock(out):
+        try:
+            check(out)  # again, now that no other writer can change it
+            if force:
+                clear_store(out)
+            writer = StoreWriter(
+                out,
+                width=width,
+                dtype=dtype,
+                shard_rows=shard_rows,
+                gradients=what,
+                weight=layer_weight(adapter, layer),
+                meta=meta,
+            )
+        except BaseException:
+            if created and not any(out.iterdir()):
+                out.rmdir()  # a refusal leaves nothing
+            raise
+        start = writer.rows_done // per_input  # resume: the input holding the first row not yet stored
+        writer.begin(start * per_input)
+        from polylens.progress import progress_bar
+
+        bar = progress_bar(
+            total, f"cache {layer}", unit="tok" if is_text else "row", enabled=progress, initial=writer.rows_done
+        )
+        done = start * per_input
+        try:
+            for lo in range(start, inputs.shape[0], batch_size):
+                if done >= total:
+                    break
+                batch = inputs[lo : lo + batch_size]
+                target = None if gradients is None else _target(gradients, is_text, batch)
+                got = capture(adapter.module, batch, [layer], target=target)
+                acts = rows_of(got.activations[layer], is_text)
+                grads = None if target is None else rows_of(got.gradients[layer][:, 0], is_text)
+                keep = min(acts.shape[0], total - done)
+                writer.add(acts[:keep], None if grads is None else grads[:keep])
+                done += keep
+                bar.update(keep)
+        finally:
+            bar.close()
+        writer.manifest["seconds_last_run"] = round(time.perf_counter() - began, 1)  # this run's, resumed or not
+        return writer.close()
 
 
 class LiveLayer:
