@@ -97,12 +97,13 @@ def _at_step_end(fit, name: str) -> None:
 
     engine = fit.f_locals["self"]
     begun, last = engine.step, [fit.f_lineno]
+    outer = sys.gettrace()  # a debugger's or coverage's tracer: kept
 
     def trace(frame, event, arg):
         if frame is fit and (
             event == "return" or (event == "line" and engine.step != begun and frame.f_lineno < last[0])
         ):
-            sys.settrace(None)
+            sys.settrace(outer)
             fit.f_trace = None
             raise KeyboardInterrupt(name)
         if frame is fit and event == "line":
@@ -111,7 +112,8 @@ def _at_step_end(fit, name: str) -> None:
 
     fit.f_trace_lines = True
     fit.f_trace = trace
-    sys.settrace(lambda *_: None)  # line events reach fit's own tracer only while some tracer is set
+    if outer is None:
+        sys.settrace(lambda *_: None)  # line events reach fit's own tracer only while some tracer is set
 
 
 def _resume_hint(args) -> str:
@@ -126,9 +128,12 @@ def _resume_hint(args) -> str:
         try:
             from sae.activation_store import read_manifest
 
-            rows = read_manifest(out)["rows"]
+            manifest = read_manifest(out)
         except (OSError, ValueError):
             return f"; nothing was stored in {out}"
+        if manifest["complete"]:
+            return f"; the store in {out} is complete"
+        rows = manifest["rows"]
         return f"; {rows:,} rows in complete shards are kept in {out}: run the same command again to finish the store"
     if args.command == "sae" and getattr(args, "sae_command", None) in ("train", "sweep"):
         from sae.files import CHECKPOINT

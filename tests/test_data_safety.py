@@ -468,3 +468,44 @@ def test_every_forged_or_damaged_store_is_one_line(store, capsys):
         ]
         err = refused(capsys, store, argv, words, absent=[store / "run"])
         assert str(folder) in err or "shard" in err, err
+
+
+def _sigterm_after_optimizer_step(k: int):
+    """Send this process SIGTERM right after the k-th optimizer update, before the step is counted:
+    the moment where an interrupt raised at once would save weights one update ahead of the step."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    calls = []
+
+    def hook(optimizer, args, kwargs):
+        calls.append(1)
+        if len(calls) == k:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return register_optimizer_step_post_hook(hook)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sae", "train", "--dict-size", "32"],
+        ["sae", "sweep", "--l1s", "0.01,0.1", "--ratios", "2"],
+    ],
+)
+def test_sigterm_mid_step_saves_the_step_whole_and_resumes_bit_identically(work, capsys, command):
+    from safetensors.torch import load_file
+
+    np.save(work / "d.npy", np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32))
+    argv = [*command, "--data", "d.npy", "--samples", str(64 * 40), "--batch-size", "64", "--no-progress"]
+    argv += ["--eval-samples", "256"]
+    assert run(capsys, *argv, "--out", "whole")[0] == 0
+    handle = _sigterm_after_optimizer_step(15)
+    try:
+        code, _, err = run(capsys, *argv, "--out", "cut")
+    finally:
+        handle.remove()
+    assert code == 130 and err.strip().splitlines()[-1].startswith("polylens: interrupted by SIGTERM; its checkpoint")
+    assert json.loads((work / "cut" / "checkpoint.json").read_text())["step"] == 15
+    assert run(capsys, *argv, "--out", "cut", "--resume")[0] == 0
+    a, b = (load_file(work / name / "checkpoint.safetensors") for name in ("whole", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
