@@ -13,11 +13,10 @@ from pathlib import Path
 def run(args) -> int:
     import os
 
-    from cli.experiments.cache import cache_activations, input_identity
+    from cli.experiments.cache import cache_activations, check_store_folder, input_identity
     from cli.modelargs import load_from_args, model_inputs
     from cli.output import check_outputs, out_folder
     from polylens.models.corpus import NAME as CORPUS
-    from sae.activation_store import MANIFEST, foreign_file
 
     files = [i for i in args.input if i != CORPUS or Path(i).exists()]
     check_outputs(args.force, inputs=[*files, args.weights], json=args.json)
@@ -28,14 +27,7 @@ def run(args) -> int:
     out = out_folder(args.out)
     if args.json not in (None, "-") and os.path.realpath(args.json).startswith(str(out) + os.sep):
         raise ValueError(f"--json {args.json} lies inside the store --out {args.out}; write it elsewhere")
-    name = foreign_file(out) if out.exists() else None  # checked again, under the store's lock, before writing
-    if name is not None and args.force:
-        raise ValueError(
-            f"--out {args.out} holds {name}, which is not part of an activation store; --force replaces only a "
-            f"store: give a new folder, or move {name} out of it"
-        )
-    if name is not None and (name == MANIFEST or not (out / MANIFEST).is_file()):
-        raise FileExistsError(f"--out {args.out} holds {name} and no activation store; give an empty or new folder")
+    check_store_folder(out, args.out, args.force)  # again, with the identity of the rows, before writing
     adapter = load_from_args(args)
     layer = adapter.check_layer(args.layer)
     if adapter.tokenize is not None and not args.input:

@@ -118,6 +118,7 @@ CHANGED = {
     "dtype": "--dtype",
     "gradients": "--gradients",
     "device": "--device",
+    "inputs_sha256": "the model's inputs (the tokenizer, or how the inputs are read)",
     "width": "the layer's width",
 }
 
@@ -126,13 +127,9 @@ def module_sha256(module) -> str:
     """SHA-256 of a module's state (every parameter and buffer: names, dtypes, shapes, bytes)."""
     import hashlib
 
-    import torch
-
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(f"{name} {tensor_sha256(t)}\n".encode())
     return h.hexdigest()
 
 
@@ -163,6 +160,44 @@ def check_same_store(out: Path, manifest: dict, fields: dict, *, replace: str) -
             )
 
 
+def check_store_folder(folder: Path, shown, force: bool, fields: dict | None = None) -> None:
+    """Refuse (nothing written) what may not be done to the store folder ``folder`` (``--out
+    shown``) as it is now: with ``force``, a folder that holds anything but a store; without, a
+    folder that holds no store, and, given the new store's ``fields``, a store begun otherwise or
+    complete."""
+    from sae.activation_store import MANIFEST, foreign_file, read_manifest
+
+    name = foreign_file(folder) if folder.exists() else None
+    if force:
+        if name is not None:
+            raise ValueError(
+                f"--out {shown} holds {name}, which is not part of an activation store; --force replaces "
+                f"only a store: give a new folder, or move {name} out of it"
+            )
+        return
+    if name is not None and (name == MANIFEST or not (folder / MANIFEST).is_file()):
+        raise FileExistsError(f"--out {shown} holds {name} and no activation store; give an empty or new folder")
+    if fields is not None and (folder / MANIFEST).is_file():
+        replace = "give another --out" if name is not None else "give another --out, or --force to replace it"
+        manifest = read_manifest(folder)
+        check_same_store(shown, manifest, fields, replace=replace)
+        if manifest["complete"]:
+            hint = "give another --out" if name is not None else "pass --force to write it again"
+            raise FileExistsError(f"the store {shown} is complete; {hint}")
+
+
+def tensor_sha256(t) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    import hashlib
+
+    import torch
+
+    t = t.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def cache_activations(
     adapter,
     layer: str,
@@ -190,7 +225,7 @@ def cache_activations(
     import torch
 
     from polylens.capture import capture
-    from sae.activation_store import DTYPES, FORMAT, MANIFEST, StoreWriter, clear_store, foreign_file, read_manifest
+    from sae.activation_store import DTYPES, FORMAT, StoreWriter, clear_store
     from sae.files import folder_lock
 
     began = time.perf_counter()
@@ -215,37 +250,21 @@ def cache_activations(
     elt = torch.finfo(DTYPES[dtype]).bits // 8
     shard_rows = shard_rows or max(1024, min(1 << 20, (256 << 20) // (elt * width)))
     what = None if gradients is None else GRADIENT_TARGETS[gradients]
-    meta = {"model": adapter.name, "layer": layer, "tokens": total, "model_sha256": module_sha256(adapter.module)} | (
-        meta or {}
-    )
+    meta = {
+        "model": adapter.name,
+        "layer": layer,
+        "tokens": total,
+        "model_sha256": module_sha256(adapter.module),
+        "inputs_sha256": tensor_sha256(inputs),  # what the model reads: after the tokenizer, --context, --n
+    } | (meta or {})
     fields = {"format": FORMAT, "width": width, "dtype": dtype, "shard_rows": shard_rows, "gradients": what, **meta}
 
-    def check(folder: Path) -> None:
-        """What may be done to the folder as it is now (refusals only: nothing written)."""
-        name = foreign_file(folder) if folder.exists() else None
-        if force:
-            if name is not None:
-                raise ValueError(
-                    f"--out {shown} holds {name}, which is not part of an activation store; --force replaces "
-                    f"only a store: give a new folder, or move {name} out of it"
-                )
-            return
-        if name is not None and (name == MANIFEST or not (folder / MANIFEST).is_file()):
-            raise FileExistsError(f"--out {shown} holds {name} and no activation store; give an empty or new folder")
-        if (folder / MANIFEST).is_file():
-            replace = "give another --out" if name is not None else "give another --out, or --force to replace it"
-            manifest = read_manifest(folder)
-            check_same_store(shown, manifest, fields, replace=replace)
-            if manifest["complete"]:
-                hint = "give another --out" if name is not None else "pass --force to write it again"
-                raise FileExistsError(f"the store {shown} is complete; {hint}")
-
-    check(out)
+    check_store_folder(out, shown, force, fields)
     created = not out.exists()
     out.mkdir(exist_ok=True)
     with folder_lock(out):
         try:
-            check(out)  # again, now that no other writer can change it
+            check_store_folder(out, shown, force, fields)  # again, now that no other writer can change it
             if force:
                 clear_store(out)
             writer = StoreWriter(
