@@ -139,7 +139,9 @@ def _resume_hint(args) -> str:
         from sae.files import CHECKPOINT
 
         if not (out / CHECKPOINT).is_file():
-            return f"; no checkpoint was saved in {out}"
+            if out.is_dir() and any(out.iterdir()):
+                return "; it stopped before its first step (nothing to resume): start it again with --force"
+            return f"; nothing was written to {out}"
         again = "the same command again" if getattr(args, "resume", False) else "the same command with --resume"
         return f"; its checkpoint is saved in {out}: run {again} to continue"
     return ""

@@ -194,7 +194,7 @@ def tensor_sha256(t) -> str:
 
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256(f"{t.dtype} {tuple(t.shape)}\n".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, not a copy
     return h.hexdigest()
 
 
