@@ -39,7 +39,7 @@ def run(args) -> int:
         "model_spec": args.model or "digits",
         "weights_path": None if args.weights is None else os.path.realpath(args.weights),
         "random_weights": args.random_weights,
-        "n": args.n,
+        "n": int(inputs.shape[0]),  # the inputs read (the same with --n given or left to its default)
         "device": args.device,
     }
     if args.activation:
