@@ -52,7 +52,7 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
         title="best match per ground-truth direction",
     )
     axes[0].set_xticks(np.arange(g) if g <= 20 else np.arange(0, g, max(1, g // 10)))
-    axes[0].legend(fontsize=7, loc="lower right")
+    _legend(axes[0], fontsize=7, loc="lower right")
 
     # the distribution of the best |cos| per ground-truth direction: "all half-found" vs "half found"
     hist = axes[-1]
@@ -65,7 +65,7 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
         ylabel="ground-truth directions",
         title="distribution of best matches",
     )
-    hist.legend(fontsize=7, loc="upper left")
+    _legend(hist, fontsize=7, loc="upper left")
     axes = axes[:-1]
 
     if vectors:
@@ -78,7 +78,7 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
                 v = F[b] * np.sign(F[b] @ truth[j] or 1.0)
                 ax.plot(v, lw=1.0, alpha=0.85, label=f"{name} (|cos| {cos[name][j, b]:.3f})")
             ax.set(xlabel="hidden unit", ylabel="component", title=f"ground-truth direction {j}")
-            ax.legend(fontsize=7)
+            _legend(ax, fontsize=7)
     else:
         for ax, name in zip(axes[1:], names):
             rows, cols = linear_sum_assignment(-cos[name])
@@ -90,6 +90,13 @@ def plot_direction_recovery(truth, found: Mapping[str, np.ndarray], path: str, t
         fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend where the axes hold a labelled artist; none otherwise (matplotlib would warn
+    "No artists with labels found to put in legend" on the user's terminal)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
 
 
 def _pyplot():
@@ -128,7 +135,7 @@ def plot_density_path(result, path: str, title: str = "") -> None:
         ylabel="crossings per step",
         title=title or f"{res['model']}: {res['n_crossings']} crossings ({kind}), path in {res['space_layer']}",
     )
-    ax.legend(fontsize=7, loc="upper right")
+    _legend(ax, fontsize=7, loc="upper right")
     labels = prof.get("labels") or []
     if labels:
         names = sorted(set(labels), key=labels.index)
@@ -171,7 +178,8 @@ def plot_shell_profile(profile, path: str, title: str = "") -> None:
     twin.set_ylabel("data points")
     lines = ax.get_legend_handles_labels()
     more = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
+    if lines[0] + more[0]:
+        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper right")
     kind = "exact" if prof["exact"] else "sampled"
     ax.set_title(title or f"{prof['model']}: shell profile over {prof['n_paths']} scaling paths ({kind})", fontsize=10)
     fig.savefig(path, dpi=110, format="png")
@@ -206,7 +214,7 @@ def plot_layer_comparison(result: Mapping, path: str, title: str = "") -> None:
         )
         if log:
             ax.set_yscale("symlog", linthresh=1e-3)
-    axes[0].legend(fontsize=7)
+    _legend(axes[0], fontsize=7)
     ag = result["agreement"]
     M = np.asarray(ag["mmcs"], dtype=np.float64)
     ax = axes[-1]

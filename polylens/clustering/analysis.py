@@ -173,13 +173,14 @@ def cluster_layer(
             sc.purity, sc.nmi, sc.ari = first["purity"], first["nmi"], first["ari"]
         results[space] = asdict(sc)
         notes.extend(f"{space}: {n}" for n in sc.notes)
-    from sklearn.metrics import adjusted_rand_score
-
     agree = agree_cos = None
-    if "codes" in labelings and "activations" in labelings:
-        agree = float(adjusted_rand_score(labelings["codes"], labelings["activations"]))
-    if "codes" in labelings and "activations_cosine" in labelings:
-        agree_cos = float(adjusted_rand_score(labelings["codes"], labelings["activations_cosine"]))
+    if "codes" in labelings and len(labelings) > 1:  # scikit-learn's metrics cost a second to import
+        from sklearn.metrics import adjusted_rand_score
+
+        if "activations" in labelings:
+            agree = float(adjusted_rand_score(labelings["codes"], labelings["activations"]))
+        if "activations_cosine" in labelings:
+            agree_cos = float(adjusted_rand_score(labelings["codes"], labelings["activations_cosine"]))
     primary = labelings.get("codes", labelings.get("activations"))
     clusters = describe(points, primary, top_examples=top_examples)
     n_unique = points.codes.n_distinct()

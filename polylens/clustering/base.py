@@ -8,6 +8,7 @@ here), float activations ``[n, d]`` (``metric`` euclidean or cosine), or ``Point
 from __future__ import annotations
 
 import inspect
+import sys
 
 import numpy as np
 
@@ -20,12 +21,13 @@ DENSE_MEMORY_SHARE = 0.5  # a dense distance matrix may take at most this share 
 def as_points(X, metric: str | None = None) -> Points:
     """``X`` as ``Points``: codes (SplineCodes, uint64 words, 0/1 or bool arrays) → Hamming;
     float arrays → ``metric`` (default euclidean)."""
-    from polylens.lens.codes import SplineCodes, pack_bits
-
     if isinstance(X, Points):
         return X
-    if isinstance(X, SplineCodes):
+    codes = sys.modules.get("polylens.lens.codes")  # imports torch: a SplineCodes has imported it already
+    if codes is not None and isinstance(X, codes.SplineCodes):
         return Points(X.words, "hamming")
+    from polylens.lens.codes import pack_bits
+
     arr = np.asarray(X)
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"points must be a non-empty 2-D array [n_points, n_units], got shape {arr.shape}")

@@ -5,7 +5,9 @@ zero, so they never add to a distance). Everything here is blockwise: memory sta
 distances, whatever ``n`` is, except where a full matrix is what the caller asked for.
 
 Routes (all exact; ``choose_route`` times each available one on a small block at the codes' width
-and keeps the fastest for the process, since the winner depends on the CPU):
+and keeps the fastest for the process, since the winner depends on the CPU; a job of at most
+``SMALL_WORK`` word pairs takes the numpy route without that probe, which would import numba, torch
+and faiss and compile a kernel, a second or more, for work of milliseconds):
 
 - ``popcount``: a numba kernel, XOR + ``llvm.ctpop`` over the words, four query rows at a time
   (compiled for the host CPU, so AVX2 gets LLVM's vectorised popcount, AVX-512 ``vpopcntq``).
@@ -173,6 +175,7 @@ def _available_routes() -> dict[str, Callable]:
     return routes
 
 
+SMALL_WORK = 2**24  # word pairs (rows × rows × words) up to which route="auto" is numpy, unprobed
 _CHOSEN: dict[int, str] = {}
 PROBE_TIMES: dict[int, dict[str, float]] = {}  # n_words -> route -> pairs/s of the last probe
 
@@ -200,7 +203,10 @@ def choose_route(n_words: int) -> str:
     return _CHOSEN[n_words]
 
 
-def _route_fn(route: str, n_words: int) -> tuple[str, Callable]:
+def _route_fn(route: str, n_words: int, work: int | None = None) -> tuple[str, Callable]:
+    """The route's name and block function; ``work`` (word pairs of the job) lets "auto" skip the probe."""
+    if route == "auto" and work is not None and work <= SMALL_WORK and n_words not in _CHOSEN:
+        return "numpy", _block_numpy
     if route == "auto":
         route = choose_route(n_words)
     routes = _available_routes()
@@ -221,7 +227,7 @@ def pairwise(a: np.ndarray, b: np.ndarray | None = None, *, route: str = "auto",
     b = a if b is None else _as_words(b, "other codes")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"codes have different widths: {a.shape[1]} vs {b.shape[1]} words")
-    _, fn = _route_fn(route, a.shape[1])
+    _, fn = _route_fn(route, a.shape[1], len(a) * len(b) * a.shape[1])
     out = np.empty((len(a), len(b)), dtype=np.int32)
     step = _block_rows(len(b))
     for start in _progress(range(0, len(a), step), progress, "hamming distances"):
@@ -252,7 +258,7 @@ def knn(
         raise ValueError(f"k={k} must be between 1 and the {avail} candidate neighbours")
     if exclude_self and base is not query:
         raise ValueError("exclude_self applies only when base is the query set itself")
-    route, fn = _route_fn(route, query.shape[1])
+    route, fn = _route_fn(route, query.shape[1], len(query) * len(base) * query.shape[1])
     dist = np.empty((len(query), k), dtype=np.int32)
     idx = np.empty((len(query), k), dtype=np.int64)
     step = 4096 if route == "popcount" else _block_rows(len(base))

@@ -4,7 +4,9 @@ The mutual-reachability minimum spanning tree is built here (``polylens.clusteri
 from the full distance matrix of the distinct points, up to ``max_dense`` of them; beyond that from
 a k-NN graph, exact or faiss HNSW. Each repeated point joins its copy at its core distance, so the
 tree spans all n points as HDBSCAN on the expanded set would build it; the hierarchy, the condensed
-tree and the cluster selection are fast_hdbscan's (``clusters_from_spanning_tree``). ``sample=N``
+tree and the cluster selection are fast_hdbscan's (``clusters_from_spanning_tree``; up to
+``hierarchy.SMALL_POINTS`` points its port in ``polylens.clustering.hierarchy``, which starts without
+importing scikit-learn or numba, and gives the same result). ``sample=N``
 fits a seeded sample and gives every other point the label HDBSCAN's own prediction rule gives
 (``predict``: the approximate_predict rule of the hdbscan package: mutual reachability to the
 nearest fitted neighbours, then up the condensed tree; noise stays noise).
@@ -16,6 +18,7 @@ import math
 
 import numpy as np
 
+from polylens.clustering import hierarchy
 from polylens.clustering.base import ClustererBase, as_points, dense_fits, metric_of
 from polylens.clustering.hamming import Unique, unique_rows
 from polylens.clustering.mst import core_distances, dense_sorted_neighbours, knn_graph_mst, prim_mst
@@ -115,8 +118,6 @@ class HDBSCAN(ClustererBase):
     # -- the fit on one set of points -----------------------------------------------------
 
     def _fit_points(self, points: Points) -> None:
-        from fast_hdbscan.hdbscan import clusters_from_spanning_tree
-
         if self.dedup:
             uniq = unique_rows(points.data)
         else:  # every point its own row (the reference the collapsed route must agree with)
@@ -167,13 +168,17 @@ class HDBSCAN(ClustererBase):
                 np.column_stack([rep[uniq.inverse[copies]], copies, core[uniq.inverse[copies]]]),
             ]
         ).astype(np.float64)
-        if n > 1:
-            labels, strengths, _, tree, _ = clusters_from_spanning_tree(
-                edges,
-                min_cluster_size=int(self.min_cluster_size),
-                cluster_selection_method=self.cluster_selection_method,
-                allow_single_cluster=self.allow_single_cluster,
-            )
+        options = dict(
+            min_cluster_size=int(self.min_cluster_size),
+            cluster_selection_method=self.cluster_selection_method,
+            allow_single_cluster=self.allow_single_cluster,
+        )
+        if 1 < n <= hierarchy.SMALL_POINTS:
+            labels, strengths, tree = hierarchy.clusters_from_spanning_tree(edges, **options)
+        elif n > 1:
+            from fast_hdbscan.hdbscan import clusters_from_spanning_tree
+
+            labels, strengths, _, tree, _ = clusters_from_spanning_tree(edges, **options)
         else:
             labels, strengths, tree = np.full(1, -1), np.zeros(1), None
         self.condensed_tree_ = tree

@@ -44,10 +44,17 @@ def core_distances(dist: np.ndarray, idx: np.ndarray, counts: np.ndarray, min_sa
 
 
 _PRIM: list[Callable] = []
+PRIM_NUMPY_MAX = 3000  # up to this many points Prim's loop runs in numpy: compiling (or loading) it costs more
 
 
 def prim_mst(dist: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """Exact minimum spanning tree of mutual reachability max(d_ij, core_i, core_j): [n-1, 3] edges."""
+    """Exact minimum spanning tree of mutual reachability max(d_ij, core_i, core_j): [n-1, 3] edges.
+
+    Both loops (numpy up to ``PRIM_NUMPY_MAX`` points, numba beyond) take the same edges: the
+    next point is the first of the least reach, a point's best link changes only when strictly
+    shorter."""
+    if len(dist) <= PRIM_NUMPY_MAX:
+        return _prim_numpy(dist, core.astype(np.float64))
     if not _PRIM:
         from numba import njit
 
@@ -79,6 +86,27 @@ def prim_mst(dist: np.ndarray, core: np.ndarray) -> np.ndarray:
 
         _PRIM.append(prim)
     return _PRIM[0](dist, core.astype(np.float64))
+
+
+def _prim_numpy(dist: np.ndarray, core: np.ndarray) -> np.ndarray:
+    """``prim_mst``'s loop with each step over all points in numpy (see there)."""
+    n = dist.shape[0]
+    in_tree = np.zeros(n, dtype=bool)
+    best = np.full(n, np.inf)
+    src = np.zeros(n, dtype=np.int64)
+    edges = np.empty((max(n - 1, 0), 3))
+    cur = 0
+    in_tree[0] = True
+    for e in range(n - 1):
+        reach = np.maximum(np.maximum(dist[cur].astype(np.float64), core[cur]), core)
+        closer = (reach < best) & ~in_tree
+        best[closer] = reach[closer]
+        src[closer] = cur
+        nxt = int(np.argmin(np.where(in_tree, np.inf, best)))
+        edges[e] = src[nxt], nxt, best[nxt]
+        in_tree[nxt] = True
+        cur = nxt
+    return edges
 
 
 def knn_graph_mst(nbrs, core: np.ndarray) -> np.ndarray:

@@ -24,12 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from polylens.lens.codes import SplineCodes, layer_preactivations
 from polylens.models.base import npy_error, read_npy
+
+if TYPE_CHECKING:  # torch is imported where a model runs: codes from a file need none of it
+    import torch
+
+    from polylens.lens.codes import SplineCodes
 
 
 @dataclass
@@ -61,6 +65,9 @@ def _points(
     unit: str = "input",
 ):
     """Codes and float activations ``[n, units]`` of ``inputs`` at ``layers``, a batch at a time."""
+    import torch
+
+    from polylens.lens.codes import SplineCodes, layer_preactivations
     from polylens.progress import progress_bar
 
     bar = progress_bar(inputs.shape[0], f"{adapter.name} {','.join(layers)}", unit=unit, enabled=progress)
@@ -87,6 +94,7 @@ def _single_layer(adapter, layer: str | None, default: str | None = None) -> lis
 
 def digits_points(adapter, layer: str | None = None, *, batch_size: int = 256, progress: bool = False) -> LayerPoints:
     """All 1797 bundled digits (``sklearn.datasets.load_digits``) at ``layer`` (default ``fc1``)."""
+    import torch
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -109,6 +117,8 @@ def array_points(
     adapter, layer: str | None, path: str | Path, *, batch_size: int = 64, progress: bool = False
 ) -> LayerPoints:
     """Inputs ``[n, ...]`` from an ``.npy`` (float; float64 is converted) at ``layer``."""
+    import torch
+
     arr = read_npy(path, integers=True)
     if arr.ndim < 2:
         raise ValueError(
@@ -125,6 +135,8 @@ def array_points(
 def codes_points(path: str | Path, layer: str | None = None) -> LayerPoints:
     """The codes in a file: an ``.npz`` written by ``SplineCodes.save`` (``layer``: keep that
     layer's codes only) or a plain 0/1 ``.npy`` ``[n_points, n_units]``. No activations."""
+    from polylens.lens.codes import LayerSlot, SplineCodes, pack_bits
+
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"codes file {str(path)!r}: no such file")
@@ -144,9 +156,9 @@ def codes_points(path: str | Path, layer: str | None = None) -> LayerPoints:
                 f"codes file {str(path)!r} must hold only 0/1 values (spline codes); it holds other values "
                 f"({arr.dtype})"
             )
-        codes = SplineCodes.from_preactivations(
-            {"codes": torch.from_numpy(arr.astype(np.float32) - 0.5)}, provenance={"model": f"codes file {p.name}"}
-        )
+        units = arr.shape[1]  # one ReLU layer "codes", a bit a unit, as SplineCodes.from_preactivations makes it
+        layers = (LayerSlot("codes", "relu", 0, units, (units,)),)
+        codes = SplineCodes(pack_bits(arr == 1), units, layers, None, {"model": f"codes file {p.name}"})
     else:
         raise ValueError(f"codes file {str(path)!r} must be a .npz written by SplineCodes.save or a 0/1 .npy")
     model = codes.provenance.get("model") or f"codes file {p.name}"
@@ -188,6 +200,7 @@ def image_points(
     """One vector per image: all channels of ``layer`` at ``position`` (default centre), for the
     images in ``folder``, or (``folder=None``) the model's first ``n`` bundled images (default 500).
     Labelled by the class the model predicts (``class``), named by its ``describe_output``."""
+    import torch
     from PIL import Image
 
     from polylens.models.images import image_files
@@ -239,6 +252,8 @@ def image_points(
 def _predicted(adapter, x: torch.Tensor, batch_size: int) -> tuple[dict, dict]:
     """``({"class": predicted class [n]}, {"class": id → name})`` from a full forward pass, or empty
     where the model's output is not class logits."""
+    import torch
+
     if adapter.output_kind != "classes":
         return {}, {}
     with torch.no_grad():
@@ -294,6 +309,9 @@ def text_points(
     progress: bool = False,
 ) -> LayerPoints:
     """The paper's GPT-2 protocol on the text at ``path``, for any text model (see the module docstring)."""
+    import torch
+
+    from polylens.lens.codes import SplineCodes
     from polylens.progress import progress_bar
 
     n_ctx = adapter.n_ctx
@@ -381,6 +399,10 @@ def _text_labels(adapter, name: str, seq: list[int], pos, sequence: int, context
 def _text_preactivations(adapter, layer: str, batch) -> dict[int, torch.Tensor]:
     """Batch row → the pre-activations ``[len(positions), d_mlp]`` at its positions; sequences of
     equal length run through the model together."""
+    import torch
+
+    from polylens.lens.codes import layer_preactivations
+
     device = next(adapter.module.parameters()).device
     by_len: dict[int, list[int]] = {}
     for j, (_, seq, _) in enumerate(batch):

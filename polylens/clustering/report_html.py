@@ -56,7 +56,7 @@ def summary_figures(result, words: np.ndarray) -> dict[str, str]:
                 np.arange(1, len(res["sizes"]) + 1), res["sizes"], marker=".", label=f"{space} ({res['n_clusters']})"
             )
     ax.set(xlabel="cluster rank", ylabel="points", yscale="log", title="cluster sizes")
-    if ax.lines:
+    if ax.get_legend_handles_labels()[0]:  # no legend without a labelled line (matplotlib would warn)
         ax.legend(fontsize=8)
     else:  # every point is noise: no cluster to plot
         ax.text(0.5, 0.5, "no clusters: every point is noise", ha="center", va="center", transform=ax.transAxes)
