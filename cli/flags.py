@@ -72,3 +72,26 @@ def to_flags(message: str, parser: argparse.ArgumentParser, args: argparse.Names
     switches = switches_of(parser, args)
     message = _SWITCH.sub(lambda m: switches[m.group(1)] if m.group(1) in switches else m.group(0), message)
     return _PARAM.sub(lambda m: f"{names[m.group(1)]}=" if m.group(1) in names else m.group(0), message)
+
+
+def given(args: argparse.Namespace) -> set[str]:
+    """The ``dest`` of every option the user typed (``args.argv``, set by ``cli.main``), however it
+    was spelled: argparse resolves its own prefixes (``--see 9`` is ``--seed 9``) when the command
+    line is parsed again with every default suppressed. Empty when ``args`` holds no argv (a caller
+    that built the namespace itself)."""
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        return set()
+    from cli.main import build_parser
+
+    parser = build_parser()
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        p._defaults.clear()  # set_defaults(...): handlers, data_given
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+            elif action.dest != "help":
+                action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command", "sae_command"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 
 def add_model_args(p) -> None:
@@ -34,10 +35,68 @@ def add_model_args(p) -> None:
     )
 
 
+def check_device(name: str) -> None:
+    """``--device`` refused in one line, before any work, when it is no torch device or absent here."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
+
+
+ZIP = b"PK\x03\x04"
+
+
+def check_npy(path, flag: str) -> None:
+    """A file named ``.npy`` that is another format (an ``.npz`` or a ``torch.save`` file renamed:
+    both are zip archives, which NumPy would open as a dict of arrays) is refused in one line."""
+    p = Path(str(path))
+    if p.suffix != ".npy" or not p.is_file():
+        return
+    with open(p, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(ZIP):
+        raise ValueError(
+            f"{flag} {path} is a zip archive (an .npz or a torch.save file), not a .npy array; "
+            "save the array itself with numpy.save"
+        )
+
+
+def check_input_files(args) -> None:
+    """``check_npy`` on every input file the command's flags name."""
+    for dest, flag in (
+        ("input", "--input"),
+        ("from_", "--from"),
+        ("to", "--to"),
+        ("via", "--via"),
+        ("codes", "--codes"),
+    ):
+        value = getattr(args, dest, None)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                check_npy(item, flag)
+
+
 def load_from_args(args):
-    """The ``ModelAdapter`` the flags name."""
+    """The ``ModelAdapter`` the flags name (``--device`` and the input files checked first)."""
     from polylens.models import load_model
 
+    check_device(args.device)
+    check_input_files(args)
     options = {"weights": args.weights, "random_weights": args.random_weights, "device": args.device}
     if args.activation:
         acts = {}
@@ -88,6 +147,12 @@ def model_inputs(adapter, args, *, context: int, tokens: int | None = None, n_de
     from cli.experiments.cache import text_contexts
 
     is_text = adapter.tokenize is not None
+    from cli.flags import given
+
+    if not is_text and "context" in given(args):
+        raise ValueError(
+            f"--context applies to text models (gpt2, minilm-l6); {adapter.name} does not read text: drop it"
+        )
     if is_text and args.input:
         if len(args.input) > 1:
             raise ValueError("give one text file with --input")

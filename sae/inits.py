@@ -46,6 +46,11 @@ def svd_directions(matrix: Tensor, d: int) -> Tensor:
     W = matrix.detach().float()
     if W.dim() != 2 or d not in W.shape:
         raise ValueError(f"the init matrix has shape {tuple(W.shape)}; the 'svd' init needs one side equal to d_in={d}")
+    bad = int((~torch.isfinite(W)).sum())
+    if bad:
+        raise ValueError(
+            f"the init matrix holds {bad} NaN or inf entries of {W.numel()}; the 'svd' init needs finite weights"
+        )
     if W.shape[0] != d:
         W = W.T
     U, S, _ = torch.linalg.svd(W, full_matrices=False)

@@ -110,18 +110,154 @@ def main_lock(out: Path, ctx, *, clear: bool = False) -> Iterator[None]:
 
 
 def check_run_folder(out: Path, resume: bool, force: bool, *, can_resume: bool = True) -> None:
+    """Refuse, before any work, a run folder this run cannot use: a file, nothing to resume, another
+    run's files (without ``force``), a folder this process cannot write, a checkpoint it cannot read."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} is a file; give a folder")
     if resume:
+        check_readable(out / CHECKPOINT, "checkpoint")
         if not (out / CHECKPOINT).is_file():
             raise FileNotFoundError(f"nothing to resume: {out / CHECKPOINT} does not exist")
+        check_writable(out, "run folder")
         return
     if out.is_dir() and any(out.iterdir()) and not force:
-        hint = " or --resume to continue its run" if can_resume else ""
+        # a run that stopped before its first step left a record but no checkpoint: nothing to resume
+        hint = " or --resume to continue its run" if can_resume and (out / CHECKPOINT).is_file() else ""
         raise FileExistsError(f"output folder {out} is not empty; pass --force to overwrite it{hint}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"folder {parent} does not exist; create it first")
+    check_writable(out if out.is_dir() else parent, "run folder" if out.is_dir() else "folder")
+
+
+def check_writable(folder: Path, what: str = "folder") -> None:
+    """A folder this process cannot write (or enter) is refused in one line before any work."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{what} {folder} is not writable by this user (permission denied); "
+            "give a folder you can write, or change its permissions"
+        )
+
+
+def check_readable(path: Path, what: str) -> None:
+    """A file (or the folder holding it) this process cannot read says so, not "does not exist"."""
+    folder = path.parent
+    if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
+        raise PermissionError(f"cannot read the {what} in {folder}: permission denied on the folder")
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise PermissionError(f"cannot read the {what} {path}: permission denied; change its permissions")
+
+
+def checkpoint_state(out: Path) -> dict:
+    """The state of the checkpoint in ``out``, its sections checked: the SAE's config (``sae``), the
+    training's (``train``) and the step. A checkpoint without them is refused in one line."""
+    check_readable(out / CHECKPOINT, "checkpoint")
+    _, state = read_checkpoint(out)
+    if not isinstance(state, dict):
+        raise ValueError(f"the checkpoint in {out} holds no state record; it cannot be resumed or evaluated")
+    missing = [k for k in ("sae", "train") if not isinstance(state.get(k), dict)]
+    if missing or not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        what = " and ".join(f"its {k!r} section" for k in missing) or "its step"
+        raise ValueError(
+            f"the checkpoint in {out} lacks {what}; it is damaged or not a polylens SAE checkpoint "
+            "(start a new run in another folder)"
+        )
+    return state
+
+
+SYNTHETIC_NAMES = ("sharkey", "tms")  # data named, not read from a path: the name and options are its identity
+
+
+def data_identity(spec, source=None) -> dict | None:
+    """What data ``spec`` is by content, recorded with a run so that it resumes on the same data
+    wherever it now lies: an activation store by its manifest (model, layer, width, dtype, rows and
+    the digest of its shards' SHA-256s, which the store checks on reading), a file by its size and
+    SHA-256. None for named synthetic data (the name and options say it all) or anything else."""
+    import hashlib
+
+    if not isinstance(spec, (str, Path)) or str(spec) in SYNTHETIC_NAMES:
+        return None
+    p = Path(spec)
+    manifest = getattr(source, "manifest", None)
+    if manifest is None and p.is_dir():
+        from sae.activation_store import ActivationStore, is_store
+
+        manifest = ActivationStore(p).manifest if is_store(p) else None
+    if isinstance(manifest, dict):
+        shards = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()
+        fields = {k: manifest.get(k) for k in ("model", "layer", "width", "dtype", "rows", "gradients")}
+        return {"kind": "activation store", **fields, "shards_sha256": shards}
+    if p.is_file():
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        return {"kind": "file", "bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+    return None
+
+
+def check_init_matrix(sae_config: SAEConfig, source) -> None:
+    """An ``init_matrix`` file whose matrix holds NaN or inf is refused in one line naming it."""
+    if sae_config.init != "svd" or not sae_config.init_matrix:
+        return
+    from sae.engine import init_matrix
+
+    W = init_matrix(sae_config, source)
+    bad = int((~torch.isfinite(W)).sum()) if torch.is_floating_point(W) else 0
+    if bad:
+        raise ValueError(
+            f"init_matrix={sae_config.init_matrix} holds {bad} NaN or inf entries of {W.numel()}; "
+            "the 'svd' init needs a finite weight matrix"
+        )
+
+
+def check_data_file(spec) -> None:
+    """A data file named ``.npy`` that is a zip archive (an ``.npz``, or a ``torch.save`` file
+    renamed), which NumPy would open as a dict of arrays, is refused in one line naming it."""
+    if not isinstance(spec, (str, Path)) or Path(spec).suffix != ".npy" or not Path(spec).is_file():
+        return
+    with open(spec, "rb") as fh:
+        if fh.read(4) == b"PK\x03\x04":
+            raise ValueError(
+                f"data={spec} is a zip archive (an .npz or a torch.save file), not a .npy array; "
+                "save the array itself with numpy.save"
+            )
+
+
+def _describe(identity: dict) -> str:
+    if identity.get("kind") == "activation store":
+        return (
+            f"the activation store of {identity['model']} {identity['layer']} "
+            f"({identity['rows']:,} rows, shards {identity['shards_sha256'][:12]})"
+        )
+    return f"a file of {identity['bytes']:,} bytes (sha256 {identity['sha256'][:12]})"
+
+
+def check_same_data(out: Path, recorded: dict, spec, source) -> dict | None:
+    """The identity of ``spec`` (opened as ``source``), refused where it is not the data the run
+    in ``out`` recorded: a run resumes by what its data is, not by where it lies or how it is spelled."""
+    ours = data_identity(spec, source)
+    theirs = recorded.get("identity")
+    if theirs is None and recorded.get("spec") is not None and str(recorded["spec"]) != str(spec):
+        if str(recorded["spec"]) in SYNTHETIC_NAMES or str(spec) in SYNTHETIC_NAMES or ours is None:
+            raise ValueError(
+                f"data={spec} is not the data the run in {out} trained on ({recorded['spec']}); "
+                "resume it on its own data, or start a new run with another folder"
+            )
+        old = Path(recorded["spec"])
+        if not old.exists():
+            raise ValueError(
+                f"the run in {out} recorded its data only by path ({old}, now gone), so data={spec} cannot "
+                "be checked to be the same; move the data back there, or start a new run"
+            )
+        theirs = data_identity(old)
+    if theirs is not None and ours != theirs:
+        now = "not a file or store" if ours is None else _describe(ours)
+        raise ValueError(
+            f"data={spec} is {now}, but the run in {out} trained on {_describe(theirs)}; "
+            "resume it on the data it was trained on"
+        )
+    return ours
 
 
 def train_run(
@@ -149,15 +285,18 @@ def train_run(
     check_run_folder(out, resume=False, force=force)
     train_config = train_config or TrainConfig()
     data_options = dict(data_options or {})
+    check_data_file(data)
     source = (open_data or make_data)(data, seed=train_config.seed, **data_options)
     if sae_config is None or isinstance(sae_config, dict):
         d = _dim(source)
         n_true = source.features.shape[0] if hasattr(source, "features") else d
         sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
+    check_init_matrix(sae_config, source)
     trainer = Trainer(sae_config, train_config, out, eval_samples=eval_samples)
     engine = trainer.build(source)  # checks sizes, data and init before the folder is touched
+    record = {"spec": data, "options": data_options, "identity": data_identity(data, source)}
     with main_lock(out, engine.ctx, clear=force):
-        return _fit_export_evaluate(trainer, engine, out, {"spec": data, "options": data_options}, source, eval_samples)
+        return _fit_export_evaluate(trainer, engine, out, record, source, eval_samples)
 
 
 def resume_run(
@@ -175,18 +314,27 @@ def resume_run(
     ``open_data`` as for ``train_run``."""
     out = Path(out_dir)
     check_run_folder(out, resume=True, force=False)
+    state = checkpoint_state(out)
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
+    recorded = run.get("data", {}) if isinstance(run, dict) else {}
     if data is None:
-        recorded = run.get("data", {})
         data, data_options = recorded.get("spec"), recorded.get("options", {})
         if data is None:
             raise ValueError(f"{out} does not record its data; pass the data again")
+        if recorded.get("identity") is not None and not Path(data).exists():  # a file or store, moved
+            raise FileNotFoundError(
+                f"the data the run in {out} trained on, {data}, is not there any more; if it moved, pass "
+                "data=NEW_PATH (it is checked to be the same data)"
+            )
     data_options = dict(data_options or {})
-    source = (open_data or make_data)(data, seed=read_checkpoint(out)[1]["train"]["seed"], **data_options)
+    check_data_file(data)
+    source = (open_data or make_data)(data, seed=state["train"]["seed"], **data_options)
+    identity = check_same_data(out, recorded, data, source)
     trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
     engine = trainer.build(source)
+    record = {"spec": data, "options": data_options, "identity": identity}
     with main_lock(out, engine.ctx):
-        return _fit_export_evaluate(trainer, engine, out, {"spec": data, "options": data_options}, source, eval_samples)
+        return _fit_export_evaluate(trainer, engine, out, record, source, eval_samples)
 
 
 def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source, eval_samples: int) -> dict:
@@ -231,6 +379,7 @@ def eval_run(
             f"SAE folder {out} {'is a file, not a run folder' if out.exists() else 'does not exist'}"
         )
     run = read_json(out / RUN) if (out / RUN).is_file() else {}
+    check_readable(out / CHECKPOINT, "checkpoint")
     if (out / CHECKPOINT).is_file():
         sae = load_sae(out)
     elif (out / "cfg.json").is_file():
@@ -246,6 +395,7 @@ def eval_run(
             raise ValueError(f"{out} does not record its data; give data= (sharkey, tms or a .npy/.safetensors file)")
     seed = run.get("train", {}).get("seed", 0) if seed is None else seed
     eval_samples = eval_samples or run.get("eval_samples", 20_000)
+    check_data_file(data)
     source = (open_data or make_data)(data, seed=seed, **(data_options or {}))
     d = _dim(source)
     if d != sae.config.d_in:

@@ -217,6 +217,13 @@ def run_model_layer(args) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} is a toy option (--setup); it does not apply to --model")
     if args.no_bias:
         raise ValueError("--no-bias is a toy option (--setup); it does not apply to --model")
+    from cli.flags import given
+
+    if "sae_l1" in given(args):
+        raise ValueError(
+            "--sae-l1 is the L1 coefficient of the toys' ReLU SAEs (--setup); --model trains TopK SAEs: "
+            "drop it, or set their sparsity with --sae-k"
+        )
     if not args.layer:
         raise ValueError("--model needs --layer NAME: the layer whose directions are compared")
     if args.ablation not in ABLATIONS:

@@ -120,77 +120,6 @@ def _emit(record: dict, json_path: str | None, summary: str) -> None:
     write_json(record, json_path)
 
 
-# flag -> (section of the recorded run, field): what --resume must not silently change
-RESUME_FIELDS = {
-    "--arch": ("sae", "arch"),
-    "--k": ("sae", "k"),
-    "--init": ("sae", "init"),
-    "--init-blend": ("sae", "init_blend"),
-    "--init-matrix": ("sae", "init_matrix"),
-    "--orth": ("sae", "orth"),
-    "--orth-full": ("sae", "orth_full"),
-    "--decoder-norm": ("sae", "decoder_norm"),
-    "--tied": ("sae", "tied"),
-    "--dict-size": ("sae", "dict_size"),
-    "--l1": ("sae", "l1"),
-    "--batch-size": ("train", "batch_size"),
-    "--lr": ("train", "lr"),
-    "--warmup": ("train", "warmup_steps"),
-    "--seed": ("train", "seed"),
-    "--lr-decay": ("train", "lr_decay"),
-    "--resample-every": ("train", "resample_every"),
-    "--resample-duplicates": ("train", "resample_duplicates"),
-    "--resample-dead-towards": ("train", "resample_dead_towards"),
-    "--dead-window": ("train", "dead_window"),
-    "--checkpoint-every": ("train", "checkpoint_every"),
-    "--bf16": ("train", "bf16"),
-}
-
-
-def check_resume_flags(args) -> None:
-    """Refuse, on --resume, any flag that disagrees with the run being continued (its value named)."""
-    from pathlib import Path
-
-    from sae.engine import read_checkpoint
-    from sae.files import read_json
-    from sae.runs import RUN
-
-    out = Path(args.out)
-    if not (out / "checkpoint.safetensors").is_file():
-        return  # resume_run says there is nothing to resume
-    _, state = read_checkpoint(out)
-    given = {tok.split("=", 1)[0] for tok in getattr(args, "argv", []) if tok.startswith("--")}
-    for flag, (section, field) in RESUME_FIELDS.items():
-        if flag in given:
-            ours, theirs = getattr(args, flag[2:].replace("-", "_")), state[section].get(field)
-            if ours != theirs:
-                raise ValueError(
-                    f"{flag} {ours} disagrees with the run in {out} ({field}={theirs}); "
-                    "--resume continues the run as it was: "
-                    "drop the flag, or start a new run with another --out"
-                )
-    done = state["step"] * state["train"]["batch_size"]
-    if args.samples is not None and args.samples < done:
-        raise ValueError(
-            f"--samples {args.samples} is below the {done} samples the run in {out} has already trained; "
-            "give at least that"
-        )
-    run = read_json(out / RUN) if (out / RUN).is_file() else {}
-    recorded = run.get("data", {})
-    if args.data_given and recorded.get("spec") not in (None, args.data):
-        raise ValueError(
-            f"--data {args.data} disagrees with the run in {out} (data {recorded.get('spec')}); "
-            "drop it to resume on the run's data"
-        )
-    options = _data_options(args)
-    for key, value in options.items():
-        if recorded.get("options", {}).get(key) != value:
-            raise ValueError(
-                f"the data option {key}={value} disagrees with the run in {out} "
-                f"({key}={recorded.get('options', {}).get(key)})"
-            )
-
-
 def run_train(args) -> int:
     from cli.experiments.tms import open_data
     from cli.output import check_outputs
@@ -201,7 +130,9 @@ def run_train(args) -> int:
     options = _data_options(args)
     eval_samples = _counts(args)
     if args.resume:
-        check_resume_flags(args)
+        from cli.resume import check_resume
+
+        check_resume(args, options)
         data = args.data if args.data_given else None
         progress = not args.no_progress and sys.stderr.isatty()
         record = resume_run(

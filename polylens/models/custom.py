@@ -139,6 +139,18 @@ def call_function(spec: str, fn) -> nn.Module:
     return model
 
 
+def _example(spec: str, example_fn, device: str) -> Tensor:
+    """``example_inputs(1)`` of the model file, whatever it does wrong as a one-line ValueError."""
+    try:
+        example = example_fn(1)
+    except Exception as err:
+        raise ValueError(f"{spec}: example_inputs(1) raised {type(err).__name__}: {_first_line(err)}") from None
+    if not isinstance(example, Tensor) or example.dim() < 1 or example.shape[0] != 1:
+        what = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
+        raise ValueError(f"{spec}: example_inputs(1) returned {what}, not a tensor [1, ...] (one input)")
+    return example.to(device)
+
+
 def _in_training_mode(model: nn.Module) -> bool:
     """True when ``model`` is in training mode with modules whose output eval mode changes."""
     return model.training and any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)) for m in model.modules())
@@ -149,7 +161,13 @@ def find_activations(model: nn.Module, spec: str, example: Tensor | None, activa
     layers = [n for n, _ in model.named_modules() if n]
     found, order = static_activations(model), layers
     if example is not None:
-        traced, fired = traced_activations(model, example)
+        try:
+            traced, fired = traced_activations(model, example)
+        except Exception as err:  # the user's model on the user's own example: shapes, dtypes, anything
+            raise ValueError(
+                f"{spec}'s forward pass failed on its own example_inputs(1) of shape {tuple(example.shape)} "
+                f"({type(err).__name__}: {_first_line(err)}); make example_inputs(n) return inputs the model takes"
+            ) from None
         found.update(traced)
         order = fired + [n for n in layers if n not in fired]
     for layer, kind in (activations or {}).items():
@@ -204,7 +222,7 @@ class CustomAdapter(ModelAdapter):
         model = model.to(device).eval()
         example_fn = getattr(user_module, "example_inputs", None)
         example_fn = example_fn if callable(example_fn) else None
-        example = example_fn(1).to(device) if example_fn else None
+        example = _example(spec, example_fn, device) if example_fn else None
         name = Path(spec.rpartition(":")[0]).name + ":" + spec.rpartition(":")[2]
         acts = find_activations(model, spec, example, activations)
         return cls(model, name, acts, facts, example_fn=example_fn, device=device)

@@ -8,9 +8,9 @@ Three ways to get weights:
   a 1 s TCP probe are checked *before* TransformerLens (and torch) is imported, since its own
   retries take many times longer.
 - ``load_model("gpt2", weights=DIR)``: a HuggingFace-format GPT-2 folder (``config.json`` plus
-  ``model.safetensors`` or ``pytorch_model.bin``), read without network and converted with
-  TransformerLens' own GPT-2 converter; no weight processing (no LayerNorm folding or centring),
-  so every hook equals the HuggingFace model's value.
+  ``model.safetensors``; a pickled ``pytorch_model.bin`` is refused, never unpickled), read without
+  network and converted with TransformerLens' own GPT-2 converter; no weight processing (no
+  LayerNorm folding or centring), so every hook equals the HuggingFace model's value.
 - ``load_model("gpt2", random_weights=True)``: the architecture config with seeded random weights,
   named ``"gpt2 (random weights)"``.
 
@@ -174,6 +174,20 @@ def config_from_hf_dir(path: Path, *, seed: int = 0):
     )
 
 
+def check_safetensors_weights(path: Path) -> None:
+    """A weights folder must hold ``model.safetensors``: a ``pytorch_model.bin`` (a pickle, which
+    runs whatever code it holds when loaded) is refused in one line, never unpickled."""
+    if (path / "model.safetensors").is_file():
+        return
+    pickles = sorted(p.name for p in path.glob("*.bin"))
+    if pickles:
+        raise ValueError(
+            f"weights={str(path)!r} holds {pickles[0]}, a pickle, which polylens never loads (it could run any "
+            "code); convert it to model.safetensors (save_pretrained(..., safe_serialization=True)) where you trust it"
+        )
+    raise FileNotFoundError(f"weights={str(path)!r} holds no model.safetensors: a HuggingFace GPT-2 folder has one")
+
+
 def _from_hf_dir(path: Path, device: str, seed: int):
     """HookedTransformer with the (unprocessed) weights of a local HuggingFace GPT-2 folder."""
     from transformer_lens import HookedTransformer
@@ -181,8 +195,9 @@ def _from_hf_dir(path: Path, device: str, seed: int):
     from transformers import GPT2LMHeadModel
 
     cfg = config_from_hf_dir(path, seed=seed)
+    check_safetensors_weights(path)
     try:
-        hf_model = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True, use_safetensors=None)
+        hf_model = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError) as err:
         raise ValueError(f"weights={str(path)!r}: cannot read GPT-2 weights ({str(err).splitlines()[0]})") from None
     with _quiet():
@@ -432,7 +447,10 @@ def build_tokenizer_dir(target: Path | None = None) -> Path:
     data = Path(spec.origin).parent / "data"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".gpt2-tokenizer.", dir=target.parent))
+    mask = os.umask(0)
+    os.umask(mask)
     try:
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; mkdir's mode, as the rest of the cache
         shutil.copyfile(data / "encoder.json", tmp / "vocab.json")
         shutil.copyfile(data / "vocab.bpe", tmp / "merges.txt")
         special = "<|endoftext|>"
