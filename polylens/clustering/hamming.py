@@ -6,8 +6,9 @@ distances, whatever ``n`` is, except where a full matrix is what the caller aske
 
 Routes (all exact; ``choose_route`` times each available one on a small block at the codes' width
 and keeps the fastest for the process, since the winner depends on the CPU; a job of at most
-``SMALL_WORK`` word pairs takes the numpy route without that probe, which would import numba, torch
-and faiss and compile a kernel, a second or more, for work of milliseconds):
+``SMALL_WORK`` word pairs (2,000 codes of 1,000 bits) takes the numpy route without that probe,
+which would import numba, torch and faiss and load a compiled kernel, a second or more, for
+work of well under a second):
 
 - ``popcount``: a numba kernel, XOR + ``llvm.ctpop`` over the words, four query rows at a time
   (compiled for the host CPU, so AVX2 gets LLVM's vectorised popcount, AVX-512 ``vpopcntq``).
@@ -175,7 +176,7 @@ def _available_routes() -> dict[str, Callable]:
     return routes
 
 
-SMALL_WORK = 2**24  # word pairs (rows × rows × words) up to which route="auto" is numpy, unprobed
+SMALL_WORK = 2**26  # word pairs (rows × rows × words) up to which route="auto" is numpy, unprobed (< 1 s)
 _CHOSEN: dict[int, str] = {}
 PROBE_TIMES: dict[int, dict[str, float]] = {}  # n_words -> route -> pairs/s of the last probe
 
