@@ -7,15 +7,44 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-ARCHS = ("relu", "topk", "batchtopk")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka")
 GRADIENT_ARCHS = ("gsae",)
 """Rules whose data rows carry the gradient beside the activation (``SAEConfig.data_width``):
 the Python API trains them; ``polylens sae train`` offers ``ARCHS`` only."""
-DEAD_WINDOW = {"relu": 1_000_000, "topk": 100_000, "batchtopk": 100_000, "gsae": 100_000}
+DEAD_WINDOW = {
+    "relu": 1_000_000,
+    "topk": 100_000,
+    "batchtopk": 100_000,
+    "gsae": 100_000,
+    "jumprelu": 1_000_000,
+    "gated": 1_000_000,
+    "matryoshka": 100_000,
+}
 """Default dead-latent windows in samples (``TrainConfig.dead_window``)."""
 INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit", "svd")
 DECODER_NORMS = ("unit", "weighted_l1")
 RESAMPLE_TARGETS = ("input", "residual")
+K_ARCHS = ("topk", "batchtopk", "gsae", "matryoshka")
+"""Rules whose sparsity is set by ``k`` (and which train AuxK on dead latents)."""
+BATCH_THRESHOLD_ARCHS = ("batchtopk", "matryoshka")
+"""Rules that choose k·batch activations per batch in training and keep the EMA threshold θ for inference."""
+MATRYOSHKA_MIN_PREFIX = 16
+"""The default Matryoshka ladder halves the dictionary size while the prefix keeps at least this many latents."""
+
+
+def sparsity_field(arch: str) -> str:
+    """The SAEConfig field holding ``arch``'s sparsity coefficient (what a sweep's coefficients set):
+    ``l0`` for JumpReLU, ``l1`` for the others (ReLU's and the gated SAE's L1; unused by the k rules)."""
+    return "l0" if arch == "jumprelu" else "l1"
+
+
+def default_prefixes(dict_size: int) -> tuple[int, ...]:
+    """The doubling ladder of Matryoshka prefix sizes ending at ``dict_size``: dict_size, dict_size // 2,
+    ... while at least ``MATRYOSHKA_MIN_PREFIX`` (just ``(dict_size,)`` for a smaller dictionary)."""
+    sizes = [dict_size]
+    while sizes[-1] // 2 >= MATRYOSHKA_MIN_PREFIX:
+        sizes.append(sizes[-1] // 2)
+    return tuple(reversed(sizes))
 
 
 @dataclass
@@ -26,8 +55,11 @@ class SAEConfig:
     """Input (activation) dimension d."""
     dict_size: int
     """Number of latents n."""
-    arch: Literal["relu", "topk", "batchtopk", "gsae"] = "relu"
-    """Activation rule: ReLU + L1 penalty, per-sample TopK, BatchTopK, or the g-SAE (Olmo et al.
+    arch: Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka", "gsae"] = "relu"
+    """Activation rule: ReLU + L1 penalty, per-sample TopK, BatchTopK, JumpReLU (Rajamanoharan et al.
+    2024, "Jumping Ahead": a learned threshold per latent, L0 penalty ``l0``), gated (Rajamanoharan
+    et al. 2024: a gate path and a magnitude path sharing W_enc, L1 ``l1`` on the gate), Matryoshka
+    BatchTopK (Bussmann et al. 2025: every prefix in ``prefixes`` reconstructs on its own), or the g-SAE (Olmo et al.
     2024, arXiv:2411.10397): TopK whose selection ranks latents by activation × ‖J d_i‖ (for one
     gradient g, activation × |g · d_i|), J the Jacobian rows of a downstream target with respect to
     the input and d_i the decoder row, so it keeps the latents the output reads. A g-SAE's data rows
@@ -36,11 +68,28 @@ class SAEConfig:
     grad_columns: int = 1
     """g-SAE: Jacobian rows per sample stored after the activation (1: one scalar target's gradient)."""
     l1: float = 0.1
-    """L1 coefficient (relu only), on Σ|a| summed over latents. With unit-norm decoder rows a latent
-    is soft-thresholded at about l1/2 in activation units; 0.1 suits the Sharkey data (coefficients
-    U[0, 1)): scale it with your activations' norms."""
+    """L1 coefficient (relu; gated: on the gate's ReLU pre-activations), on Σ|a| summed over
+    latents. With unit-norm decoder rows a latent is soft-thresholded at about l1/2 in activation
+    units; 0.1 suits the Sharkey data (coefficients U[0, 1)): scale it with your activations'
+    norms."""
     k: int = 5
-    """Active latents per sample for topk / batchtopk (batchtopk: on average)."""
+    """Active latents per sample for topk / batchtopk / matryoshka (batchtopk, matryoshka: on average)."""
+    l0: float = 0.03
+    """JumpReLU: coefficient of the L0 penalty, l0 · (active latents per sample). A latent pays for
+    itself when it removes more than l0 of squared error: 0.03 suits the Sharkey data (coefficients
+    U[0, 1), so a threshold near √0.03 ≈ 0.17); scale it with your activations' squared norms."""
+    bandwidth: float = 0.001
+    """JumpReLU: width ε of the rectangle kernel of the threshold's straight-through pseudo-derivative
+    (the paper's and SAELens's JumpReLU recipe: ε = 0.001 on activations normalised to E‖x‖² = d)."""
+    threshold_init: float = 0.05
+    """JumpReLU: initial threshold θ of every latent. The threshold is trained as log θ, so Adam moves
+    it by a factor of about exp(±lr) a step: a start near its end matters. 0.05 suits the Sharkey
+    data (activations in [0, 1)); the paper starts at 0.001 on activations normalised to E‖x‖² = d
+    and trains far longer."""
+    prefixes: tuple[int, ...] = ()
+    """Matryoshka: increasing prefix sizes of the dictionary, each reconstructing the input on its own;
+    the dictionary size is appended when the last is smaller. Empty: the doubling ladder
+    (``default_prefixes``). Resolved on construction, so the saved config lists them."""
     tied: bool = False
     """Tie the decoder to the encoder (W_dec = W_encᵀ); no separate decoder parameter."""
     decoder_norm: Literal["unit", "weighted_l1"] = "unit"
@@ -61,11 +110,12 @@ class SAEConfig:
     orth_full: bool = False
     """Use the O(n²) form (mean over all latents) instead of the O(m·n) active-latent form."""
     aux_coef: float = 1 / 32
-    """AuxK loss coefficient for topk / batchtopk (Gao et al. 2024); 0 turns it off."""
+    """AuxK loss coefficient for topk / batchtopk / matryoshka (Gao et al. 2024); 0 turns it off.
+    (The gated SAE's auxiliary reconstruction loss has coefficient 1, as in the paper.)"""
     aux_k: int = 0
     """Dead latents used by AuxK per sample (0: d_in // 2)."""
     threshold_decay: float = 0.99
-    """BatchTopK: EMA decay of the inference threshold θ (mean of the smallest kept activation)."""
+    """BatchTopK / Matryoshka: EMA decay of the inference threshold θ (mean of the smallest kept activation)."""
     learn_b_dec: bool = True
     """Learn the decoder bias b_dec (initialised at the data mean). False: b_dec stays 0, for
     uncentred data such as gradients: on the x² toy every gradient is w_out, and a learned b_dec
@@ -84,7 +134,7 @@ class SAEConfig:
             raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
         if self.decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm={self.decoder_norm!r} is unknown; choose one of {', '.join(DECODER_NORMS)}")
-        for name in ("l1", "orth", "aux_coef", "init_noise"):
+        for name in ("l1", "l0", "orth", "aux_coef", "init_noise"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
@@ -92,10 +142,31 @@ class SAEConfig:
             raise ValueError(f"init_blend={self.init_blend} must be in [0, 1]")
         if not 0 <= self.threshold_decay < 1:
             raise ValueError(f"threshold_decay={self.threshold_decay} must be in [0, 1)")
-        if self.arch != "relu" and self.k > self.dict_size:
+        if self.arch in K_ARCHS and self.k > self.dict_size:
             raise ValueError(f"k={self.k} must be <= dict_size={self.dict_size}")
+        for name in ("bandwidth", "threshold_init"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}={v!r} must be a finite number > 0")
+        self.prefixes = self._resolve_prefixes()
         if self.aux_k < 0:
             raise ValueError(f"aux_k={self.aux_k} must be >= 0")
+
+    def _resolve_prefixes(self) -> tuple[int, ...]:
+        if self.arch != "matryoshka":
+            return tuple(self.prefixes or ())
+        sizes = list(self.prefixes or ())
+        if any(not isinstance(p, int) or isinstance(p, bool) or p <= 0 for p in sizes):
+            raise ValueError(f"prefixes={list(sizes)} must be positive integers")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])):
+            raise ValueError(f"prefixes={list(sizes)} must be strictly increasing")
+        if sizes and sizes[-1] > self.dict_size:
+            raise ValueError(
+                f"prefixes={list(sizes)} exceed the dictionary: the last must be <= dict_size={self.dict_size}"
+            )
+        if not sizes:
+            return default_prefixes(self.dict_size)
+        return tuple(sizes) if sizes[-1] == self.dict_size else (*sizes, self.dict_size)
 
     @property
     def data_width(self) -> int:

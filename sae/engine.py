@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from sae.config import SAEConfig, TrainConfig
+from sae.config import BATCH_THRESHOLD_ARCHS, SAEConfig, TrainConfig
 from sae.distributed import Context
 from sae.ensemble import Ensemble, StepStats
 from sae.files import CHECKPOINT, STATE, load_tensors, read_json, save_tensors_atomic, write_json_atomic
@@ -305,7 +305,7 @@ class Engine:
         """Agree across ranks (no-op alone): mean gradients, losses and BatchTopK thresholds, the
         union of the fired latents; then the dead-latent counters advance by the global batch."""
         if self.ctx.world > 1:
-            self.ctx.mean_([*g.grads(), *([g.threshold] if g.config.arch == "batchtopk" else [])])
+            self.ctx.mean_([*g.grads(), *([g.threshold] if g.config.arch in BATCH_THRESHOLD_ARCHS else [])])
             numbers = torch.stack([s.loss.float(), s.mse.float(), s.l0.float()])
             self.ctx.mean_([numbers])
             s = StepStats(numbers[0], numbers[1], numbers[2], self.ctx.any_(s.fired))
@@ -417,7 +417,8 @@ class Engine:
 
     def _reinit_(self, g: Ensemble, opt, e: int, latents: Tensor, directions: Tensor) -> None:
         """Decoder rows = the unit ``directions``, encoder columns the same at 0.2 × the mean norm of
-        the other encoder columns, b_enc 0; their Adam moments and dead counters reset."""
+        the other encoder columns, b_enc 0 (JumpReLU's threshold and the gated magnitude path back
+        at their initial values); their Adam moments and dead counters reset."""
         v = unit_rows(directions)  # [k, d]
         W_enc = g.W_enc[e]
         others = torch.ones(g.config.dict_size, dtype=torch.bool, device=v.device)
@@ -429,7 +430,13 @@ class Engine:
         else:
             W_enc[:, latents] = v.T
         g.b_enc[e][latents] = 0
-        for p, cols in ((g.W_enc, (e, slice(None), latents)), (g.b_enc, (e, latents)), (g.W_dec, (e, latents))):
+        if g.log_threshold is not None:
+            g.log_threshold[e][latents] = math.log(g.config.threshold_init)
+        for p in (g.r_mag, g.b_mag):
+            if p is not None:
+                p[e][latents] = 0
+        per_latent = tuple((p, (e, latents)) for p in (g.b_enc, g.log_threshold, g.r_mag, g.b_mag))
+        for p, cols in ((g.W_enc, (e, slice(None), latents)), *per_latent, (g.W_dec, (e, latents))):
             if p is not None and p in opt.state:
                 opt.state[p]["exp_avg"][cols] = 0
                 opt.state[p]["exp_avg_sq"][cols] = 0

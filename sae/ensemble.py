@@ -1,13 +1,15 @@
 """E sparse autoencoders of one shape, stacked: what the training engine trains (a single SAE is an
 ensemble of one).
 
-Parameters are stacked into ``W_enc [E, d, n]``, ``b_enc [E, n]``, ``W_dec [E, n, d]`` (absent
-when tied), ``b_dec [E, d]``; buffers ``l1 [E]``, ``threshold [E]`` (BatchTopK's θ) and
-``since_fired [E, n]`` (samples since each latent last fired). Members may differ in their L1
-coefficient only. Gradients come from the hand-derived batched kernel (``sae.kernels``) where it
-applies (untied, no orthogonality penalty, fp32), else from autograd through each member's
-``SparseAutoencoder.forward`` run on views of the stacked tensors (``torch.func.functional_call``),
-so both routes train the same tensors with the same Adam.
+Parameters are stacked into ``W_enc [E, d, n]``, ``b_enc [E, n]``, ``W_dec [E, n, d]`` (absent when
+tied), ``b_dec [E, d]`` (and an architecture's own: JumpReLU's ``log_threshold [E, n]``, the gated
+SAE's ``r_mag``, ``b_mag [E, n]``); buffers ``l1 [E]`` (each member's sparsity coefficient: ``l1``,
+or JumpReLU's ``l0``), ``threshold [E]`` (BatchTopK's θ) and ``since_fired [E, n]`` (samples since
+each latent last fired). Members may differ in their sparsity coefficient only. Gradients come from
+the hand-derived batched kernel (``sae.kernels``) where it applies (untied, no orthogonality
+penalty, fp32), else from autograd through each member's ``SparseAutoencoder.forward`` run on views
+of the stacked tensors (``torch.func.functional_call``), so both routes train the same tensors with
+the same Adam.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sae.config import SAEConfig
+from sae.config import BATCH_THRESHOLD_ARCHS, SAEConfig, sparsity_field
 from sae.kernels import gsae_inputs, kernel_supports, sae_loss_and_grads
 from sae.model import SparseAutoencoder, remove_parallel_grad_, unit_rows_, update_threshold_
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+ARCH_PARAMS = ("log_threshold", "r_mag", "b_mag")
+"""Parameters only some architectures have (JumpReLU's threshold, the gated SAE's magnitude path)."""
 CPU_MEMBERS_PER_CALL = 2
 """Members per kernel call on CPU. 16 relu SAEs (d 256, 512 latents, batch 4096, 2 threads): one
 call on all 16 took 515 ms a step, calls on 2 or on 1 member 425 ms (median of 7, interleaved)."""
@@ -45,16 +49,20 @@ class Ensemble(nn.Module):
         if not saes:
             raise ValueError("an ensemble needs at least one SAE")
         self.configs = [s.config for s in saes]
-        first = asdict(self.configs[0]) | {"l1": 0.0}
-        if any(asdict(c) | {"l1": 0.0} != first for c in self.configs):
-            raise ValueError("an ensemble's members must share every setting but l1")
-        self.names = tuple(n for n in PARAMS if getattr(saes[0], n) is not None)
-        for name in self.names:
-            setattr(self, name, nn.Parameter(torch.stack([getattr(s, name).detach() for s in saes])))
-        if "W_dec" not in self.names:
-            self.W_dec = None
+        coef = sparsity_field(self.configs[0].arch)
+        first = asdict(self.configs[0]) | {coef: 0.0}
+        if any(asdict(c) | {coef: 0.0} != first for c in self.configs):
+            raise ValueError(f"an ensemble's members must share every setting but {coef}")
+        self.names = tuple(n for n in PARAMS + ARCH_PARAMS if getattr(saes[0], n) is not None)
+        for name in PARAMS + ARCH_PARAMS:
+            if name in self.names:
+                setattr(self, name, nn.Parameter(torch.stack([getattr(s, name).detach() for s in saes])))
+            else:
+                setattr(self, name, None)
         dev = self.W_enc.device
-        self.register_buffer("l1", torch.tensor([c.l1 for c in self.configs], dtype=self.W_enc.dtype, device=dev))
+        self.register_buffer(
+            "l1", torch.tensor([getattr(c, coef) for c in self.configs], dtype=self.W_enc.dtype, device=dev)
+        )
         self.register_buffer("threshold", torch.stack([s.threshold for s in saes]))
         self.register_buffer(
             "since_fired", torch.zeros(len(saes), self.configs[0].dict_size, dtype=torch.long, device=dev)
@@ -134,12 +142,16 @@ class Ensemble(nn.Module):
         c, E = self.config, self.size
         per_call = CPU_MEMBERS_PER_CALL if self.W_enc.is_cpu else E
         outs = []
+        extra = [n for n in ARCH_PARAMS if n in self.names]
         for lo in range(0, E, per_call):
             xs, arch, weight = gsae_inputs(c, x, self.W_dec[lo : lo + per_call])  # a g-SAE's rows: [x, J rows]
             outs.append(
                 sae_loss_and_grads(
                     xs,
                     *(getattr(self, name)[lo : lo + per_call] for name in PARAMS),
+                    **{name: getattr(self, name)[lo : lo + per_call] for name in extra},
+                    bandwidth=c.bandwidth,
+                    prefixes=c.prefixes,
                     arch=arch,
                     l1=self.l1[lo : lo + per_call],
                     k=c.k,
@@ -150,9 +162,10 @@ class Ensemble(nn.Module):
                     rank_weight=weight,
                 )
             )
-        for i, name in enumerate(PARAMS):
-            getattr(self, name).grad = outs[0].grads[i] if len(outs) == 1 else torch.cat([o.grads[i] for o in outs])
-        if c.arch == "batchtopk":
+        for name in self.names:
+            grads = [getattr(o.grads, name) for o in outs]
+            getattr(self, name).grad = grads[0] if len(outs) == 1 else torch.cat(grads)
+        if c.arch in BATCH_THRESHOLD_ARCHS:
             update_threshold_(self.threshold, torch.cat([o.kept_min for o in outs]), c.threshold_decay)
         cat = lambda key: torch.cat([getattr(o, key) for o in outs])  # noqa: E731
         l0 = torch.cat(

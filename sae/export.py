@@ -16,6 +16,16 @@ they are, nothing folded; the export is ours exactly. Architectures (checked aga
 * ``batchtopk`` → ``"jumprelu"`` with ``threshold`` = θ for every latent: SAELens has no
   inference-time BatchTopK and saves its own BatchTopK SAEs this way; k goes in
   ``metadata.training_architecture_details``, as SAELens writes it.
+* ``jumprelu`` → ``"jumprelu"`` with ``threshold`` = exp(log_threshold) per latent (SAELens's
+  JumpReLU computes ReLU(pre)·1{pre > threshold}, ours pre·1{pre > θ}: the same for θ > 0);
+  ``metadata.training_architecture_details`` holds ``l0_coefficient`` and ``jumprelu_bandwidth``,
+  SAELens's training-config names.
+* ``gated`` → ``"gated"``: ``W_enc``, ``b_gate`` (our ``b_enc``), ``r_mag``, ``b_mag``, ``W_dec``,
+  ``b_dec`` (no ``b_enc``), SAELens's GatedSAE parameter names; details ``l1_coefficient``.
+* ``matryoshka`` → ``"jumprelu"`` with ``threshold`` = θ for every latent, as ``batchtopk``:
+  SAELens saves its Matryoshka BatchTopK SAEs as JumpReLU (its inference needs no prefixes);
+  ``training_architecture`` is ``"matryoshka_batchtopk"`` (SAELens's name) and the details hold
+  ``k`` and ``matryoshka_widths`` (the prefix sizes, SAELens's training-config field).
 * tied SAEs get an explicit ``W_dec = W_encᵀ`` (SAELens has no tied mode).
 
 ``metadata.sae_lens_version`` must be >= 6 or SAELens reads the file as a pre-6 config; our full
@@ -38,7 +48,16 @@ CONFIG_FILE = "cfg.json"
 FORMAT_VERSION = "6.54.12"
 """The sae-lens version whose format this module was checked against (written as sae_lens_version)."""
 
-_TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "jumprelu"}
+_TO_SAELENS = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "matryoshka": "jumprelu",
+}
+_TRAINING_NAMES = {"relu": "standard", "matryoshka": "matryoshka_batchtopk"}
+"""SAELens's ``training_architecture`` names where they differ from ours."""
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _IGNORED_KEYS = {"scaling_factor", "finetuning_scaling_factor"}  # all-ones ones only (checked below)
 
@@ -80,15 +99,29 @@ def export_saelens(
             "b_enc": sae.b_enc.detach().clone(),  # [n]
             "b_dec": sae.b_dec.detach().clone(),  # [d_in]
         }
-        if c.arch == "batchtopk":
+        if c.arch in ("batchtopk", "matryoshka"):
             tensors["threshold"] = torch.full((c.dict_size,), float(sae.threshold), dtype=dtype)  # [n]
+        elif c.arch == "jumprelu":
+            tensors["threshold"] = sae.log_threshold.detach().exp()  # [n]
+        elif c.arch == "gated":
+            tensors["b_gate"] = tensors.pop("b_enc")
+            tensors["r_mag"] = sae.r_mag.detach().clone()
+            tensors["b_mag"] = sae.b_mag.detach().clone()
 
     arch = _TO_SAELENS[c.arch]
     details: dict = {}
-    if c.arch == "relu":
+    if c.arch in ("relu", "gated"):
         details = {"l1_coefficient": c.l1}  # same convention: Σ_latents |a|·‖W_dec row‖, batch mean
     elif c.arch == "batchtopk":
         details = {"k": c.k}
+    elif c.arch == "matryoshka":
+        details = {"k": c.k, "matryoshka_widths": list(c.prefixes)}
+    elif c.arch == "jumprelu":
+        details = {
+            "l0_coefficient": c.l0,
+            "jumprelu_bandwidth": c.bandwidth,
+            "jumprelu_init_threshold": c.threshold_init,
+        }
     cfg = {
         "architecture": arch,
         "d_in": c.d_in,
@@ -104,7 +137,7 @@ def export_saelens(
             "model_name": model_name,
             "hook_name": hook_name,
             "hook_head_index": hook_head_index,
-            "training_architecture": c.arch if c.arch != "relu" else "standard",
+            "training_architecture": _TRAINING_NAMES.get(c.arch, c.arch),
             "training_architecture_details": details,
             "exported_by": "polylens sae.export",
             "polylens": dataclasses.asdict(c),
@@ -123,8 +156,10 @@ def export_saelens(
 def import_saelens(folder: str | Path) -> SparseAutoencoder:
     """Read a SAELens 6.x folder (ours or SAELens's) into a ``SparseAutoencoder`` in eval mode.
 
-    Reads ``standard``, ``topk`` and ``jumprelu`` with one threshold shared by all latents (how
-    SAELens saves BatchTopK). Folded on the way in, so encode/decode equal SAELens's: TopK's
+    Reads ``standard``, ``topk``, ``gated`` and ``jumprelu``: a threshold per latent is a JumpReLU
+    SAE (log_threshold = log of the threshold, which SAELens clamps at 0), one threshold shared by
+    all latents BatchTopK (how SAELens saves it) or, when the metadata says so, Matryoshka or
+    JumpReLU. Folded on the way in, so encode/decode equal SAELens's: TopK's
     ``rescale_acts_by_decoder_norm`` (decoder rows scaled to unit norm, the encoder by the norms)
     and ``apply_b_dec_to_input: false`` (``b_enc += b_dec W_enc``). Safetensors only, no pickle.
     """
@@ -134,16 +169,22 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
     where = folder / CONFIG_FILE
     dtype = _DTYPES.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), torch.float32)
     # Fold in float64; unfolded values survive the float64 round trip bit for bit.
-    W_enc, W_dec, b_enc, b_dec = (tensors[k].double() for k in ("W_enc", "W_dec", "b_enc", "b_dec"))
+    bias = "b_gate" if arch == "gated" else "b_enc"
+    W_enc, W_dec, b_enc, b_dec = (tensors[k].double() for k in ("W_enc", "W_dec", bias, "b_dec"))
     folded = False
     if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
         norms = W_dec.norm(dim=1).clamp_min(1e-8)  # [n]; SAELens's own fold (fold_W_dec_norm)
         W_enc, b_enc, W_dec, folded = W_enc * norms, b_enc * norms, W_dec / norms[:, None], True
+    extra = {k: tensors[k].double() for k in ("r_mag", "b_mag") if arch == "gated"}
     if not cfg.get("apply_b_dec_to_input", True):
         b_enc, folded = b_enc + b_dec @ W_enc, True
+        if arch == "gated":  # the magnitude path reads xc W_enc ⊙ exp(r_mag) too
+            extra["b_mag"] = extra["b_mag"] + (b_dec @ W_enc) * extra["r_mag"].exp()
 
     config = _config(cfg, arch, d_in, n, tensors, W_dec, where)
-    state = {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec}
+    state = {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec, **extra}
+    if config.arch == "jumprelu":
+        state["log_threshold"] = tensors["threshold"].double().clamp_min(0).log()
     if config.tied:
         if folded or not torch.equal(tensors["W_dec"], tensors["W_enc"].T):
             raise ValueError(
@@ -151,9 +192,8 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
             )
     else:
         state["W_dec"] = W_dec
-    state["threshold"] = (
-        tensors["threshold"][0].double() if arch == "jumprelu" else torch.zeros((), dtype=torch.float64)
-    )
+    shared = config.arch in ("batchtopk", "matryoshka")
+    state["threshold"] = tensors["threshold"][0].double() if shared else torch.zeros((), dtype=torch.float64)
     sae = SparseAutoencoder(config, generator=torch.Generator().manual_seed(0)).to(dtype)  # weights replaced below
     sae.load_state_dict({k: v.to(dtype) for k, v in state.items()})
     return sae.eval()
@@ -178,10 +218,9 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
     """The architecture and sizes, after checking that we can represent this SAE exactly."""
     where, wfile = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     arch = cfg.get("architecture", "standard")
-    if arch not in ("standard", "topk", "jumprelu"):
+    if arch not in ("standard", "topk", "jumprelu", "gated"):
         raise ValueError(
-            f"{where}: architecture={arch!r} is not supported; "
-            "polylens reads standard, topk and jumprelu (one shared threshold)"
+            f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk, jumprelu and gated"
         )
     for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
         if cfg.get(key) not in ok:
@@ -193,6 +232,9 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
     shapes = {"W_enc": (d_in, n), "W_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)}
     if arch == "jumprelu":
         shapes["threshold"] = (n,)
+    if arch == "gated":
+        del shapes["b_enc"]
+        shapes.update(b_gate=(n,), r_mag=(n,), b_mag=(n,))
     missing = sorted(set(shapes) - set(tensors))
     if missing:
         raise ValueError(f"{wfile} lacks {', '.join(missing)} (architecture {arch!r} needs {', '.join(shapes)})")
@@ -218,20 +260,24 @@ def _config(
     ours = _dict(meta.get("polylens"))
     known = {f.name for f in dataclasses.fields(SAEConfig)}
     fields = {k: v for k, v in ours.items() if k in known}
-    fields.update(d_in=d_in, dict_size=n, arch={"standard": "relu", "topk": "topk", "jumprelu": "batchtopk"}[arch])
+    fields.update(d_in=d_in, dict_size=n, arch={"standard": "relu", "topk": "topk", "gated": "gated"}.get(arch, ""))
     details = _dict(meta.get("training_architecture_details"))
     if arch == "topk":
         fields["k"] = cfg.get("k")
     elif arch == "jumprelu":
-        thr = tensors["threshold"]
-        if not bool((thr == thr[0]).all()):
-            raise ValueError(
-                f"{where}: jumprelu with a threshold per latent "
-                f"(min {float(thr.min()):.4g}, max {float(thr.max()):.4g}) "
-                "cannot be imported; polylens reads jumprelu with one shared threshold (SAELens's BatchTopK)"
-            )
-        if "k" in details:
+        fields["arch"] = _jumprelu_kind(tensors["threshold"], ours.get("arch"), meta.get("training_architecture"))
+        if fields["arch"] == "jumprelu":
+            fields.pop("prefixes", None)
+            if "l0_coefficient" in details and "l0" not in ours:
+                fields["l0"] = float(details["l0_coefficient"])
+        elif "k" in details:
             fields["k"] = max(1, round(float(details["k"])))  # SAELens's BatchTopK k is a float
+        if (
+            fields["arch"] == "matryoshka"
+            and "prefixes" not in ours
+            and isinstance(details.get("matryoshka_widths"), list)
+        ):
+            fields["prefixes"] = tuple(int(w) for w in details["matryoshka_widths"])
     elif "l1_coefficient" in details and "l1" not in ours:
         fields["l1"] = float(details["l1_coefficient"])
     if "k" in fields and not isinstance(fields["k"], int):
@@ -245,6 +291,17 @@ def _config(
         return SAEConfig(**fields)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
+
+
+def _jumprelu_kind(threshold: Tensor, ours: str | None, training: str | None) -> str:
+    """Which of our rules a SAELens ``jumprelu`` folder is: a threshold per latent is JumpReLU; one
+    shared threshold is BatchTopK (how SAELens saves it), or Matryoshka or JumpReLU when the metadata
+    (ours, or SAELens's ``training_architecture``) says so."""
+    if not bool((threshold == threshold[0]).all()):
+        return "jumprelu"
+    if ours in ("jumprelu", "matryoshka", "batchtopk"):
+        return ours
+    return {"jumprelu": "jumprelu", "matryoshka_batchtopk": "matryoshka"}.get(str(training), "batchtopk")
 
 
 def _dict(v) -> dict:

@@ -18,6 +18,15 @@ stack whose members differ runs its dense and its sparse members separately): on
 dense matmul; a W_dec, aᵀ g and xcᵀ ∂pre are ``embedding_bag`` sums over the active entries and
 g W_decᵀ is sampled at them (``torch.sparse.sampled_addmm``). AuxK (Gao et al. 2024) uses the
 dense path.
+
+JumpReLU (dense path): a = pre·H(pre − θ), θ = exp(log_threshold), loss += l0·Σ H(pre − θ)/B; with
+K = 1{|pre − θ| < ε/2} the straight-through pseudo-derivatives give
+    ∂θ = −(1/ε) Σ_b K ⊙ (θ·∂a + l0/B),   ∂log_threshold = θ ⊙ ∂θ,   ∂pre = ∂a ⊙ H(pre − θ).
+Matryoshka (dense path): err_p = a[:, :p] W_dec[:p] − xc for each prefix p, loss = Σ_p ‖err_p‖²/B;
+a latent of segment s (between two prefixes) is read by every prefix from s on, so with the suffix
+sums G_s = Σ_{p ≥ s} err_p its gradients are ∂a[:, s] = (2/B) G_s W_dec[s]ᵀ and
+∂W_dec[s] = (2/B) a[:, s]ᵀ G_s, and ∂b_dec = (2/B) Σ_b G_0 − W_enc ∂b_enc.
+Gated (dense path): the gradients in ``_gated``'s docstring.
 """
 
 from __future__ import annotations
@@ -29,10 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae.model import SAEConfig, SparseAutoencoder, gradient_reach, update_threshold_
+from sae.config import BATCH_THRESHOLD_ARCHS, sparsity_field
+from sae.model import SAEConfig, SparseAutoencoder, gradient_reach, rectangle, update_threshold_
 
-KERNEL_ARCHS = ("relu", "topk", "batchtopk")
+KERNEL_ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "gated")
 """The rules ``sae_loss_and_grads`` computes; a g-SAE reaches it as TopK with a ranking weight."""
+DENSE_ARCHS = ("jumprelu", "matryoshka", "gated")
+"""Rules the kernel computes on its dense path only (JumpReLU's threshold gradient reads g W_decᵀ
+beside the active entries too; Matryoshka's prefixes read it per segment)."""
 SUPPORTED_ARCHS = KERNEL_ARCHS + ("gsae",)
 """The ``SAEConfig.arch`` values the trainer's kernel path takes (``kernel_supports``)."""
 SPARSE_MAX_DENSITY = 0.1
@@ -47,14 +60,17 @@ class SAEGrads(NamedTuple):
     b_enc: Tensor  # [E, n]
     W_dec: Tensor  # [E, n, d]
     b_dec: Tensor  # [E, d]
+    log_threshold: Tensor | None = None  # [E, n] jumprelu
+    r_mag: Tensor | None = None  # [E, n] gated
+    b_mag: Tensor | None = None  # [E, n] gated
 
 
 class KernelOutput(NamedTuple):
     """Per-member losses ``[E]``, activations and gradients of one training step."""
 
     loss: Tensor  # [E]
-    mse: Tensor  # [E]
-    sparsity: Tensor  # [E] L1 term (relu) or 0
+    mse: Tensor  # [E] the whole dictionary's squared error
+    sparsity: Tensor  # [E] L1 term (relu), L0 term (jumprelu) or 0
     aux: Tensor  # [E] AuxK term or 0
     acts: Tensor  # [E, batch, n]
     fired: Tensor  # [E, n] bool: latents active on some sample of the batch
@@ -78,6 +94,11 @@ def sae_loss_and_grads(
     dead: Tensor | None = None,
     sparse: bool | None = None,
     rank_weight: Tensor | None = None,
+    log_threshold: Tensor | None = None,
+    bandwidth: float = 0.001,
+    prefixes: tuple[int, ...] = (),
+    r_mag: Tensor | None = None,
+    b_mag: Tensor | None = None,
 ) -> KernelOutput:
     """Loss and gradients of E stacked untied SAEs on one batch (the maths in the module docstring).
 
@@ -87,24 +108,33 @@ def sae_loss_and_grads(
     topk / batchtopk when ``aux_coef > 0``, as ``SparseAutoencoder.forward``. ``sparse``: force the
     sparse (True) or dense (False) path (AuxK steps are always dense); None picks by density.
     ``rank_weight [E, B, n]`` (topk only): select the k latents with the largest ReLU(pre) ×
-    weight, keeping their ReLU(pre) values: the g-SAE's rule (``gsae_inputs``). No tensor argument
-    is changed.
+    weight, keeping their ReLU(pre) values: the g-SAE's rule (``gsae_inputs``). JumpReLU:
+    ``log_threshold [E, n]``, ``bandwidth`` ε, and ``l1`` is the L0 coefficient; Matryoshka:
+    ``prefixes`` (the last one n) and ``k``; gated: ``r_mag``, ``b_mag [E, n]`` (``b_enc`` is the
+    gate's bias). No tensor argument is changed.
     """
     _check(x, W_enc, b_enc, W_dec, b_dec, arch, k)
     E, d, n = W_enc.shape
+    if arch == "gated":
+        return _gated(x, W_enc, b_enc, W_dec, b_dec, r_mag, b_mag, l1, decoder_norm)
     xs = x.unsqueeze(0) if x.dim() == 2 else x  # [1 or E, B, d]
     xc = xs - b_dec.unsqueeze(1)  # [E, B, d] (a new tensor: x is never written)
     pre = torch.baddbmm(b_enc.unsqueeze(1), xc, W_enc)  # [E, B, n]
     if rank_weight is not None and arch != "topk":
         raise ValueError(f"rank_weight applies to arch='topk' (the g-SAE), not {arch!r}")
-    acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k, rank_weight)  # pre now holds ReLU(pre)
-    use_aux = arch != "relu" and aux_coef > 0 and dead is not None and bool(dead.any())
-    if use_aux or sparse is not None:
+    theta = log_threshold.exp() if arch == "jumprelu" else None
+    acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k, rank_weight, theta)  # pre: ReLU(pre) but jumprelu
+    use_aux = arch in ("topk", "batchtopk", "matryoshka") and aux_coef > 0 and dead is not None and bool(dead.any())
+    if arch in DENSE_ARCHS:
+        on_sparse = torch.zeros(E, dtype=torch.bool)
+    elif use_aux or sparse is not None:
         on_sparse = torch.full((E,), bool(sparse) and not use_aux)
     else:
         on_sparse = _sparse_members(acts, topk_idx)
     l1v = torch.as_tensor(l1, dtype=W_dec.dtype, device=W_dec.device).expand(E)
-    args = (arch, decoder_norm, aux_coef, aux_k, (dead, pre) if use_aux else None)
+    jump = (pre, theta, bandwidth) if arch == "jumprelu" else None
+    segments = _segments(prefixes, n) if arch == "matryoshka" else None
+    args = (arch, decoder_norm, aux_coef, aux_k, (dead, pre) if use_aux else None, jump, segments)
     if bool(on_sparse.all()) or not bool(on_sparse.any()):  # one path for the whole stack
         parts = [_rest(xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v, bool(on_sparse[0]), *args)]
         members = [None]
@@ -114,11 +144,75 @@ def sae_loss_and_grads(
             _rest(*(_take(t, idx) for t in (xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v)), path, *args)
             for idx, path in zip(members, (False, True))
         ]
-    mse, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec = (
-        _put(E, [p[i] for p in parts], members) for i in range(8)
+    mse, inner, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec, g_log = (
+        _put(E, [p[i] for p in parts], members) for i in range(10)
     )
-    grads = SAEGrads(gW_enc, gb_enc, gW_dec, gb_dec)
-    return KernelOutput(mse + sparsity + aux, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
+    grads = SAEGrads(gW_enc, gb_enc, gW_dec, gb_dec, g_log)
+    return KernelOutput(mse + inner + sparsity + aux, mse, sparsity, aux, acts, act_sum > 0, grads, kept_min)
+
+
+def _gated(
+    x: Tensor,
+    W_enc: Tensor,
+    b_gate: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    r_mag: Tensor,
+    b_mag: Tensor,
+    l1,
+    decoder_norm: str,
+) -> KernelOutput:
+    """The gated SAE's loss and gradients (dense). With xW = xc W_enc, s = exp(r_mag),
+    π_g = xW + b_gate, π_m = xW ⊙ s + b_mag, a = 1{π_g > 0} ⊙ ReLU(π_m), err = a W_dec − xc,
+    e_aux = ReLU(π_g) W_dec − xc (the auxiliary reconstruction; its decoder frozen) and g = 2/B:
+
+        ∂π_m = g·err W_decᵀ ⊙ 1{π_g > 0} ⊙ 1{π_m > 0}
+        ∂π_g = (g·e_aux W_decᵀ + l1·w/B) ⊙ 1{π_g > 0}
+        ∂xW = ∂π_g + s ⊙ ∂π_m,   ∂W_enc = xcᵀ ∂xW,   ∂b_gate = Σ_b ∂π_g,   ∂b_mag = Σ_b ∂π_m,
+        ∂r_mag = Σ_b ∂π_m ⊙ xW ⊙ s,   ∂W_dec = g·aᵀ err (+ the weighted L1's row-norm term),
+        ∂b_dec = g·Σ_b err − W_enc Σ_b ∂xW   (the auxiliary loss's b_dec is frozen too)."""
+    E, d, n = W_enc.shape
+    if r_mag is None or b_mag is None:
+        raise ValueError("arch='gated' needs r_mag and b_mag ([E, n] each)")
+    xs = x.unsqueeze(0) if x.dim() == 2 else x
+    B = xs.shape[1]
+    g_scale = 2.0 / B
+    xc = xs - b_dec.unsqueeze(1)  # [E, B, d]
+    xW = torch.bmm(xc, W_enc)  # [E, B, n]
+    s = r_mag.exp().unsqueeze(1)  # [E, 1, n]
+    pg = xW + b_gate.unsqueeze(1)
+    pm = torch.addcmul(b_mag.unsqueeze(1), xW, s)
+    gate = pg > 0
+    rg = torch.relu(pg)
+    acts = torch.relu(pm) * gate
+    err = torch.baddbmm(xc, acts, W_dec, beta=-1)
+    e_aux = torch.baddbmm(xc, rg, W_dec, beta=-1)
+    mse = torch.linalg.vecdot(err.reshape(E, -1), err.reshape(E, -1)) / B
+    aux = torch.linalg.vecdot(e_aux.reshape(E, -1), e_aux.reshape(E, -1)) / B
+    l1v = torch.as_tensor(l1, dtype=W_dec.dtype, device=W_dec.device).expand(E)
+    gW_dec = torch.bmm(acts.transpose(1, 2), err).mul_(g_scale)
+    norms = W_dec.norm(dim=-1) if decoder_norm == "weighted_l1" else torch.ones_like(b_gate)  # w [E, n]
+    rg_sum = rg.sum(1)  # [E, n]
+    sparsity = l1v * torch.linalg.vecdot(rg_sum, norms) / B
+    if decoder_norm == "weighted_l1":
+        inv = torch.where(norms > 0, 1 / norms, torch.zeros_like(norms))
+        gW_dec.add_(W_dec * (l1v.unsqueeze(1) * rg_sum * inv / B).unsqueeze(-1))
+    W_decT = W_dec.transpose(1, 2)
+    g_pm = torch.bmm(err, W_decT).mul_(g_scale).mul_(gate).mul_(pm > 0)
+    g_pg = torch.baddbmm((l1v.unsqueeze(1) * norms / B).unsqueeze(1), e_aux, W_decT, alpha=g_scale).mul_(gate)
+    g_xW = torch.addcmul(g_pg, g_pm, s)
+    gW_enc = torch.bmm(xc.transpose(1, 2), g_xW)
+    gb_dec = err.sum(1).mul_(g_scale).sub_(torch.bmm(W_enc, g_xW.sum(1).unsqueeze(-1)).squeeze(-1))
+    grads = SAEGrads(gW_enc, g_pg.sum(1), gW_dec, gb_dec, r_mag=(g_pm * xW * s).sum(1), b_mag=g_pm.sum(1))
+    return KernelOutput(mse + sparsity + aux, mse, sparsity, aux, acts, acts.sum(1) > 0, grads, None)
+
+
+def _segments(prefixes: tuple[int, ...], n: int) -> list[tuple[int, int]]:
+    """Matryoshka's segments ``[(lo, hi), ...]`` between consecutive prefixes (the last ends at n)."""
+    bounds = [0, *(p for p in prefixes if p < n), n]
+    if any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"prefixes={list(prefixes)} must be strictly increasing and at most n={n}")
+    return list(zip(bounds, bounds[1:]))
 
 
 def _rest(
@@ -135,10 +229,13 @@ def _rest(
     aux_coef: float,
     aux_k: int,
     auxk: tuple[Tensor, Tensor] | None,
+    jump: tuple[Tensor, Tensor, float] | None = None,
+    segments: list[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, ...]:
     """Everything after the activation for the members given, all on one path (``auxk``: the dead
-    mask and ReLU(pre), dense path only): ``(mse, sparsity, aux, act_sum, ∂W_enc, ∂b_enc, ∂W_dec,
-    ∂b_dec)``, each with a leading member dimension."""
+    mask and ReLU(pre), dense path only; ``jump``: JumpReLU's pre, θ and ε; ``segments``:
+    Matryoshka's): ``(mse, inner prefixes' squared error, sparsity, aux, act_sum, ∂W_enc, ∂b_enc,
+    ∂W_dec, ∂b_dec, ∂log_threshold)``, each with a leading member dimension (the last two may be None)."""
     E, B, n = acts.shape
     pattern = None
     if on_sparse:
@@ -146,7 +243,11 @@ def _rest(
     g_scale = 2.0 / B  # ∂(‖err‖²/B)/∂err = g_scale·err
 
     # Decoder: err = a W_dec − xc, ∂W_dec = aᵀ g.
-    if pattern is None:
+    inner = xc.new_zeros(E)
+    if segments is not None and len(segments) > 1:
+        err, inner, gW_dec, err_sums = _matryoshka_decoder(xc, acts, W_dec, segments, g_scale)
+        act_sum = acts.sum(1)
+    elif pattern is None:
         err = torch.baddbmm(xc, acts, W_dec, beta=-1)  # [E, B, d]
         gW_dec = torch.bmm(acts.transpose(1, 2), err).mul_(g_scale)
         act_sum = acts.sum(1)  # [E, n]
@@ -158,14 +259,21 @@ def _rest(
     sparsity, latent_bias = _l1_(arch, l1v, decoder_norm, act_sum, W_dec, B, gW_dec)
 
     aux = mse.new_zeros(E)
+    g_log = None
     if pattern is None:
         # ∂pre = (g W_decᵀ + l1·w/B) ⊙ [a > 0], masked in the matmul's own output buffer
         # (threshold_backward is ReLU's backward: one pass, no [B, n] bool mask).
         W_decT = W_dec.transpose(1, 2)
-        if latent_bias is None:
+        if segments is not None and len(segments) > 1:  # segment s is read by the prefixes from s on
+            g_pre = acts.new_empty(acts.shape)
+            for (lo, hi), G in zip(segments, err_sums):
+                g_pre[..., lo:hi] = torch.bmm(G, W_decT[..., lo:hi]).mul_(g_scale)
+        elif latent_bias is None:
             g_pre = torch.bmm(err, W_decT).mul_(g_scale)
         else:
             g_pre = torch.baddbmm(latent_bias.unsqueeze(1), err, W_decT, alpha=g_scale)
+        if jump is not None:
+            sparsity, g_log = _jumprelu_threshold(jump, g_pre, acts, l1v, B)
         torch.ops.aten.threshold_backward.grad_input(g_pre, acts, 0, grad_input=g_pre)
         if auxk is not None:
             dead, post = auxk
@@ -181,9 +289,43 @@ def _rest(
             g_vals.mul_(pattern.vals > 0)
         gb_enc = pattern.col_sum(g_vals)
         gW_enc = pattern.t_times(g_vals, xc).transpose(1, 2).contiguous()
-    # ∂b_dec: +Σ_b g from the decoder, −W_enc ∂b_enc from the encoder (xc = x − b_dec).
-    gb_dec = err.sum(1).mul_(g_scale).sub_(torch.bmm(W_enc, gb_enc.unsqueeze(-1)).squeeze(-1))
-    return mse, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec
+    # ∂b_dec: +Σ_b g from the decoder (every prefix's), −W_enc ∂b_enc from the encoder (xc = x − b_dec).
+    g_out = err_sums[0] if segments is not None and len(segments) > 1 else err
+    gb_dec = g_out.sum(1).mul_(g_scale).sub_(torch.bmm(W_enc, gb_enc.unsqueeze(-1)).squeeze(-1))
+    return mse, inner, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec, g_log
+
+
+def _matryoshka_decoder(
+    xc: Tensor, acts: Tensor, W_dec: Tensor, segments: list[tuple[int, int]], g_scale: float
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """Each prefix's error err_p (running sums over the segments), the inner prefixes' squared
+    error ``[E]``, ∂W_dec, and the suffix sums G_s = Σ_{p ≥ s} err_p (see the module docstring)."""
+    E, B, _ = acts.shape
+    errs, err = [], -xc
+    for lo, hi in segments:
+        err = torch.baddbmm(err, acts[..., lo:hi], W_dec[:, lo:hi])
+        errs.append(err)
+    inner = sum(torch.linalg.vecdot(e.reshape(E, -1), e.reshape(E, -1)) for e in errs[:-1]) / B
+    sums, G = [], None
+    for e in reversed(errs):
+        G = e if G is None else G + e
+        sums.append(G)
+    sums.reverse()
+    gW_dec = torch.empty_like(W_dec)
+    for (lo, hi), G in zip(segments, sums):
+        gW_dec[:, lo:hi] = torch.bmm(acts[..., lo:hi].transpose(1, 2), G).mul_(g_scale)
+    return err, inner, gW_dec, sums
+
+
+def _jumprelu_threshold(
+    jump: tuple[Tensor, Tensor, float], g_acts: Tensor, acts: Tensor, l0v: Tensor, B: int
+) -> tuple[Tensor, Tensor]:
+    """JumpReLU's L0 term ``[E]`` and ∂log_threshold ``[E, n]`` from ∂a = ``g_acts`` (before the mask)."""
+    pre, theta, eps = jump
+    K = rectangle((pre - theta.unsqueeze(1)) / eps)  # [E, B, n]
+    l0 = l0v * torch.count_nonzero(acts.reshape(acts.shape[0], -1), dim=1).to(l0v.dtype) / B
+    g_theta = (K * (theta.unsqueeze(1) * g_acts + (l0v / B).view(-1, 1, 1))).sum(1).mul_(-1 / eps)
+    return l0, theta * g_theta
 
 
 def _take(t: Tensor | None, idx: Tensor) -> Tensor | None:
@@ -196,7 +338,7 @@ def _take(t: Tensor | None, idx: Tensor) -> Tensor | None:
 
 def _put(E: int, parts: list[Tensor], members: list[Tensor | None]) -> Tensor:
     """Reassemble per-member results computed on disjoint member subsets."""
-    if members[0] is None:
+    if members[0] is None or parts[0] is None:  # one path, or a result no member has (∂log_threshold)
         return parts[0]
     out = parts[0].new_empty((E, *parts[0].shape[1:]))
     for part, idx in zip(parts, members):
@@ -215,16 +357,19 @@ def _check(x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor
             raise ValueError(f"{name} has shape {tuple(t.shape)}; with W_enc of shape {(E, d, n)} it must be {shape}")
     if not (x.dim() == 2 or (x.dim() == 3 and x.shape[0] == E)) or x.shape[-1] != d:
         raise ValueError(f"x has shape {tuple(x.shape)}; it must be [batch, d={d}] or [E={E}, batch, d={d}]")
-    if arch != "relu" and not 0 < k <= n:
+    if arch in ("topk", "batchtopk", "matryoshka") and not 0 < k <= n:
         raise ValueError(f"k={k} must be between 1 and the number of latents n={n} for arch={arch!r}")
 
 
 def _activate_(
-    pre: Tensor, arch: str, k: int, rank_weight: Tensor | None = None
+    pre: Tensor, arch: str, k: int, rank_weight: Tensor | None = None, theta: Tensor | None = None
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """``(acts [E, B, n], topk_vals, topk_idx, kept_min)``; ``pre`` is overwritten with ReLU(pre).
-    TopK also returns its ``[E, B, k]`` values and indices (the sparsity pattern), BatchTopK each
-    member's smallest kept positive value (inf: none) for the inference threshold."""
+    """``(acts [E, B, n], topk_vals, topk_idx, kept_min)``; ``pre`` is overwritten with ReLU(pre)
+    (but for JumpReLU, whose threshold gradient reads pre near θ ``[E, n]``). TopK also returns its
+    ``[E, B, k]`` values and indices (the sparsity pattern), BatchTopK and Matryoshka each member's
+    smallest kept positive value (inf: none) for the inference threshold."""
+    if arch == "jumprelu":
+        return pre * (pre > theta.unsqueeze(1)), None, None, None
     post = pre.relu_()
     if arch == "relu":
         return post, None, None, None
@@ -401,17 +546,21 @@ def fused_backward_(
             f"the kernel needs an untied SAE without orthogonality penalty and arch in {SUPPORTED_ARCHS}; "
             f"got arch={c.arch!r}, tied={c.tied}, orth={c.orth}"
         )
-    if c.arch == "batchtopk" and not sae.training:
+    if c.arch in BATCH_THRESHOLD_ARCHS and not sae.training:
         raise ValueError(
             "the kernel computes BatchTopK's training rule; call sae.train() first (eval uses the threshold θ)"
         )
+    names = [n for n in SAEGrads._fields if getattr(sae, n, None) is not None]
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     x, arch, weight = gsae_inputs(c, x, sae.W_dec.unsqueeze(0))
     out = sae_loss_and_grads(
         x,
         *(p.unsqueeze(0) for p in params),
+        **{n: getattr(sae, n).unsqueeze(0) for n in names[4:]},
+        bandwidth=c.bandwidth,
+        prefixes=c.prefixes,
         arch=arch,
-        l1=c.l1,
+        l1=getattr(c, sparsity_field(c.arch)),
         k=c.k,
         decoder_norm=c.decoder_norm,
         aux_coef=c.aux_coef,
@@ -420,9 +569,9 @@ def fused_backward_(
         sparse=sparse,
         rank_weight=weight,
     )
-    for p, g in zip(params, out.grads):
-        p.grad = g[0]
-    if c.arch == "batchtopk":
+    for name in names:
+        getattr(sae, name).grad = getattr(out.grads, name)[0]
+    if c.arch in BATCH_THRESHOLD_ARCHS:
         update_threshold_(sae.threshold, out.kept_min[0], c.threshold_decay)  # as SparseAutoencoder.activate
     return out._replace(
         loss=out.loss[0], mse=out.mse[0], sparsity=out.sparsity[0], aux=out.aux[0], acts=out.acts[0], fired=out.fired[0]

@@ -1,20 +1,35 @@
-"""The sparse autoencoder: ReLU+L1 ("relu"), TopK and BatchTopK in one module.
+"""The sparse autoencoder: ReLU+L1 ("relu"), TopK, BatchTopK, JumpReLU, gated and Matryoshka
+BatchTopK in one module.
 
 x̂ = f((x − b_dec) W_enc + b_enc) W_dec + b_dec, with f = ReLU (L1 penalty), the k largest
 ReLU pre-activations per sample (TopK, Gao et al. 2024) or the k·batch largest in the batch
 (BatchTopK, Bussmann et al. 2024; at inference a single threshold θ replaces the batch rule).
 Loss conventions follow SAELens/Anthropic: squared error summed over dimensions and averaged over
 the batch; L1 summed over latents (times ‖W_dec row‖ in ``decoder_norm="weighted_l1"`` mode).
+
+* JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"): f(z) = z·H(z − θ) with a threshold
+  θ_i = exp(log_threshold_i) per latent; loss ‖x − x̂‖² + l0·‖f‖₀. H has no gradient, so θ learns
+  through the straight-through pseudo-derivatives ∂f/∂θ = −(θ/ε) K((z − θ)/ε) and
+  ∂H(z − θ)/∂θ = −(1/ε) K((z − θ)/ε), K the rectangle 1{|u| < ½}, ε = ``bandwidth``; ∂f/∂z = H(z − θ)
+  and the L0 term sends nothing to z (as the paper and SAELens).
+* Gated (Rajamanoharan et al. 2024): π_gate = xc W_enc + b_enc (b_enc is SAELens's b_gate),
+  π_mag = xc (W_enc ⊙ exp(r_mag)) + b_mag, f = 1{π_gate > 0} ⊙ ReLU(π_mag); loss ‖x − x̂‖²
+  + l1·Σ ReLU(π_gate)·w (w as the ReLU SAE's L1) + ‖x − (ReLU(π_gate) W_dec* + b_dec*)‖², the last
+  (the auxiliary loss) through a frozen (detached) decoder, so it trains the gate's encoder only.
+* Matryoshka BatchTopK (Bussmann et al. 2025): BatchTopK's f; every prefix p of ``prefixes``
+  reconstructs on its own, x̂_p = f[:, :p] W_dec[:p] + b_dec, and the loss is Σ_p ‖x − x̂_p‖²
+  (the sum, as SAELens; the last prefix is the whole dictionary) + AuxK on the whole residual.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from sae.config import ARCHS, DECODER_NORMS, INITS, SAEConfig  # noqa: F401 (re-exported)
+from sae.config import ARCHS, BATCH_THRESHOLD_ARCHS, DECODER_NORMS, INITS, K_ARCHS, SAEConfig  # noqa: F401
 from sae.geometry import unit_rows
 
 
@@ -26,9 +41,59 @@ class SAEOutput(NamedTuple):
     pre_acts: Tensor  # [batch, dict_size]
     loss: Tensor
     mse: Tensor
-    sparsity: Tensor  # L1 term (relu) or 0
-    aux: Tensor  # AuxK term (topk/batchtopk with dead latents) or 0
+    sparsity: Tensor  # L1 term (relu, gated), L0 term (jumprelu) or 0
+    aux: Tensor  # AuxK term (k rules with dead latents), the gated auxiliary reconstruction, or 0
     orth: Tensor  # orthogonality penalty or 0
+    prefix_mse: Tensor | None = None  # matryoshka: [P] squared error of each prefix (the last is ``mse``)
+
+
+def rectangle(u: Tensor) -> Tensor:
+    """The JumpReLU pseudo-derivative's kernel K(u) = 1{|u| < ½}."""
+    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z·H(z − θ); gradients H(z − θ) for z and −(θ/ε) K((z − θ)/ε) for θ (summed over the batch)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_theta = -(theta / eps) * rectangle((z - theta) / eps) * grad
+        return grad * (z > theta).to(grad.dtype), g_theta.reshape(-1, theta.shape[-1]).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """H(z − θ); gradients 0 for z and −(1/ε) K((z − θ)/ε) for θ (summed over the batch)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        g_theta = -(1 / eps) * rectangle((z - theta) / eps) * grad
+        return None, g_theta.reshape(-1, theta.shape[-1]).sum(0), None
+
+
+def jumprelu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """JumpReLU with the straight-through threshold gradient (``theta [n]``, ``z [..., n]``)."""
+    return _JumpReLU.apply(z, theta, bandwidth)
+
+
+def step(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    """H(z − θ) with the straight-through threshold gradient (JumpReLU's L0)."""
+    return _Step.apply(z, theta, bandwidth)
 
 
 @torch.no_grad()
@@ -56,7 +121,9 @@ def remove_parallel_grad_(W: Tensor, dim: int = -1) -> None:
 
 class SparseAutoencoder(nn.Module):
     """One SAE. Parameters ``W_enc [d_in, n]``, ``b_enc [n]``, ``W_dec [n, d_in]`` (absent when
-    tied), ``b_dec [d_in]``; buffer ``threshold`` (BatchTopK inference θ, scalar)."""
+    tied), ``b_dec [d_in]``; JumpReLU also ``log_threshold [n]`` (θ = exp), gated also ``r_mag [n]``
+    and ``b_mag [n]`` (absent otherwise: None); buffer ``threshold`` (BatchTopK's and Matryoshka's
+    inference θ, scalar)."""
 
     def __init__(self, config: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
@@ -65,6 +132,10 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(c.dict_size))
         self.W_dec = None if c.tied else nn.Parameter(torch.empty(c.dict_size, c.d_in))
         self.b_dec = nn.Parameter(torch.zeros(c.d_in))
+        jump, gated = c.arch == "jumprelu", c.arch == "gated"
+        self.log_threshold = nn.Parameter(torch.full((c.dict_size,), math.log(c.threshold_init))) if jump else None
+        self.r_mag = nn.Parameter(torch.zeros(c.dict_size)) if gated else None
+        self.b_mag = nn.Parameter(torch.zeros(c.dict_size)) if gated else None
         self.register_buffer("threshold", torch.zeros(()))
         from sae.inits import initialize
 
@@ -102,10 +173,20 @@ class SparseAutoencoder(nn.Module):
             return x[..., : c.d_in], x[..., c.d_in :].reshape(*x.shape[:-1], c.grad_columns, c.d_in)
         return x, None
 
+    def magnitude_pre(self, pre: Tensor) -> Tensor:
+        """Gated: the magnitude path's pre-activations π_mag = (π_gate − b_gate)·exp(r_mag) + b_mag,
+        i.e. xc (W_enc ⊙ exp(r_mag)) + b_mag with the shared directions."""
+        return (pre - self.b_enc) * self.r_mag.exp() + self.b_mag
+
     def activate(self, pre: Tensor, jac: Tensor | None = None) -> Tensor:
         """Latent activations ``[batch, n]`` from pre-activations (training vs eval rule for BatchTopK;
-        for a g-SAE the Jacobian rows ``jac [batch, k, d_in]`` rank the latents)."""
+        for a g-SAE the Jacobian rows ``jac [batch, k, d_in]`` rank the latents; for the gated SAE
+        ``pre`` is the gate's)."""
         c = self.config
+        if c.arch == "jumprelu":
+            return jumprelu(pre, self.log_threshold.exp(), c.bandwidth)
+        if c.arch == "gated":
+            return (pre > 0).to(pre.dtype) * torch.relu(self.magnitude_pre(pre))
         post = torch.relu(pre)
         if c.arch == "relu":
             return post
@@ -116,7 +197,7 @@ class SparseAutoencoder(nn.Module):
         if c.arch == "topk":
             vals, idx = post.topk(c.k, dim=-1)
             return torch.zeros_like(post).scatter(-1, idx, vals)
-        if self.training:
+        if self.training:  # batchtopk, matryoshka
             flat = post.reshape(-1)
             kk = min(c.k * post.shape[0], flat.numel())
             vals, idx = flat.topk(kk)
@@ -145,20 +226,32 @@ class SparseAutoencoder(nn.Module):
         mse = err.pow(2).sum(-1).mean()
         zero = mse.new_zeros(())
         sparsity = zero
-        if c.arch == "relu" and c.l1 > 0:
+        penalised = torch.relu(pre) if c.arch == "gated" else acts  # gated: the L1 is on ReLU(π_gate)
+        if c.arch in ("relu", "gated") and c.l1 > 0:
             if c.decoder_norm == "weighted_l1":
-                sparsity = c.l1 * (acts * self.decoder.norm(dim=-1)).sum(-1).mean()
+                sparsity = c.l1 * (penalised * self.decoder.norm(dim=-1)).sum(-1).mean()
             else:
-                sparsity = c.l1 * acts.abs().sum(-1).mean()
+                sparsity = c.l1 * penalised.abs().sum(-1).mean()
+        if c.arch == "jumprelu" and c.l0 > 0:
+            sparsity = c.l0 * step(pre, self.log_threshold.exp(), c.bandwidth).sum(-1).mean()
         aux = zero
-        if c.arch != "relu" and c.aux_coef > 0 and dead is not None and bool(dead.any()):
+        if c.arch in K_ARCHS and c.aux_coef > 0 and dead is not None and bool(dead.any()):
             aux = c.aux_coef * auxk_loss(self, pre, err.detach(), dead)
+        if c.arch == "gated":  # the gate alone reconstructs through the frozen decoder
+            aux = (torch.relu(pre) @ self.decoder.detach() + self.b_dec.detach() - x).pow(2).sum(-1).mean()
+        prefix_mse, total = None, mse
+        if c.arch == "matryoshka":
+            prefix_mse = torch.stack(
+                [(acts[:, :p] @ self.decoder[:p] + self.b_dec - x).pow(2).sum(-1).mean() for p in c.prefixes[:-1]]
+                + [mse]
+            )
+            total = prefix_mse.sum()
         orth = zero
         if c.orth > 0:
             orth = c.orth * (
                 orthogonality_full(self.decoder) if c.orth_full else orthogonality_active(self.decoder, acts)
             )
-        return SAEOutput(recon, acts, pre, mse + sparsity + aux + orth, mse, sparsity, aux, orth)
+        return SAEOutput(recon, acts, pre, total + sparsity + aux + orth, mse, sparsity, aux, orth, prefix_mse)
 
 
 def gradient_reach(jac: Tensor, decoder: Tensor) -> Tensor:

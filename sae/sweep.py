@@ -1,4 +1,5 @@
 """Sweeps: a grid of L1 coefficients × dictionary sizes, trained as batched ensembles in one pass.
+(For JumpReLU the swept coefficient is its L0 coefficient ``l0``: ``sae.config.sparsity_field``.)
 
 Every member sees the same batch at every step (drawn once). Members with the same dictionary
 size form one ``sae.ensemble.Ensemble`` (stacked ``[E, ...]`` tensors, one Adam); the groups
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sae.config import SAEConfig, TrainConfig
+from sae.config import SAEConfig, TrainConfig, sparsity_field
 from sae.distributed import context
 from sae.engine import Engine, check_resources, init_matrix, init_sample, initial_sae, read_checkpoint
 from sae.ensemble import Ensemble
@@ -57,28 +58,29 @@ def sweep_engine(
         raise ValueError("a sweep needs at least one L1 coefficient and one dictionary size")
     ctx = context(config.device)
     source = BatchSource(data, config.batch_size, config.seed, config.device, ctx.rank, ctx.world)
-    fields = {k: v for k, v in sae_fields.items() if k not in ("l1", "dict_size")}
+    coef = sparsity_field(sae_fields.get("arch", "relu"))  # what l1s set: l1, or JumpReLU's l0
+    fields = {k: v for k, v in sae_fields.items() if k not in (coef, "dict_size")}
     fields.setdefault("d_in", source.d)
+    if "prefixes" in fields:  # a list, as the checkpoint's JSON gives it back (resume compares the two)
+        fields["prefixes"] = list(fields["prefixes"])
+
+    def cell(n: int, l1: float) -> SAEConfig:
+        return SAEConfig(**fields, dict_size=n, **{coef: l1})
+
     if source.d is not None and source.d != fields["d_in"]:
         raise ValueError(f"data dimension {source.d} does not match d_in={fields['d_in']}")
     for n in dict_sizes:
-        check_resources(SAEConfig(**fields, dict_size=n, l1=l1s[0]), config, n_sae=len(l1s))
+        check_resources(cell(n, l1s[0]), config, n_sae=len(l1s))
     if resume:
-        groups = [
-            Ensemble([SparseAutoencoder(SAEConfig(**fields, dict_size=n, l1=l1)).to(config.device) for l1 in l1s])
-            for n in dict_sizes
-        ]
+        groups = [Ensemble([SparseAutoencoder(cell(n, l1)).to(config.device) for l1 in l1s]) for n in dict_sizes]
     else:
-        first = SAEConfig(**fields, dict_size=dict_sizes[0], l1=l1s[0])
+        first = cell(dict_sizes[0], l1s[0])
         sample, matrix = (
             init_sample(first, config, source),
             init_matrix(first, source),
         )  # drawn once, read by every member
-        groups = [
-            Ensemble([initial_sae(SAEConfig(**fields, dict_size=n, l1=l1), config, sample, matrix) for l1 in l1s])
-            for n in dict_sizes
-        ]
-    labels = [[f"l1={l1:g} n={n}" for l1 in l1s] for n in dict_sizes]
+        groups = [Ensemble([initial_sae(cell(n, l1), config, sample, matrix) for l1 in l1s]) for n in dict_sizes]
+    labels = [[f"{coef}={l1:g} n={n}" for l1 in l1s] for n in dict_sizes]
     record = {"sweep": {"l1s": list(l1s), "dict_sizes": list(dict_sizes), "sae": fields}, "data": data_record}
     engine = Engine(groups, config, source, out_dir, labels=labels, record=record, ctx=ctx)
     if resume:
@@ -120,7 +122,8 @@ def sweep(
 ) -> SweepResult:
     """Train every (l1, dictionary size) of the grid on ``data`` in one pass (see the module docstring).
 
-    ``sae_fields``: SAEConfig fields shared by all cells (``d_in`` from the data when absent).
+    ``sae_fields``: SAEConfig fields shared by all cells (``d_in`` from the data when absent);
+    ``l1s`` set each cell's ``l1``, or for JumpReLU its ``l0``.
     ``config`` as for a single run; ``out_dir`` holds the checkpoint (``resume`` continues it).
     """
     engine = sweep_engine(data, l1s, dict_sizes, sae_fields, config, out_dir, resume, data_record).fit()

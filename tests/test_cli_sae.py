@@ -121,7 +121,7 @@ def test_sweep_command_writes_its_folder(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["sae", "train", "--arch", "gated", "--out", "{tmp}/r"], "invalid choice: 'gated'"),
+        (["sae", "train", "--arch", "transcoder", "--out", "{tmp}/r"], "invalid choice: 'transcoder'"),
         (["sae", "train", "--init", "magic", "--out", "{tmp}/r"], "invalid choice: 'magic'"),
         (["sae", "train", "--l1", "-1", "--out", "{tmp}/r"], "--l1=-1.0 must be >= 0"),
         (["sae", "train", "--samples", "0", "--out", "{tmp}/r"], "--samples=0 must be positive"),

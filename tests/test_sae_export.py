@@ -139,12 +139,12 @@ def _edit(folder, cfg_change=None, tensor_change=None):
 @pytest.mark.parametrize(
     "cfg_change, tensor_change, match",
     [
-        (lambda c: c.update(architecture="gated"), None, "architecture='gated' is not supported"),
+        (lambda c: c.update(architecture="matching_pursuit"), None, "architecture='matching_pursuit' is not supported"),
+        (lambda c: c.update(architecture="gated"), None, "lacks b_gate, b_mag, r_mag"),
         (lambda c: c.update(normalize_activations="layer_norm"), None, "normalize_activations"),
         (lambda c: c.update(d_sae=N + 1), None, "needs"),
         (None, lambda t: t.pop("b_enc"), "lacks b_enc"),
         (None, lambda t: t.update(b_mag=torch.zeros(N)), "b_mag"),
-        (None, lambda t: t["threshold"].__setitem__(0, 0.3), "threshold per latent"),
         (None, lambda t: t["W_dec"].__setitem__((0, 0), 9.0), "tied"),
     ],
 )

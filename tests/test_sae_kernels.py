@@ -185,9 +185,9 @@ def test_unsupported_configs_raise_and_the_trainer_falls_back_to_autograd():
     for overrides in (dict(tied=True), dict(orth=0.1)):
         with pytest.raises(ValueError, match="untied SAE without orthogonality penalty"):
             fused_backward_(_sae(**overrides), _x())
-    with pytest.raises(ValueError, match="arch='jumprelu' is not supported"):
+    with pytest.raises(ValueError, match="arch=.gsae. is not supported"):
         sae = _sae()
-        sae_loss_and_grads(_x(), *(getattr(sae, n).detach()[None] for n in PARAMS), arch="jumprelu")
+        sae_loss_and_grads(_x(), *(getattr(sae, n).detach()[None] for n in PARAMS), arch="gsae")
     sae = _sae()
     W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach()[None] for n in PARAMS)
     with pytest.raises(ValueError, match=r"W_dec has shape \(1, 8, 16\); .* must be \(1, 16, 8\)"):

@@ -52,12 +52,17 @@ def _sae_fields(args) -> dict:
         "tied": args.tied,
         "init_blend": args.init_blend,
         "init_matrix": args.init_matrix or "",
+        "bandwidth": args.bandwidth,
+        "threshold_init": args.threshold_init,
+        "prefixes": _ints(args.prefixes, "--prefixes") if args.prefixes else [],
     }
+    if getattr(args, "l0", None) is not None:  # sweep L0s (jumprelu) come from --l1s
+        fields["l0"] = args.l0
     if args.init_matrix and args.init != "svd":
         raise ValueError("--init-matrix is read by --init svd only")
     if getattr(args, "dict_size", None) is not None:  # sweep sizes come from --ratios
         fields["dict_size"] = args.dict_size
-    for name in ("l1", "orth"):
+    for name in ("l1", "orth", *(("l0",) if "l0" in fields else ())):
         if fields[name] < 0:
             raise ValueError(f"--{name}={fields[name]} must be >= 0")
     return fields
@@ -214,6 +219,13 @@ def run_sweep(args) -> int:
     return 0
 
 
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, e.g. 128,256,512; got {text!r}") from None
+
+
 def _floats(text: str, flag: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -264,10 +276,34 @@ def _add_model_and_training(p) -> None:
         "--arch",
         choices=ARCHS,
         default=d["arch"].default,
-        help=f"relu (+L1), topk or batchtopk (default {d['arch'].default})",
+        help="relu (+L1), topk, batchtopk, jumprelu (learned threshold per latent, L0 penalty --l0), gated "
+        "(gate and magnitude paths, L1 --l1 on the gate) or matryoshka (BatchTopK whose --prefixes each "
+        "reconstruct); all train through the fused kernel, but --tied, --orth and --bf16 runs, which take "
+        f"autograd (default {d['arch'].default})",
     )
     g.add_argument(
-        "--k", type=int, default=d["k"].default, help=f"active latents for topk/batchtopk (default {d['k'].default})"
+        "--k",
+        type=int,
+        default=d["k"].default,
+        help=f"active latents for topk/batchtopk/matryoshka (default {d['k'].default})",
+    )
+    g.add_argument(
+        "--prefixes",
+        metavar="N1,N2,...",
+        help="matryoshka: increasing prefix sizes of the dictionary, each reconstructing on its own (the "
+        "dictionary size is added last; default: the doubling ladder ..., n/4, n/2, n down to 16 latents)",
+    )
+    g.add_argument(
+        "--bandwidth",
+        type=float,
+        default=d["bandwidth"].default,
+        help=f"jumprelu: width of the threshold's straight-through kernel (default {d['bandwidth'].default})",
+    )
+    g.add_argument(
+        "--threshold-init",
+        type=float,
+        default=d["threshold_init"].default,
+        help=f"jumprelu: initial threshold of every latent (default {d['threshold_init'].default})",
     )
     g.add_argument(
         "--init",
@@ -340,7 +376,8 @@ def _add_model_and_training(p) -> None:
         "--dead-window",
         type=int,
         default=None,
-        help="samples without firing that make a latent dead (default 1000000 for relu, 100000 for topk/batchtopk)",
+        help="samples without firing that make a latent dead (default 1000000 for relu, jumprelu and gated, 100000 "
+        "for topk, batchtopk and matryoshka)",
     )
     h.add_argument(
         "--checkpoint-every",
@@ -380,7 +417,14 @@ def register(sub) -> None:
         "--l1",
         type=float,
         default=l1,
-        help=f"L1 coefficient (relu; default {l1}: soft threshold ~l1/2 with unit decoder rows)",
+        help=f"L1 coefficient (relu, gated; default {l1}: soft threshold ~l1/2 with unit decoder rows)",
+    )
+    l0 = SAEConfig.__dataclass_fields__["l0"].default
+    t.add_argument(
+        "--l0",
+        type=float,
+        default=l0,
+        help=f"L0 coefficient (jumprelu; default {l0}: a latent must remove more than l0 of squared error)",
     )
     _add_model_and_training(t)
     t.set_defaults(handler=run_train)
@@ -406,7 +450,9 @@ def register(sub) -> None:
         action="store_true",
         help="continue the sweep in --out (give its grid and settings again; --samples may raise the total)",
     )
-    s.add_argument("--l1s", default="0.01,0.03,0.1,0.3,1", help="comma-separated L1 coefficients")
+    s.add_argument(
+        "--l1s", default="0.01,0.03,0.1,0.3,1", help="comma-separated L1 coefficients (jumprelu: L0 coefficients)"
+    )
     s.add_argument(
         "--ratios",
         default="0.5,1,2,4",
