@@ -36,6 +36,9 @@ FIELDS = {
     "checkpoint_every": ("train", "checkpoint_every"),
     "bf16": ("train", "bf16"),
     "device": ("train", "device"),
+    "l0": ("sae", "l0"),
+    "bandwidth": ("sae", "bandwidth"),
+    "threshold_init": ("sae", "threshold_init"),
 }
 
 

@@ -74,6 +74,12 @@ def run(args) -> int:
             raise ValueError(f"--{flag.replace('_', '-')} applies to --model, not to --setup")
     if args.input:
         raise ValueError("--input applies to --model, not to --setup")
+    from cli.flags import given
+
+    typed = given(args)
+    for dest in ("weights", "random_weights", "device", "activation", "ablation"):
+        if dest in typed:
+            raise ValueError(f"--{dest.replace('_', '-')} applies to --model, not to --setup (a toy trained here)")
     if args.setup not in ("x2", "superposition"):
         raise ValueError(f"unknown setup {args.setup!r}; choose x2 or superposition")
     options = _options_from_args(args)
