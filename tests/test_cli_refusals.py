@@ -132,6 +132,9 @@ def test_files_flags_and_devices_are_refused_in_one_line(files, digits, capsys, 
         (["cluster", "--layer", "fc1", "--position", "3,3", "--out", out], ["--position"]),
         (["cluster", "--layer", "fc1", "--skip", "5", "--out", out], ["--skip"]),
         (["sae", "sweep", "--dict-size", "8", "--out", out], ["--dict-size"]),
+        (["cluster", "--codes", d / "zip.npy", "--out", out], ["--codes", "zip.npy", "zip archive"]),
+        (["cluster", "--codes", d / "x.npy", "--device", "cpu", "--out", out], ["--device", "--codes"]),
+        (["cluster", "--codes", d / "x.npy", "--model", "gpt2", "--out", out], ["--model", "--codes"]),
     ]
     for argv, names in cases:
         refused(capsys, d, argv, *names)

@@ -20,6 +20,14 @@ def load_points(args):
     from polylens.clustering import points as protocols
 
     if args.codes:
+        from cli.flags import given
+        from cli.modelargs import check_npy
+
+        model_only = ("model", "weights", "random_weights", "device", "activation", "input", "position", "n")
+        text_only = ("max_sequences", "skip", "per_seq")
+        for dest in (d for d in (*model_only, *text_only) if d in given(args)):
+            raise ValueError(f"--{dest.replace('_', '-')} applies when a model runs; --codes reads codes from a file")
+        check_npy(args.codes, "--codes")
         return protocols.codes_points(args.codes, args.layer)
     adapter = load_from_args(args)
     spec = args.model or "digits"
