@@ -258,15 +258,17 @@ def _deny(monkeypatch, path):
     monkeypatch.setattr(os, "access", access)
 
 
-@pytest.mark.parametrize("command", ["train", "sweep"])
-def test_an_unwritable_run_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command):
+@pytest.mark.parametrize("command", ["train", "sweep", "cache"])
+def test_an_unwritable_run_sweep_or_store_folder_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command):
     out = tmp_path / "run"
     out.mkdir()
     _deny(monkeypatch, out)
-    argv = ["sae", command, *TMS, "--samples", "640", "--out", out]
-    if command == "sweep":
-        argv += ["--l1s", "0.1", "--ratios", "1"]
-    refused(capsys, tmp_path, argv, str(out), "not writable")
+    argv = {
+        "train": ["sae", "train", *TMS, "--samples", "640", "--out", out],
+        "sweep": ["sae", "sweep", *TMS, "--samples", "640", "--l1s", "0.1", "--ratios", "1", "--out", out],
+        "cache": ["cache", "--layer", "relu1", "--n", "4", "--out", out],
+    }[command]
+    refused(capsys, tmp_path, argv, str(out), "permission denied")
     assert list(out.iterdir()) == []
 
 
