@@ -19,8 +19,10 @@ dense matmul; a W_dec, aᵀ g and xcᵀ ∂pre are ``embedding_bag`` sums over t
 g W_decᵀ is sampled at them (``torch.sparse.sampled_addmm``). AuxK (Gao et al. 2024) uses the
 dense path.
 
-JumpReLU (dense path): a = pre·H(pre − θ), θ = exp(log_threshold), loss += l0·Σ H(pre − θ)/B; with
-K = 1{|pre − θ| < ε/2} the straight-through pseudo-derivatives give
+JumpReLU (either path; the sparse one samples g W_decᵀ at the active entries and at the inactive
+ones within ε/2 of θ, which the threshold's gradient reads too): a = pre·H(pre − θ),
+θ = exp(log_threshold), loss += l0·Σ H(pre − θ)/B; with K = 1{|pre − θ| < ε/2} the
+straight-through pseudo-derivatives give
     ∂θ = −(1/ε) Σ_b K ⊙ (θ·∂a + l0/B),   ∂log_threshold = θ ⊙ ∂θ,   ∂pre = ∂a ⊙ H(pre − θ).
 Matryoshka (dense path): err_p = a[:, :p] W_dec[:p] − xc for each prefix p, loss = Σ_p ‖err_p‖²/B;
 a latent of segment s (between two prefixes) is read by every prefix from s on, so with the suffix
@@ -43,9 +45,10 @@ from sae.model import SAEConfig, SparseAutoencoder, gradient_reach, rectangle, u
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "gated")
 """The rules ``sae_loss_and_grads`` computes; a g-SAE reaches it as TopK with a ranking weight."""
-DENSE_ARCHS = ("jumprelu", "matryoshka", "gated")
-"""Rules the kernel computes on its dense path only (JumpReLU's threshold gradient reads g W_decᵀ
-beside the active entries too; Matryoshka's prefixes read it per segment)."""
+DENSE_ARCHS = ("matryoshka", "gated")
+"""Rules the kernel computes on its dense path only (Matryoshka's prefixes read g W_decᵀ per
+segment; the gated SAE's auxiliary loss reads it at every open gate). JumpReLU's sparse path samples
+g W_decᵀ at the active entries and at those within ε/2 of their threshold (its STE reads both)."""
 SUPPORTED_ARCHS = KERNEL_ARCHS + ("gsae",)
 """The ``SAEConfig.arch`` values the trainer's kernel path takes (``kernel_supports``)."""
 SPARSE_MAX_DENSITY = 0.1
@@ -141,7 +144,13 @@ def sae_loss_and_grads(
     else:  # a sweep's low-L1 members dense, its high-L1 members sparse: each on its own path
         members = [on_sparse.logical_not().nonzero().squeeze(1), on_sparse.nonzero().squeeze(1)]
         parts = [
-            _rest(*(_take(t, idx) for t in (xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v)), path, *args)
+            _rest(
+                *(_take(t, idx) for t in (xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v)),
+                path,
+                *args[:5],
+                None if jump is None else (_take(pre, idx), _take(theta, idx), bandwidth),
+                segments,
+            )
             for idx, path in zip(members, (False, True))
         ]
     mse, inner, sparsity, aux, act_sum, gW_enc, gb_enc, gW_dec, gb_dec, g_log = (
@@ -238,7 +247,12 @@ def _rest(
     ∂W_dec, ∂b_dec, ∂log_threshold)``, each with a leading member dimension (the last two may be None)."""
     E, B, n = acts.shape
     pattern = None
-    if on_sparse:
+    window = None
+    if on_sparse and jump is not None:  # JumpReLU: the active entries and those near θ (zero values there)
+        pre, theta, eps = jump
+        window = ((pre - theta.unsqueeze(1)).abs() < eps / 2).reshape(-1)
+        pattern = _Pattern.from_dense(acts, (acts != 0).reshape(-1) | window)
+    elif on_sparse:
         pattern = _Pattern.from_dense(acts) if topk_idx is None else _Pattern.from_topk(topk_vals, topk_idx, n)
     g_scale = 2.0 / B  # ∂(‖err‖²/B)/∂err = g_scale·err
 
@@ -285,8 +299,15 @@ def _rest(
         g_vals = pattern.sample(err, W_dec).mul_(g_scale)
         if latent_bias is not None:
             g_vals.add_(latent_bias.reshape(-1)[pattern.cols])
-        if topk_idx is not None:  # TopK keeps zeros when fewer than k are positive: no gradient there
-            g_vals.mul_(pattern.vals > 0)
+        if jump is not None:  # θ's STE reads ∂a at the window's entries, active or not
+            pre, theta, eps = jump
+            K = window[pattern.flat].to(g_vals.dtype)
+            theta_v = theta.reshape(-1)[pattern.cols]
+            contrib = K * (theta_v * g_vals + (l1v / B).repeat_interleave(B * n)[pattern.flat])
+            g_log = theta * pattern.col_sum(contrib).mul_(-1 / eps)
+            sparsity = l1v * pattern.col_sum((pattern.vals > 0).to(g_vals.dtype)).sum(-1) / B
+        if topk_idx is not None or jump is not None:  # TopK keeps zeros when fewer than k are positive,
+            g_vals.mul_(pattern.vals > 0)  # JumpReLU's window holds inactive entries: no gradient there
         gb_enc = pattern.col_sum(g_vals)
         gW_enc = pattern.t_times(g_vals, xc).transpose(1, 2).contiguous()
     # ∂b_dec: +Σ_b g from the decoder (every prefix's), −W_enc ∂b_enc from the encoder (xc = x − b_dec).
@@ -434,12 +455,15 @@ class _Pattern:
         self.col_start = _starts(cols, E * n)
 
     @classmethod
-    def from_dense(cls, acts: Tensor) -> _Pattern:
+    def from_dense(cls, acts: Tensor, mask: Tensor | None = None) -> _Pattern:
+        """The nonzero entries of ``acts``, or those of the flat bool ``mask`` (which may hold zeros)."""
         E, B, n = acts.shape
-        flat = acts.reshape(-1).nonzero().squeeze(1)  # e·B·n + b·n + j, increasing
+        flat = (acts.reshape(-1) if mask is None else mask).nonzero().squeeze(1)  # e·B·n + b·n + j, increasing
         rows = flat.div(n, rounding_mode="floor")  # e·B + b
         cols = flat - rows * n + rows.div(B, rounding_mode="floor") * n  # e·n + j
-        return cls(rows, cols, acts.reshape(-1)[flat], E, B, n)
+        pattern = cls(rows, cols, acts.reshape(-1)[flat], E, B, n)
+        pattern.flat = flat
+        return pattern
 
     @classmethod
     def from_topk(cls, vals: Tensor, idx: Tensor, n: int) -> _Pattern:

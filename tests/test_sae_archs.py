@@ -13,7 +13,7 @@ from cli_run import run
 from sae.ensemble import Ensemble
 from sae.export import CONFIG_FILE, WEIGHTS_FILE, export_saelens, import_saelens
 from sae.files import load_tensors
-from sae.kernels import fused_backward_
+from sae.kernels import SPARSE_MAX_DENSITY, fused_backward_
 from sae.metrics import evaluate, mmcs_signed
 from sae.model import SAEConfig, SparseAutoencoder
 from sae.sweep import sweep
@@ -161,16 +161,18 @@ def _random_sae(arch: str, seed: int = 0, **kw) -> SparseAutoencoder:
 
 
 @pytest.mark.parametrize(
-    "arch, kw",
+    "arch, kw, sparse",
     [
-        ("jumprelu", {}),
-        ("gated", dict(l1=0.2)),
-        ("gated", dict(l1=0.2, decoder_norm="weighted_l1")),
-        ("matryoshka", {}),
-        ("matryoshka", dict(aux_coef=0.5)),
+        ("jumprelu", {}, False),
+        ("jumprelu", {}, True),  # the active entries and the inactive ones near θ, sampled
+        ("jumprelu", {}, None),  # two members below, one dense and one sparse
+        ("gated", dict(l1=0.2), None),
+        ("gated", dict(l1=0.2, decoder_norm="weighted_l1"), None),
+        ("matryoshka", {}, None),
+        ("matryoshka", dict(aux_coef=0.5), None),
     ],
 )
-def test_kernel_equals_autograd(arch, kw):
+def test_kernel_equals_autograd(arch, kw, sparse):
     sae = _random_sae(arch, **kw)
     x = torch.randn(40, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     dead = torch.arange(24) % 3 == 0
@@ -179,7 +181,7 @@ def test_kernel_equals_autograd(arch, kw):
     want = {n: p.grad.clone() for n, p in sae.named_parameters()}
     sae.zero_grad(set_to_none=True)
     sae.threshold.zero_()
-    k = fused_backward_(sae, x, dead)
+    k = fused_backward_(sae, x, dead, sparse=sparse)
     assert float(k.loss) == pytest.approx(float(out.loss), rel=1e-12)
     assert float(k.mse) == pytest.approx(float(out.mse), rel=1e-12)
     assert torch.equal(k.acts != 0, out.acts != 0) and torch.allclose(k.acts, out.acts.detach(), atol=1e-12)
@@ -189,6 +191,11 @@ def test_kernel_equals_autograd(arch, kw):
     # A stack of two members whose sparsity coefficients differ: the batched kernel, member by member.
     coef = "l0" if arch == "jumprelu" else "l1"
     saes = [_random_sae(arch, seed=s, **kw | {coef: c}) for s, c in ((1, 0.0), (2, 0.3))]
+    if arch == "jumprelu" and sparse is None:  # the second member's high thresholds put it on the sparse path
+        with torch.no_grad():
+            saes[1].log_threshold.fill_(math.log(1.0))
+        density = [float((s.encode(x) != 0).double().mean()) for s in saes]
+        assert density[0] > SPARSE_MAX_DENSITY > density[1] > 0, density
     ens = Ensemble(saes)
     ens.step_grads_(x, 10**9, fused=True)
     fused = [p.grad.clone() for p in ens.parameters()]
