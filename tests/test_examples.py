@@ -13,7 +13,7 @@ SMALL_ARGS = {
     "compare_digits_layers.py": ["1", "100", "relu3"],
     "density_digits.py": ["relu1", "density.png"],
     "sae_sharkey.py": ["64", "0.1", "20000"],
-    "polytope_claims_digits.py": ["6", "relu1", "4", "claims.json"],
+    "polytope_claims.py": ["--paths", "6", "--shell-inputs", "4", "--affine-sample", "5", "--out", "claims.json"],
     "shell_profile.py": ["relu1", "3", "shell.png"],
     "x2_gradient_vs_activation_pca.py": [],
     "trained_vs_twin.py": ["--out", "twin", "--quick"],
