@@ -87,6 +87,15 @@ def test_density_json_plot_and_summary(capsys, tmp_path):
     )
     assert res["density_per_unit_length"] == pytest.approx(res["n_crossings"] / res["path"]["length"])
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "crossings" in err
+    args = ("density", "--layer", "input", "--path", "interp", "--from", 0, "--to", 5, "--json", "-")
+    code, stdout, _ = run(capsys, *args, "--no-affine-change")
+    without = json.loads(stdout)  # the same crossings, none with its affine change
+    assert code == 0 and [(c["t"], c["unit"]) for c in without["crossings"]] == [
+        (c["t"], c["unit"]) for c in res["crossings"]
+    ]
+    assert all(c["affine_change"] is None for c in without["crossings"])
+    code, _, err = run(capsys, "density", "--path", "shell", "--layer", "relu1", "--no-affine-change")
+    assert code == 2 and "--no-affine-change does not apply to --path shell" in err
     code, stdout, _ = run(
         capsys, "density", "--layer", "relu1", "--path", "scale", "--count-layers", "fc1", "--json", "-"
     )
