@@ -57,11 +57,6 @@ def test_clustering_codes_from_a_file_imports_no_model_or_compiler_library(child
     assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="polylens/lens/codes.py (SplineCodes) imports torch at module level; with that import moved into "
-    "its functions this passes, and this marker goes",
-)
 def test_clustering_codes_from_a_file_imports_no_torch(child):
     assert "torch" not in {m.split(".")[0] for m in child["modules"]}
 

@@ -25,14 +25,16 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from polylens.clustering.hamming import pairwise, popcount_rows, unique_rows
 from polylens.models.base import BREAKPOINTS
 from polylens.validation import check_float, check_int
+
+if TYPE_CHECKING:  # torch is imported where codes are made from tensors: reading a codes file needs none
+    from torch import Tensor
 
 SOFT_KINDS = ("relu", "relu6", "identity", "gelu", "gelu_tanh", "silu")
 
@@ -50,12 +52,16 @@ def hard_code(z: Tensor) -> Tensor:
 def hard_bits(z: Tensor, kind: str = "relu") -> Tensor:
     """A layer's hard code bits ``[n, B·units]`` from its flattened pre-activations ``z [n, units]``:
     block j (columns ``j·units … (j+1)·units − 1``) is ``1[z > breakpoint_j]`` of ``kind``."""
+    import torch
+
     return torch.cat([z > bp for bp in breakpoints(kind)], dim=1)
 
 
 def soft_bits(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
     """The soft counterpart of ``hard_bits``, ``[n, B·units]`` float: ``soft_code`` for the kinds
     with one breakpoint, the hard bits as 0./1. for ReLU6 (piecewise-linear: no softness)."""
+    import torch
+
     if len(breakpoints(kind)) == 1:
         return soft_code(z, kind, beta)
     z = z.double() if z.dtype == torch.float64 else z.float()
@@ -69,6 +75,8 @@ def soft_code(z: Tensor, kind: str, beta: float = 1.0) -> Tensor:
     ``relu``/``identity`` → the hard code as 0./1. (piecewise-linear: no softness). ``relu6`` has
     two bits a unit, not one: its soft code is ``soft_bits``.
     """
+    import torch
+
     z = z.double() if z.dtype == torch.float64 else z.float()
     if kind == "gelu":
         return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
@@ -180,6 +188,8 @@ class SplineCodes:
 
         kinds: ``name -> activation kind`` (``relu`` where not given); a kind with B breakpoints
         gives its layer B blocks of bits (``hard_bits``)."""
+        import torch
+
         kinds = dict(kinds or {})
         if soft:
             check_float("beta", beta, low=0, open_low=True)  # the SiLU/Swish soft code σ(βz)
