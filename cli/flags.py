@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import Callable
 
 CLI = Path(__file__).resolve().parent
 
@@ -75,15 +76,15 @@ def to_flags(message: str, parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def given(args: argparse.Namespace) -> set[str]:
-    """The ``dest`` of every option the user typed (``args.argv``, set by ``cli.main``), however it
-    was spelled: argparse resolves its own prefixes (``--see 9`` is ``--seed 9``) when the command
-    line is parsed again with every default suppressed. Empty when ``args`` holds no argv (a caller
-    that built the namespace itself)."""
-    argv = getattr(args, "argv", None)
-    if argv is None:
-        return set()
-    from cli.main import build_parser
+    """The ``dest`` of every option the user typed, however it was spelled (``--see 9`` is
+    ``--seed 9``): ``typed`` worked it out when ``cli.main`` parsed the command line. Empty when
+    ``args`` came from elsewhere (a caller that built the namespace itself)."""
+    return set(getattr(args, "typed", ()))
 
+
+def typed(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str]) -> set[str]:
+    """The ``dest`` of every option in ``argv``: argparse resolves its own prefixes when the command
+    line is parsed again, by a fresh parser from ``build_parser``, with every default suppressed."""
     parser = build_parser()
     todo = [parser]
     while todo:

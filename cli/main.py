@@ -152,7 +152,10 @@ def _run(argv: list[str] | None) -> int:
     args = None
     try:
         args = parser.parse_args(argv)
-        args.argv = list(sys.argv[1:] if argv is None else argv)  # which flags were given (resume checks them)
+        from cli.flags import typed
+
+        # which options were typed, however spelled (resume and the refusals of flags that do not apply read it)
+        args.typed = sorted(typed(build_parser, list(sys.argv[1:] if argv is None else argv)))
         if not getattr(args, "handler", None):
             parser.print_help()
             return 2
