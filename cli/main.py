@@ -63,7 +63,9 @@ def _stops_as_interrupts() -> dict:
     """SIGTERM (``kill PID``, ``timeout``, a batch scheduler) stops a command as Ctrl-C does, so it
     saves what it has (a checkpoint, the last complete shard) and says how to resume; a second
     SIGTERM, sent while that is saved, is ignored. During SAE training both wait for the end of
-    the step under way (see ``_at_step_end``). Returns the handlers replaced."""
+    the step under way (``sae.engine.request_stop``: raised mid-step, an interrupt would save
+    weights one update ahead of the step counter, and the resumed run would differ from an
+    uninterrupted one); a second Ctrl-C stops at once. Returns the handlers replaced."""
     import signal
     import threading
 
@@ -78,42 +80,11 @@ def _stops_as_interrupts() -> dict:
                 return
             raise KeyboardInterrupt(name)  # Ctrl-C twice: now
         sent.append(signum)
-        fit = frame
-        while fit is not None and not (fit.f_code.co_name == "fit" and fit.f_globals.get("__name__") == "sae.engine"):
-            fit = fit.f_back
-        if fit is None or not hasattr(fit.f_locals.get("self"), "step"):
+        engine = sys.modules.get("sae.engine")
+        if engine is None or not engine.request_stop(name):
             raise KeyboardInterrupt(name)
-        _at_step_end(fit, name)
 
     return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _at_step_end(fit, name: str) -> None:
-    """Raise KeyboardInterrupt in the training loop's frame ``fit`` (``sae.engine.Engine.fit``)
-    once its step is done: after ``self.step`` has advanced, at the first jump back to the loop's
-    head (or at its return). Raised mid-step, an interrupt would save weights one update ahead of
-    the step counter, and the resumed run would differ from an uninterrupted one."""
-    import sys
-
-    engine = fit.f_locals["self"]
-    begun, last = engine.step, [fit.f_lineno]
-    outer = sys.gettrace()  # a debugger's or coverage's tracer: kept
-
-    def trace(frame, event, arg):
-        if frame is fit and (
-            event == "return" or (event == "line" and engine.step != begun and frame.f_lineno < last[0])
-        ):
-            sys.settrace(outer)
-            fit.f_trace = None
-            raise KeyboardInterrupt(name)
-        if frame is fit and event == "line":
-            last[0] = frame.f_lineno
-        return trace
-
-    fit.f_trace_lines = True
-    fit.f_trace = trace
-    if outer is None:
-        sys.settrace(lambda *_: None)  # line events reach fit's own tracer only while some tracer is set
 
 
 def _resume_hint(args) -> str:

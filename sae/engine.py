@@ -37,6 +37,21 @@ from sae.inits import NEEDS_DATA, initialize
 from sae.model import SparseAutoencoder
 from sae.sources import BatchSource
 
+_FITTING: list[Engine] = []  # the engines whose fit() is running (in this thread)
+_STOPS: list[str] = []  # stops asked for by request_stop, not yet honoured
+
+
+def request_stop(reason: str = "") -> bool:
+    """Ask the running ``Engine.fit`` to stop at the end of the step under way: it saves its
+    checkpoint and raises ``KeyboardInterrupt(reason)`` there, so the saved weights are those of
+    the step counted. Safe from a signal handler. False (nothing asked) where no fit is running:
+    the caller then stops the way it would otherwise."""
+    if not _FITTING:
+        return False
+    _STOPS.append(reason)
+    return True
+
+
 MAX_STEPS = 100_000_000  # beyond this a run would not end on any machine this trains on
 FINAL_LOSS_SHARE = 0.1  # the final loss is the mean training loss over this last share of the steps
 
@@ -254,8 +269,11 @@ class Engine:
                 desc=None if self.single else f"{n} SAEs",
             )
         d_in = self.groups[0].config.data_width  # a g-SAE's rows: [x, J rows]
+        _FITTING.append(self)
         try:
             while self.step < c.steps:
+                if _STOPS:  # a stop asked for (SIGTERM, Ctrl-C): here, between steps, the state is whole
+                    raise KeyboardInterrupt(_STOPS.pop())
                 x = self.source.batch(self.step)
                 if x.shape[-1] != d_in:
                     raise ValueError(f"batch at step {self.step} has dimension {x.shape[-1]}, the SAE's d_in is {d_in}")
@@ -293,10 +311,13 @@ class Engine:
                 self.save_checkpoint()  # Ctrl-C keeps the run: --resume continues from here
             raise
         finally:
+            _FITTING.remove(self)
             if bar is not None:
                 bar.close()
         if self.out_dir is not None and self.last_checkpoint != self.step:
             self.save_checkpoint()
+        if _STOPS:  # asked during the last step: the run is complete and saved, and stops as asked
+            raise KeyboardInterrupt(_STOPS.pop())
         for g in self.groups:
             g.eval()
         return self
