@@ -187,3 +187,25 @@ def test_text_points_take_tokens_before_the_trailing_sep(encoder, tmp_path):
     assert pts.labels["position"][:4].tolist() == np.round(np.linspace(20, 254, 4)).astype(int).tolist()
     assert pts.labels["token"][:4].tolist() == [seq[p] for p in pts.labels["position"][:4]]
     assert 102 not in pts.labels["token"].tolist()  # never [SEP]
+
+
+def test_corpus_keeps_prose_comment_lines_only(tmp_path):
+    from polylens.models.corpus import _comments
+
+    source = tmp_path / "m.py"
+    source.write_text(
+        "# The parser reads one line at a time.\n"
+        "x = 1  # a trailing comment is code's, not prose\n"
+        "    #   Indented: keep this sentence too\n"
+        "# x = f(y)\n"
+        "#: ---\n"
+        's = """\n# inside a string, yet whole-line: read as a comment\n"""\n',
+        encoding="utf-8",
+    )
+    assert _comments(source) == [
+        "The parser reads one line at a time.",
+        "  Indented: keep this sentence too",
+        "inside a string, yet whole-line: read as a comment",
+    ]
+    (tmp_path / "bad.py").write_bytes(b"# caf\xe9 au lait\n")
+    assert _comments(tmp_path / "bad.py") == []  # not UTF-8: skipped, as the docstrings are

@@ -1,17 +1,25 @@
 """English text that ships with every Python: the language reference's topics (``pydoc_data``), the
-standard library's docstrings (read from its source files, nothing imported) and the licence texts
-of ``/usr/share/common-licenses`` where the system has them. About 2.6 M characters, 1.1 M
-WordPiece tokens: enough for a store of a million token activations with no download."""
+standard library's docstrings (read from its source files, nothing imported), the licence texts of
+``/usr/share/common-licenses`` where the system has them, then the standard library's comment lines
+(its test suite's too) that read as prose. On Python 3.11 with Debian's licences: 4.8 M characters,
+about 1.2 M WordPiece tokens (MiniLM's tokenizer), enough for a store of a million token
+activations with no download; the docstrings and licences alone are 2.4 M characters, 0.6 M tokens."""
 
 from __future__ import annotations
 
 import ast
+import re
 import sysconfig
 from pathlib import Path
 
 LICENCES = Path("/usr/share/common-licenses")
 SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "turtledemo"}
-SOURCE = "pydoc_data.topics, the standard library's docstrings, /usr/share/common-licenses"
+SOURCE = (
+    "pydoc_data.topics, the standard library's docstrings, /usr/share/common-licenses, "
+    "the standard library's prose comment lines"
+)
+_COMMENT = re.compile(r"^[ \t]*#[ ]?(.*)$", re.M)  # a whole-line comment
+_PROSE = re.compile(r"[A-Za-z]{3,} [A-Za-z]{2,}")  # two words in a row: prose, not commented-out code or rules
 NAME = "corpus:english"  # how a command's --input names this text
 
 
@@ -41,7 +49,21 @@ def english_texts() -> list[tuple[str, str]]:
     if LICENCES.is_dir():
         for path in sorted(p for p in LICENCES.iterdir() if p.is_file()):
             texts.append((f"licence:{path.name}", path.read_text(encoding="utf-8", errors="replace")))
+    for path in sorted(stdlib.rglob("*.py")):  # last, so the text before stays as it was without them
+        if {"site-packages", "dist-packages"}.isdisjoint(path.relative_to(stdlib).parts):
+            lines = _comments(path)
+            if lines:
+                texts.append((f"comments:{path.relative_to(stdlib).as_posix()}", "\n".join(lines)))
     return texts
+
+
+def _comments(path: Path) -> list[str]:
+    """The whole-line comments of a source file that hold two words in a row (the ``#`` dropped)."""
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return []
+    return [line.rstrip() for line in _COMMENT.findall(source) if _PROSE.search(line)]
 
 
 def english_text() -> str:
