@@ -28,6 +28,7 @@ demo: setup
 	$(BIN)/polylens compare --setup x2 --json - --plot compare_x2.png --force
 	$(BIN)/polylens compare --setup superposition --plot compare_superposition.png --force
 	$(BIN)/polylens cluster --out digits-clusters --force
+	$(BIN)/polylens cluster --model efficientnet-lite0 --out lite0-clusters --force
 
 test: setup
 	$(BIN)/python -m pytest -n 2 tests
