@@ -39,7 +39,18 @@ FIELDS = {
     "l0": ("sae", "l0"),
     "bandwidth": ("sae", "bandwidth"),
     "threshold_init": ("sae", "threshold_init"),
+    "prefixes": ("sae", "prefixes"),
 }
+
+
+def _value(dest: str, ours, state: dict):
+    """The typed value as the checkpoint records it: ``--prefixes 8,16`` is the resolved prefix
+    list, the dictionary size appended where it is not last."""
+    if dest == "prefixes" and isinstance(ours, str):
+        sizes = [int(p) for p in ours.split(",") if p.strip()]
+        size = state["sae"].get("dict_size")
+        return sizes if not sizes or sizes[-1] == size else [*sizes, size]
+    return ours
 
 
 def _same(ours, theirs) -> bool:
@@ -69,6 +80,8 @@ def check_resume(args, data_options: dict) -> None:
         if dest not in typed:
             continue
         ours, theirs = getattr(args, dest), state[section].get(field)
+        ours = _value(dest, ours, state)
+        theirs = list(theirs) if isinstance(theirs, tuple) else theirs
         if not _same(ours, theirs):
             flag = f"--{dest.replace('_', '-')}"
             raise ValueError(

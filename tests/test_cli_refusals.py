@@ -179,6 +179,21 @@ def test_resume_compares_parsed_flags_not_their_spelling(tmp_path, capsys):
     assert json.loads((out / "run.json").read_text())["steps"] == 20
 
 
+def test_resume_compares_matryoshka_prefixes_as_the_run_resolved_them(tmp_path, capsys):
+    out = tmp_path / "run"
+    arch = ["--arch", "matryoshka", "--k", "3", "--dict-size", "24"]
+    _train(capsys, out, *TMS, *arch, "--prefixes", "6,12", "--samples", "640")
+    refused(
+        capsys,
+        tmp_path,
+        ["sae", "train", "--resume", *TMS, "--samples", "1280", "--prefixes", "8,12", "--out", out],
+        "--prefixes [8, 12, 24]",
+        "prefixes=[6, 12, 24]",
+    )
+    # the same prefixes, with or without the dictionary size the run appended, resume
+    _train(capsys, out, "--resume", *TMS, "--samples", "1280", "--prefixes", "6,12,24")
+
+
 def _store(path, rows, seed):
     from sae.activation_store import StoreWriter
 
