@@ -37,6 +37,8 @@ def add_model_args(p) -> None:
 
 def check_device(name: str) -> None:
     """``--device`` refused in one line, before any work, when it is no torch device or absent here."""
+    if name == "cpu":
+        return  # always there; a command that stops before its model runs then never imports torch
     import torch
 
     try:

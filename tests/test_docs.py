@@ -125,7 +125,7 @@ def check_gpt2_clusters(d: Path, out: str) -> None:
 
 
 def check_inception_clusters(d: Path, out: str) -> None:
-    report = _cluster_folder(d / "inception-clusters", 12)
+    report = _cluster_folder(d / "inception-clusters", 12, labelled=True)  # by predicted class
     assert report["layer"].startswith("mixed4a")
 
 

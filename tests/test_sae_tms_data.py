@@ -55,7 +55,11 @@ def test_a_tms_run_resumes_to_the_weights_of_one_run_and_evaluates_the_same(tmp_
         open_data=open_data,
     )
     resumed = resume_run(tmp_path / "part", n_samples=64 * 20, eval_samples=500, open_data=open_data)
-    assert json.loads((tmp_path / "part" / "run.json").read_text())["data"] == {"spec": "tms", "options": options}
+    assert json.loads((tmp_path / "part" / "run.json").read_text())["data"] == {
+        "spec": "tms",
+        "options": options,
+        "identity": None,
+    }
     assert resumed["evaluation"] == full["evaluation"]  # the same weights, the same held-out samples
     again = eval_run(tmp_path / "part", open_data=open_data)
     assert again["evaluation"] == resumed["evaluation"]
