@@ -28,10 +28,11 @@ average was high and changing, so compare within a row (ours vs sklearn, same mi
 | after: numpy/plain-Python route for small fits | 7.1-8.3 | 4.59 / 2.64 | 4.27 / 3.83 |
 | same, later | 10.5-10.7 | 7.48 / 5.50 | 7.94 / 5.81 |
 | and polylens/lens/codes.py importing torch lazily (a scratch copy) | 10.7-10.9 | 2.30 / 5.16 | 2.58 / 5.17 |
+| the same, committed, on a quiet machine (2026-12-06, Intel Xeon) | 1.0-2.3 | 1.34 / 2.54 | 1.44 / 2.42 |
 
-What is left of a run on 200 codes: torch (through ``polylens.lens.codes``, 1.9-3 s under that
-load), matplotlib for the report's figures (import and first draw, about 1.3 s under that load),
-the interpreter and numpy; the clustering itself takes under 0.3 s.
+What is left of a run on 200 codes (torch is no longer imported): matplotlib for the report's
+figures (import and first draw, about 1.3 s under a load of 10), the interpreter and numpy; the
+clustering itself takes under 0.3 s.
 """
 
 from __future__ import annotations
