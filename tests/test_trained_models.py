@@ -209,3 +209,19 @@ def test_corpus_keeps_prose_comment_lines_only(tmp_path):
     ]
     (tmp_path / "bad.py").write_bytes(b"# caf\xe9 au lait\n")
     assert _comments(tmp_path / "bad.py") == []  # not UTF-8: skipped, as the docstrings are
+
+
+def test_the_extracted_encoder_folder_is_readable_like_the_rest_of_the_cache(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from polylens.models.minilm import model_dir
+
+    monkeypatch.setenv("POLYLENS_CACHE", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        folder = model_dir()
+    finally:
+        os.umask(old)
+    assert folder.parent == tmp_path and (folder / "model.safetensors").is_file()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # mkdtemp's 0700 would shut out the group

@@ -69,7 +69,10 @@ def model_dir() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".minilm.", dir=target.parent))
+    mask = os.umask(0)
+    os.umask(mask)
     try:
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700; mkdir's mode, as the rest of the cache
         with zipfile.ZipFile(archive) as zf:
             for member in zf.namelist():  # plain names only: nothing may land outside the folder
                 if member.startswith("/") or ".." in Path(member).parts:
