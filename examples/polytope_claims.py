@@ -205,7 +205,7 @@ def fmt(v, spec=".3f"):
     return "n/a" if v is None else format(v, spec)
 
 
-twin = " (random-weights twin)" if args.random_weights else ""
+twin = " (random-weights twin)" if args.random_weights and "random" not in model.name else ""
 print(f"{model.name}{twin}, paths in {args.layer}, exact counting, {seconds:.0f} s")
 b = claim1["baseline"] or {}
 print(
