@@ -266,111 +266,94 @@ def _add_data(p, default="sharkey") -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
 
+def _option(group, flag: str, fields: dict, help: str, field: str | None = None, **kw) -> None:
+    """``flag`` with its default read from a config dataclass's ``fields`` (``field``, else the
+    flag's own name) and ``{default}`` in ``help`` filled with it, so the help cannot drift from the
+    config."""
+    default = fields[field or flag[2:].replace("-", "_")].default
+    group.add_argument(flag, default=default, help=help.format(default=default), **kw)
+
+
 def _add_model_and_training(p) -> None:
     from sae.config import ARCHS, DECODER_NORMS, INITS, RESAMPLE_TARGETS, SAEConfig, TrainConfig
 
     d = SAEConfig.__dataclass_fields__
     t = TrainConfig.__dataclass_fields__
     g = p.add_argument_group("SAE")
-    g.add_argument(
+    _option(
+        g,
         "--arch",
-        choices=ARCHS,
-        default=d["arch"].default,
-        help="relu (+L1), topk, batchtopk, jumprelu (learned threshold per latent, L0 penalty --l0), gated "
+        d,
+        "relu (+L1), topk, batchtopk, jumprelu (learned threshold per latent, L0 penalty --l0), gated "
         "(gate and magnitude paths, L1 --l1 on the gate) or matryoshka (BatchTopK whose --prefixes each "
         "reconstruct); all train through the fused kernel, but --tied, --orth and --bf16 runs, which take "
-        f"autograd (default {d['arch'].default})",
+        "autograd (default {default})",
+        choices=ARCHS,
     )
-    g.add_argument(
-        "--k",
-        type=int,
-        default=d["k"].default,
-        help=f"active latents for topk/batchtopk/matryoshka (default {d['k'].default})",
-    )
+    _option(g, "--k", d, "active latents for topk/batchtopk/matryoshka (default {default})", type=int)
     g.add_argument(
         "--prefixes",
         metavar="N1,N2,...",
         help="matryoshka: increasing prefix sizes of the dictionary, each reconstructing on its own (the "
         "dictionary size is added last; default: the doubling ladder ..., n/4, n/2, n down to 16 latents)",
     )
-    g.add_argument(
+    _option(
+        g,
         "--bandwidth",
+        d,
+        "jumprelu: width of the threshold's straight-through kernel (default {default})",
         type=float,
-        default=d["bandwidth"].default,
-        help=f"jumprelu: width of the threshold's straight-through kernel (default {d['bandwidth'].default})",
     )
-    g.add_argument(
-        "--threshold-init",
-        type=float,
-        default=d["threshold_init"].default,
-        help=f"jumprelu: initial threshold of every latent (default {d['threshold_init'].default})",
-    )
-    g.add_argument(
-        "--init",
-        choices=INITS,
-        default=d["init"].default,
-        help=f"initialisation scheme (default {d['init'].default}; svd: the layer's weight matrix)",
-    )
+    _option(g, "--threshold-init", d, "jumprelu: initial threshold of every latent (default {default})", type=float)
+    _option(g, "--init", d, "initialisation scheme (default {default}; svd: the layer's weight matrix)", choices=INITS)
     g.add_argument(
         "--init-matrix",
         metavar="FILE.safetensors:KEY",
         help="svd init: the weight matrix of the layer (default: the activation store's)",
     )
-    g.add_argument(
-        "--init-blend",
-        type=float,
-        default=d["init_blend"].default,
-        help="data init: weight of the data sample (default 0.8)",
-    )
-    g.add_argument(
-        "--orth", type=float, default=d["orth"].default, help="decoder orthogonality penalty weight (default 0: off)"
-    )
+    _option(g, "--init-blend", d, "data init: weight of the data sample (default {default})", type=float)
+    _option(g, "--orth", d, "decoder orthogonality penalty weight (default {default}: off)", type=float)
     g.add_argument(
         "--orth-full", action="store_true", help="O(n^2) orthogonality penalty over all latents (small dictionaries)"
     )
-    g.add_argument(
-        "--decoder-norm",
-        choices=DECODER_NORMS,
-        default=d["decoder_norm"].default,
-        help="unit-norm decoder rows, or L1 weighted by row norm",
-    )
+    _option(g, "--decoder-norm", d, "unit-norm decoder rows, or L1 weighted by row norm", choices=DECODER_NORMS)
     g.add_argument("--tied", action="store_true", help="tie the decoder to the encoder")
     h = p.add_argument_group("training")
     h.add_argument("--samples", type=int, help=f"training samples (default {t['n_samples'].default})")
-    h.add_argument("--batch-size", type=int, default=t["batch_size"].default, help=f"default {t['batch_size'].default}")
-    h.add_argument("--lr", type=float, default=t["lr"].default, help=f"Adam learning rate (default {t['lr'].default})")
-    h.add_argument("--warmup", type=int, default=t["warmup_steps"].default, help="linear warm-up steps")
-    h.add_argument(
-        "--seed",
-        type=int,
-        default=t["seed"].default,
-        help="seed of the init, the batches and the synthetic data (default 0)",
-    )
-    h.add_argument(
+    _option(h, "--batch-size", t, "default {default}", type=int)
+    _option(h, "--lr", t, "Adam learning rate (default {default})", type=float)
+    _option(h, "--warmup", t, "linear warm-up steps (default {default})", field="warmup_steps", type=int)
+    _option(h, "--seed", t, "seed of the init, the batches and the synthetic data (default {default})", type=int)
+    _option(
+        h,
         "--lr-decay",
+        t,
+        "the lr falls linearly to 0 over the last share S of the steps; resampling stops there (default {default})",
         type=float,
-        default=t["lr_decay"].default,
         metavar="S",
-        help="the lr falls linearly to 0 over the last share S of the steps; resampling stops there (default 0)",
     )
-    h.add_argument(
+    _option(
+        h,
         "--resample-every",
+        t,
+        "every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never",
         type=int,
-        default=t["resample_every"].default,
-        help="every N steps re-initialise dead latents (relu) and duplicates (--resample-duplicates); 0: never",
     )
-    h.add_argument(
+    _option(
+        h,
         "--resample-duplicates",
+        t,
+        "with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS "
+        "(default {default}: off)",
         type=float,
-        default=t["resample_duplicates"].default,
         metavar="COS",
-        help="with --resample-every: move one latent of each pair whose decoder rows have |cos| > COS (default 0: off)",
     )
-    h.add_argument(
+    _option(
+        h,
         "--resample-dead-towards",
+        t,
+        "a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat",
         choices=RESAMPLE_TARGETS,
-        default=t["resample_dead_towards"].default,
-        help="a dead latent's new direction: the input (Anthropic, default) or the residual x - x_hat",
     )
     h.add_argument(
         "--dead-window",
@@ -379,14 +362,9 @@ def _add_model_and_training(p) -> None:
         help="samples without firing that make a latent dead (default 1000000 for relu, jumprelu and gated, 100000 "
         "for topk, batchtopk and matryoshka)",
     )
-    h.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=t["checkpoint_every"].default,
-        help="also checkpoint every N steps (default: at the end)",
-    )
+    _option(h, "--checkpoint-every", t, "also checkpoint every N steps (default: at the end)", type=int)
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    h.add_argument("--device", default=t["device"].default, help=f"torch device (default {t['device'].default})")
+    _option(h, "--device", t, "torch device (default {default})")
     h.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
