@@ -188,7 +188,8 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
     if config.tied:
         if folded or not torch.equal(tensors["W_dec"], tensors["W_enc"].T):
             raise ValueError(
-                f"{where} says tied, but W_dec is not W_encᵀ; remove 'tied' from metadata.polylens to import it untied"
+                f"{where} says tied, but W_dec is not the transpose of W_enc; "
+                "remove 'tied' from metadata.polylens to import it untied"
             )
     else:
         state["W_dec"] = W_dec

@@ -23,7 +23,8 @@ JumpReLU (either path; the sparse one samples g W_decᵀ at the active entries a
 ones within ε/2 of θ, which the threshold's gradient reads too): a = pre·H(pre − θ),
 θ = exp(log_threshold), loss += l0·Σ H(pre − θ)/B; with K = 1{|pre − θ| < ε/2} the
 straight-through pseudo-derivatives give
-    ∂θ = −(1/ε) Σ_b K ⊙ (θ·∂a + l0/B),   ∂log_threshold = θ ⊙ ∂θ,   ∂pre = ∂a ⊙ H(pre − θ).
+    ∂θ = −(1/ε) Σ_b K ⊙ (θ·∂a + l0/B),  ∂log_threshold = θ ⊙ ∂θ,
+    ∂pre = ∂a ⊙ H(pre − θ).
 Matryoshka (dense path): err_p = a[:, :p] W_dec[:p] − xc for each prefix p, loss = Σ_p ‖err_p‖²/B;
 a latent of segment s (between two prefixes) is read by every prefix from s on, so with the suffix
 sums G_s = Σ_{p ≥ s} err_p its gradients are ∂a[:, s] = (2/B) G_s W_dec[s]ᵀ and
@@ -177,7 +178,8 @@ def _gated(
 
         ∂π_m = g·err W_decᵀ ⊙ 1{π_g > 0} ⊙ 1{π_m > 0}
         ∂π_g = (g·e_aux W_decᵀ + l1·w/B) ⊙ 1{π_g > 0}
-        ∂xW = ∂π_g + s ⊙ ∂π_m,   ∂W_enc = xcᵀ ∂xW,   ∂b_gate = Σ_b ∂π_g,   ∂b_mag = Σ_b ∂π_m,
+        ∂xW = ∂π_g + s ⊙ ∂π_m,   ∂W_enc = xcᵀ ∂xW,
+        ∂b_gate = Σ_b ∂π_g,   ∂b_mag = Σ_b ∂π_m,
         ∂r_mag = Σ_b ∂π_m ⊙ xW ⊙ s,   ∂W_dec = g·aᵀ err (+ the weighted L1's row-norm term),
         ∂b_dec = g·Σ_b err − W_enc Σ_b ∂xW   (the auxiliary loss's b_dec is frozen too)."""
     E, d, n = W_enc.shape

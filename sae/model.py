@@ -10,8 +10,8 @@ the batch; L1 summed over latents (times ‖W_dec row‖ in ``decoder_norm="weig
 * JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead"): f(z) = z·H(z − θ) with a threshold
   θ_i = exp(log_threshold_i) per latent; loss ‖x − x̂‖² + l0·‖f‖₀. H has no gradient, so θ learns
   through the straight-through pseudo-derivatives ∂f/∂θ = −(θ/ε) K((z − θ)/ε) and
-  ∂H(z − θ)/∂θ = −(1/ε) K((z − θ)/ε), K the rectangle 1{|u| < ½}, ε = ``bandwidth``; ∂f/∂z = H(z − θ)
-  and the L0 term sends nothing to z (as the paper and SAELens).
+  ∂H(z − θ)/∂θ = −(1/ε) K((z − θ)/ε), K the rectangle 1{|u| < ½}, ε = ``bandwidth``;
+  ∂f/∂z = H(z − θ) and the L0 term sends nothing to z (as the paper and SAELens).
 * Gated (Rajamanoharan et al. 2024): π_gate = xc W_enc + b_enc (b_enc is SAELens's b_gate),
   π_mag = xc (W_enc ⊙ exp(r_mag)) + b_mag, f = 1{π_gate > 0} ⊙ ReLU(π_mag); loss ‖x − x̂‖²
   + l1·Σ ReLU(π_gate)·w (w as the ReLU SAE's L1) + ‖x − (ReLU(π_gate) W_dec* + b_dec*)‖², the last

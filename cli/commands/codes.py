@@ -85,7 +85,7 @@ def register(sub) -> None:
         help="an input: .npy/image file, index into the model's default inputs, or text (repeatable)",
     )
     p.add_argument("--n", type=int, default=16, help="without --input: code the first N default inputs (default 16)")
-    p.add_argument("--soft", action="store_true", help="also store probabilistic codes (Φ(z) for GELU, σ(βz) for SiLU)")
+    p.add_argument("--soft", action="store_true", help="also store soft codes: Φ(z) for GELU, σ(βz) for SiLU")
     p.add_argument("--beta", type=float, default=1.0, help="β of the SiLU/Swish soft code σ(βz) (default 1)")
     p.add_argument("--per-position", action="store_true", help="one code per token position ([n, seq, d] layers)")
     p.add_argument(

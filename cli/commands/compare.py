@@ -204,8 +204,8 @@ def format_layer_table(result: dict) -> str:
         ab = m["ablation"]
         drop = ab["accuracy_drop"]
         lines.append(
-            f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}{ab[key][-1]:>12.4g}"
-            + (f"{drop[-1]:>14.4f}" if drop else "")
+            f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}"
+            f"{ab[key][-1]:>12.4g}" + (f"{drop[-1]:>14.4f}" if drop else "")
         )
     return "\n".join(lines)
 

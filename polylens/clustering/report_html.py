@@ -137,7 +137,8 @@ def render_html(result, points, figures: dict[str, str], *, max_clusters: int = 
             for n, v in (res["by_label"] or {}).items()
         )
         rows.append(
-            f"<tr><th>{e(space)}</th><td>{res['n_clusters']}</td><td>{res['noise_frac']:.3f}</td><td>{e(res['route'])}</td>"
+            f"<tr><th>{e(space)}</th><td>{res['n_clusters']}</td><td>{res['noise_frac']:.3f}</td>"
+            f"<td>{e(res['route'])}</td>"
             f"<td>{res['seconds']:.2f}</td><td style='text-align:left'>{e(lab) or '—'}</td></tr>"
         )
     agree = (

@@ -5,7 +5,8 @@ each polytope, ``f(a) = A_s a + b_s`` (shared/reference/polytope-lens.md §2.1).
 boundary of unit u (pre-activation z_u, post-activation φ(z_u)) changes only that unit's slope,
 from φ'₋ to φ'₊, so the difference of the two sides' matrices is rank one:
 
-    A₊ − A₋ = (φ'₊ − φ'₋) · (∂f/∂φ_u) (∇z_u)ᵀ,   ‖A₊ − A₋‖_F = |φ'₊ − φ'₋| · ‖∂f/∂φ_u‖ · ‖∇z_u‖,
+    A₊ − A₋ = (φ'₊ − φ'₋) · (∂f/∂φ_u) (∇z_u)ᵀ,
+    ‖A₊ − A₋‖_F = |φ'₊ − φ'₋| · ‖∂f/∂φ_u‖ · ‖∇z_u‖,
 
 with ∇z_u the gradient of the unit's pre-activation with respect to the path's space (one
 reverse pass) and ∂f/∂φ_u the output's derivative along the unit (one forward-mode pass), both at

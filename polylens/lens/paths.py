@@ -91,7 +91,8 @@ def _check_same_shape(a: Tensor, b: Tensor, what: str) -> None:
 def interpolation_path(
     adapter: ModelAdapter, x0: Tensor, x1: Tensor, layer: str, via: list[Tensor] = ()
 ) -> ActivationPath:
-    """Straight line(s) between the activations of inputs ``x0``, ``via…``, ``x1`` (each ``[1, ...]``) at ``layer``."""
+    """Straight line(s) between the activations of inputs ``x0``, ``via``…, ``x1`` (each ``[1, ...]``)
+    at ``layer``."""
     xs = [x0, *via, x1]
     for x in xs[1:]:
         _check_same_shape(x0, x, "interpolation inputs")
