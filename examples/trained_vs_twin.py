@@ -247,8 +247,8 @@ def cluster_tables(results: dict, model: str, layers: tuple[str, ...], labels: t
                     )
         rows.append(["ARI codes vs activations", a.get("agreement_ari"), b.get("agreement_ari")])
         rows.append(["ARI codes vs activations_cosine", a.get("agreement_ari_cosine"), b.get("agreement_ari_cosine")])
-        rows.append(["points / distinct codes", f"{a['n_points']} / {a['n_unique_codes']}", f"{b['n_points']} / "
-                     f"{b['n_unique_codes']}"])  # fmt: skip
+        counts = [f"{r['n_points']} / {r['n_unique_codes']}" for r in (a, b)]
+        rows.append(["points / distinct codes", *counts])
         rows.append(["wall time (s)", trained["seconds"], twin["seconds"]])
         parts.append(f"**{model} `{layer}`**\n\n" + table(["", "trained", "twin"], rows))
     return "\n\n".join(parts)

@@ -180,11 +180,21 @@ RUNS = {
         ["--layer", "blocks.0.hook_resid_post", "--from", "The cat sat.", "--to", "The dog ran."],
         {"exact": False},  # GELU: sampled
     ),
+    # InceptionV1: the space of mixed5b's 3x3 bottleneck, whose one ReLU layer downstream is the
+    # 3x3 branch (the other branches are shown not to move; max-pool lies upstream of the path)
+    ("inceptionv1", "density"): (
+        ["--layer", "mixed5b_3x3_bottleneck", "--from", "0", "--to", "1", "--profile-steps", "10"],
+        {"exact": True},
+    ),
     ("digits", "shell"): (["--path", "shell", "--layer", "relu1", "--n", "4", "--bins", "4"], {"n_paths": 4}),
     ("file", "shell"): (["--path", "shell", "--layer", "0", "--input", "{d}/x.npy", "--bins", "4"], {"n_paths": 40}),
     ("gpt2", "shell"): (
         ["--path", "shell", "--layer", "blocks.0.hook_resid_post", "--n", "1", "--bins", "2", "--samples", "8"],
         {"n_paths": 1},
+    ),
+    ("inceptionv1", "shell"): (
+        ["--path", "shell", "--layer", "mixed5b_3x3_bottleneck", "--n", "1", "--bins", "4"],
+        {"n_paths": 1, "exact": True},
     ),
     ("digits", "cluster"): (["--layer", "fc1"], {"n_points": 1797}),
     ("file", "cluster"): (["--input", "{d}/x.npy", "--layer", "0"], {"n_points": 40}),
@@ -212,8 +222,6 @@ RUNS = {
     ("minilm-twin", "density"): None,
     ("minilm-twin", "shell"): None,
 }
-# InceptionV1's density and shell profile are left out: a path through its conv stack took over two
-# minutes even sampled at 8 points (left for the lens to speed up).
 
 
 def _out_args(command: str, d) -> list:
@@ -317,10 +325,8 @@ def test_sae_trains_on_a_store_written_from_a_trained_model(model, cache_args, w
     assert code == 0, err[-2000:]
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["model"] == model[1] and manifest["width"] == width and manifest["complete"]
-    code, _, err = run(
-        capsys, "sae", "train", "--data", store, "--dict-size", "64", "--samples", "512", "--batch-size", "64",
-        "--eval-samples", "64", "--out", run_dir, "--no-progress",
-    )  # fmt: skip
+    sae_args = ["--data", store, "--dict-size", "64", "--samples", "512", "--batch-size", "64", "--eval-samples", "64"]
+    code, _, err = run(capsys, "sae", "train", *sae_args, "--out", run_dir, "--no-progress")
     assert code == 0, err[-2000:]
     cfg = json.loads((run_dir / "saelens" / "cfg.json").read_text())
     assert (cfg["d_in"], cfg["d_sae"]) == (width, 64)

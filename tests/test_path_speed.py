@@ -182,3 +182,43 @@ def test_one_point_calls_leave_the_route_undecided_until_a_batch_comes():
     assert ev.shared_base is None  # one point: the batch-1 base is the expanded one, nothing to decide
     ev(path.at(np.linspace(0.0, 1.0, 3)))
     assert ev.shared_base is True
+
+
+class BranchCNN(nn.Module):
+    """A stem, then two branches joined as InceptionV1 joins them (a batch-1 branch broadcast): the
+    path lies in branch a; branch b, later in forward order, reads the stem only."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(2, 4, 3, padding=1)
+        self.act0 = nn.ReLU()
+        self.conv_a = nn.Conv2d(4, 3, 3, padding=1)
+        self.act_a = nn.ReLU()
+        self.conv_a2 = nn.Conv2d(3, 5, 3, padding=1)
+        self.act_a2 = nn.ReLU()
+        self.conv_b = nn.Conv2d(4, 5, 1)
+        self.act_b = nn.ReLU()
+        self.fc = nn.Linear(10 * 6 * 6, 3)
+
+    def forward(self, x):
+        s = self.act0(self.stem(x))
+        a = self.act_a2(self.conv_a2(self.act_a(self.conv_a(s))))
+        b = self.act_b(self.conv_b(s))
+        n = max(a.shape[0], b.shape[0])
+        return self.fc(torch.cat([a.expand(n, -1, -1, -1), b.expand(n, -1, -1, -1)], dim=1).flatten(1))
+
+
+def test_a_layer_off_the_paths_branch_is_shown_independent_and_its_order_costs_no_splits():
+    torch.manual_seed(0)
+    acts = {"stem": "relu", "conv_a": "relu", "conv_a2": "relu", "conv_b": "relu"}
+    adapter = _adapter(BranchCNN(), acts, "branchcnn")
+    x = _inputs(4)
+    path = interpolation_path(adapter, x[:1], x[1:], "conv_a")
+    ev = Evaluator(adapter, path, ["conv_a", "conv_a2", "conv_b"])
+    assert ev.shares_base() and ev.path_independent == {"conv_b"}
+    fast = boundary_density(adapter, path, n_profile=10)
+    slow = boundary_density(adapter, path, n_profile=10, shared_base=False)  # every flip before conv_b splits
+    assert fast.layers == slow.layers == ["conv_a", "conv_a2", "conv_b"]
+    _same_crossings(fast, slow)
+    assert {c.layer for c in fast.crossings} == {"conv_a", "conv_a2"}  # conv_b never moves
+    assert fast.evaluations < slow.evaluations

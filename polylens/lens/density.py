@@ -188,6 +188,7 @@ class _Columns:
     breakpoint: np.ndarray
     plain: np.ndarray | slice
     plain_starts: np.ndarray
+    last_moving: int  # the last layer that may depend on the path point (its flips kink no counted layer)
 
 
 def _layer_index(ev: Evaluator, counted: list[str]) -> _Columns:
@@ -203,7 +204,9 @@ def _layer_index(ev: Evaluator, counted: list[str]) -> _Columns:
         plain_starts = np.concatenate([[0], np.cumsum(units)[:-1]]).astype(starts.dtype)
     if np.any(breakpoint[plain] != 0):
         raise ValueError("every activation kind's first breakpoint must be 0 (polylens.models.base.BREAKPOINTS)")
-    return _Columns(starts, layer_id, count_mask, breakpoint, plain, plain_starts)
+    moving = [i for i, (name, _, _) in enumerate(ev.offsets) if name not in ev.path_independent]
+    last_moving = moving[-1] if moving else len(ev.offsets) - 1
+    return _Columns(starts, layer_id, count_mask, breakpoint, plain, plain_starts, last_moving)
 
 
 class _SegmentPoints:
@@ -289,7 +292,9 @@ def _piece(points: _SegmentPoints, a: float, b: float, index) -> tuple[np.ndarra
     # breakpoint); near z = 6 the layer's scale is at least 6 anyway.
     at_noise = np.maximum(np.abs(za), np.abs(zb)) <= _NOISE * (scale[layer_id] + np.abs(bp))
     inside = flips & ~at_noise & (s_star > a + margin) & (s_star < b - margin)
-    limit = first_bad if first_bad < n_layers else n_layers - 1
+    # A flip in a layer before the last moving one may kink a later layer between the checks: split
+    # there. Layers shown independent of the path (off its branch) cannot be kinked by it.
+    limit = first_bad if first_bad < n_layers else index.last_moving
     splits = np.unique(s_star[inside & (layer_id < limit)]) if pts.size else np.empty(0)
     if first_bad < n_layers and splits.size == 0:
         splits = pts  # a kink from no counted unit (e.g. max-pool): split at the evaluated checks
@@ -309,6 +314,7 @@ def _exact_segment(ev: Evaluator, v0, v1, counted, max_evaluations) -> list[tupl
     do not depend on the order the pieces are taken in."""
     points = _SegmentPoints(ev, v0, v1, max_evaluations)
     points.evaluate([0.0, 1.0])
+    ev.shares_base()  # decided now: it shows which layers the path cannot move
     index = _layer_index(ev, counted)
     stack, found = [[(0.0, 1.0)]], []  # lists of pieces still to check; the last list goes first
     while stack:

@@ -210,6 +210,10 @@ class Evaluator:
         self.offsets: list[tuple[str, int, int]] = []
         # None: not yet shown; True: the batch-1 base gives what the expanded one does; False: expand
         self.shared_base: bool | None = None if (shared_base and self.base is not None) else False
+        # layers shown not to depend on the path point: on the batch-1 base they stayed batch 1
+        # (the patch's m rows would have broadcast into them), and that route was verified
+        self.path_independent: frozenset[str] = frozenset()
+        self._batch_one: frozenset[str] = frozenset()
 
     def locate(self, column: int) -> tuple[str, int, float]:
         """Column ``column`` of the evaluated values → (its layer, the unit's flat index in the
@@ -295,6 +299,7 @@ class Evaluator:
     def _decide(self, chunk: Tensor) -> None:
         """Compare both routes on ``chunk [k ≥ 2, ...]``, run to the model's output, bit for bit."""
         self.shared_base = _same(self._shared(chunk, True), self._expanded(chunk, True))
+        self.path_independent = self._batch_one if self.shared_base else frozenset()
 
     def _expanded(self, chunk: Tensor, want_output: bool) -> Captured:
         base = self.base.expand(chunk.shape[0], *self.base.shape[1:])
@@ -307,12 +312,18 @@ class Evaluator:
             got = capture(self.module, self.base, self.layers, patch={self.path.layer: chunk}, keep_output=want_output)
         except Exception:  # any failure (a shape clash in a cat, a batch-1 mask) means: expand instead
             return None
-        acts = got.activations
+        # A tensor still of batch 1 was computed from the base alone (the patch's m rows would have
+        # broadcast into it): a layer off the path's branch, the same at every point. It is expanded.
+        self._batch_one = frozenset(n for n, a in got.activations.items() if a.shape[0] == 1)
+        acts = {n: a.expand(m, *a.shape[1:]) if a.shape[0] == 1 else a for n, a in got.activations.items()}
+        out = got.output
+        if out is not None and out.shape[0] == 1:
+            out = out.expand(m, *out.shape[1:])
         if set(acts) != set(self.layers) or any(a.shape[0] != m for a in acts.values()):
             return None
-        if got.output is not None and got.output.shape[0] != m:
+        if out is not None and out.shape[0] != m:
             return None
-        return got
+        return Captured(acts, got.gradients, out)
 
     def _columns(self, acts: list[Tensor]) -> Tensor:
         """Each layer's ``[m, units]`` → its blocks ``z − breakpoint`` (``z`` itself at 0, no roundoff),

@@ -47,10 +47,13 @@ BRANCHES = ("1x1", "3x3_bottleneck", "5x5_bottleneck", "pool_reduce", "3x3", "5x
 
 
 class Concat(nn.Module):
-    """Channel concatenation, a module so that a block's output is capturable by name."""
+    """Channel concatenation, a module so that a block's output is capturable by name. A batch-1
+    branch is broadcast to the others' batch, as an elementwise op would broadcast it: a path
+    patched into one branch then runs from the batch-1 base (``polylens.lens.paths``)."""
 
     def forward(self, *parts: Tensor) -> Tensor:
-        return torch.cat(parts, dim=1)
+        n = max(p.shape[0] for p in parts)
+        return torch.cat([p.expand(n, *p.shape[1:]) if p.shape[0] == 1 else p for p in parts], dim=1)
 
 
 class MaxPool(nn.Module):
