@@ -360,6 +360,25 @@ def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source
     return record
 
 
+def load_run_sae(out_dir: str | Path):
+    """``(sae, run record)`` from a training folder (its checkpoint) or a SAELens folder (cfg.json;
+    the record is then empty)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise FileNotFoundError(
+            f"SAE folder {out} {'is a file, not a run folder' if out.exists() else 'does not exist'}"
+        )
+    run = read_json(out / RUN) if (out / RUN).is_file() else {}
+    check_readable(out / CHECKPOINT, "checkpoint")
+    if (out / CHECKPOINT).is_file():
+        return load_sae(out), run
+    if (out / "cfg.json").is_file():
+        from sae.export import import_saelens
+
+        return import_saelens(out), run
+    raise ValueError(f"{out} holds neither a polylens checkpoint ({CHECKPOINT}) nor a SAELens export (cfg.json)")
+
+
 def eval_run(
     out_dir: str | Path,
     data: str | None = None,
@@ -374,20 +393,7 @@ def eval_run(
     ``eval_samples`` and ``seed`` default to the run's (else 20,000 and 0): then the numbers are
     the ones ``train_run`` reported. ``open_data`` as for ``train_run``."""
     out = Path(out_dir)
-    if not out.is_dir():
-        raise FileNotFoundError(
-            f"SAE folder {out} {'is a file, not a run folder' if out.exists() else 'does not exist'}"
-        )
-    run = read_json(out / RUN) if (out / RUN).is_file() else {}
-    check_readable(out / CHECKPOINT, "checkpoint")
-    if (out / CHECKPOINT).is_file():
-        sae = load_sae(out)
-    elif (out / "cfg.json").is_file():
-        from sae.export import import_saelens
-
-        sae = import_saelens(out)
-    else:
-        raise ValueError(f"{out} holds neither a polylens checkpoint ({CHECKPOINT}) nor a SAELens export (cfg.json)")
+    sae, run = load_run_sae(out)
     if data is None:
         recorded = run.get("data", {})
         data, data_options = recorded.get("spec"), recorded.get("options", {})
@@ -409,4 +415,4 @@ def eval_run(
     }  # per feature: the distribution behind mmcs_signed
 
 
-__all__ = ["EXPORT", "RUN", "run_lock", "eval_batch", "eval_run", "resume_run", "train_run"]
+__all__ = ["EXPORT", "RUN", "run_lock", "eval_batch", "eval_run", "load_run_sae", "resume_run", "train_run"]

@@ -220,6 +220,19 @@ def check_gpt2_sae(d: Path, out: str) -> None:
     assert run["sae"]["arch"] == "topk" and run["sae"]["k"] == 32
 
 
+def check_spliced(name: str, d_in: int, dict_size: int, kind: str) -> Callable[[Path, str], None]:
+    def check(d: Path, out: str) -> None:
+        r = _json(d / name)
+        assert (r["d_in"], r["dict_size"], r["output_kind"]) == (d_in, dict_size, kind) and r["n_rows"] > 0
+        # a few hundred samples under the docs tests' scale: the SAE is barely trained, its EV may be < 0
+        assert r["kl_div"] >= 0 and r["kl_div_zero_ablation"] > 0 and r["explained_variance"] <= 1 + 1e-9
+        assert (r["ce_loss_recovered"] is not None) == (kind == "next_token")
+        assert (r["accuracy_clean"] is not None) == (kind == "classes")  # the digits carry labels
+        assert "spliced into" in out
+
+    return check
+
+
 def check_gpt2_sweep(l1s: int, ratios: tuple[int, ...]) -> Callable[[Path, str], None]:
     def check(d: Path, out: str) -> None:
         sweep = _json(d / "sweep-l6" / "sweep.json")
@@ -248,6 +261,11 @@ CACHE_GPT2 = (
     "polylens cache --model gpt2 --layer blocks.6.mlp.hook_pre --input corpus.txt --tokens 10000000 --out gpt2-l6"
 )
 CODES = "polylens codes --layer conv2,fc1 --n 360 --out codes.npz"
+DIGITS_SAE = (
+    "polylens cache --layer conv2 --gradients logit --out digits-conv2 && "
+    "polylens sae train --data digits-conv2 --dict-size 128 --samples 200000 --out conv2-sae"
+)
+SAE_L6 = "polylens sae train --data gpt2-l6 --arch topk --k 32 --dict-size 24576 --out sae-l6"
 
 CASES: dict[str, Case] = {
     "make demo": Case(check_make_demo),
@@ -288,13 +306,15 @@ CASES: dict[str, Case] = {
     "polylens density --layer relu1 --from 0 --to 5 --plot density.png": Case(check_density),
     "polylens sae train --dict-size 1024 --samples 1500000 --out sae-run": Case(check_sae_sharkey),
     "polylens cache --layer conv2 --gradients logit --out digits-conv2": Case(check_digits_store),
-    "polylens cache --layer conv2 --gradients logit --out digits-conv2 && "
-    "polylens sae train --data digits-conv2 --dict-size 128 --samples 200000 --out conv2-sae": Case(
-        check_digits_store_and_sae
+    DIGITS_SAE: Case(check_digits_store_and_sae),
+    "polylens sae eval conv2-sae --model digits --layer conv2 --json conv2-spliced.json": Case(
+        check_spliced("conv2-spliced.json", 32, 128, "classes"), needs=(DIGITS_SAE,)
     ),
     CACHE_GPT2: Case(check_gpt2_store, extra=GPT2),
-    "polylens sae train --data gpt2-l6 --arch topk --k 32 --dict-size 24576 --out sae-l6": Case(
-        check_gpt2_sae, needs=(CACHE_GPT2,)
+    SAE_L6: Case(check_gpt2_sae, needs=(CACHE_GPT2,)),
+    "polylens sae eval sae-l6 --model gpt2 --layer blocks.6.mlp.hook_pre --input corpus.txt --n 64 "
+    "--json sae-l6-spliced.json": Case(
+        check_spliced("sae-l6-spliced.json", 128, 24576, "next_token"), needs=(SAE_L6,), extra=GPT2, corpus=800
     ),
     "polylens sae sweep --data gpt2-l6 --l1s 0.3,1,3 --ratios 2,4,8 --out sweep-l6": Case(
         check_gpt2_sweep(3, (2, 4, 8)), needs=(CACHE_GPT2,)

@@ -166,6 +166,11 @@ def run_eval(args) -> int:
     from sae.runs import eval_run
 
     _positive(args, "eval_samples")
+    if args.model is not None:
+        return _run_spliced_eval(args)
+    for flag, value in (("--layer", args.layer), ("--input", args.input), ("--n", args.n), ("--context", args.context)):
+        if value:
+            raise ValueError(f"{flag} applies to an SAE spliced into a model: give --model too")
     check_outputs(args.force, inputs=[args.data], json=args.json, plot=args.plot)
     data = args.data if args.data_given else None
     record = eval_run(args.dir, data, _data_options(args) if data else None, args.eval_samples, open_data=open_data)
@@ -186,6 +191,62 @@ def run_eval(args) -> int:
         )
     _emit(record, args.json, _summary(record))
     return 0
+
+
+def _run_spliced_eval(args) -> int:
+    from cli.experiments.spliced_eval import spliced_evaluation
+    from cli.modelargs import load_from_args, model_inputs
+    from cli.output import check_outputs, write_json
+    from sae.runs import load_run_sae
+
+    synthetic = ("features", "dim", "active", "sparsity", "scale_sigma", "eval_samples")
+    if args.data_given or args.uncorrelated or any(getattr(args, f) is not None for f in synthetic):
+        raise ValueError("--model evaluates the SAE on the model's own inputs (--input, --n): drop the data options")
+    if args.plot:
+        raise ValueError("--plot draws ground-truth cosines (synthetic data); it does not apply with --model")
+    if not args.layer:
+        raise ValueError("--model needs --layer NAME: the layer the SAE was trained on")
+    _positive(args, "n", "context")
+    check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json)
+    sae, _ = load_run_sae(args.dir)
+    adapter = load_from_args(args)
+    layer = adapter.check_layer(args.layer)
+    inputs, is_text, labels = model_inputs(adapter, args, context=args.context or 64)
+    result = spliced_evaluation(
+        adapter, layer, inputs, sae, is_text=is_text, labels=labels, progress=not args.no_progress
+    ).to_json()
+    print(_spliced_summary(result), file=sys.stderr if args.json == "-" else sys.stdout)
+    write_json(result, args.json)
+    return 0
+
+
+def _spliced_summary(r: dict) -> str:
+    lines = [
+        f"{r['arch']} SAE ({r['d_in']} -> {r['dict_size']}) spliced into {r['model']} {r['layer']}: "
+        f"{r['n_inputs']} inputs, {r['n_rows']} rows",
+        f"  rows: explained variance {r['explained_variance']:.4f}, L0 {r['l0']:.1f}, dead {r['dead_fraction']:.3f}, "
+        f"dense {r['dense_fraction']:.3f}, shrinkage {r['shrinkage']:.3f}",
+    ]
+    if r["ce_loss_recovered"] is not None or r["ce_loss_clean"] is not None:
+        rec = "n/a" if r["ce_loss_recovered"] is None else f"{r['ce_loss_recovered']:.4f}"
+        lines.append(
+            f"  next-token CE: clean {r['ce_loss_clean']:.4f}, spliced {r['ce_loss_spliced']:.4f}, "
+            f"zero-ablated {r['ce_loss_zero_ablation']:.4f}; CE loss recovered {rec}"
+        )
+    if r["kl_div"] is not None:
+        score = "n/a" if r["kl_div_score"] is None else f"{r['kl_div_score']:.4f}"
+        lines.append(
+            f"  KL(clean || spliced) {r['kl_div']:.5f} (zero-ablated {r['kl_div_zero_ablation']:.5f}; score {score}), "
+            f"top-1 kept {r['top1_kept']:.3f}"
+        )
+    if r["accuracy_clean"] is not None:
+        lines.append(f"  accuracy {r['accuracy_clean']:.4f} -> {r['accuracy_spliced']:.4f}")
+    if r["cosine_kept"] is not None:
+        lines.append(
+            f"  embedding cosine kept {r['cosine_kept']:.4f} (zero-ablated {r['cosine_kept_zero_ablation']:.4f}, "
+            f"mean-ablated {r['cosine_kept_mean_ablation']:.4f})"
+        )
+    return "\n".join(lines)
 
 
 def run_sweep(args) -> int:
@@ -412,6 +473,22 @@ def register(sub) -> None:
     _add_data(e, default=None)
     e.add_argument(
         "--plot", metavar="PATH", help="write a PNG histogram of the per-feature best cosines (synthetic data)"
+    )
+    from cli.modelargs import add_model_args
+
+    add_model_args(e)
+    m = e.add_argument_group("spliced into a model (with --model)")
+    m.add_argument("--layer", metavar="NAME", help="the layer whose output the SAE's reconstruction replaces")
+    m.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="inputs (repeatable; a text model: one text file cut into contexts); default: the bundled inputs",
+    )
+    m.add_argument("--n", type=int, help="how many inputs (bundled ones, or text contexts from --input)")
+    m.add_argument(
+        "--context", type=int, help="text models with --input: tokens per context, special tokens included (default 64)"
     )
     e.set_defaults(handler=run_eval)
 

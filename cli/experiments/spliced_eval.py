@@ -1,0 +1,201 @@
+"""``polylens sae eval RUN --model M --layer L``: an SAE judged inside the model it was trained on.
+
+The layer's output is replaced by the SAE's reconstruction of its rows (``polylens.rows``: every
+token but the BOS, every spatial position's channel vector, or the whole vector) and the model runs
+on to its output. What changes there is the measure, beside two ablations of the same rows that
+bound it from below (zero, and the rows' mean):
+
+- language models with a head (``output_kind="next_token"``): next-token cross-entropy with the
+  SAE spliced in, clean and ablated, and ``ce_loss_recovered`` = (CE_ablated − CE_spliced) /
+  (CE_ablated − CE_clean) (SAELens's CE loss score; 1: nothing lost, 0: as bad as the ablation);
+- classifiers: ``kl_div`` KL(p_clean ‖ p_spliced) per input, the share of inputs whose top class
+  is kept, and the accuracy change where the inputs carry labels;
+- sentence encoders (``output_kind="embedding"``): the embedding cosine kept, cos(clean, spliced);
+
+and ``kl_div_score`` = 1 − KL_spliced / KL_zero-ablated wherever the output is a distribution. On
+the rows themselves: explained variance, L0, dead and dense latents, shrinkage ‖x̂‖/‖x‖
+(``sae.metrics``). ``polylens`` runs the model and ``sae`` the SAE; they meet here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+DENSE = 0.1
+"""A latent is dense when it fires on more than this share of the rows."""
+
+
+@dataclass(frozen=True)
+class SplicedEvaluation:
+    """What ``spliced_evaluation`` measured (``to_json``: the command's JSON). Output measures that
+    do not apply to the model's kind are None."""
+
+    model: str
+    layer: str
+    output_kind: str
+    n_inputs: int
+    n_rows: int
+    d_in: int
+    dict_size: int
+    arch: str
+    explained_variance: float
+    l0: float
+    mse: float
+    dead_fraction: float
+    dense_fraction: float
+    dense_threshold: float
+    shrinkage: float
+    kl_div: float | None
+    kl_div_zero_ablation: float | None
+    kl_div_mean_ablation: float | None
+    kl_div_score: float | None
+    ce_loss_clean: float | None
+    ce_loss_spliced: float | None
+    ce_loss_zero_ablation: float | None
+    ce_loss_mean_ablation: float | None
+    ce_loss_recovered: float | None
+    ce_loss_recovered_mean_ablation: float | None
+    top1_kept: float | None
+    accuracy_clean: float | None
+    accuracy_spliced: float | None
+    accuracy_change: float | None
+    cosine_kept: float | None
+    cosine_kept_zero_ablation: float | None
+    cosine_kept_mean_ablation: float | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _kl(ref, out) -> float:
+    """Mean KL(softmax(ref) ‖ softmax(out)) over the leading positions ``[..., C]``."""
+    import torch
+
+    logp, logq = torch.log_softmax(ref.double(), -1), torch.log_softmax(out.double(), -1)
+    return float((logp.exp() * (logp - logq)).sum(-1).mean())
+
+
+def _next_token_ce(logits, tokens) -> float:
+    """Mean cross-entropy of the next token, from the positions whose rows are spliced (after the
+    BOS) to the last but one: logits ``[n, T, V]`` at 1..T−2 predict tokens 2..T−1."""
+    import torch
+
+    pred, target = logits[:, 1:-1].double(), tokens[:, 2:]
+    return float(torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)))
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else num / den
+
+
+def spliced_evaluation(
+    adapter, layer: str, inputs, sae, *, is_text: bool, labels=None, batch_size: int = 32, progress: bool = False
+) -> SplicedEvaluation:
+    """Splice ``sae`` into ``layer`` of ``adapter`` and measure, over ``inputs`` (token ids for a
+    language model, with ``is_text``), what its reconstruction keeps of the rows and of the output.
+    ``labels [n]``: class labels, for the accuracy change of a classifier."""
+    import torch
+
+    from polylens.capture import capture
+    from polylens.directions.ablation import run_model
+    from polylens.progress import progress_bar
+    from polylens.rows import map_rows, rows_of
+    from sae.metrics import evaluate
+
+    kind = adapter.output_kind
+    module = adapter.module
+    if sae.config.arch == "gsae":
+        raise ValueError("a g-SAE reads activations paired with gradients; splice an SAE trained on activations")
+    rows, clean = [], []
+    bar = progress_bar(inputs.shape[0], f"{adapter.name} {layer}", enabled=progress)
+    with torch.no_grad():
+        for lo in range(0, inputs.shape[0], batch_size):
+            got = capture(module, inputs[lo : lo + batch_size], [layer], keep_output=True)
+            if not isinstance(got.output, torch.Tensor):
+                raise ValueError(f"model {adapter.name} does not return a tensor; its output cannot be compared")
+            rows.append(rows_of(got.activations[layer], is_text))
+            clean.append(got.output)
+            bar.update(got.output.shape[0])
+            if lo == 0 and rows[0].shape[1] != sae.config.d_in:
+                raise ValueError(
+                    f"the SAE reads rows of width d_in={sae.config.d_in}, but {layer}'s rows are {rows[0].shape[1]} "
+                    "wide; give the layer it was trained on"
+                )
+    bar.close()
+    A, clean = torch.cat(rows), torch.cat(clean)
+    device, dtype = sae.b_dec.device, sae.b_dec.dtype
+    sae.eval()
+
+    def reconstruct(x):
+        with torch.no_grad():
+            return sae.decode(sae.encode(x.to(device, dtype))).to(x.device, x.dtype)
+
+    mean = A.mean(0)
+    patches = {
+        "spliced": lambda v: map_rows(v, reconstruct, is_text),
+        "zero": lambda v: map_rows(v, torch.zeros_like, is_text),
+        "mean": lambda v: map_rows(v, lambda x: mean.to(x.dtype).expand_as(x).clone(), is_text),
+    }
+    outs = {name: run_model(module, inputs, layer, batch_size=batch_size, patch=fn) for name, fn in patches.items()}
+    on_rows = evaluate(sae, A.float())
+    fires = torch.zeros(sae.config.dict_size, dtype=torch.float64)
+    with torch.no_grad():
+        for lo in range(0, A.shape[0], 8192):
+            fires += (sae.encode(A[lo : lo + 8192].to(device, dtype)) != 0).double().sum(0).cpu()
+    out = dict.fromkeys(f.name for f in SplicedEvaluation.__dataclass_fields__.values())
+    if kind == "embedding":
+        cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).mean())  # noqa: E731
+        out |= {
+            "cosine_kept": cos(clean, outs["spliced"]),
+            "cosine_kept_zero_ablation": cos(clean, outs["zero"]),
+            "cosine_kept_mean_ablation": cos(clean, outs["mean"]),
+        }
+    else:
+        # a language model's positions after the BOS are its rows (the BOS row is never spliced)
+        pick = (lambda t: t[:, 1:]) if kind == "next_token" else (lambda t: t)
+        kls = {name: _kl(pick(clean), pick(o)) for name, o in outs.items()}
+        out |= {
+            "kl_div": kls["spliced"],
+            "kl_div_zero_ablation": kls["zero"],
+            "kl_div_mean_ablation": kls["mean"],
+            "kl_div_score": None if kls["zero"] == 0 else 1.0 - kls["spliced"] / kls["zero"],
+            "top1_kept": float((pick(outs["spliced"]).argmax(-1) == pick(clean).argmax(-1)).double().mean()),
+        }
+        if kind == "next_token":
+            ce = {name: _next_token_ce(o, inputs) for name, o in {"clean": clean, **outs}.items()}
+            out |= {
+                "ce_loss_clean": ce["clean"],
+                "ce_loss_spliced": ce["spliced"],
+                "ce_loss_zero_ablation": ce["zero"],
+                "ce_loss_mean_ablation": ce["mean"],
+                "ce_loss_recovered": _ratio(ce["zero"] - ce["spliced"], ce["zero"] - ce["clean"]),
+                "ce_loss_recovered_mean_ablation": _ratio(ce["mean"] - ce["spliced"], ce["mean"] - ce["clean"]),
+            }
+        elif labels is not None:
+            acc = {
+                name: float((o.argmax(-1) == labels).double().mean()) for name, o in (("clean", clean), *outs.items())
+            }
+            out |= {
+                "accuracy_clean": acc["clean"],
+                "accuracy_spliced": acc["spliced"],
+                "accuracy_change": acc["spliced"] - acc["clean"],
+            }
+    c = sae.config
+    out |= {
+        "model": adapter.name,
+        "layer": layer,
+        "output_kind": kind,
+        "n_inputs": int(inputs.shape[0]),
+        "n_rows": int(A.shape[0]),
+        "d_in": int(c.d_in),
+        "dict_size": int(c.dict_size),
+        "arch": c.arch,
+        "explained_variance": on_rows.explained_variance,
+        "l0": on_rows.l0,
+        "mse": on_rows.mse,
+        "dead_fraction": on_rows.dead_fraction,
+        "dense_fraction": float((fires / A.shape[0] > DENSE).double().mean()),
+        "dense_threshold": DENSE,
+        "shrinkage": on_rows.shrinkage,
+    }
+    return SplicedEvaluation(**out)
