@@ -22,6 +22,7 @@ FIELDS = {
     "orth_full": ("sae", "orth_full"),
     "decoder_norm": ("sae", "decoder_norm"),
     "tied": ("sae", "tied"),
+    "freeze_decoder": ("sae", "freeze_decoder"),
     "dict_size": ("sae", "dict_size"),
     "l1": ("sae", "l1"),
     "batch_size": ("train", "batch_size"),

@@ -121,7 +121,14 @@ class SAEConfig:
     uncentred data such as gradients: on the x² toy every gradient is w_out, and a learned b_dec
     would absorb it and leave the dictionary empty (``polylens compare``'s ``gradient_sae``)."""
 
+    freeze_decoder: bool = False
+    """The frozen-random-decoder control (Korznikov et al. 2026, arXiv 2602.14111): the decoder rows
+    keep their random initial directions and b_dec its initial value (the data mean); only the
+    encoder trains (W_enc, b_enc, and the thresholds / magnitude path where the rule has them)."""
+
     def __post_init__(self):
+        if self.freeze_decoder and self.tied:
+            raise ValueError("freeze_decoder=True needs a decoder of its own: a tied SAE's decoder is its encoder")
         for name in ("d_in", "dict_size", "k"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

@@ -232,6 +232,8 @@ class Engine:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.labels = labels or [[f"member {e}" for e in range(g.size)] for g in groups]
         self.record = dict(record or {})
+        if config.resample_every and any(g.config.freeze_decoder for g in groups):
+            raise ValueError("resample_every re-initialises decoder rows; a frozen decoder (freeze_decoder) takes 0")
         self.opts = [torch.optim.Adam(g.parameters(), lr=config.lr, foreach=False) for g in groups]
         self.single = len(groups) == 1 and groups[0].size == 1
         self.step = 0
@@ -253,7 +255,7 @@ class Engine:
         for g in self.groups:
             g.train()
             if self.step == 0:  # (not on resume: renormalising unit rows again would change their last bits)
-                g.project_(before_step=False)
+                g.project_(before_step=False, initial=True)
                 self.ctx.broadcast_([getattr(g, n).data for n in g.names])  # one start on every rank
         bar = None
         if c.progress and self.ctx.main:

@@ -94,8 +94,11 @@ class Ensemble(nn.Module):
         return self.W_enc.transpose(1, 2) if self.W_dec is None else self.W_dec
 
     @torch.no_grad()
-    def project_(self, before_step: bool) -> None:
-        """'unit' decoders: before Adam's step drop the gradient along each row, after it renormalise."""
+    def project_(self, before_step: bool, initial: bool = False) -> None:
+        """'unit' decoders: before Adam's step drop the gradient along each row, after it renormalise
+        (``initial``: the start's normalisation, the only one a frozen decoder gets)."""
+        if self.config.freeze_decoder and not initial:
+            return
         if self.config.decoder_norm == "unit":
             W, dim = self._decoder_param()
             (remove_parallel_grad_ if before_step else unit_rows_)(W, dim=dim)
@@ -122,8 +125,10 @@ class Ensemble(nn.Module):
             if fused and not bf16 and self.fused
             else self._autograd_step(x, dead, bf16, l0)
         )
-        if not self.config.learn_b_dec and self.b_dec.grad is not None:
-            self.b_dec.grad.zero_()  # Adam then never moves it from 0 (zero moments, zero step)
+        if (not self.config.learn_b_dec or self.config.freeze_decoder) and self.b_dec.grad is not None:
+            self.b_dec.grad.zero_()  # Adam then never moves it (zero moments, zero step)
+        if self.config.freeze_decoder and self.W_dec.grad is not None:
+            self.W_dec.grad.zero_()
         return stats
 
     @torch.no_grad()

@@ -50,6 +50,7 @@ def _sae_fields(args) -> dict:
         "orth_full": args.orth_full,
         "decoder_norm": args.decoder_norm,
         "tied": args.tied,
+        "freeze_decoder": getattr(args, "freeze_decoder", False),
         "init_blend": args.init_blend,
         "init_matrix": args.init_matrix or "",
         "bandwidth": args.bandwidth,
@@ -379,6 +380,11 @@ def _add_model_and_training(p) -> None:
     )
     _option(g, "--decoder-norm", d, "unit-norm decoder rows, or L1 weighted by row norm", choices=DECODER_NORMS)
     g.add_argument("--tied", action="store_true", help="tie the decoder to the encoder")
+    g.add_argument(
+        "--freeze-decoder",
+        action="store_true",
+        help="control: keep the random initial decoder (and b_dec) and train the encoder only",
+    )
     h = p.add_argument_group("training")
     h.add_argument("--samples", type=int, help=f"training samples (default {t['n_samples'].default})")
     _option(h, "--batch-size", t, "default {default}", type=int)
