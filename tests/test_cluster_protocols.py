@@ -75,6 +75,8 @@ def test_inception_channels_at_one_position(tmp_path):
     assert pts.codes.n_units == 256
     assert np.array_equal(pts.codes.unpack(), centre.numpy() > 0)
     assert len(pts.examples) == 3 and pts.examples[0]["image"].ndim == 3
+    with torch.no_grad():  # the labels come from the same pass as the codes: the class a full forward predicts
+        assert np.array_equal(pts.labels["class"], adapter.module(x).argmax(1).numpy())
 
 
 def test_digits_codes_and_activations_are_both_scored(digits):

@@ -63,8 +63,10 @@ def _points(
     batch_size: int = 64,
     progress: bool = False,
     unit: str = "input",
+    outputs: list | None = None,
 ):
-    """Codes and float activations ``[n, units]`` of ``inputs`` at ``layers``, a batch at a time."""
+    """Codes and float activations ``[n, units]`` of ``inputs`` at ``layers``, a batch at a time
+    (``outputs``: a list that gets the model's output of each batch, from the same pass)."""
     import torch
 
     from polylens.lens.codes import SplineCodes, layer_preactivations
@@ -74,7 +76,7 @@ def _points(
     parts: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, inputs.shape[0], batch_size):
         names, pre = layer_preactivations(
-            adapter, inputs[lo : lo + batch_size], layers, batch_size=batch_size, position=position
+            adapter, inputs[lo : lo + batch_size], layers, batch_size=batch_size, position=position, outputs=outputs
         )
         for n in names:
             parts.setdefault(n, []).append(pre[n])
@@ -224,8 +226,11 @@ def image_points(
         if len(shape) != 4:
             raise ValueError(f"layer {layer!r} is not a conv layer [n, C, H, W]; image points need one")
         position = (shape[2] // 2, shape[3] // 2)
-    codes, acts = _points(adapter, x, layers, position=position, batch_size=batch_size, progress=progress, unit="img")
-    labels, label_names = _predicted(adapter, x, batch_size)
+    outs = [] if adapter.output_kind == "classes" else None  # the class is read in the same pass
+    codes, acts = _points(
+        adapter, x, layers, position=position, batch_size=batch_size, progress=progress, unit="img", outputs=outs
+    )
+    labels, label_names = _predicted(adapter, outs)
     examples = []
     for i, name in enumerate(names):
         if files is not None:
@@ -249,15 +254,14 @@ def image_points(
     )
 
 
-def _predicted(adapter, x: torch.Tensor, batch_size: int) -> tuple[dict, dict]:
-    """``({"class": predicted class [n]}, {"class": id → name})`` from a full forward pass, or empty
-    where the model's output is not class logits."""
+def _predicted(adapter, outputs: list | None) -> tuple[dict, dict]:
+    """``({"class": predicted class [n]}, {"class": id → name})`` from the model's outputs (a list of
+    batches), or empty where they are not class logits."""
     import torch
 
-    if adapter.output_kind != "classes":
+    if not outputs or not all(isinstance(o, torch.Tensor) for o in outputs):
         return {}, {}
-    with torch.no_grad():
-        out = torch.cat([adapter.module(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    out = torch.cat(outputs)
     if out.dim() != 2:
         return {}, {}
     pred = out.argmax(1).cpu().numpy().astype(np.int64)

@@ -454,14 +454,18 @@ def layer_preactivations(
     *,
     batch_size: int = 64,
     position: tuple[int, int] | None = None,
+    outputs: list | None = None,
 ) -> tuple[list[str], dict[str, Tensor]]:
     """Pre-activations ``name -> [n, ...]`` of ``inputs`` at activation ``layers``, read through
     ``polylens.capture`` with the forward pass stopped after the last of them. position ``(h, w)``:
-    only the channel vector there of conv layers (``[n, C, H, W]`` → ``[n, C]``)."""
+    only the channel vector there of conv layers (``[n, C, H, W]`` → ``[n, C]``). ``outputs``: a
+    list to append the model's output to; the same pass then runs to the end."""
     from polylens.capture import capture
 
     names = resolve_activation_layers(adapter, layers)
-    got = capture(adapter.module, inputs, names, batch_size=batch_size)
+    got = capture(adapter.module, inputs, names, batch_size=batch_size, keep_output=outputs is not None)
+    if outputs is not None:
+        outputs.append(got.output)
     preacts = {n: got.activations[n] for n in names}
     if position is not None:
         h, w = position

@@ -64,6 +64,8 @@ class Conv2dSame(nn.Conv2d):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
+        if top == bottom and left == right:  # stride 1 with an odd kernel: the convolution pads, no copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         return super().forward(F.pad(x, (left, right, top, bottom)))
 
 
