@@ -200,6 +200,90 @@ def evaluate(
     )
 
 
+class SynthBench(NamedTuple):
+    """SynthSAEBench's metrics (Chanin et al., ``sae_lens.synthetic.eval_sae_on_synthetic_data``)."""
+
+    true_l0: float
+    """Mean number of ground-truth features active per sample."""
+    sae_l0: float
+    dead_latents: int
+    """Latents that never fired (a count, as SAELens reports it; ``dead_fraction`` is ours)."""
+    shrinkage: float
+    """Mean ‖x̂‖/‖x‖ over samples with ‖x‖ > 1e-6."""
+    explained_variance: float
+    mcc: float
+    """Mean |cos| of a one-to-one Hungarian matching of decoder rows to features, over the
+    min(latents, features) matched pairs."""
+    uniqueness: float
+    """Distinct best-matching features (by |cos| of each decoder row) ÷ latents."""
+    precision: float
+    """Each latent as a detector of its best-matching feature (fires ⇔ the feature's coefficient
+    > 0): TP/(TP+FP), 0 where undefined, averaged over all latents; likewise ``recall``, ``f1_score``
+    and ``accuracy``."""
+    recall: float
+    f1_score: float
+    accuracy: float
+
+
+@torch.no_grad()
+def synth_bench(sae, x, truth, codes, batch_size: int = 8192) -> SynthBench:
+    """SynthSAEBench's metrics for ``sae`` on ``x [N, d]`` = ``codes [N, G]`` @ ``truth [G, d]``."""
+    from scipy.optimize import linear_sum_assignment
+
+    x, truth, codes = _as_tensor(x), _as_tensor(truth, "truth"), _as_tensor(codes, "codes")
+    dec = sae.decoder.detach().float().cpu()
+    cos = cosines(dec, truth.float()).abs()  # [n, G]
+    best = cos.argmax(dim=1)
+    rows, cols = linear_sum_assignment(-cos.double().numpy())
+    n = dec.shape[0]
+    tp, fp, fn, tn = (torch.zeros(n, dtype=torch.float64) for _ in range(4))
+    fired = torch.zeros(n, dtype=torch.bool)
+    l0 = sq_resid = 0.0
+    ratios = []
+    was_training = sae.training
+    sae.eval()
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size].to(sae.b_dec.device, sae.b_dec.dtype)
+            acts = sae.encode(xb)
+            recon = sae.decode(acts).double().cpu()
+            on = (acts != 0).cpu()
+            truth_on = codes[i : i + batch_size][:, best] > 0
+            tp += (on & truth_on).double().sum(0)
+            fp += (on & ~truth_on).double().sum(0)
+            fn += (~on & truth_on).double().sum(0)
+            tn += (~on & ~truth_on).double().sum(0)
+            fired |= on.any(0)
+            l0 += float(on.double().sum())
+            xd = xb.double().cpu()
+            sq_resid += float((xd - recon).pow(2).sum())
+            norms = xd.norm(dim=-1)
+            keep = norms > 1e-6
+            ratios.append(recon.norm(dim=-1)[keep] / norms[keep])
+    finally:
+        sae.train(was_training)
+    xd = x.double()
+    variance = float(xd.pow(2).sum() / len(xd) - (xd.mean(0)).pow(2).sum())
+    zero = torch.zeros_like(tp)
+    precision = torch.where(tp + fp > 0, tp / (tp + fp), zero)
+    recall = torch.where(tp + fn > 0, tp / (tp + fn), zero)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall), zero)
+    ratio = torch.cat(ratios)
+    return SynthBench(
+        true_l0=float((codes != 0).double().sum(1).mean()),
+        sae_l0=l0 / len(x),
+        dead_latents=int((~fired).sum()),
+        shrinkage=float(ratio.mean()) if len(ratio) else 0.0,
+        explained_variance=1.0 - (sq_resid / len(x)) / variance,
+        mcc=float(cos[rows, cols].double().mean()),
+        uniqueness=len(best.unique()) / n,
+        precision=float(precision.mean()),
+        recall=float(recall.mean()),
+        f1_score=float(f1.mean()),
+        accuracy=float(((tp + tn) / (tp + fp + fn + tn).clamp_min(1e-8)).mean()),
+    )
+
+
 def best_signed_cosines(truth: Tensor, learned: Tensor) -> list[float]:
     """Per ground-truth feature, its best signed cosine with a learned row: the values ``mmcs_signed``
     averages, whose distribution tells "all features half-found" from "half the features found"."""

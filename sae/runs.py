@@ -353,6 +353,7 @@ def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source
         steps=engine.step,
         eval_samples=eval_samples,
         evaluation=evaluate(sae, x, truth, codes)._asdict(),
+        synthsaebench=_synth_bench(sae, x, truth, codes),
         best_signed_cos=None if truth is None else best_signed_cosines(truth, sae.decoder),
         history_tail=engine.history[-5:],
     )
@@ -411,8 +412,16 @@ def eval_run(
         "sae": asdict(sae.config),
         "data": {"spec": data, "options": data_options or {}},
         "evaluation": evaluate(sae, x, truth, codes)._asdict(),
+        "synthsaebench": _synth_bench(sae, x, truth, codes),
         "best_signed_cos": None if truth is None else best_signed_cosines(truth, sae.decoder),
     }  # per feature: the distribution behind mmcs_signed
+
+
+def _synth_bench(sae, x, truth, codes) -> dict | None:
+    """SynthSAEBench's metrics as SAELens computes them, where the data has ground truth."""
+    from sae.metrics import synth_bench
+
+    return None if truth is None or codes is None else synth_bench(sae, x, truth, codes)._asdict()
 
 
 __all__ = ["EXPORT", "RUN", "run_lock", "eval_batch", "eval_run", "load_run_sae", "resume_run", "train_run"]

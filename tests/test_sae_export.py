@@ -197,7 +197,19 @@ def sae_lens():
 
 
 def test_saelens_reads_ours_and_we_read_theirs(sae_lens, tmp_path):
-    from sae_lens import SAE, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens import (
+        SAE,
+        GatedTrainingSAE,
+        GatedTrainingSAEConfig,
+        JumpReLUTrainingSAE,
+        JumpReLUTrainingSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+        StandardTrainingSAE,
+        StandardTrainingSAEConfig,
+        TopKTrainingSAE,
+        TopKTrainingSAEConfig,
+    )
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 
     x = inputs(n=256)
@@ -213,20 +225,68 @@ def test_saelens_reads_ours_and_we_read_theirs(sae_lens, tmp_path):
         "standard": StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=N, l1_coefficient=3.0)),
         "topk": TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=N, k=4)),
         "batchtopk": BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=N, k=4)),
+        "jumprelu": JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D, d_sae=N)),
+        "gated": GatedTrainingSAE(GatedTrainingSAEConfig(d_in=D, d_sae=N)),
+        "matryoshka": MatryoshkaBatchTopKTrainingSAE(
+            MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=N, k=4, matryoshka_widths=[N // 4, N // 2, N])
+        ),
     }
     g = torch.Generator().manual_seed(7)
     for name, tsae in trained.items():
         with torch.no_grad():
             for p in tsae.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-            if name == "batchtopk":
+            if name in ("batchtopk", "matryoshka"):
                 tsae.topk_threshold = torch.tensor(0.2, dtype=torch.double)
         tsae.save_inference_model(tmp_path / f"sl-{name}")
         inference = SAE.load_from_disk(tmp_path / f"sl-{name}")
         ours = import_saelens(tmp_path / f"sl-{name}")
-        assert ours.config.arch == {"standard": "relu"}.get(name, name)
-        assert ours.config.k == 4 or name == "standard"
+        # SAELens saves BatchTopK and Matryoshka for inference as JumpReLU with one shared threshold
+        assert ours.config.arch == {"standard": "relu", "batchtopk": "batchtopk"}.get(name, name), (name, ours.config)
+        assert ours.config.k == 4 or name in ("standard", "jumprelu", "gated")
         with torch.no_grad():
             torch.testing.assert_close(ours.encode(x), inference.encode(x), atol=1e-5, rtol=1e-5, msg=name)
             torch.testing.assert_close(ours(x).recon, inference(x), atol=1e-5, rtol=1e-5, msg=name)
     assert import_saelens(tmp_path / "sl-standard").config.l1 == 3.0
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "jumprelu", "gated", "matryoshka"])
+def test_synthsaebench_metrics_equal_saelens_on_the_same_sae_and_data(sae_lens, tmp_path, arch):
+    """``sae.metrics.synth_bench`` against ``sae_lens.synthetic.eval_sae_on_synthetic_data``: our SAE
+    (briefly trained, so that latents fire, die and share features) read by SAELens from our export,
+    and the same samples handed to SAELens through its generator and feature-dictionary interface."""
+    from sae_lens.synthetic import eval_sae_on_synthetic_data
+
+    from sae.metrics import synth_bench
+    from sae.runs import eval_batch
+    from sae.synthetic import SharkeyConfig, SharkeyData
+    from sae.train import TrainConfig, train
+
+    data = SharkeyData(SharkeyConfig(n_features=24, d=16, m=2.0, seed=5))
+    cfg = SAEConfig(d_in=16, dict_size=32, arch=arch, k=3, l1=0.05, prefixes=(8,) if arch == "matryoshka" else ())
+    sae = train(cfg, TrainConfig(n_samples=128 * 30, batch_size=128, warmup_steps=3, seed=2), data).sae_
+    x, truth, codes = eval_batch(data, 3000, 11)
+    assert torch.allclose(x, codes @ truth, atol=1e-5)
+
+    class Features:  # SAELens's FeatureDictionary: the vectors, and codes -> activations
+        feature_vectors = truth
+
+        def __call__(self, acts):
+            return acts @ truth
+
+    class Codes:  # its ActivationGenerator: the same codes we evaluate on
+        def sample(self, n):
+            assert n == len(codes)
+            return codes
+
+    theirs_sae = sae_lens.SAE.load_from_disk(export_saelens(sae, tmp_path / "x", hook_name="synthetic"))
+    theirs = eval_sae_on_synthetic_data(theirs_sae, Features(), Codes(), num_samples=len(codes))
+    ours = synth_bench(sae, x, truth, codes)
+    want = {
+        **{k: v for k, v in theirs.to_dict().items() if k != "classification"},
+        **theirs.to_dict()["classification"],
+    }
+    assert set(want) == set(ours._fields)
+    for key, value in want.items():
+        assert getattr(ours, key) == pytest.approx(value, rel=1e-4, abs=1e-5), (arch, key, getattr(ours, key), value)
+    assert 0 < ours.mcc < 1 and 0 < ours.f1_score < 1 and 0 < ours.uniqueness < 1  # nothing degenerate compared

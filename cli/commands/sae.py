@@ -116,7 +116,14 @@ def _summary(record: dict) -> str:
         "dead_fraction",
         "shrinkage",
     ]
-    return "\n".join(f"{k:<22}{ev[k]:.4f}" for k in keys if ev.get(k) == ev.get(k))  # skip NaN (no ground truth)
+    lines = [f"{k:<22}{ev[k]:.4f}" for k in keys if ev.get(k) == ev.get(k)]  # skip NaN (no ground truth)
+    bench = record.get("synthsaebench")
+    if bench:
+        lines.append(
+            f"SynthSAEBench: MCC {bench['mcc']:.4f}, uniqueness {bench['uniqueness']:.4f}, F1 {bench['f1_score']:.4f} "
+            f"(precision {bench['precision']:.4f}, recall {bench['recall']:.4f}), dead latents {bench['dead_latents']}"
+        )
+    return "\n".join(lines)
 
 
 def _emit(record: dict, json_path: str | None, summary: str) -> None:
