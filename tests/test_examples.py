@@ -17,6 +17,8 @@ SMALL_ARGS = {
     "shell_profile.py": ["relu1", "3", "shell.png"],
     "x2_gradient_vs_activation_pca.py": [],
     "trained_vs_twin.py": ["--out", "twin", "--quick"],
+    "sae_controls.py": ["--model", "digits", "--layer", "conv2", "--train", "60", "--eval", "30", "--dict-size", "64"]
+    + ["--k", "4", "--samples", "4096", "--out", "controls.json"],
 }
 
 
