@@ -39,6 +39,9 @@ def load_array(path: str | Path) -> Tensor:
             if "pickle" in why.lower():  # NumPy's advice to unpickle would run whatever the file holds
                 why = "it holds pickled objects or is not a .npy file at all; never unpickled"
             raise ValueError(f"data file {p} is not a plain numeric .npy array ({why})") from None
+        if not isinstance(arr, np.ndarray):  # np.load opens a zip (an .npz) whatever the file is called
+            arr.close()
+            raise ValueError(f"data file {p} is an .npz archive, not a .npy array; save one array with np.save")
         if arr.dtype.kind not in "fiu":
             what = {"c": "complex", "V": "structured", "b": "boolean", "O": "object", "U": "text", "S": "bytes"}.get(
                 arr.dtype.kind, str(arr.dtype)

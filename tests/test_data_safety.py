@@ -509,3 +509,17 @@ def test_sigterm_mid_step_saves_the_step_whole_and_resumes_bit_identically(work,
     assert run(capsys, *argv, "--out", "cut", "--resume")[0] == 0
     a, b = (load_file(work / name / "checkpoint.safetensors") for name in ("whole", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_npz_archive_named_npy_is_one_clear_error_from_the_python_api(tmp_path):
+    """np.load opens a zip whatever its name: each .npy reader says what the file is, not AttributeError."""
+    from polylens.clustering.points import codes_points
+    from polylens.models.base import read_npy
+    from sae.sources import load_array
+
+    path = tmp_path / "renamed.npy"
+    np.savez(tmp_path / "a.npz", x=np.zeros((3, 4), dtype=np.float32))
+    (tmp_path / "a.npz").rename(path)
+    for read in (read_npy, load_array, codes_points):
+        with pytest.raises(ValueError, match=r"is an \.npz archive, not a \.npy array"):
+            read(path)

@@ -151,6 +151,9 @@ def codes_points(path: str | Path, layer: str | None = None) -> LayerPoints:
             arr = np.load(p, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"codes file {str(path)!r} is not a plain .npy array ({npy_error(err)})") from None
+        if not isinstance(arr, np.ndarray):  # np.load opens a zip (an .npz) whatever the file is called
+            arr.close()
+            raise ValueError(f"codes file {str(path)!r} is an .npz archive, not a .npy array; give the .npz its name")
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
             raise ValueError(f"codes file {str(path)!r} must be shaped [n_points, n_units], got {arr.shape}")
         if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():

@@ -244,6 +244,9 @@ def read_npy(path: str | Path, *, what: str = "input file", integers: bool = Fal
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(f"{what} {str(path)!r} is not a readable numeric .npy array ({npy_error(err)})") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens a zip (an .npz) whatever the file is called
+        arr.close()
+        raise ValueError(f"{what} {str(path)!r} is an .npz archive, not a .npy array; save one array with np.save")
     kind = arr.dtype.kind
     if kind == "c":
         raise ValueError(f"{what} {str(path)!r} holds complex values ({arr.dtype}); give real numbers")
