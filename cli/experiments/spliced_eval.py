@@ -144,7 +144,10 @@ def spliced_evaluation(
             fires += (sae.encode(A[lo : lo + 8192].to(device, dtype)) != 0).double().sum(0).cpu()
     out = dict.fromkeys(f.name for f in SplicedEvaluation.__dataclass_fields__.values())
     if kind == "embedding":
-        cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).mean())  # noqa: E731
+
+        def cos(a, b) -> float:
+            return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).mean())
+
         out |= {
             "cosine_kept": cos(clean, outs["spliced"]),
             "cosine_kept_zero_ablation": cos(clean, outs["zero"]),
