@@ -47,6 +47,9 @@ for twin in (False, True):
                 for i in range(0, args.train, 50)
             ]
         )
+    # Rows scaled to E‖x‖² = d for training (the twin's are ~1e-6, where Adam's steps of ~lr swamp
+    # them), and the scale folded back into the weights after: the SAE then reads the raw rows.
+    scale = float((rows.shape[1] / rows.double().pow(2).sum(1).mean()).sqrt())
     for frozen in (False, True) if not twin else (False,):
         name = "twin" if twin else ("frozen random decoder" if frozen else "trained")
         t0 = time.time()
@@ -54,7 +57,11 @@ for twin in (False, True):
         train_cfg = TrainConfig(
             n_samples=args.samples, batch_size=min(1024, rows.shape[0]), lr=1e-3, warmup_steps=20, seed=0
         )
-        sae = Trainer(sae_cfg, train_cfg).fit(rows.float()).sae_
+        sae = Trainer(sae_cfg, train_cfg).fit((rows * scale).float()).sae_
+        with torch.no_grad():  # encode(x·c) and decode(·)/c as one SAE on x: the TopK choice is unchanged
+            sae.W_enc.mul_(scale)
+            sae.W_dec.div_(scale)
+            sae.b_dec.div_(scale)
         r = spliced_evaluation(
             adapter,
             args.layer,
@@ -64,7 +71,7 @@ for twin in (False, True):
             labels=None if labels is None else labels[args.train :],
         ).to_json()
         r["seconds"] = round(time.time() - t0, 1)
-        r["train_rows"] = int(rows.shape[0])
+        r["train_rows"], r["input_scale"] = int(rows.shape[0]), scale
         results[name] = r
         g = {k: "n/a" if v is None else f"{v:.4g}" for k, v in r.items() if not isinstance(v, str)}
         print(

@@ -84,8 +84,13 @@ def _next_token_ce(logits, tokens) -> float:
     return float(torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1)))
 
 
+TINY = 1e-12
+"""An ablation that moves the output by less than this (KL in nats, CE difference) leaves nothing to
+recover: the score is undefined (None), not a ratio of roundoff."""
+
+
 def _ratio(num: float, den: float) -> float | None:
-    return None if den == 0 else num / den
+    return None if abs(den) <= TINY else num / den
 
 
 def spliced_evaluation(
@@ -161,7 +166,7 @@ def spliced_evaluation(
             "kl_div": kls["spliced"],
             "kl_div_zero_ablation": kls["zero"],
             "kl_div_mean_ablation": kls["mean"],
-            "kl_div_score": None if kls["zero"] == 0 else 1.0 - kls["spliced"] / kls["zero"],
+            "kl_div_score": None if kls["zero"] <= TINY else 1.0 - kls["spliced"] / kls["zero"],
             "top1_kept": float((pick(outs["spliced"]).argmax(-1) == pick(clean).argmax(-1)).double().mean()),
         }
         if kind == "next_token":
