@@ -104,12 +104,8 @@ def test_a_random_sae_matches_a_hand_splice_on_a_conv_layer(digits):
             spliced = net(inputs)
         finally:
             handle.remove()
-        kl = (
-            torch.nn.functional.kl_div(
-                torch.log_softmax(spliced.double(), -1), torch.log_softmax(clean.double(), -1), log_target=True
-            )
-            * spliced.shape[-1]
-        )  # kl_div's 'mean' averages over classes too
+        logq, logp = torch.log_softmax(spliced.double(), -1), torch.log_softmax(clean.double(), -1)
+        kl = torch.nn.functional.kl_div(logq, logp, log_target=True, reduction="batchmean")  # KL(p ‖ q) a row
     assert got.kl_div == pytest.approx(float(kl), rel=1e-5)
     assert got.accuracy_spliced == pytest.approx(float((spliced.argmax(-1) == labels).double().mean()))
     assert got.accuracy_clean == pytest.approx(float((clean.argmax(-1) == labels).double().mean()))
