@@ -3,8 +3,12 @@ the network's random-weights twin (Heap et al. 2025) and a frozen random decoder
 trained (Korznikov et al. 2026). Each is spliced back into its network and judged at the output
 (``polylens sae eval --model``), on held-out inputs the SAE never saw.
 
-Run: .venv/bin/python examples/sae_controls.py [--model M] [--layer L] [--train N] [--eval N]
-[--dict-size N] [--k K] [--samples N] [--out F.json]
+A text model (``minilm-l6``, ``gpt2``) reads ``--input TEXT`` cut into ``--context``-token contexts:
+the first ``--train`` train the SAE, the next ``--eval`` judge it (a sentence encoder by the
+embedding cosine kept, a language model by the CE loss recovered).
+
+Run: .venv/bin/python examples/sae_controls.py [--model M] [--layer L] [--input TEXT] [--context N]
+[--train N] [--eval N] [--dict-size N] [--k K] [--samples N] [--out F.json]
 (defaults: efficientnet-lite0, _blocks.15._bn0 (1152 channels, 49 positions an image), 400 training
 images, 100 held-out images, 4608 latents, TopK k = 32, 200,000 training rows drawn.)
 """
@@ -25,8 +29,10 @@ from sae.train import Trainer
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--model", default="efficientnet-lite0")
 p.add_argument("--layer", default="_blocks.15._bn0")
-p.add_argument("--train", type=int, default=400, help="bundled inputs whose rows train the SAE")
-p.add_argument("--eval", type=int, default=100, help="bundled inputs after those, for the spliced evaluation")
+p.add_argument("--input", default=None, help="text models: the text file cut into contexts")
+p.add_argument("--context", type=int, default=128, help="text models: tokens a context, special tokens included")
+p.add_argument("--train", type=int, default=400, help="inputs (bundled, or contexts) whose rows train the SAE")
+p.add_argument("--eval", type=int, default=100, help="inputs after those, for the spliced evaluation")
 p.add_argument("--dict-size", type=int, default=4608)
 p.add_argument("--k", type=int, default=32)
 p.add_argument("--samples", type=int, default=200_000)
@@ -37,13 +43,21 @@ results = {}
 for twin in (False, True):
     started = time.time()
     adapter = load_model(args.model, **({"random_weights": True} if twin else {}))
-    inputs = adapter.default_inputs(args.train + args.eval)
-    labels = adapter.default_labels(inputs.shape[0]) if adapter.default_labels is not None else None
+    is_text = adapter.tokenize is not None
+    if is_text:
+        from cli.experiments.cache import text_contexts
+
+        inputs, labels = text_contexts(adapter, args.input, args.context, None)[: args.train + args.eval], None
+        if inputs.shape[0] < args.train + args.eval:
+            raise SystemExit(f"{args.input} holds {inputs.shape[0]} contexts, fewer than --train + --eval")
+    else:
+        inputs = adapter.default_inputs(args.train + args.eval)
+        labels = adapter.default_labels(inputs.shape[0]) if adapter.default_labels is not None else None
     train_x, eval_x = inputs[: args.train], inputs[args.train :]
     with torch.no_grad():
         rows = torch.cat(
             [
-                rows_of(capture(adapter.module, train_x[i : i + 50], [args.layer]).activations[args.layer], False)
+                rows_of(capture(adapter.module, train_x[i : i + 50], [args.layer]).activations[args.layer], is_text)
                 for i in range(0, args.train, 50)
             ]
         )
@@ -67,16 +81,21 @@ for twin in (False, True):
             args.layer,
             eval_x,
             sae,
-            is_text=False,
+            is_text=is_text,
             labels=None if labels is None else labels[args.train :],
         ).to_json()
         r["seconds"] = round(time.time() - t0, 1)
         r["train_rows"], r["input_scale"] = int(rows.shape[0]), scale
         results[name] = r
         g = {k: "n/a" if v is None else f"{v:.4g}" for k, v in r.items() if not isinstance(v, str)}
+        kept = (
+            f"cosine kept {g['cosine_kept']} (zero-ablated {g['cosine_kept_zero_ablation']})"
+            if r["cosine_kept"] is not None
+            else f"KL {g['kl_div']} (zero-ablated {g['kl_div_zero_ablation']}, score {g['kl_div_score']})  "
+            f"top-1 kept {g['top1_kept']}  CE loss recovered {g['ce_loss_recovered']}"
+        )
         print(
-            f"{name:>22}: EV {g['explained_variance']}  L0 {g['l0']}  dead {g['dead_fraction']}  KL {g['kl_div']} "
-            f"(zero-ablated {g['kl_div_zero_ablation']}, score {g['kl_div_score']})  top-1 kept {g['top1_kept']}  "
+            f"{name:>22}: EV {g['explained_variance']}  L0 {g['l0']}  dead {g['dead_fraction']}  {kept}  "
             f"({r['seconds']} s)",
             flush=True,
         )
