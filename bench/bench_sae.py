@@ -23,6 +23,11 @@
       architecture, both scored by their ``eval_sae_on_synthetic_data``: MCC, uniqueness, dead
       latents, classification F1, explained variance, shrinkage.
 
+(v)   TopK throughput at d 384 and 768 (--topk-dims), 16,384 latents, k 32, fp32, batch 1024:
+      our engine (a sparse decode of the k active latents and their gradients) vs SAELens's
+      ``TopKTrainingSAE`` under its ``SAETrainer`` (which decodes densely), same pre-generated
+      Gaussian batches, timed as in (i). Goal: ours >= 2x.
+
 SAELens is fed without a language model: ``SAETrainer(cfg, sae, data_provider)`` takes any iterator of
 ``[batch, d_in]`` tensors (this is what ``sae_lens.synthetic.train_toy_sae`` does); wandb, evals and
 checkpoints are off. Run: .venv/bin/python bench/bench_sae.py [--threads 2] [--help for sizes].
@@ -117,6 +122,51 @@ def bench_throughput(args, data: SharkeyData) -> None:
             f"runs {', '.join(f'{t:.2f}' for t in v)} s)"
         )
     print(f"    ratio ours/SAELens: {rate['ours'] / rate['saelens']:.2f}x   (goal >= 1.6x)")
+
+
+def bench_topk_throughput(args, data: SharkeyData) -> None:
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    n, k, b, steps = args.topk_latents, args.topk_k, args.topk_batch, args.steps
+    print(
+        f"\n(v) TopK throughput: {n} latents, k {k}, batch {b}, fp32, {steps} steps per run, median of {args.repeats}"
+    )
+    for d in (int(v) for v in args.topk_dims.split(",")):
+        g = torch.Generator().manual_seed(d)
+        batches = [torch.randn(b, d, generator=g) for _ in range(steps)]
+
+        def ours_topk(n_samples, data):
+            sae_cfg = SAEConfig(d_in=d, dict_size=n, arch="topk", k=k)
+            return Trainer(sae_cfg, TrainConfig(n_samples=n_samples, batch_size=b)).build(list(data))
+
+        def saelens_topk(n_samples, data):
+            torch.manual_seed(0)
+            cfg = SAETrainerConfig(
+                total_training_samples=n_samples,
+                train_batch_size_samples=b,
+                lr=SAELENS_LR,
+                lr_end=SAELENS_LR,
+                n_checkpoints=0,
+                checkpoint_path=None,
+                save_final_checkpoint=False,
+                logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
+            )
+            sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=n, k=k))
+            return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(data))
+
+        timed_fit(ours_topk(2 * b, batches[:2]))
+        timed_fit(saelens_topk(2 * b, batches[:2]))
+        runs: dict[str, list[float]] = {"ours": [], "saelens": []}
+        for _ in range(args.repeats):
+            runs["ours"].append(timed_fit(ours_topk(steps * b, batches)))
+            runs["saelens"].append(timed_fit(saelens_topk(steps * b, batches)))
+        rate = {key: steps * b / statistics.median(v) for key, v in runs.items()}
+        print(
+            f"    d={d}: ours {rate['ours']:,.0f} samples/s, SAELens {rate['saelens']:,.0f} samples/s; "
+            f"ratio {rate['ours'] / rate['saelens']:.2f}x (goal >= 2x)"
+        )
 
 
 # ---- (ii) samples to recover the ground truth ---------------------------------------------------
@@ -381,7 +431,11 @@ def main() -> None:
     p.add_argument("--members", type=int, default=16, help="(iii) SAEs in the sweep (default 16)")
     p.add_argument("--sweep-steps", type=int, default=200, help="(iii) steps per SAE (default 200)")
     p.add_argument("--suite-samples", type=int, default=2_000_000, help="(iv) training samples per SAE (default 2M)")
-    p.add_argument("--only", choices=("i", "ii", "iii", "iv"), help="run one part")
+    p.add_argument("--topk-dims", default="384,768", help="(v) input widths (default 384,768)")
+    p.add_argument("--topk-latents", type=int, default=16384, help="(v) latents (default 16384)")
+    p.add_argument("--topk-k", type=int, default=32, help="(v) k (default 32)")
+    p.add_argument("--topk-batch", type=int, default=1024, help="(v) samples per step (default 1024)")
+    p.add_argument("--only", choices=("i", "ii", "iii", "iv", "v"), help="run one part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -399,6 +453,7 @@ def main() -> None:
         ("ii", bench_recovery),
         ("iii", bench_sweep),
         ("iv", bench_synthetic_suite),
+        ("v", bench_topk_throughput),
     ):
         if args.only in (None, part):
             fn(args, data)
