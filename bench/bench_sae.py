@@ -18,10 +18,11 @@
       the first ~75 steps, in which every member is dense whatever its L1). Goal: >= 3x.
 (iv)  SAELens on its own ground: data from ``sae_lens.synthetic`` (a FeatureDictionary and an
       ActivationGenerator with Zipfian firing) on two configurations (``SUITE``; one with 8
-      features a dimension), our TopK SAE trained from it (as a stream, its defaults, and one
-      variant) and theirs (``train_toy_sae`` with its defaults) at the same sample budget and
-      architecture, both scored by their ``eval_sae_on_synthetic_data``: MCC, uniqueness, dead
-      latents, classification F1, explained variance, shrinkage.
+      features a dimension), our SAE trained from it (as a stream, its defaults; for TopK also two
+      variants) and theirs (``train_toy_sae`` with its defaults) at the same sample budget,
+      dictionary and architecture (``--suite-archs``: relu = their Standard, topk, batchtopk,
+      jumprelu, gated, matryoshka), both scored by their ``eval_sae_on_synthetic_data``: MCC,
+      uniqueness, dead latents, classification F1, explained variance, shrinkage.
 
 (v)   TopK throughput at d 384 and 768 (--topk-dims), 16,384 latents, k 32, fp32, batch 1024:
       our engine (a sparse decode of the k active latents and their gradients) vs SAELens's
@@ -333,8 +334,33 @@ class TheirStream:
         return self.feature_dict(self.activations.sample(n))
 
 
+def their_sae(arch: str, d: int, n: int, k: int):
+    """SAELens's training SAE of ``arch`` with its own defaults (ours' prefixes for Matryoshka)."""
+    import sae_lens as sl
+
+    from sae.config import default_prefixes
+
+    if arch == "relu":
+        return sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(d_in=d, d_sae=n))
+    if arch == "topk":
+        return sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d, d_sae=n, k=k))
+    if arch == "batchtopk":
+        from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d, d_sae=n, k=k))
+    if arch == "jumprelu":
+        return sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(d_in=d, d_sae=n))
+    if arch == "gated":
+        return sl.GatedTrainingSAE(sl.GatedTrainingSAEConfig(d_in=d, d_sae=n))
+    if arch == "matryoshka":
+        widths = list(default_prefixes(n))
+        return sl.MatryoshkaBatchTopKTrainingSAE(
+            sl.MatryoshkaBatchTopKTrainingSAEConfig(d_in=d, d_sae=n, k=k, matryoshka_widths=widths)
+        )
+    raise ValueError(f"no SAELens counterpart for {arch!r}")
+
+
 def bench_synthetic_suite(args, data=None) -> None:
-    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.synthetic import (
         ActivationGenerator,
         FeatureDictionary,
@@ -343,12 +369,14 @@ def bench_synthetic_suite(args, data=None) -> None:
         zipfian_firing_probabilities,
     )
 
+    archs = args.suite_archs.split(",")
     print(
-        f"\n(iv) SAELens's synthetic suite (FeatureDictionary, ActivationGenerator with Zipfian firing), TopK, "
-        f"{args.suite_samples:,} training samples each, "
+        f"\n(iv) SAELens's synthetic suite (FeatureDictionary, ActivationGenerator with Zipfian firing), "
+        f"{', '.join(archs)}, {args.suite_samples:,} training samples each, "
         "scored by sae_lens.synthetic.eval_sae_on_synthetic_data on 100,000 samples"
     )
-    for name, (n_feat, dim, latents, k, pmax, pmin) in SUITE.items():
+    suite = {name: SUITE[name] for name in args.suite_configs.split(",")}
+    for (name, (n_feat, dim, latents, k, pmax, pmin)), arch in itertools.product(suite.items(), archs):
         torch.manual_seed(0)
         fd = FeatureDictionary(num_features=n_feat, hidden_dim=dim, seed=0)
         gen = ActivationGenerator(
@@ -358,13 +386,15 @@ def bench_synthetic_suite(args, data=None) -> None:
             mean_firing_magnitudes=1.0,
         )
         rows = {}
-        variants = {
-            "ours (defaults: dead window 100k for topk)": dict(),
-            "ours, dead window 1M (the default before)": dict(train=dict(dead_window=1_000_000)),
-            "ours, also init enc_dec_transpose": dict(sae=dict(init="enc_dec_transpose")),
-        }
+        variants = {"ours (defaults)": dict()}
+        if arch == "topk":
+            variants = {
+                "ours (defaults: dead window 100k for topk)": dict(),
+                "ours, dead window 1M (the default before)": dict(train=dict(dead_window=1_000_000)),
+                "ours, also init enc_dec_transpose": dict(sae=dict(init="enc_dec_transpose")),
+            }
         for label, opts in variants.items():
-            sc = SAEConfig(d_in=dim, dict_size=latents, arch="topk", k=k, **opts.get("sae", {}))
+            sc = SAEConfig(d_in=dim, dict_size=latents, arch=arch, k=k, **opts.get("sae", {}))
             tc = TrainConfig(n_samples=args.suite_samples, **opts.get("train", {}))
             t0 = time.perf_counter()
             sae = Trainer(sc, tc).fit(TheirStream(fd, gen)).sae_
@@ -372,7 +402,7 @@ def bench_synthetic_suite(args, data=None) -> None:
             torch.manual_seed(123)
             rows[label] = (eval_sae_on_synthetic_data(sae, fd, gen, num_samples=100_000), seconds)
         torch.manual_seed(0)
-        theirs = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=dim, d_sae=latents, k=k))
+        theirs = their_sae(arch, dim, latents, k)
         t0 = time.perf_counter()
         train_toy_sae(theirs, fd, gen, training_samples=args.suite_samples)
         seconds = time.perf_counter() - t0
@@ -383,7 +413,7 @@ def bench_synthetic_suite(args, data=None) -> None:
         )
         true_l0 = next(iter(rows.values()))[0].true_l0
         print(
-            f"  {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), "
+            f"  {arch}, {name}: {n_feat} features in {dim} dims ({n_feat / dim:g} a dimension), "
             f"Zipfian firing {pmin}..{pmax} (true L0 {true_l0:.2f}), "
             f"{latents} latents, k = {k}"
         )
@@ -431,6 +461,10 @@ def main() -> None:
     p.add_argument("--members", type=int, default=16, help="(iii) SAEs in the sweep (default 16)")
     p.add_argument("--sweep-steps", type=int, default=200, help="(iii) steps per SAE (default 200)")
     p.add_argument("--suite-samples", type=int, default=2_000_000, help="(iv) training samples per SAE (default 2M)")
+    p.add_argument(
+        "--suite-archs", default="topk", help="(iv) comma-separated: relu,topk,batchtopk,jumprelu,gated,matryoshka"
+    )
+    p.add_argument("--suite-configs", default=",".join(SUITE), help=f"(iv) of {', '.join(SUITE)} (default both)")
     p.add_argument("--topk-dims", default="384,768", help="(v) input widths (default 384,768)")
     p.add_argument("--topk-latents", type=int, default=16384, help="(v) latents (default 16384)")
     p.add_argument("--topk-k", type=int, default=32, help="(v) k (default 32)")
