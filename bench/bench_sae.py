@@ -64,23 +64,19 @@ def sharkey_batches(data: SharkeyData, n_batches: int, batch: int, seed: int = 0
 
 
 # ---- the two trainers, built outside any timed region -------------------------------------------
-def ours(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None):
-    """Our engine for one SAE, built (initialised) but not trained."""
-    sae_cfg = SAEConfig(d_in=d, dict_size=n) if l1 is None else SAEConfig(d_in=d, dict_size=n, l1=l1)
-    return Trainer(sae_cfg, TrainConfig(n_samples=n_samples, batch_size=batch)).build(data)
+def ours(d: int, n: int, batch: int, n_samples: int, data, **fields):
+    """Our engine for one SAE (``fields``: SAEConfig's, e.g. arch, k, l1), built (initialised) but not trained."""
+    return Trainer(SAEConfig(d_in=d, dict_size=n, **fields), TrainConfig(n_samples=n_samples, batch_size=batch)).build(
+        data
+    )
 
 
-def saelens(d: int, n: int, batch: int, n_samples: int, data, l1: float | None = None):
-    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+def saelens_trainer(sae, batch: int, n_samples: int, data):
+    """SAELens's ``SAETrainer`` for ``sae`` on the batches ``data`` (lr and lr_end its default; wandb,
+    evals and checkpoints off)."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    torch.manual_seed(0)  # SAELens initialises from the global generator
-    sae_cfg = (
-        StandardTrainingSAEConfig(d_in=d, d_sae=n)
-        if l1 is None
-        else StandardTrainingSAEConfig(d_in=d, d_sae=n, l1_coefficient=l1)
-    )
     cfg = SAETrainerConfig(
         total_training_samples=n_samples,
         train_batch_size_samples=batch,
@@ -91,7 +87,14 @@ def saelens(d: int, n: int, batch: int, n_samples: int, data, l1: float | None =
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
     )
-    return SAETrainer(cfg=cfg, sae=StandardTrainingSAE(sae_cfg), data_provider=iter(data))
+    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(data))
+
+
+def saelens(d: int, n: int, batch: int, n_samples: int, data):
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+
+    torch.manual_seed(0)  # SAELens initialises from the global generator
+    return saelens_trainer(StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d, d_sae=n)), batch, n_samples, data)
 
 
 def timed_fit(trainer) -> float:
@@ -127,8 +130,6 @@ def bench_throughput(args, data: SharkeyData) -> None:
 
 def bench_topk_throughput(args, data: SharkeyData) -> None:
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
 
     n, k, b, steps = args.topk_latents, args.topk_k, args.topk_batch, args.steps
     print(
@@ -139,23 +140,11 @@ def bench_topk_throughput(args, data: SharkeyData) -> None:
         batches = [torch.randn(b, d, generator=g) for _ in range(steps)]
 
         def ours_topk(n_samples, data):
-            sae_cfg = SAEConfig(d_in=d, dict_size=n, arch="topk", k=k)
-            return Trainer(sae_cfg, TrainConfig(n_samples=n_samples, batch_size=b)).build(list(data))
+            return ours(d, n, b, n_samples, list(data), arch="topk", k=k)
 
         def saelens_topk(n_samples, data):
-            torch.manual_seed(0)
-            cfg = SAETrainerConfig(
-                total_training_samples=n_samples,
-                train_batch_size_samples=b,
-                lr=SAELENS_LR,
-                lr_end=SAELENS_LR,
-                n_checkpoints=0,
-                checkpoint_path=None,
-                save_final_checkpoint=False,
-                logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2**31 - 1),
-            )
-            sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=n, k=k))
-            return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(data))
+            torch.manual_seed(0)  # SAELens initialises from the global generator
+            return saelens_trainer(TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=n, k=k)), b, n_samples, data)
 
         timed_fit(ours_topk(2 * b, batches[:2]))
         timed_fit(saelens_topk(2 * b, batches[:2]))
