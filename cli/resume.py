@@ -41,6 +41,7 @@ FIELDS = {
     "bandwidth": ("sae", "bandwidth"),
     "threshold_init": ("sae", "threshold_init"),
     "prefixes": ("sae", "prefixes"),
+    "skip": ("sae", "skip"),
 }
 
 
@@ -77,6 +78,11 @@ def check_resume(args, data_options: dict) -> None:
         return  # resume_run says there is nothing to resume
     state = checkpoint_state(out)
     typed = given(args)
+    if "transcoder" in typed and not state["sae"].get("d_out"):
+        raise ValueError(
+            f"--transcoder disagrees with the run in {out} (an SAE, not a transcoder); "
+            "--resume continues the run as it was: drop the flag, or start a new run with another --out"
+        )
     for dest, (section, field) in FIELDS.items():
         if dest not in typed:
             continue

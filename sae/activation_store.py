@@ -4,8 +4,11 @@ Layout of a store folder::
 
     manifest.json            format, model, layer, dtype, width, rows (tokens), shard_rows,
                              gradients (what they are the gradient of, or null), weight file,
-                             complete, and per shard {file, rows, sha256}
-    shard_000000.safetensors "activations" [rows, width] (and "gradients" [rows, width])
+                             pairs ({layer, width} of the paired site, or null; absent in stores
+                             written before it), complete, and per shard {file, rows, sha256}
+    shard_000000.safetensors "activations" [rows, width] (and "gradients" [rows, width], and
+                             "pairs" [rows, pairs.width]: the same inputs' rows at another site,
+                             what a transcoder reconstructs)
     weight.safetensors       "weight" [width, fan_in]: the layer's weight matrix (for --init svd)
 
 ``StoreWriter`` takes tensors (running the model is the caller's job): rows are buffered and
@@ -22,6 +25,7 @@ file's safetensors header bounded by its size, before anything is allocated.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
@@ -113,6 +117,18 @@ def read_manifest(folder: str | Path) -> dict:
         total += shard["rows"]
     if total != m["rows"]:
         raise ValueError(f"{path}: its shards hold {total} rows, its rows field says {m['rows']} ({damaged})")
+    pairs = m.setdefault("pairs", None)
+    ok = pairs is None or (
+        isinstance(pairs, dict)
+        and isinstance(pairs.get("layer"), str)
+        and type(pairs.get("width")) is int
+        and pairs["width"] >= 1
+    )
+    if not ok:
+        raise ValueError(
+            f"{path}: pairs is {str(pairs)[:80]}, it must be null or {{layer: a name, width: a positive integer}}; "
+            f"the store is damaged ({damaged})"
+        )
     return m
 
 
@@ -127,14 +143,19 @@ def check_shard(folder: str | Path, manifest: dict, shard: dict) -> None:
         )
     header = read_safetensors_header(path, "shard")
     want = SAFETENSORS_DTYPE[manifest["dtype"]]
-    for key in ("activations", "gradients") if manifest.get("gradients") else ("activations",):
+    widths = {"activations": manifest["width"]}
+    if manifest.get("gradients"):
+        widths["gradients"] = manifest["width"]
+    if manifest.get("pairs"):
+        widths["pairs"] = manifest["pairs"]["width"]
+    for key, width in widths.items():
         info = header.get(key)
         if info is None:
             raise ValueError(f"shard {path} has no {key!r} tensor")
-        if info["dtype"] != want or info["shape"] != [shard["rows"], manifest["width"]]:
+        if info["dtype"] != want or info["shape"] != [shard["rows"], width]:
             raise ValueError(
                 f"shard {path}: {key} is {info['dtype']} {info['shape']}, the manifest says "
-                f"{want} {[shard['rows'], manifest['width']]}"
+                f"{want} {[shard['rows'], width]}"
             )
 
 
@@ -182,7 +203,8 @@ class StoreWriter:
     meta: what the rows are (``model``, ``layer``, ``context`` …), recorded in the manifest; a store
     re-opened with other meta, width, dtype or gradients is refused (it is another store).
     weight: the layer's weight matrix ``[width, fan_in]`` (written once). gradients: what the
-    gradients are of (``"next-token loss"``), or None for none.
+    gradients are of (``"next-token loss"``), or None for none. pairs: ``{"layer", "width"}`` of a
+    second site whose rows come with every batch (``add(acts, pairs=...)``), or None.
     """
 
     def __init__(
@@ -195,6 +217,7 @@ class StoreWriter:
         meta: dict | None = None,
         weight: Tensor | None = None,
         gradients: str | None = None,
+        pairs: dict | None = None,
     ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
@@ -208,6 +231,7 @@ class StoreWriter:
             "dtype": dtype,
             "shard_rows": shard_rows,
             "gradients": gradients,
+            "pairs": pairs,
             **(meta or {}),
         }
         path = self.out / MANIFEST
@@ -231,6 +255,7 @@ class StoreWriter:
         self._drop = 0
         self._acts: list[Tensor] = []
         self._grads: list[Tensor] = []
+        self._pairs: list[Tensor] = []
         self._buffered = 0
 
     @property
@@ -244,7 +269,7 @@ class StoreWriter:
             raise ValueError(f"at_row={at_row} must be between 0 and rows_done={self.rows_done}")
         self._drop = self.rows_done - at_row
 
-    def add(self, acts: Tensor, grads: Tensor | None = None) -> None:
+    def add(self, acts: Tensor, grads: Tensor | None = None, pairs: Tensor | None = None) -> None:
         width = self.manifest["width"]
         if acts.dim() != 2 or acts.shape[1] != width:
             raise ValueError(f"rows must be [n, {width}], got {tuple(acts.shape)}")
@@ -252,15 +277,23 @@ class StoreWriter:
             raise ValueError(
                 "gradients must come with every row batch, shaped as the activations, exactly when the store holds them"
             )
+        p = self.manifest["pairs"]
+        if (pairs is None) != (p is None) or (pairs is not None and tuple(pairs.shape) != (acts.shape[0], p["width"])):
+            raise ValueError(
+                "paired rows must come with every row batch, one per row, exactly when the store holds them"
+            )
         if self._drop:
             k = min(self._drop, acts.shape[0])
             acts, grads = acts[k:], (None if grads is None else grads[k:])
+            pairs = None if pairs is None else pairs[k:]
             self._drop -= k
         if not acts.shape[0]:
             return
         self._acts.append(acts.detach().to("cpu", self.dtype))
         if grads is not None:
             self._grads.append(grads.detach().to("cpu", self.dtype))
+        if pairs is not None:
+            self._pairs.append(pairs.detach().to("cpu", self.dtype))
         self._buffered += acts.shape[0]
         while self._buffered >= self.manifest["shard_rows"]:
             self._flush(self.manifest["shard_rows"])
@@ -277,10 +310,11 @@ class StoreWriter:
         acts = torch.cat(self._acts)
         tensors = {"activations": acts[:n].contiguous()}
         self._acts = [acts[n:]]
-        if self._grads:
-            grads = torch.cat(self._grads)
-            tensors["gradients"] = grads[:n].contiguous()
-            self._grads = [grads[n:]]
+        for key, held in (("gradients", self._grads), ("pairs", self._pairs)):
+            if held:
+                rows = torch.cat(held)
+                tensors[key] = rows[:n].contiguous()
+                held[:] = [rows[n:]]
         self._buffered -= n
         name = f"shard_{len(self.manifest['shards']):06d}.safetensors"
         save_tensors_atomic(tensors, self.out / name)  # complete on disk before the manifest names it
@@ -312,6 +346,9 @@ class ActivationStore:
         self.width, self.rows, self.dtype = m["width"], m["rows"], m["dtype"]
         self.d = self.width
         self.has_gradients = m["gradients"] is not None
+        self.pair_width = m["pairs"]["width"] if m["pairs"] else None
+        self.paired = False
+        """True in the view ``with_pairs`` returns: rows ``[activations, pairs]``."""
         self.starts = []
         total = 0
         for shard in m["shards"]:
@@ -346,8 +383,26 @@ class ActivationStore:
         self._cache = (i, out)
         return out
 
+    def with_pairs(self) -> ActivationStore:
+        """This store read as a transcoder's rows ``[x, y]``: each row's activations, then the paired
+        site's (``width`` = both widths). A store without paired rows is refused in one line."""
+        if self.pair_width is None:
+            raise ValueError(
+                f"the store {self.path} holds no paired rows ({self.manifest.get('layer')} only), which a transcoder "
+                "reconstructs; write one with polylens cache --layer IN --pair-layer OUT"
+            )
+        view = copy.copy(self)
+        view.paired = True
+        view.width = view.d = self.manifest["width"] + self.pair_width
+        return view
+
     def read(self, lo: int, hi: int, key: str = "activations") -> Tensor:
-        """Rows ``[lo, hi)`` of the store (float32)."""
+        """Rows ``[lo, hi)`` of the store (float32); in the ``with_pairs`` view, activations and pairs side by side."""
+        if self.paired and key == "activations":
+            return torch.cat([self._read(lo, hi, "activations"), self._read(lo, hi, "pairs")], dim=1)
+        return self._read(lo, hi, key)
+
+    def _read(self, lo: int, hi: int, key: str) -> Tensor:
         import bisect
 
         parts = []
@@ -357,7 +412,8 @@ class ActivationStore:
             take = min(hi, start + rows) - lo
             parts.append(self.shard(i)[key][lo - start : lo - start + take])
             lo += take
-        return torch.cat(parts) if parts else torch.empty(0, self.width)
+        width = self.pair_width if key == "pairs" else self.manifest["width"]
+        return torch.cat(parts) if parts else torch.empty(0, width)
 
     def weight(self) -> Tensor | None:
         """The layer's weight matrix ``[width, fan_in]`` recorded with the store, or None."""

@@ -121,6 +121,16 @@ class SAEConfig:
     uncentred data such as gradients: on the x² toy every gradient is w_out, and a learned b_dec
     would absorb it and leave the dictionary empty (``polylens compare``'s ``gradient_sae``)."""
 
+    d_out: int = 0
+    """Transcoders (Dunefsky et al. 2024; SAELens's ``Transcoder``): the width of the rows it
+    reconstructs, another site's (an MLP's output, read from its input); 0: an SAE, which
+    reconstructs its own input. A transcoder's data rows are ``[x, y]`` (``data_width`` = d_in +
+    d_out wide: an activation store's paired rows, ``polylens cache --pair-layer``); it encodes x
+    without subtracting b_dec (which lives in y's space) and its loss is ‖y − ŷ‖²."""
+    skip: bool = False
+    """Transcoders: a linear skip ``W_skip [d_out, d_in]`` (ŷ = f(x) W_dec + b_dec + x W_skipᵀ; zeros at
+    the start, trained with the rest: SAELens's ``SkipTranscoder``)."""
+
     freeze_decoder: bool = False
     """The frozen-random-decoder control (Korznikov et al. 2026, arXiv 2602.14111): the decoder rows
     keep their random initial directions and b_dec its initial value (the data mean); only the
@@ -156,6 +166,7 @@ class SAEConfig:
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}={v!r} must be a finite number > 0")
         self.prefixes = self._resolve_prefixes()
+        self._check_transcoder()
         if self.aux_k < 0:
             raise ValueError(f"aux_k={self.aux_k} must be >= 0")
 
@@ -175,10 +186,43 @@ class SAEConfig:
             return default_prefixes(self.dict_size)
         return tuple(sizes) if sizes[-1] == self.dict_size else (*sizes, self.dict_size)
 
+    def _check_transcoder(self) -> None:
+        if not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out < 0:
+            raise ValueError(f"d_out={self.d_out!r} must be an integer >= 0 (0: an SAE, no transcoder)")
+        if self.skip and not self.d_out:
+            raise ValueError("skip=True is a transcoder's linear skip: it needs d_out > 0 (paired rows)")
+        if not self.d_out:
+            return
+        refused = (
+            (self.arch in GRADIENT_ARCHS, "a g-SAE's rows are [x, J rows]; a transcoder's are [x, y]"),
+            (self.tied, "a transcoder's decoder writes another space than its encoder reads; it cannot be tied"),
+            (
+                self.init in ("enc_dec_transpose", "svd"),
+                f"init={self.init!r} sets the encoder from the decoder's space; use kaiming, orthogonal, data, "
+                "pca or unit",
+            ),
+        )
+        for bad, why in refused:
+            if bad:
+                raise ValueError(f"transcoder (d_out={self.d_out}): {why}")
+
+    @property
+    def transcoder(self) -> bool:
+        """Whether this reconstructs another site's rows (``d_out > 0``)."""
+        return self.d_out > 0
+
+    @property
+    def d_target(self) -> int:
+        """Width of what the decoder writes: ``d_out`` for a transcoder, else ``d_in``."""
+        return self.d_out or self.d_in
+
     @property
     def data_width(self) -> int:
-        """Width of a training row: ``d_in``, or for a g-SAE ``d_in × (1 + grad_columns)`` ([x, J rows])."""
-        return self.d_in * (1 + self.grad_columns) if self.arch in GRADIENT_ARCHS else self.d_in
+        """Width of a training row: ``d_in``, for a g-SAE ``d_in × (1 + grad_columns)`` ([x, J rows]), for a
+        transcoder ``d_in + d_out`` ([x, y])."""
+        if self.arch in GRADIENT_ARCHS:
+            return self.d_in * (1 + self.grad_columns)
+        return self.d_in + self.d_out
 
 
 @dataclass

@@ -159,7 +159,7 @@ def initial_sae(
     (and, for 'svd', to the layer's weight ``matrix``)."""
     gen = torch.Generator().manual_seed(config.seed)
     sae = SparseAutoencoder(sae_config, generator=gen)
-    initialize(sae, sample[:, : sae_config.d_in], gen, matrix=matrix)  # a g-SAE's rows: [x, J rows]
+    initialize(sae, sample, gen, matrix=matrix)  # a g-SAE's rows [x, J rows], a transcoder's [x, y]: its own part
     return sae.to(config.device)
 
 
@@ -234,6 +234,8 @@ class Engine:
         self.record = dict(record or {})
         if config.resample_every and any(g.config.freeze_decoder for g in groups):
             raise ValueError("resample_every re-initialises decoder rows; a frozen decoder (freeze_decoder) takes 0")
+        if config.resample_every and any(g.config.transcoder for g in groups):
+            raise ValueError("resample_every points latents at inputs an SAE reconstructs; a transcoder takes 0")
         self.opts = [torch.optim.Adam(g.parameters(), lr=config.lr, foreach=False) for g in groups]
         self.single = len(groups) == 1 and groups[0].size == 1
         self.step = 0

@@ -25,8 +25,9 @@ from sae.kernels import gsae_inputs, kernel_supports, sae_loss_and_grads
 from sae.model import SparseAutoencoder, remove_parallel_grad_, unit_rows_, update_threshold_
 
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
-ARCH_PARAMS = ("log_threshold", "r_mag", "b_mag")
-"""Parameters only some architectures have (JumpReLU's threshold, the gated SAE's magnitude path)."""
+ARCH_PARAMS = ("log_threshold", "r_mag", "b_mag", "W_skip")
+"""Parameters only some SAEs have (JumpReLU's threshold, the gated SAE's magnitude path, a skip
+transcoder's linear skip)."""
 CPU_MEMBERS_PER_CALL = 2
 """Members per kernel call on CPU. 16 relu SAEs (d 256, 512 latents, batch 4096, 2 threads): one
 call on all 16 took 515 ms a step, calls on 2 or on 1 member 425 ms (median of 7, interleaved)."""

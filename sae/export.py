@@ -27,6 +27,12 @@ they are, nothing folded; the export is ours exactly. Architectures (checked aga
   ``training_architecture`` is ``"matryoshka_batchtopk"`` (SAELens's name) and the details hold
   ``k`` and ``matryoshka_widths`` (the prefix sizes, SAELens's training-config field).
 * tied SAEs get an explicit ``W_dec = W_encᵀ`` (SAELens has no tied mode).
+* transcoders (``d_out > 0``): ``relu`` → ``"transcoder"``, ``jumprelu`` → ``"jumprelu_transcoder"``
+  (and ``batchtopk`` / ``matryoshka`` → ``"jumprelu_transcoder"`` with θ for every latent, as their
+  SAEs), ``"skip_transcoder"`` / ``"jumprelu_skip_transcoder"`` with ``W_skip [d_out, d_in]`` when
+  ``skip``; ``d_out`` in cfg.json, ``W_dec [d_sae, d_out]``, ``b_dec [d_out]`` and
+  ``apply_b_dec_to_input: false`` (SAELens's transcoders encode x as it is, as ours do). SAELens has
+  no TopK or gated transcoder: those are refused (``SAELENS_TRANSCODERS``).
 
 ``metadata.sae_lens_version`` must be >= 6 or SAELens reads the file as a pre-6 config; our full
 ``SAEConfig`` goes in ``metadata.polylens`` so a round trip restores it (tied, l1, init, ...).
@@ -56,6 +62,16 @@ _TO_SAELENS = {
     "gated": "gated",
     "matryoshka": "jumprelu",
 }
+_TRANSCODERS = {
+    ("standard", False): "transcoder",
+    ("standard", True): "skip_transcoder",
+    ("jumprelu", False): "jumprelu_transcoder",
+    ("jumprelu", True): "jumprelu_skip_transcoder",
+}
+"""SAELens's transcoder architecture for (our SAE's SAELens architecture, skip)."""
+_FROM_TRANSCODER = {v: k for k, v in _TRANSCODERS.items()}
+SAELENS_TRANSCODERS = ("relu", "jumprelu", "batchtopk", "matryoshka")
+"""Our rules a SAELens transcoder class computes (relu: ``transcoder``; the others ``jumprelu_transcoder``)."""
 _TRAINING_NAMES = {"relu": "standard", "matryoshka": "matryoshka_batchtopk"}
 """SAELens's ``training_architecture`` names where they differ from ours."""
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -87,6 +103,11 @@ def export_saelens(
             f"export folder {folder} is not empty; pass overwrite=True (CLI: --force) to replace the export in it"
         )
     c = sae.config
+    if c.transcoder and c.arch not in SAELENS_TRANSCODERS:
+        raise ValueError(
+            f"SAELens has no {c.arch} transcoder (its transcoders: {', '.join(_TRANSCODERS.values())}); "
+            "the run's checkpoint holds it"
+        )
     dtype = sae.W_enc.dtype
     dtype_name = next((name for name, dt in _DTYPES.items() if dt == dtype), None)
     if dtype_name is None:
@@ -107,8 +128,12 @@ def export_saelens(
             tensors["b_gate"] = tensors.pop("b_enc")
             tensors["r_mag"] = sae.r_mag.detach().clone()
             tensors["b_mag"] = sae.b_mag.detach().clone()
+        if c.skip:
+            tensors["W_skip"] = sae.W_skip.detach().clone()  # [d_out, d_in]
 
     arch = _TO_SAELENS[c.arch]
+    if c.transcoder:
+        arch = _TRANSCODERS[(arch, c.skip)]
     details: dict = {}
     if c.arch in ("relu", "gated"):
         details = {"l1_coefficient": c.l1}  # same convention: Σ_latents |a|·‖W_dec row‖, batch mean
@@ -128,7 +153,7 @@ def export_saelens(
         "d_sae": c.dict_size,
         "dtype": dtype_name,
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not c.transcoder,
         "normalize_activations": "none",
         "reshape_activations": "none",
         "metadata": {
@@ -146,6 +171,8 @@ def export_saelens(
     if c.arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False
+    if c.transcoder:
+        cfg["d_out"] = c.d_out
 
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors_atomic(tensors, folder / WEIGHTS_FILE)
@@ -165,7 +192,7 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
     """
     folder = Path(folder)
     cfg, tensors = _read(folder)
-    arch, d_in, n = _check(cfg, tensors, folder)
+    arch, d_in, n, d_out, skip = _check(cfg, tensors, folder)
     where = folder / CONFIG_FILE
     dtype = _DTYPES.get(str(cfg.get("dtype", "float32")).removeprefix("torch."), torch.float32)
     # Fold in float64; unfolded values survive the float64 round trip bit for bit.
@@ -176,12 +203,14 @@ def import_saelens(folder: str | Path) -> SparseAutoencoder:
         norms = W_dec.norm(dim=1).clamp_min(1e-8)  # [n]; SAELens's own fold (fold_W_dec_norm)
         W_enc, b_enc, W_dec, folded = W_enc * norms, b_enc * norms, W_dec / norms[:, None], True
     extra = {k: tensors[k].double() for k in ("r_mag", "b_mag") if arch == "gated"}
-    if not cfg.get("apply_b_dec_to_input", True):
+    if skip:
+        extra["W_skip"] = tensors["W_skip"].double()
+    if not cfg.get("apply_b_dec_to_input", True) and not d_out:  # a transcoder never subtracts b_dec
         b_enc, folded = b_enc + b_dec @ W_enc, True
         if arch == "gated":  # the magnitude path reads xc W_enc ⊙ exp(r_mag) too
             extra["b_mag"] = extra["b_mag"] + (b_dec @ W_enc) * extra["r_mag"].exp()
 
-    config = _config(cfg, arch, d_in, n, tensors, W_dec, where)
+    config = _config(cfg, arch, d_in, n, tensors, W_dec, where, d_out, skip)
     state = {"W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec, **extra}
     if config.arch == "jumprelu":
         state["log_threshold"] = tensors["threshold"].double().clamp_min(0).log()
@@ -215,22 +244,32 @@ def _read(folder: Path) -> tuple[dict, dict[str, Tensor]]:
     return cfg, tensors
 
 
-def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, int, int]:
-    """The architecture and sizes, after checking that we can represent this SAE exactly."""
+def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, int, int, int, bool]:
+    """The architecture (a transcoder's as its SAE's: standard or jumprelu), sizes d_in, d_sae,
+    d_out (0: an SAE) and skip, after checking that we can represent this SAE exactly."""
     where, wfile = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     arch = cfg.get("architecture", "standard")
-    if arch not in ("standard", "topk", "jumprelu", "gated"):
+    if arch not in ("standard", "topk", "jumprelu", "gated", *_FROM_TRANSCODER):
         raise ValueError(
-            f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk, jumprelu and gated"
+            f"{where}: architecture={arch!r} is not supported; polylens reads standard, topk, jumprelu, gated and "
+            f"the transcoders {', '.join(_FROM_TRANSCODER)}"
         )
+    arch, skip = _FROM_TRANSCODER.get(arch, (arch, False))
     for key, ok in (("normalize_activations", ("none", None, False)), ("reshape_activations", ("none", None))):
         if cfg.get(key) not in ok:
             raise ValueError(f"{where}: {key}={cfg.get(key)!r} is not supported; only 'none' can be imported")
+    transcoder = cfg.get("architecture", "").endswith("transcoder")
     try:
         d_in, n = int(cfg["d_in"]), int(cfg["d_sae"])
+        d_out = int(cfg["d_out"]) if transcoder else 0
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where} lacks a valid d_in/d_sae ({err})") from None
-    shapes = {"W_enc": (d_in, n), "W_dec": (n, d_in), "b_enc": (n,), "b_dec": (d_in,)}
+        raise ValueError(f"{where} lacks a valid d_in/d_sae{'/d_out' if transcoder else ''} ({err})") from None
+    if transcoder and cfg.get("apply_b_dec_to_input", False):
+        raise ValueError(f"{where}: a transcoder with apply_b_dec_to_input true is not SAELens's; it cannot be read")
+    d = d_out or d_in
+    shapes = {"W_enc": (d_in, n), "W_dec": (n, d), "b_enc": (n,), "b_dec": (d,)}
+    if skip:
+        shapes["W_skip"] = (d_out, d_in)
     if arch == "jumprelu":
         shapes["threshold"] = (n,)
     if arch == "gated":
@@ -248,13 +287,21 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
         if tuple(tensors[key].shape) != shape:
             raise ValueError(
                 f"{wfile}: {key} has shape {tuple(tensors[key].shape)}, "
-                f"but cfg.json (d_in={d_in}, d_sae={n}) needs {shape}"
+                f"but cfg.json (d_in={d_in}, d_sae={n}{f', d_out={d_out}' if d_out else ''}) needs {shape}"
             )
-    return arch, d_in, n
+    return arch, d_in, n, d_out, skip
 
 
 def _config(
-    cfg: dict, arch: str, d_in: int, n: int, tensors: dict[str, Tensor], W_dec: Tensor, where: Path
+    cfg: dict,
+    arch: str,
+    d_in: int,
+    n: int,
+    tensors: dict[str, Tensor],
+    W_dec: Tensor,
+    where: Path,
+    d_out: int = 0,
+    skip: bool = False,
 ) -> SAEConfig:
     """Our config: cfg.json's SAELens fields win; the rest from metadata.polylens when present."""
     meta = _dict(cfg.get("metadata"))
@@ -262,6 +309,7 @@ def _config(
     known = {f.name for f in dataclasses.fields(SAEConfig)}
     fields = {k: v for k, v in ours.items() if k in known}
     fields.update(d_in=d_in, dict_size=n, arch={"standard": "relu", "topk": "topk", "gated": "gated"}.get(arch, ""))
+    fields.update(d_out=d_out, skip=skip)
     details = _dict(meta.get("training_architecture_details"))
     if arch == "topk":
         fields["k"] = cfg.get("k")

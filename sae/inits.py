@@ -13,7 +13,8 @@
   their singular values, cycled when n > rank, plus noise as ``pca``; encoder = decoderᵀ. No SAE
   library has it; the seeds' proposal. W comes from ``SAEConfig.init_matrix`` or an activation store.
 Decoder rows are unit-norm afterwards in ``decoder_norm="unit"`` mode (norm 0.1 in weighted-L1
-mode, as SAELens). ``b_dec`` = data mean when data is given, else 0.
+mode, as SAELens). ``b_dec`` = data mean when data is given, else 0. A transcoder's decoder rows
+and b_dec come from its targets y (the rows' last d_out columns); its encoder is Kaiming.
 """
 
 from __future__ import annotations
@@ -114,22 +115,27 @@ def initialize(
     weights until the trainer calls ``initialize(sae, data)``.
     """
     c = sae.config
+    d = c.d_target
+    if data is not None:  # the decoder's rows and b_dec live where the reconstruction does
+        data = sae.target(data.detach().float().reshape(-1, data.shape[-1]))
     if (c.init in NEEDS_DATA and data is None or c.init == "svd" and matrix is None) and placeholder:
         # Constructed without data: a placeholder until the trainer calls initialize(sae, data).
-        dec = unit_rows(_kaiming(c.dict_size, c.d_in, generator))
+        dec = unit_rows(_kaiming(c.dict_size, d, generator))
     else:
-        dec = initial_decoder(c.init, c.dict_size, c.d_in, data, generator, c.init_blend, c.init_noise, matrix)
+        dec = initial_decoder(c.init, c.dict_size, d, data, generator, c.init_blend, c.init_noise, matrix)
     if c.decoder_norm == "weighted_l1":
         dec = 0.1 * dec
     if c.tied:
         sae.W_enc.copy_(dec.T)
     else:
         sae.W_dec.copy_(dec)
-        if c.init in ("kaiming", "orthogonal"):
+        if c.init in ("kaiming", "orthogonal") or c.transcoder:  # a transcoder's encoder reads another space
             sae.W_enc.copy_(_kaiming(c.dict_size, c.d_in, generator).T)
         else:
             sae.W_enc.copy_(dec.T)
     sae.b_enc.zero_()
+    if sae.W_skip is not None:
+        sae.W_skip.zero_()
     centred = data is not None and c.learn_b_dec
-    sae.b_dec.copy_(data.detach().float().reshape(-1, c.d_in).mean(0) if centred else torch.zeros(c.d_in))
+    sae.b_dec.copy_(data.mean(0) if centred else torch.zeros(d))
     sae.threshold.zero_()

@@ -543,8 +543,10 @@ def _auxk_(
 
 
 def kernel_supports(config: SAEConfig) -> bool:
-    """Whether ``fused_backward_`` computes this SAE's loss (untied, no orthogonality penalty)."""
-    return config.arch in SUPPORTED_ARCHS and not config.tied and config.orth == 0
+    """Whether ``fused_backward_`` computes this SAE's loss (untied, no orthogonality penalty, not a
+    transcoder: its encoder reads x and its decoder writes y, which the kernel's one xc = x − b_dec
+    does not express; transcoders train through autograd)."""
+    return config.arch in SUPPORTED_ARCHS and not config.tied and config.orth == 0 and not config.transcoder
 
 
 def gsae_inputs(config: SAEConfig, x: Tensor, W_dec: Tensor) -> tuple[Tensor, str, Tensor | None]:

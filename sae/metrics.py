@@ -173,7 +173,7 @@ def evaluate(
         sae.train(was_training)
     recon = torch.cat(recons)
     fired = torch.cat(acts_nz)
-    xc = x.float().cpu()
+    xc = sae.target(x.float().cpu())  # what was reconstructed: a transcoder's y
     alive = fired.any(0)
     dec = sae.decoder.detach()
     nan = float("nan")

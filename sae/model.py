@@ -123,15 +123,17 @@ class SparseAutoencoder(nn.Module):
     """One SAE. Parameters ``W_enc [d_in, n]``, ``b_enc [n]``, ``W_dec [n, d_in]`` (absent when
     tied), ``b_dec [d_in]``; JumpReLU also ``log_threshold [n]`` (θ = exp), gated also ``r_mag [n]``
     and ``b_mag [n]`` (absent otherwise: None); buffer ``threshold`` (BatchTopK's and Matryoshka's
-    inference θ, scalar)."""
+    inference θ, scalar). A transcoder (``d_out > 0``) has ``W_dec [n, d_out]``, ``b_dec [d_out]``
+    and with ``skip`` ``W_skip [d_out, d_in]``."""
 
     def __init__(self, config: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
         c = self.config = config
         self.W_enc = nn.Parameter(torch.empty(c.d_in, c.dict_size))
         self.b_enc = nn.Parameter(torch.zeros(c.dict_size))
-        self.W_dec = None if c.tied else nn.Parameter(torch.empty(c.dict_size, c.d_in))
-        self.b_dec = nn.Parameter(torch.zeros(c.d_in))
+        self.W_dec = None if c.tied else nn.Parameter(torch.empty(c.dict_size, c.d_target))
+        self.b_dec = nn.Parameter(torch.zeros(c.d_target))
+        self.W_skip = nn.Parameter(torch.zeros(c.d_out, c.d_in)) if c.skip else None
         jump, gated = c.arch == "jumprelu", c.arch == "gated"
         self.log_threshold = nn.Parameter(torch.full((c.dict_size,), math.log(c.threshold_init))) if jump else None
         self.r_mag = nn.Parameter(torch.zeros(c.dict_size)) if gated else None
@@ -163,15 +165,31 @@ class SparseAutoencoder(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def encode_pre(self, x: Tensor) -> Tensor:
+        if self.config.transcoder:  # b_dec lives in the target's space (SAELens: apply_b_dec_to_input false)
+            return x @ self.W_enc + self.b_enc
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """A g-SAE's row ``[x, J rows]`` as (activations ``[B, d_in]``, Jacobian rows ``[B, k, d_in]``);
-        other rules, or rows of width ``d_in``: (x, None)."""
+        a transcoder's row ``[x, y]`` as (x, None); other rules, or rows of width ``d_in``: (x, None)."""
         c = self.config
         if c.arch == "gsae" and x.shape[-1] == c.data_width:
             return x[..., : c.d_in], x[..., c.d_in :].reshape(*x.shape[:-1], c.grad_columns, c.d_in)
+        if c.transcoder and x.shape[-1] == c.data_width:
+            return x[..., : c.d_in], None
         return x, None
+
+    def target(self, x: Tensor) -> Tensor:
+        """What the reconstruction of data rows ``x`` is compared with: a transcoder's y (the row's last
+        ``d_out`` columns), a g-SAE's activations, else the rows themselves."""
+        c = self.config
+        if c.transcoder:
+            if x.shape[-1] != c.data_width:
+                raise ValueError(
+                    f"a transcoder's rows are [x, y], {c.d_in} + {c.d_out} = {c.data_width} wide; got {x.shape[-1]}"
+                )
+            return x[..., c.d_in :]
+        return self.split(x)[0]
 
     def magnitude_pre(self, pre: Tensor) -> Tensor:
         """Gated: the magnitude path's pre-activations π_mag = (π_gate − b_gate)·exp(r_mag) + b_mag,
@@ -212,17 +230,30 @@ class SparseAutoencoder(nn.Module):
         x, jac = self.split(x)
         return self.activate(self.encode_pre(x), jac)
 
-    def decode(self, acts: Tensor) -> Tensor:
-        return acts @ self.decoder + self.b_dec
+    def decode(self, acts: Tensor, x: Tensor | None = None) -> Tensor:
+        """``acts @ W_dec + b_dec``; a skip transcoder adds ``x W_skipᵀ`` and needs its input rows ``x``."""
+        out = acts @ self.decoder + self.b_dec
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("a skip transcoder's output reads its input too: call decode(acts, x)")
+            out = out + self.split(x)[0] @ self.W_skip.T
+        return out
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The SAE's output on input rows ``x [B, d_in]`` (a transcoder's: its prediction of y)."""
+        return self.decode(self.encode(x), x)
 
     def forward(self, x: Tensor, dead: Tensor | None = None) -> SAEOutput:
-        """Reconstruct ``x [batch, d_in]``; ``dead [n]`` (bool) enables AuxK for topk/batchtopk."""
+        """Reconstruct ``x [batch, d_in]`` (a transcoder: predict y from rows ``[x, y]``); ``dead [n]``
+        (bool) enables AuxK for topk/batchtopk."""
         c = self.config
+        y = self.target(x)
         x, jac = self.split(x)
         pre = self.encode_pre(x)
         acts = self.activate(pre, jac)
-        recon = self.decode(acts)
-        err = recon - x
+        skip = self.b_dec if self.W_skip is None else self.b_dec + x @ self.W_skip.T  # what decode adds to acts W_dec
+        recon = acts @ self.decoder + skip
+        err = recon - y
         mse = err.pow(2).sum(-1).mean()
         zero = mse.new_zeros(())
         sparsity = zero
@@ -238,12 +269,11 @@ class SparseAutoencoder(nn.Module):
         if c.arch in K_ARCHS and c.aux_coef > 0 and dead is not None and bool(dead.any()):
             aux = c.aux_coef * auxk_loss(self, pre, err.detach(), dead)
         if c.arch == "gated":  # the gate alone reconstructs through the frozen decoder
-            aux = (torch.relu(pre) @ self.decoder.detach() + self.b_dec.detach() - x).pow(2).sum(-1).mean()
+            aux = (torch.relu(pre) @ self.decoder.detach() + skip.detach() - y).pow(2).sum(-1).mean()
         prefix_mse, total = None, mse
         if c.arch == "matryoshka":
             prefix_mse = torch.stack(
-                [(acts[:, :p] @ self.decoder[:p] + self.b_dec - x).pow(2).sum(-1).mean() for p in c.prefixes[:-1]]
-                + [mse]
+                [(acts[:, :p] @ self.decoder[:p] + skip - y).pow(2).sum(-1).mean() for p in c.prefixes[:-1]] + [mse]
             )
             total = prefix_mse.sum()
         orth = zero

@@ -53,6 +53,17 @@ def _dim(source) -> int:
     return source.shape[1] if isinstance(source, Tensor) else source.d
 
 
+def paired(source, spec):
+    """A transcoder's data: the activation store ``source`` read as rows ``[x, y]`` (its paired site's
+    rows after each row's own). Anything else is refused in one line."""
+    if not hasattr(source, "with_pairs"):
+        raise ValueError(
+            f"a transcoder trains on an activation store with paired rows, and data={spec} is not a store; "
+            "write one with polylens cache --layer IN --pair-layer OUT"
+        )
+    return source.with_pairs()
+
+
 @contextmanager
 def run_lock(out: Path, *, clear: bool = False) -> Iterator[None]:
     """Hold ``out``'s lock for a run: a second run into the same folder is refused at once (not
@@ -186,6 +197,8 @@ def data_identity(spec, source=None) -> dict | None:
     if isinstance(manifest, dict):
         shards = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()
         fields = {k: manifest.get(k) for k in ("model", "layer", "width", "dtype", "rows", "gradients")}
+        if manifest.get("pairs"):  # (absent otherwise: a run recorded before stores held pairs resumes)
+            fields["pairs"] = manifest["pairs"]
         return {"kind": "activation store", **fields, "shards_sha256": shards}
     if p.is_file():
         digest = hashlib.sha256()
@@ -288,9 +301,15 @@ def train_run(
     check_data_file(data)
     source = (open_data or make_data)(data, seed=train_config.seed, **data_options)
     if sae_config is None or isinstance(sae_config, dict):
+        fields = dict(sae_config or {})
         d = _dim(source)
         n_true = source.features.shape[0] if hasattr(source, "features") else d
-        sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **(sae_config or {})})
+        if fields.pop("transcoder", False):  # d_in and d_out from the store's two sites
+            source = paired(source, data)
+            fields.setdefault("d_out", source.pair_width)
+        sae_config = SAEConfig(**{"d_in": d, "dict_size": 2 * n_true, **fields})
+    elif sae_config.transcoder:
+        source = paired(source, data)
     check_init_matrix(sae_config, source)
     trainer = Trainer(sae_config, train_config, out, eval_samples=eval_samples)
     engine = trainer.build(source)  # checks sizes, data and init before the folder is touched
@@ -330,6 +349,8 @@ def resume_run(
     check_data_file(data)
     source = (open_data or make_data)(data, seed=state["train"]["seed"], **data_options)
     identity = check_same_data(out, recorded, data, source)
+    if state["sae"].get("d_out"):
+        source = paired(source, data)
     trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
     engine = trainer.build(source)
     record = {"spec": data, "options": data_options, "identity": identity}
@@ -338,7 +359,7 @@ def resume_run(
 
 
 def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source, eval_samples: int) -> dict:
-    from sae.export import export_saelens
+    from sae.export import SAELENS_TRANSCODERS, export_saelens
 
     record = {"data": data, "sae": asdict(trainer.sae_config), "train": asdict(trainer.config)}
     if not engine.ctx.main:  # rank 0 records, exports and evaluates
@@ -347,7 +368,11 @@ def _fit_export_evaluate(trainer: Trainer, engine, out: Path, data: dict, source
     write_json_atomic(record, out / RUN)  # names the data before training, so a stopped run can resume
     engine.fit()
     sae = engine.groups[0].members()[0]
-    export_saelens(sae, out / EXPORT, overwrite=True)
+    c = sae.config
+    if c.transcoder and c.arch not in SAELENS_TRANSCODERS:  # the checkpoint holds it; SAELens has no class for it
+        record["export"] = f"none: SAELens has no {c.arch} transcoder"
+    else:
+        export_saelens(sae, out / EXPORT, overwrite=True)
     x, truth, codes = eval_batch(source, eval_samples, trainer.config.seed)
     record.update(
         steps=engine.step,
@@ -404,9 +429,12 @@ def eval_run(
     eval_samples = eval_samples or run.get("eval_samples", 20_000)
     check_data_file(data)
     source = (open_data or make_data)(data, seed=seed, **(data_options or {}))
+    if sae.config.transcoder:
+        source = paired(source, data)
     d = _dim(source)
-    if d != sae.config.d_in:
-        raise ValueError(f"data dimension {d} does not match the SAE's d_in={sae.config.d_in}")
+    if d != sae.config.data_width:
+        what = f"d_in + d_out = {sae.config.data_width}" if sae.config.transcoder else f"d_in={sae.config.d_in}"
+        raise ValueError(f"data dimension {d} does not match the SAE's {what}")
     x, truth, codes = eval_batch(source, eval_samples, seed)
     return {
         "sae": asdict(sae.config),

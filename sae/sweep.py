@@ -67,8 +67,9 @@ def sweep_engine(
     def cell(n: int, l1: float) -> SAEConfig:
         return SAEConfig(**fields, dict_size=n, **{coef: l1})
 
-    if source.d is not None and source.d != fields["d_in"]:
-        raise ValueError(f"data dimension {source.d} does not match d_in={fields['d_in']}")
+    width = cell(dict_sizes[0], l1s[0]).data_width  # d_in, or a transcoder's d_in + d_out
+    if source.d is not None and source.d != width:
+        raise ValueError(f"data dimension {source.d} does not match the SAE's rows, {width} wide")
     for n in dict_sizes:
         check_resources(cell(n, l1s[0]), config, n_sae=len(l1s))
     if resume:
@@ -189,6 +190,12 @@ def sweep_run(
     source = (open_data or make_data)(data, seed=config.seed, **data_options)
     truth = getattr(source, "features", None)
     n_true = truth.shape[0] if truth is not None else getattr(source, "d", None) or source.shape[1]
+    sae_fields = dict(sae_fields or {})
+    if sae_fields.pop("transcoder", False):  # the store read as [x, y]; ratios are of d_in
+        from sae.runs import paired
+
+        source = paired(source, data)
+        sae_fields.update(d_in=n_true, d_out=source.pair_width)
     sizes = dict_sizes_for(list(ratios), n_true)
     ctx = context(config.device)
     with main_lock(out, ctx, clear=force and not resume):
@@ -196,7 +203,7 @@ def sweep_run(
             source,
             list(l1s),
             sizes,
-            dict(sae_fields or {}),
+            sae_fields,
             config,
             out,
             resume,
@@ -226,7 +233,7 @@ def sweep_run(
             "l1s": result.l1s,
             "ratios": list(ratios),
             "dict_sizes": sizes,
-            "sae": dict(sae_fields or {}),
+            "sae": sae_fields,
             "train": asdict(config),
             "steps": result.steps,
             "cells": cells,

@@ -30,6 +30,7 @@ def run(args) -> int:
     check_store_folder(out, args.out, args.force)  # again, with the identity of the rows, before writing
     adapter = load_from_args(args)
     layer = adapter.check_layer(args.layer)
+    pair_layer = None if args.pair_layer is None else adapter.check_layer(args.pair_layer)
     if adapter.tokenize is not None and not args.input:
         raise ValueError("a language model caches a text file: give --input FILE.txt")
     inputs, is_text, _ = model_inputs(adapter, args, context=args.context, tokens=args.tokens, n_default=360)
@@ -60,11 +61,14 @@ def run(args) -> int:
         progress=not args.no_progress,
         force=args.force,
         meta=meta,
+        pair_layer=pair_layer,
     )
     stream = sys.stderr if args.json == "-" else sys.stdout
+    pairs = manifest["pairs"]
+    paired = "" if pairs is None else f", paired with {pairs['layer']} (width {pairs['width']})"
     print(
         f"{manifest['model']} {manifest['layer']}: {manifest['rows']:,} rows "
-        f"of width {manifest['width']} ({manifest['dtype']}) "
+        f"of width {manifest['width']} ({manifest['dtype']}){paired} "
         f"in {len(manifest['shards'])} shards -> {args.out} ({manifest['seconds_last_run']:.0f} s)",
         file=stream,
     )
@@ -92,6 +96,12 @@ def register(sub) -> None:
         required=True,
         metavar="NAME",
         help="the layer whose output is stored (e.g. blocks.6.mlp.hook_pre, conv2)",
+    )
+    p.add_argument(
+        "--pair-layer",
+        metavar="NAME",
+        help="also store this site's rows beside each row (one forward pass): what a transcoder trained on the store "
+        "reconstructs (e.g. --layer blocks.3.ln2.hook_normalized --pair-layer blocks.3.hook_mlp_out)",
     )
     p.add_argument(
         "--input",

@@ -56,7 +56,12 @@ def _sae_fields(args) -> dict:
         "bandwidth": args.bandwidth,
         "threshold_init": args.threshold_init,
         "prefixes": _ints(args.prefixes, "--prefixes") if args.prefixes else [],
+        "skip": args.skip,
     }
+    if args.skip and not args.transcoder:
+        raise ValueError("--skip is a transcoder's linear skip: give --transcoder too")
+    if args.transcoder:
+        fields["transcoder"] = True  # d_in and d_out come from the store's two sites
     if getattr(args, "l0", None) is not None:  # sweep L0s (jumprelu) come from --l1s
         fields["l0"] = args.l0
     if args.init_matrix and args.init != "svd":
@@ -176,7 +181,8 @@ def run_eval(args) -> int:
     _positive(args, "eval_samples")
     if args.model is not None:
         return _run_spliced_eval(args)
-    for flag, value in (("--layer", args.layer), ("--input", args.input), ("--n", args.n), ("--context", args.context)):
+    given = (("--layer", args.layer), ("--pair-layer", args.pair_layer), ("--input", args.input), ("--n", args.n))
+    for flag, value in (*given, ("--context", args.context)):
         if value:
             raise ValueError(f"{flag} applies to an SAE spliced into a model: give --model too")
     check_outputs(args.force, inputs=[args.data], json=args.json, plot=args.plot)
@@ -216,12 +222,23 @@ def _run_spliced_eval(args) -> int:
         raise ValueError("--model needs --layer NAME: the layer the SAE was trained on")
     _positive(args, "n", "context")
     check_outputs(args.force, inputs=[*args.input, args.weights], json=args.json)
-    sae, _ = load_run_sae(args.dir)
+    sae, run = load_run_sae(args.dir)
+    pair_layer = args.pair_layer
+    if sae.config.transcoder and pair_layer is None:  # the site its store paired with its input
+        pair_layer = ((run.get("data") or {}).get("identity") or {}).get("pairs", {}).get("layer")
     adapter = load_from_args(args)
     layer = adapter.check_layer(args.layer)
+    pair_layer = None if pair_layer is None else adapter.check_layer(pair_layer)
     inputs, is_text, labels = model_inputs(adapter, args, context=args.context or 64)
     result = spliced_evaluation(
-        adapter, layer, inputs, sae, is_text=is_text, labels=labels, progress=not args.no_progress
+        adapter,
+        layer,
+        inputs,
+        sae,
+        is_text=is_text,
+        labels=labels,
+        progress=not args.no_progress,
+        pair_layer=pair_layer,
     ).to_json()
     print(_spliced_summary(result), file=sys.stderr if args.json == "-" else sys.stdout)
     write_json(result, args.json)
@@ -229,9 +246,14 @@ def _run_spliced_eval(args) -> int:
 
 
 def _spliced_summary(r: dict) -> str:
+    what = f"{r['arch']} SAE ({r['d_in']} -> {r['dict_size']}) spliced into {r['model']} {r['layer']}"
+    if r["pair_layer"]:
+        what = (
+            f"{r['arch']} transcoder ({r['d_in']} -> {r['dict_size']} -> {r['d_out']}) spliced into {r['model']}: "
+            f"{r['layer']} -> {r['pair_layer']}"
+        )
     lines = [
-        f"{r['arch']} SAE ({r['d_in']} -> {r['dict_size']}) spliced into {r['model']} {r['layer']}: "
-        f"{r['n_inputs']} inputs, {r['n_rows']} rows",
+        f"{what}: {r['n_inputs']} inputs, {r['n_rows']} rows",
         f"  rows: explained variance {r['explained_variance']:.4f}, L0 {r['l0']:.1f}, dead {r['dead_fraction']:.3f}, "
         f"dense {r['dense_fraction']:.3f}, shrinkage {r['shrinkage']:.3f}",
     ]
@@ -388,6 +410,15 @@ def _add_model_and_training(p) -> None:
     _option(g, "--decoder-norm", d, "unit-norm decoder rows, or L1 weighted by row norm", choices=DECODER_NORMS)
     g.add_argument("--tied", action="store_true", help="tie the decoder to the encoder")
     g.add_argument(
+        "--transcoder",
+        action="store_true",
+        help="train a transcoder on the activation store's paired rows (polylens cache --pair-layer): it reads the "
+        "store's layer and reconstructs the paired layer",
+    )
+    g.add_argument(
+        "--skip", action="store_true", help="transcoder: add a trained linear skip W_skip (SAELens's SkipTranscoder)"
+    )
+    g.add_argument(
         "--freeze-decoder",
         action="store_true",
         help="control: keep the random initial decoder (and b_dec) and train the encoder only",
@@ -492,6 +523,12 @@ def register(sub) -> None:
     add_model_args(e)
     m = e.add_argument_group("spliced into a model (with --model)")
     m.add_argument("--layer", metavar="NAME", help="the layer whose output the SAE's reconstruction replaces")
+    m.add_argument(
+        "--pair-layer",
+        metavar="NAME",
+        help="a transcoder's: the site whose output its prediction from --layer replaces (default: the one its "
+        "store paired with --layer)",
+    )
     m.add_argument(
         "--input",
         action="append",

@@ -117,6 +117,7 @@ CHANGED = {
     "context": "--context",
     "dtype": "--dtype",
     "gradients": "--gradients",
+    "pairs": "--pair-layer",
     "device": "--device",
     "inputs_sha256": "the model's inputs (the tokenizer, or how the inputs are read)",
     "width": "the layer's width",
@@ -213,12 +214,15 @@ def cache_activations(
     progress: bool = False,
     force: bool = False,
     meta: dict | None = None,
+    pair_layer: str | None = None,
 ) -> dict:
     """Run ``adapter`` on ``inputs`` (a batch at a time) up to ``layer`` and write the rows into the
     store at ``out`` (resuming an incomplete one begun from the same inputs, model and options;
     ``force``: replacing a store there, but never a folder that holds anything else); returns the
-    manifest. Everything is checked before the first byte is written, and the folder is locked
-    while it is written (a second writer is refused)."""
+    manifest. ``pair_layer``: the rows of this second site too, from the same forward pass, one per
+    row of ``layer`` (a transcoder's targets: an MLP's output beside its input). Everything is
+    checked before the first byte is written, and the folder is locked while it is written (a
+    second writer is refused)."""
     import os
     import time
 
@@ -243,9 +247,19 @@ def cache_activations(
         raise FileNotFoundError(f"folder {parent} for --out {shown} does not exist; create it first")
     # the layer, and the gradient target on the model's output, tried on the first input before anything is written
     probe = None if gradients is None else _target(gradients, is_text, inputs[:1])
-    first = capture(adapter.module, inputs[:1], [layer], target=probe).activations[layer]
-    per_input = rows_of(first, is_text).shape[0]
-    width = rows_of(first, is_text).shape[1]
+    sites = [layer] if pair_layer is None else [layer, pair_layer]
+    got = capture(adapter.module, inputs[:1], sites, target=probe).activations
+    per_input, width = rows_of(got[layer], is_text).shape
+    pairs = None
+    if pair_layer is not None:
+        pair_rows = rows_of(got[pair_layer], is_text)
+        if pair_layer == layer or pair_rows.shape[0] != per_input:
+            why = "is --layer itself" if pair_layer == layer else f"gives {pair_rows.shape[0]} rows an input"
+            raise ValueError(
+                f"--pair-layer {pair_layer} {why}; it must be another site with one row per row of {layer} "
+                f"({per_input} an input): e.g. an MLP's output beside its input"
+            )
+        pairs = {"layer": pair_layer, "width": int(pair_rows.shape[1])}
     total = per_input * inputs.shape[0] if tokens is None else min(tokens, per_input * inputs.shape[0])
     elt = torch.finfo(DTYPES[dtype]).bits // 8
     shard_rows = shard_rows or max(1024, min(1 << 20, (256 << 20) // (elt * width)))
@@ -257,7 +271,15 @@ def cache_activations(
         "model_sha256": module_sha256(adapter.module),
         "inputs_sha256": tensor_sha256(inputs),  # what the model reads: after the tokenizer, --context, --n
     } | (meta or {})
-    fields = {"format": FORMAT, "width": width, "dtype": dtype, "shard_rows": shard_rows, "gradients": what, **meta}
+    fields = {
+        "format": FORMAT,
+        "width": width,
+        "dtype": dtype,
+        "shard_rows": shard_rows,
+        "gradients": what,
+        "pairs": pairs,
+        **meta,
+    }
 
     check_store_folder(out, shown, force, fields)
     created = not out.exists()
@@ -273,6 +295,7 @@ def cache_activations(
                 dtype=dtype,
                 shard_rows=shard_rows,
                 gradients=what,
+                pairs=pairs,
                 weight=layer_weight(adapter, layer),
                 meta=meta,
             )
@@ -294,11 +317,13 @@ def cache_activations(
                     break
                 batch = inputs[lo : lo + batch_size]
                 target = None if gradients is None else _target(gradients, is_text, batch)
-                got = capture(adapter.module, batch, [layer], target=target)
+                got = capture(adapter.module, batch, sites, target=target)
                 acts = rows_of(got.activations[layer], is_text)
                 grads = None if target is None else rows_of(got.gradients[layer][:, 0], is_text)
+                paired = None if pairs is None else rows_of(got.activations[pair_layer], is_text)
                 keep = min(acts.shape[0], total - done)
-                writer.add(acts[:keep], None if grads is None else grads[:keep])
+                cut = [None if t is None else t[:keep] for t in (grads, paired)]
+                writer.add(acts[:keep], *cut)
                 done += keep
                 bar.update(keep)
         finally:

@@ -14,7 +14,10 @@ bound it from below (zero, and the rows' mean):
 
 and ``kl_div_score`` = 1 − KL_spliced / KL_zero-ablated wherever the output is a distribution. On
 the rows themselves: explained variance, L0, dead and dense latents, shrinkage ‖x̂‖/‖x‖
-(``sae.metrics``). ``polylens`` runs the model and ``sae`` the SAE; they meet here.
+(``sae.metrics``). A transcoder reads ``layer`` and writes ``pair_layer``: its prediction from
+the rows of ``layer`` in the same forward pass replaces the rows of ``pair_layer`` (the ablations,
+and the measures on the rows, are of ``pair_layer``'s rows). ``polylens`` runs the model and
+``sae`` the SAE; they meet here.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ class SplicedEvaluation:
 
     model: str
     layer: str
+    pair_layer: str | None
+    """A transcoder's: the site whose rows its output replaces (None for an SAE)."""
     output_kind: str
     n_inputs: int
     n_rows: int
     d_in: int
+    d_out: int
     dict_size: int
     arch: str
     explained_variance: float
@@ -93,12 +99,49 @@ def _ratio(num: float, den: float) -> float | None:
     return None if abs(den) <= TINY else num / den
 
 
+def _check_width(rows, width: int, layer: str, what: str, hint: str) -> None:
+    if rows.shape[1] != width:
+        raise ValueError(f"the SAE {what}, but {layer}'s rows are {rows.shape[1]} wide; {hint}")
+
+
+def _transcoded(module, inputs, layer: str, pair_layer: str, predict, is_text: bool, batch_size: int):
+    """The model's output with ``pair_layer``'s rows replaced by ``predict`` of ``layer``'s rows from
+    the same forward pass (a transcoder spliced in)."""
+    import torch
+
+    from polylens.capture import recording
+    from polylens.rows import map_rows, rows_of
+
+    outs = []
+    with torch.no_grad():
+        for lo in range(0, inputs.shape[0], batch_size):
+
+            def patch(v):
+                if layer not in rec.activations:
+                    raise ValueError(f"{pair_layer} runs before {layer}: a transcoder reads an earlier site")
+                return map_rows(v, lambda _: predict(rows_of(rec.activations[layer], is_text)), is_text)
+
+            with recording(module, [layer], patch={pair_layer: patch}) as rec:
+                outs.append(module(inputs[lo : lo + batch_size]))
+    return torch.cat(outs)
+
+
 def spliced_evaluation(
-    adapter, layer: str, inputs, sae, *, is_text: bool, labels=None, batch_size: int = 32, progress: bool = False
+    adapter,
+    layer: str,
+    inputs,
+    sae,
+    *,
+    is_text: bool,
+    labels=None,
+    batch_size: int = 32,
+    progress: bool = False,
+    pair_layer: str | None = None,
 ) -> SplicedEvaluation:
     """Splice ``sae`` into ``layer`` of ``adapter`` and measure, over ``inputs`` (token ids for a
     language model, with ``is_text``), what its reconstruction keeps of the rows and of the output.
-    ``labels [n]``: class labels, for the accuracy change of a classifier."""
+    ``labels [n]``: class labels, for the accuracy change of a classifier. A transcoder reads
+    ``layer`` and replaces ``pair_layer`` (required for one, refused for an SAE)."""
     import torch
 
     from polylens.capture import capture
@@ -109,40 +152,54 @@ def spliced_evaluation(
 
     kind = adapter.output_kind
     module = adapter.module
-    if sae.config.arch == "gsae":
+    c = sae.config
+    if c.arch == "gsae":
         raise ValueError("a g-SAE reads activations paired with gradients; splice an SAE trained on activations")
-    rows, clean = [], []
+    if c.transcoder and pair_layer is None:
+        raise ValueError("a transcoder replaces another site than it reads: give --pair-layer NAME, the site it writes")
+    if not c.transcoder and pair_layer is not None:
+        raise ValueError("--pair-layer is the site a transcoder writes; this is an SAE, which replaces --layer itself")
+    sites = [layer] if pair_layer is None else [layer, pair_layer]
+    rows, targets, clean = [], [], []
     bar = progress_bar(inputs.shape[0], f"{adapter.name} {layer}", enabled=progress)
     with torch.no_grad():
         for lo in range(0, inputs.shape[0], batch_size):
-            got = capture(module, inputs[lo : lo + batch_size], [layer], keep_output=True)
+            got = capture(module, inputs[lo : lo + batch_size], sites, keep_output=True)
             if not isinstance(got.output, torch.Tensor):
                 raise ValueError(f"model {adapter.name} does not return a tensor; its output cannot be compared")
             rows.append(rows_of(got.activations[layer], is_text))
+            targets.append(rows_of(got.activations[sites[-1]], is_text))
             clean.append(got.output)
             bar.update(got.output.shape[0])
-            if lo == 0 and rows[0].shape[1] != sae.config.d_in:
-                raise ValueError(
-                    f"the SAE reads rows of width d_in={sae.config.d_in}, but {layer}'s rows are {rows[0].shape[1]} "
-                    "wide; give the layer it was trained on"
+            if lo == 0:
+                _check_width(
+                    rows[0], c.d_in, layer, f"reads rows of width d_in={c.d_in}", "give the layer it was trained on"
                 )
+                writes = f"writes rows of width d_out={c.d_out}"
+                _check_width(targets[0], c.d_target, sites[-1], writes, "give the site it was trained to write")
     bar.close()
-    A, clean = torch.cat(rows), torch.cat(clean)
+    A, Y, clean = torch.cat(rows), torch.cat(targets), torch.cat(clean)
     device, dtype = sae.b_dec.device, sae.b_dec.dtype
     sae.eval()
 
     def reconstruct(x):
         with torch.no_grad():
-            return sae.decode(sae.encode(x.to(device, dtype))).to(x.device, x.dtype)
+            return sae.reconstruct(x.to(device, dtype)).to(x.device, x.dtype)
 
-    mean = A.mean(0)
-    patches = {
-        "spliced": lambda v: map_rows(v, reconstruct, is_text),
+    mean = Y.mean(0)
+    ablations = {
         "zero": lambda v: map_rows(v, torch.zeros_like, is_text),
         "mean": lambda v: map_rows(v, lambda x: mean.to(x.dtype).expand_as(x).clone(), is_text),
     }
-    outs = {name: run_model(module, inputs, layer, batch_size=batch_size, patch=fn) for name, fn in patches.items()}
-    on_rows = evaluate(sae, A.float())
+    outs = {
+        "spliced": (
+            run_model(module, inputs, layer, batch_size=batch_size, patch=lambda v: map_rows(v, reconstruct, is_text))
+            if pair_layer is None
+            else _transcoded(module, inputs, layer, pair_layer, reconstruct, is_text, batch_size)
+        ),
+        **{name: run_model(module, inputs, sites[-1], batch_size=batch_size, patch=f) for name, f in ablations.items()},
+    }
+    on_rows = evaluate(sae, A.float() if pair_layer is None else torch.cat([A, Y], 1).float())
     fires = torch.zeros(sae.config.dict_size, dtype=torch.float64)
     with torch.no_grad():
         for lo in range(0, A.shape[0], 8192):
@@ -188,10 +245,11 @@ def spliced_evaluation(
                 "accuracy_spliced": acc["spliced"],
                 "accuracy_change": acc["spliced"] - acc["clean"],
             }
-    c = sae.config
     out |= {
         "model": adapter.name,
         "layer": layer,
+        "pair_layer": pair_layer,
+        "d_out": int(c.d_out),
         "output_kind": kind,
         "n_inputs": int(inputs.shape[0]),
         "n_rows": int(A.shape[0]),

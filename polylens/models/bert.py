@@ -5,7 +5,9 @@ BERT is post-LN: each block computes ``h = LN(x + attn(x))`` then ``LN(h + mlp(h
 sites are identity modules named as TransformerLens names them: ``blocks.L.hook_resid_pre`` (the
 block's input), ``blocks.L.attn.hook_z`` (heads' mixed values), ``blocks.L.hook_resid_mid`` (after
 the first LayerNorm), ``blocks.L.mlp.hook_pre`` (the GELU's input), ``blocks.L.mlp.hook_post`` (its
-output), ``blocks.L.hook_resid_post`` (the block's output, the hidden state HuggingFace reports).
+output), ``blocks.L.hook_mlp_out`` (the MLP's output, before it joins the residual: with
+``hook_resid_mid``, its input, the two sites a transcoder of the MLP reads and writes),
+``blocks.L.hook_resid_post`` (the block's output, the hidden state HuggingFace reports).
 
 The module maps token ids ``[n, seq]`` to the sentence embedding ``[n, d_model]``: the mean of the
 last hidden states over the tokens that are not padding (id ``pad_id``), L2-normalised, as
@@ -75,13 +77,14 @@ class Block(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = Hook(), Hook(), Hook()
+        self.hook_mlp_out = Hook()
         self.attn, self.ln1 = Attention(cfg), nn.LayerNorm(cfg.d_model, eps=cfg.eps)
         self.mlp, self.ln2 = MLP(cfg), nn.LayerNorm(cfg.d_model, eps=cfg.eps)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         x = self.hook_resid_pre(x)
         h = self.hook_resid_mid(self.ln1(x + self.attn(x, keep)))
-        return self.hook_resid_post(self.ln2(h + self.mlp(h)))
+        return self.hook_resid_post(self.ln2(h + self.hook_mlp_out(self.mlp(h))))
 
 
 class Bert(nn.Module):

@@ -122,7 +122,7 @@ class MiniLMAdapter(ModelAdapter):
     def __init__(self, model: Bert, name: str, facts: dict, *, folder: Path, device: str = "cpu"):
         cfg = model.cfg
         per_block = ("hook_resid_pre", "attn.hook_z", "hook_resid_mid", "mlp.hook_pre", "mlp.hook_post")
-        per_block += ("hook_resid_post",)
+        per_block += ("hook_mlp_out", "hook_resid_post")
         super().__init__(
             name,
             model,
