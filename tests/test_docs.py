@@ -233,6 +233,31 @@ def check_spliced(name: str, d_in: int, dict_size: int, kind: str) -> Callable[[
     return check
 
 
+def check_minilm_pairs(d: Path, out: str) -> None:
+    manifest = _store(d / "minilm-mlp1", 384, gradients=False)
+    assert manifest["pairs"] == {"layer": "blocks.1.hook_mlp_out", "width": 384} and manifest["rows"] == 50_000
+    assert "paired with blocks.1.hook_mlp_out" in out
+
+
+def check_minilm_transcoder(d: Path, out: str) -> None:
+    run = _sae_run(d / "minilm-tc1", 384, 3072)
+    cfg = _json(d / "minilm-tc1" / "saelens" / "cfg.json")
+    assert cfg["architecture"] == "jumprelu_skip_transcoder" and cfg["d_out"] == 384
+    assert run["sae"]["d_out"] == 384 and run["sae"]["skip"] and run["evaluation"]["l0"] > 0
+
+
+def check_minilm_transcoder_spliced(d: Path, out: str) -> None:
+    r = _json(d / "minilm-tc1.json")
+    assert (r["layer"], r["pair_layer"], r["d_in"], r["d_out"]) == (
+        "blocks.1.hook_resid_mid",
+        "blocks.1.hook_mlp_out",
+        384,
+        384,
+    )
+    assert r["n_inputs"] == 50 and 0 < r["cosine_kept_zero_ablation"] < 1 and r["cosine_kept"] <= 1 + 1e-9
+    assert "transcoder" in out and "-> blocks.1.hook_mlp_out" in out
+
+
 def check_gpt2_sweep(l1s: int, ratios: tuple[int, ...]) -> Callable[[Path, str], None]:
     def check(d: Path, out: str) -> None:
         sweep = _json(d / "sweep-l6" / "sweep.json")
@@ -266,6 +291,14 @@ DIGITS_SAE = (
     "polylens sae train --data digits-conv2 --dict-size 128 --samples 200000 --out conv2-sae"
 )
 SAE_L6 = "polylens sae train --data gpt2-l6 --arch topk --k 32 --dict-size 24576 --out sae-l6"
+CACHE_PAIRS = (
+    "polylens cache --model minilm-l6 --layer blocks.1.hook_resid_mid --pair-layer blocks.1.hook_mlp_out "
+    "--input corpus:english --tokens 50000 --out minilm-mlp1"
+)
+TRANSCODER = (
+    "polylens sae train --data minilm-mlp1 --transcoder --skip --arch batchtopk --k 32 --dict-size 3072 "
+    "--out minilm-tc1"
+)
 
 CASES: dict[str, Case] = {
     "make demo": Case(check_make_demo),
@@ -311,6 +344,10 @@ CASES: dict[str, Case] = {
         check_spliced("conv2-spliced.json", 32, 128, "classes"), needs=(DIGITS_SAE,)
     ),
     CACHE_GPT2: Case(check_gpt2_store, extra=GPT2),
+    CACHE_PAIRS: Case(check_minilm_pairs),
+    TRANSCODER: Case(check_minilm_transcoder, needs=(CACHE_PAIRS,)),
+    "polylens sae eval minilm-tc1 --model minilm-l6 --layer blocks.1.hook_resid_mid --input corpus:english --n 50 "
+    "--json minilm-tc1.json": Case(check_minilm_transcoder_spliced, needs=(TRANSCODER,)),
     SAE_L6: Case(check_gpt2_sae, needs=(CACHE_GPT2,)),
     "polylens sae eval sae-l6 --model gpt2 --layer blocks.6.mlp.hook_pre --input corpus.txt --n 64 "
     "--json sae-l6-spliced.json": Case(

@@ -82,6 +82,24 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path, arch):
     assert json.loads((tmp_path / "two" / "run.json").read_text())["steps"] == 120
 
 
+def test_a_transcoder_under_torchrun_ends_with_the_weights_of_one(tmp_path):
+    from cli.experiments.cache import cache_activations
+    from polylens.models import load_model
+
+    adapter = load_model("digits")
+    cache_activations(adapter, "fc1", tmp_path / "store", adapter.default_inputs(200), pair_layer="fc2")
+    common = ["sae", "train", "--data", str(tmp_path / "store"), "--transcoder", "--skip", "--arch", "topk"]
+    common += ["--k", "4", "--samples", str(64 * 40), "--batch-size", "64", "--dict-size", "32", "--no-progress"]
+    one = _polylens(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = _polylens(*common, "--out", str(tmp_path / "two"), procs=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = load_sae(tmp_path / "one"), load_sae(tmp_path / "two")
+    assert a.W_skip.shape == (10, 64) and a.W_skip.abs().sum() > 0
+    for name, v in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], v, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_a_sweep_under_torchrun_matches_one_process(tmp_path):
     common = [
         "sae",
