@@ -42,6 +42,8 @@ FIELDS = {
     "threshold_init": ("sae", "threshold_init"),
     "prefixes": ("sae", "prefixes"),
     "skip": ("sae", "skip"),
+    "loss": ("train", "loss"),
+    "ds_coef": ("train", "ds_coef"),
 }
 
 

@@ -24,6 +24,8 @@ DEAD_WINDOW = {
 INITS = ("kaiming", "orthogonal", "enc_dec_transpose", "data", "pca", "unit", "svd")
 DECODER_NORMS = ("unit", "weighted_l1")
 RESAMPLE_TARGETS = ("input", "residual")
+LOSSES = ("mse", "kl", "e2e+ds")
+"""What training minimises besides the sparsity terms (``TrainConfig.loss``)."""
 K_ARCHS = ("topk", "batchtopk", "gsae", "matryoshka")
 """Rules whose sparsity is set by ``k`` (and which train AuxK on dead latents)."""
 BATCH_THRESHOLD_ARCHS = ("batchtopk", "matryoshka")
@@ -252,6 +254,16 @@ class TrainConfig:
         """The dead-latent window in samples for an SAE of ``arch``."""
         return self.dead_window if self.dead_window is not None else DEAD_WINDOW[arch]
 
+    loss: Literal["mse", "kl", "e2e+ds"] = "mse"
+    """'mse': the reconstruction's squared error. 'kl' (end-to-end, Braun et al. 2024; sparsify's
+    ``kl``): the divergence of the model's output with the SAE spliced into its layer from the
+    output without (KL of the output distributions; for a sentence encoder 1 − cos of the
+    embeddings), the model run live every step (``Engine``'s ``objective``). 'e2e+ds': that plus
+    ``ds_coef`` × the squared error at every later layer the model's adapter lists (each divided by
+    that layer's clean mean squared norm, then averaged). Sparsity terms (L1, L0, AuxK) are added as
+    with 'mse'."""
+    ds_coef: float = 1.0
+    """'e2e+ds': weight of the later layers' normalised squared error."""
     resample_every: int = 0
     """Every this many steps re-initialise dead latents of ReLU SAEs (Anthropic 2023) and, with
     ``resample_duplicates``, duplicated latents of any SAE, until the lr decay begins; 0 = never."""
@@ -295,6 +307,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name}={v!r} must be an integer >= 0")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss={self.loss!r} is unknown; choose one of {', '.join(LOSSES)}")
+        if not (isinstance(self.ds_coef, (int, float)) and math.isfinite(self.ds_coef) and self.ds_coef >= 0):
+            raise ValueError(f"ds_coef={self.ds_coef!r} must be a finite number >= 0")
         if not 0 <= self.lr_decay <= 1:
             raise ValueError(f"lr_decay={self.lr_decay} must be in [0, 1] (a share of the steps)")
         if self.resample_dead_towards not in RESAMPLE_TARGETS:

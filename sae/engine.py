@@ -213,7 +213,10 @@ class Engine:
 
     labels: one name per member per group, for messages (``[["l1=0.1 n=512", ...], ...]``);
     record: what the checkpoint's state records beside the step (the configs), and what
-    ``resume`` hands back to rebuild the groups.
+    ``resume`` hands back to rebuild the groups. objective: end-to-end training
+    (``TrainConfig.loss`` 'kl' / 'e2e+ds'): ``objective.batch(step)`` is step's batch (model inputs,
+    a function of the seed and the step) and ``objective(forward, batch)`` its ``SAEOutput``, the
+    model run with the SAE spliced in; ``source`` then gives only the rows the initialisation reads.
     """
 
     def __init__(
@@ -225,8 +228,16 @@ class Engine:
         labels: list[list[str]] | None = None,
         record: dict | None = None,
         ctx: Context | None = None,
+        objective=None,
     ):
         self.groups, self.config, self.source = groups, config, source
+        self.objective = objective
+        if (config.loss != "mse") != (objective is not None):
+            raise ValueError(
+                f"loss={config.loss!r} needs a model to run the SAE in (an objective)"
+                if objective is None
+                else "an objective replaces the reconstruction loss: set loss='kl' or 'e2e+ds'"
+            )
         self.ctx = ctx or Context()
         """Data-parallel place (``sae.distributed``): ranks train on slices of each global batch."""
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -234,6 +245,11 @@ class Engine:
         self.record = dict(record or {})
         if config.resample_every and any(g.config.freeze_decoder for g in groups):
             raise ValueError("resample_every re-initialises decoder rows; a frozen decoder (freeze_decoder) takes 0")
+        if objective is not None and (config.resample_every or (ctx or Context()).world > 1):
+            raise ValueError(
+                f"--loss {config.loss} runs the model in one process and does not resample: "
+                "drop --resample-every and torchrun"
+            )
         if config.resample_every and any(g.config.transcoder for g in groups):
             raise ValueError("resample_every points latents at inputs an SAE reconstructs; a transcoder takes 0")
         self.opts = [torch.optim.Adam(g.parameters(), lr=config.lr, foreach=False) for g in groups]
@@ -278,17 +294,17 @@ class Engine:
             while self.step < c.steps:
                 if _STOPS:  # a stop asked for (SIGTERM, Ctrl-C): here, between steps, the state is whole
                     raise KeyboardInterrupt(_STOPS.pop())
-                x = self.source.batch(self.step)
-                if x.shape[-1] != d_in:
+                x = self.source.batch(self.step) if self.objective is None else self.objective.batch(self.step)
+                if self.objective is None and x.shape[-1] != d_in:
                     raise ValueError(f"batch at step {self.step} has dimension {x.shape[-1]}, the SAE's d_in is {d_in}")
                 stats = []
                 logged = (self.step + 1) % c.log_every == 0 or self.step + 1 == c.steps
                 for j, (g, opt) in enumerate(zip(self.groups, self.opts)):
                     for group in opt.param_groups:
                         group["lr"] = lr_at(self.step, c)
-                    s = self._synced(
-                        g, g.step_grads_(x, c.window(g.config.arch), fused=c.fused, bf16=c.bf16, l0=logged), x.shape[0]
-                    )
+                    window = c.window(g.config.arch)
+                    grads = g.step_grads_(x, window, fused=c.fused, bf16=c.bf16, l0=logged, objective=self.objective)
+                    s = self._synced(g, grads, x.shape[0] if self.objective is None else self.objective.rows)
                     if not bool(torch.isfinite(s.loss).all()):  # a NaN/inf in x always gets here (err contains −x)
                         self._stop(
                             x,

@@ -114,17 +114,20 @@ class Ensemble(nn.Module):
         return torch.func.functional_call(shell, self.member_tensors(e), (x,), {"dead": dead})
 
     def step_grads_(
-        self, x: Tensor, dead_window: int, *, fused: bool = True, bf16: bool = False, l0: bool = True
+        self, x, dead_window: int, *, fused: bool = True, bf16: bool = False, l0: bool = True, objective=None
     ) -> StepStats:
         """Losses on batch ``x [B, d]``; sets ``.grad`` of every stacked parameter and advances the
         BatchTopK thresholds. The dead-latent counters move in ``count_fired_`` (after the ranks of a
         data-parallel run have agreed on which latents fired). ``l0=False``: skip the L0 (a pass over
-        the [E, B, n] activations; zeros then), for the steps nobody logs."""
+        the [E, B, n] activations; zeros then), for the steps nobody logs. ``objective``: the loss is
+        ``objective(forward, x)`` (``x`` its batch, ``forward`` the member's ``SparseAutoencoder.forward``
+        on rows), an ``SAEOutput`` whose ``loss`` replaces the reconstruction loss (end-to-end
+        training; autograd)."""
         dead = self.dead_mask(dead_window)
         stats = (
             self._kernel_step(x, dead, l0)
-            if fused and not bf16 and self.fused
-            else self._autograd_step(x, dead, bf16, l0)
+            if fused and not bf16 and self.fused and objective is None
+            else self._autograd_step(x, dead, bf16, l0, objective)
         )
         if (not self.config.learn_b_dec or self.config.freeze_decoder) and self.b_dec.grad is not None:
             self.b_dec.grad.zero_()  # Adam then never moves it (zero moments, zero step)
@@ -179,16 +182,21 @@ class Ensemble(nn.Module):
         )
         return StepStats(cat("loss"), cat("mse"), l0, cat("fired"))
 
-    def _autograd_step(self, x: Tensor, dead: Tensor, bf16: bool, want_l0: bool = True) -> StepStats:
-        """Autograd through each member's forward (tied decoders, the orthogonality penalty, bf16)."""
+    def _autograd_step(self, x, dead: Tensor, bf16: bool, want_l0: bool = True, objective=None) -> StepStats:
+        """Autograd through each member's forward (tied decoders, the orthogonality penalty, bf16,
+        transcoders, an ``objective``)."""
         for name in self.names:
             getattr(self, name).grad = None
         losses, mses, l0s, fired = [], [], [], []
         with torch.enable_grad():
             total = 0.0
             for e in range(self.size):
-                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = self.member_forward(e, x, dead[e])
+                device = self.W_enc.device.type
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+                    if objective is None:
+                        out = self.member_forward(e, x, dead[e])
+                    else:
+                        out = objective(lambda rows, e=e: self.member_forward(e, rows, dead[e]), x)
                 loss = out.loss.float()
                 total = total + loss
                 losses.append(loss.detach())

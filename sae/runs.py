@@ -283,6 +283,8 @@ def train_run(
     force: bool = False,
     *,
     open_data=None,
+    open_objective=None,
+    start: str | Path | None = None,
 ) -> dict:
     """Train a new run in ``out_dir``, export it for SAELens, evaluate it; returns run.json's content.
 
@@ -293,10 +295,20 @@ def train_run(
     SAEConfig fields, with ``d_in`` taken from the data and ``dict_size`` defaulting to twice the
     true feature count (synthetic data) or 2·d_in (a file). ``force`` empties nothing: files of the
     same names are replaced, others stay.
+
+    End-to-end training (``train_config.loss`` 'kl' / 'e2e+ds'): ``open_objective(store, train_config,
+    sae_config)`` builds the objective that runs the model the activation store ``data`` names
+    (``sae.engine.Engine``; the CLI's is ``cli.experiments.e2e.open_objective``). ``start``: a run
+    folder (or SAELens folder) whose SAE this run starts from and whose configuration it takes
+    (fine-tuning), in place of a fresh initialisation.
     """
     out = Path(out_dir)
     check_run_folder(out, resume=False, force=force)
     train_config = train_config or TrainConfig()
+    started = None
+    if start is not None:
+        started, _ = load_run_sae(start)
+        sae_config = started.config
     data_options = dict(data_options or {})
     check_data_file(data)
     source = (open_data or make_data)(data, seed=train_config.seed, **data_options)
@@ -311,11 +323,31 @@ def train_run(
     elif sae_config.transcoder:
         source = paired(source, data)
     check_init_matrix(sae_config, source)
-    trainer = Trainer(sae_config, train_config, out, eval_samples=eval_samples)
+    objective = _objective(open_objective, source, data, train_config, sae_config)
+    trainer = Trainer(sae_config, train_config, out, eval_samples=eval_samples, objective=objective, start=started)
     engine = trainer.build(source)  # checks sizes, data and init before the folder is touched
     record = {"spec": data, "options": data_options, "identity": data_identity(data, source)}
+    if start is not None:
+        record["start"] = str(Path(start).resolve())
     with main_lock(out, engine.ctx, clear=force):
         return _fit_export_evaluate(trainer, engine, out, record, source, eval_samples)
+
+
+def _objective(open_objective, source, spec, train_config: TrainConfig, sae_config: SAEConfig):
+    """End-to-end training's objective (None for the reconstruction loss), refused in one line where
+    the data names no model or nothing can build it."""
+    if train_config.loss == "mse":
+        return None
+    if not hasattr(source, "manifest"):
+        raise ValueError(
+            f"--loss {train_config.loss} trains against the model an activation store names (its manifest); "
+            f"data={spec} is not a store: write one with polylens cache"
+        )
+    if sae_config.transcoder:
+        raise ValueError(f"--loss {train_config.loss} splices an SAE into its layer; transcoders train on mse only")
+    if open_objective is None:
+        raise ValueError(f"--loss {train_config.loss} needs open_objective= (a model to run); the CLI passes its own")
+    return open_objective(source, train_config, sae_config)
 
 
 def resume_run(
@@ -327,6 +359,7 @@ def resume_run(
     progress: bool | None = None,
     *,
     open_data=None,
+    open_objective=None,
 ) -> dict:
     """Continue the run in ``out_dir`` (to ``n_samples`` in total, default its own) on the data it
     recorded (or ``data``): the same weights as one uninterrupted run. Returns run.json's content.
@@ -352,8 +385,11 @@ def resume_run(
     if state["sae"].get("d_out"):
         source = paired(source, data)
     trainer = Trainer.resume(out, n_samples=n_samples, progress=progress)
+    trainer.objective = _objective(open_objective, source, data, trainer.config, trainer.sae_config)
     engine = trainer.build(source)
     record = {"spec": data, "options": data_options, "identity": identity}
+    if recorded.get("start"):
+        record["start"] = recorded["start"]
     with main_lock(out, engine.ctx):
         return _fit_export_evaluate(trainer, engine, out, record, source, eval_samples)
 

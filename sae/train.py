@@ -39,17 +39,30 @@ class Trainer:
     """
 
     def __init__(
-        self, sae_config: SAEConfig, config: TrainConfig, out_dir: str | Path | None = None, eval_samples: int = 0
+        self,
+        sae_config: SAEConfig,
+        config: TrainConfig,
+        out_dir: str | Path | None = None,
+        eval_samples: int = 0,
+        *,
+        objective=None,
+        start: SparseAutoencoder | None = None,
     ):
         self.sae_config, self.config = sae_config, config
         self.out_dir = out_dir
         self.eval_samples = eval_samples
+        self.objective = objective
+        """End-to-end training's model objective (``Engine``), for ``config.loss`` 'kl' / 'e2e+ds'."""
+        self.start = start
+        """An SAE to start from instead of a fresh initialisation (fine-tuning; its config is ours)."""
         self._checkpoint: tuple[dict, dict] | None = None
 
     @classmethod
-    def resume(cls, out_dir: str | Path, n_samples: int | None = None, progress: bool | None = None) -> Trainer:
+    def resume(
+        cls, out_dir: str | Path, n_samples: int | None = None, progress: bool | None = None, objective=None
+    ) -> Trainer:
         """The trainer of the run in ``out_dir`` (optionally to a larger ``n_samples``); ``fit(data)``
-        continues it from its checkpoint."""
+        continues it from its checkpoint (an end-to-end run with its ``objective`` rebuilt)."""
         tensors, state = read_checkpoint(out_dir)
         try:
             sae_cfg = SAEConfig(**state["sae"])
@@ -60,7 +73,7 @@ class Trainer:
             train["n_samples"] = n_samples
         if progress is not None:
             train["progress"] = progress
-        self = cls(sae_cfg, TrainConfig(**train), out_dir)
+        self = cls(sae_cfg, TrainConfig(**train), out_dir, objective=objective)
         self._checkpoint = (tensors, state)
         return self
 
@@ -76,7 +89,12 @@ class Trainer:
                 else f" (a g-SAE's rows are [x, J rows], {self.sae_config.data_width} wide)"
             )
             raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}{rows}")
-        if self._checkpoint is None:
+        if self._checkpoint is None and self.start is not None:
+            if self.start.config != self.sae_config:
+                raise ValueError("the SAE to start from has another configuration than the run's")
+            sae = SparseAutoencoder(self.sae_config).to(self.config.device)
+            sae.load_state_dict(self.start.state_dict())
+        elif self._checkpoint is None:
             sae = initial_sae(
                 self.sae_config,
                 self.config,
@@ -86,7 +104,9 @@ class Trainer:
         else:
             sae = SparseAutoencoder(self.sae_config).to(self.config.device)  # weights come from the checkpoint
         record = {"sae": asdict(self.sae_config), "store": store_identity(source)}
-        engine = Engine([Ensemble([sae])], self.config, source, self.out_dir, record=record, ctx=ctx)
+        engine = Engine(
+            [Ensemble([sae])], self.config, source, self.out_dir, record=record, ctx=ctx, objective=self.objective
+        )
         if self._checkpoint is not None:
             check_same_store(self._checkpoint[1], record["store"], self.out_dir)
             engine.restore(*self._checkpoint)

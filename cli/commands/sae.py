@@ -93,6 +93,8 @@ def _train_config(args):
         device=args.device,
         progress=not args.no_progress and sys.stderr.isatty(),
         dead_window=args.dead_window,
+        loss=args.loss,
+        ds_coef=args.ds_coef,
     )
 
 
@@ -138,10 +140,25 @@ def _emit(record: dict, json_path: str | None, summary: str) -> None:
     write_json(record, json_path)
 
 
+SAE_FLAGS = tuple(
+    "arch k prefixes bandwidth threshold_init init init_matrix init_blend orth orth_full decoder_norm tied transcoder "
+    "skip freeze_decoder dict_size l1 l0".split()
+)
+"""The flags that shape a new SAE (``--finetune`` takes them all from the run it starts from)."""
+
+
 def run_train(args) -> int:
+    from cli.experiments.e2e import open_objective
     from cli.experiments.tms import open_data
+    from cli.flags import given
     from cli.output import check_outputs
     from sae.runs import resume_run, train_run
+
+    if args.finetune is not None:
+        shaped = sorted(set(given(args)) & set(SAE_FLAGS))
+        if shaped or args.resume:
+            what = "--resume" if args.resume else ", ".join("--" + f.replace("_", "-") for f in shaped)
+            raise ValueError(f"--finetune starts from its run's SAE as it is: drop {what}")
 
     _positive(args, "samples", "batch_size", "lr", "dict_size", "k", "eval_samples")
     check_outputs(args.force, inputs=[args.data], json=args.json)
@@ -154,7 +171,14 @@ def run_train(args) -> int:
         data = args.data if args.data_given else None
         progress = not args.no_progress and sys.stderr.isatty()
         record = resume_run(
-            args.out, args.samples, data, options if data else None, eval_samples, progress, open_data=open_data
+            args.out,
+            args.samples,
+            data,
+            options if data else None,
+            eval_samples,
+            progress,
+            open_data=open_data,
+            open_objective=open_objective,
         )
     else:
         record = train_run(
@@ -166,10 +190,15 @@ def run_train(args) -> int:
             eval_samples,
             args.force,
             open_data=open_data,
+            open_objective=open_objective,
+            start=args.finetune,
         )
     if record.get("rank"):  # a data-parallel run: rank 0 reports
         return 0
-    _emit(record, args.json, f"trained {record['steps']} steps -> {args.out}\n" + _summary(record))
+    note = f" (SAELens export: {record['export']})" if "export" in record else ""
+    loss = record["train"].get("loss", "mse")
+    how = "" if loss == "mse" else f" end to end ({loss})"
+    _emit(record, args.json, f"trained {record['steps']} steps{how} -> {args.out}{note}\n" + _summary(record))
     return 0
 
 
@@ -287,6 +316,8 @@ def run_sweep(args) -> int:
     _positive(args, "samples", "batch_size", "lr", "k", "eval_samples")
     check_outputs(args.force, inputs=[args.data], json=args.json)
     eval_samples = _counts(args)
+    if args.loss != "mse":
+        raise ValueError(f"--loss {args.loss} trains one SAE against its model: use polylens sae train")
     l1s = _floats(args.l1s, "--l1s")
     ratios = _floats(args.ratios, "--ratios")
     fields = _sae_fields(args)
@@ -366,7 +397,7 @@ def _option(group, flag: str, fields: dict, help: str, field: str | None = None,
 
 
 def _add_model_and_training(p) -> None:
-    from sae.config import ARCHS, DECODER_NORMS, INITS, RESAMPLE_TARGETS, SAEConfig, TrainConfig
+    from sae.config import ARCHS, DECODER_NORMS, INITS, LOSSES, RESAMPLE_TARGETS, SAEConfig, TrainConfig
 
     d = SAEConfig.__dataclass_fields__
     t = TrainConfig.__dataclass_fields__
@@ -467,6 +498,16 @@ def _add_model_and_training(p) -> None:
         help="samples without firing that make a latent dead (default 1000000 for relu, jumprelu and gated, 100000 "
         "for topk, batchtopk and matryoshka)",
     )
+    _option(
+        h,
+        "--loss",
+        t,
+        "mse: the reconstruction's error; kl: end to end, the model's output with the SAE spliced in against "
+        "without (an activation store's model, run every step); e2e+ds: kl plus the later layers' error "
+        "(default {default})",
+        choices=LOSSES,
+    )
+    _option(h, "--ds-coef", t, "e2e+ds: weight of the later layers' error (default {default})", type=float)
     _option(h, "--checkpoint-every", t, "also checkpoint every N steps (default: at the end)", type=int)
     h.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     _option(h, "--device", t, "torch device (default {default})")
@@ -494,6 +535,12 @@ def register(sub) -> None:
     )
     t.add_argument(
         "--dict-size", type=int, help="latents (default 2 x the true features for sharkey/tms, 2 x d for a file)"
+    )
+    t.add_argument(
+        "--finetune",
+        metavar="RUN",
+        help="start from the SAE of this run folder (or SAELens folder), its configuration as it is: e.g. an "
+        "mse-trained run fine-tuned --loss kl for --samples more",
     )
     l1 = SAEConfig.__dataclass_fields__["l1"].default
     t.add_argument(
