@@ -16,7 +16,7 @@ DEAD_WINDOW = {
     "topk": 100_000,
     "batchtopk": 100_000,
     "gsae": 100_000,
-    "jumprelu": 1_000_000,
+    "jumprelu": 100_000,
     "gated": 1_000_000,
     "matryoshka": 100_000,
 }
@@ -28,8 +28,19 @@ LOSSES = ("mse", "kl", "e2e+ds")
 """What training minimises besides the sparsity terms (``TrainConfig.loss``)."""
 K_ARCHS = ("topk", "batchtopk", "gsae", "matryoshka")
 """Rules whose sparsity is set by ``k`` (and which train AuxK on dead latents)."""
+AUXK_ARCHS = ("topk", "batchtopk", "gsae", "matryoshka", "jumprelu")
+"""Rules that train AuxK (Gao et al. 2024) on their dead latents: the k rules and JumpReLU, whose dead
+latents (pre-activations all below their threshold) otherwise get no gradient at all."""
 BATCH_THRESHOLD_ARCHS = ("batchtopk", "matryoshka")
 """Rules that choose k·batch activations per batch in training and keep the EMA threshold θ for inference."""
+AUTO = {"l0": 5.0, "bandwidth": 0.3, "threshold_init": 0.6, "gated_l1": 1.25}
+"""The scale-following defaults of the coefficients left None (``SAEConfig.resolve_scale``), in units
+of σ, the data's RMS per dimension (√(E‖x − mean‖² / d)): JumpReLU's ``l0`` = 5σ², ``bandwidth`` =
+0.3σ, ``threshold_init`` = 0.6σ, the gated SAE's ``l1`` = 1.25σ. On Sharkey's data (σ 0.080) they
+give 0.032, 0.024, 0.048 and 0.100; on SAELens's suite of magnitude-1 features, 4 a dimension
+(σ 0.226), 0.26, 0.068, 0.14 and 0.28 (docs/sae.md has what they were measured against)."""
+RELU_L1 = 0.1
+"""The ReLU SAE's fixed default L1 (Sharkey's data; the documented ReLU numbers use it)."""
 MATRYOSHKA_MIN_PREFIX = 16
 """The default Matryoshka ladder halves the dictionary size while the prefix keeps at least this many latents."""
 
@@ -69,25 +80,27 @@ class SAEConfig:
     falls back to plain TopK."""
     grad_columns: int = 1
     """g-SAE: Jacobian rows per sample stored after the activation (1: one scalar target's gradient)."""
-    l1: float = 0.1
+    l1: float | None = None
     """L1 coefficient (relu; gated: on the gate's ReLU pre-activations), on Σ|a| summed over
     latents. With unit-norm decoder rows a latent is soft-thresholded at about l1/2 in activation
-    units; 0.1 suits the Sharkey data (coefficients U[0, 1)): scale it with your activations'
-    norms."""
+    units. None: ``RELU_L1`` (0.1, which suits the Sharkey data, coefficients U[0, 1)) for relu;
+    for gated 1.25σ, set from the data when training starts (``AUTO``)."""
     k: int = 5
     """Active latents per sample for topk / batchtopk / matryoshka (batchtopk, matryoshka: on average)."""
-    l0: float = 0.03
+    l0: float | None = None
     """JumpReLU: coefficient of the L0 penalty, l0 · (active latents per sample). A latent pays for
-    itself when it removes more than l0 of squared error: 0.03 suits the Sharkey data (coefficients
-    U[0, 1), so a threshold near √0.03 ≈ 0.17); scale it with your activations' squared norms."""
-    bandwidth: float = 0.001
-    """JumpReLU: width ε of the rectangle kernel of the threshold's straight-through pseudo-derivative
-    (the paper's and SAELens's JumpReLU recipe: ε = 0.001 on activations normalised to E‖x‖² = d)."""
-    threshold_init: float = 0.05
+    itself when it removes more than l0 of squared error. None: 5σ² (``AUTO``; 0.032 on the Sharkey
+    data), set from the data when training starts, so it follows the activations' squared scale."""
+    bandwidth: float | None = None
+    """JumpReLU: width ε of the rectangle kernel of the threshold's straight-through pseudo-derivative.
+    None: 0.3σ (``AUTO``). The paper uses ε = 0.001 on activations normalised to E‖x‖² = d (σ ≈ 1)
+    and trains far longer; in runs of a few million samples so narrow a window holds too few
+    pre-activations for the thresholds to learn (SAELens's default is 0.05)."""
+    threshold_init: float | None = None
     """JumpReLU: initial threshold θ of every latent. The threshold is trained as log θ, so Adam moves
-    it by a factor of about exp(±lr) a step: a start near its end matters. 0.05 suits the Sharkey
-    data (activations in [0, 1)); the paper starts at 0.001 on activations normalised to E‖x‖² = d
-    and trains far longer."""
+    it by a factor of about exp(±lr) a step: a start near its end matters. None: 0.6σ (``AUTO``;
+    0.048 on the Sharkey data); the paper starts at 0.001 on normalised activations and trains far
+    longer."""
     prefixes: tuple[int, ...] = ()
     """Matryoshka: increasing prefix sizes of the dictionary, each reconstructing the input on its own;
     the dictionary size is appended when the last is smaller. Empty: the doubling ladder
@@ -112,7 +125,7 @@ class SAEConfig:
     orth_full: bool = False
     """Use the O(n²) form (mean over all latents) instead of the O(m·n) active-latent form."""
     aux_coef: float = 1 / 32
-    """AuxK loss coefficient for topk / batchtopk / matryoshka (Gao et al. 2024); 0 turns it off.
+    """AuxK loss coefficient for topk / batchtopk / matryoshka / jumprelu (Gao et al. 2024); 0 turns it off.
     (The gated SAE's auxiliary reconstruction loss has coefficient 1, as in the paper.)"""
     aux_k: int = 0
     """Dead latents used by AuxK per sample (0: d_in // 2)."""
@@ -153,8 +166,12 @@ class SAEConfig:
             raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
         if self.decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm={self.decoder_norm!r} is unknown; choose one of {', '.join(DECODER_NORMS)}")
+        if self.l1 is None and self.arch != "gated":
+            self.l1 = RELU_L1
         for name in ("l1", "l0", "orth", "aux_coef", "init_noise"):
             v = getattr(self, name)
+            if v is None and name in ("l1", "l0"):
+                continue
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}={v!r} must be a finite number >= 0")
         if not 0 <= self.init_blend <= 1:
@@ -165,7 +182,7 @@ class SAEConfig:
             raise ValueError(f"k={self.k} must be <= dict_size={self.dict_size}")
         for name in ("bandwidth", "threshold_init"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"{name}={v!r} must be a finite number > 0")
         self.prefixes = self._resolve_prefixes()
         self._check_transcoder()
@@ -187,6 +204,29 @@ class SAEConfig:
         if not sizes:
             return default_prefixes(self.dict_size)
         return tuple(sizes) if sizes[-1] == self.dict_size else (*sizes, self.dict_size)
+
+    @property
+    def scale_free(self) -> bool:
+        """Whether every coefficient this SAE's rule reads is set (none waits for the data's scale)."""
+        if self.arch == "jumprelu":
+            return None not in (self.l0, self.bandwidth, self.threshold_init)
+        return self.l1 is not None
+
+    def resolve_scale(self, sigma: float) -> SAEConfig:
+        """This config with the coefficients left None set from the data's RMS per dimension ``sigma``
+        (``AUTO``); unchanged where none is None. The trainer calls it on its initialisation sample."""
+        import dataclasses
+
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(
+                f"the data's scale is {sigma!r} (RMS per dimension): the scale-following defaults need rows that "
+                "vary; give --l1 / --l0 / --bandwidth / --threshold-init yourself"
+            )
+        auto = {"l0": AUTO["l0"] * sigma**2, "bandwidth": AUTO["bandwidth"] * sigma}
+        auto |= {"threshold_init": AUTO["threshold_init"] * sigma, "l1": AUTO["gated_l1"] * sigma}
+        wanted = ("l0", "bandwidth", "threshold_init") if self.arch == "jumprelu" else ("l1",)
+        fill = {k: auto[k] for k in wanted if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
 
     def _check_transcoder(self) -> None:
         if not isinstance(self.d_out, int) or isinstance(self.d_out, bool) or self.d_out < 0:

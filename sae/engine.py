@@ -125,6 +125,14 @@ def init_sample(sae_config: SAEConfig, config: TrainConfig, source: BatchSource)
     return x.cpu()
 
 
+def data_scale(sae_config: SAEConfig, sample: Tensor) -> float:
+    """σ, the RMS per dimension of what the SAE reconstructs (√(E‖x − mean‖² / d) over ``sample``'s
+    rows; a transcoder's targets y): the unit of the scale-following defaults (``SAEConfig.resolve_scale``)."""
+    c = sae_config
+    x = (sample[:, c.d_in :] if c.transcoder else sample[:, : c.d_in]).double()
+    return float(((x - x.mean(0)).pow(2).sum(1).mean() / x.shape[1]).sqrt())
+
+
 def init_matrix(sae_config: SAEConfig, source: BatchSource) -> Tensor | None:
     """The weight matrix the 'svd' init reads: ``init_matrix`` (``FILE.safetensors:KEY``), else the
     one the activation store records; None for other inits."""

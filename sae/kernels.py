@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sae.config import BATCH_THRESHOLD_ARCHS, sparsity_field
+from sae.config import AUXK_ARCHS, BATCH_THRESHOLD_ARCHS, sparsity_field
 from sae.model import SAEConfig, SparseAutoencoder, gradient_reach, rectangle, update_threshold_
 
 KERNEL_ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "gated")
@@ -128,7 +128,7 @@ def sae_loss_and_grads(
         raise ValueError(f"rank_weight applies to arch='topk' (the g-SAE), not {arch!r}")
     theta = log_threshold.exp() if arch == "jumprelu" else None
     acts, topk_vals, topk_idx, kept_min = _activate_(pre, arch, k, rank_weight, theta)  # pre: ReLU(pre) but jumprelu
-    use_aux = arch in ("topk", "batchtopk", "matryoshka") and aux_coef > 0 and dead is not None and bool(dead.any())
+    use_aux = arch in AUXK_ARCHS and aux_coef > 0 and dead is not None and bool(dead.any())
     if arch in DENSE_ARCHS:
         on_sparse = torch.zeros(E, dtype=torch.bool)
     elif use_aux or sparse is not None:
@@ -138,7 +138,8 @@ def sae_loss_and_grads(
     l1v = torch.as_tensor(l1, dtype=W_dec.dtype, device=W_dec.device).expand(E)
     jump = (pre, theta, bandwidth) if arch == "jumprelu" else None
     segments = _segments(prefixes, n) if arch == "matryoshka" else None
-    args = (arch, decoder_norm, aux_coef, aux_k, (dead, pre) if use_aux else None, jump, segments)
+    post = torch.relu(pre) if arch == "jumprelu" else pre  # (the k rules' pre is ReLU'd already)
+    args = (arch, decoder_norm, aux_coef, aux_k, (dead, post) if use_aux else None, jump, segments)
     if bool(on_sparse.all()) or not bool(on_sparse.any()):  # one path for the whole stack
         parts = [_rest(xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v, bool(on_sparse[0]), *args)]
         members = [None]

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sae.config import ARCHS, BATCH_THRESHOLD_ARCHS, DECODER_NORMS, INITS, K_ARCHS, SAEConfig  # noqa: F401
+from sae.config import ARCHS, AUXK_ARCHS, BATCH_THRESHOLD_ARCHS, DECODER_NORMS, INITS, K_ARCHS, SAEConfig  # noqa: F401
 from sae.geometry import unit_rows
 
 
@@ -128,6 +128,8 @@ class SparseAutoencoder(nn.Module):
 
     def __init__(self, config: SAEConfig, generator: torch.Generator | None = None):
         super().__init__()
+        if not config.scale_free:  # built without data: the scale-following defaults at σ = 1 (AUTO)
+            config = config.resolve_scale(1.0)
         c = self.config = config
         self.W_enc = nn.Parameter(torch.empty(c.d_in, c.dict_size))
         self.b_enc = nn.Parameter(torch.zeros(c.dict_size))
@@ -266,7 +268,7 @@ class SparseAutoencoder(nn.Module):
         if c.arch == "jumprelu" and c.l0 > 0:
             sparsity = c.l0 * step(pre, self.log_threshold.exp(), c.bandwidth).sum(-1).mean()
         aux = zero
-        if c.arch in K_ARCHS and c.aux_coef > 0 and dead is not None and bool(dead.any()):
+        if c.arch in AUXK_ARCHS and c.aux_coef > 0 and dead is not None and bool(dead.any()):
             aux = c.aux_coef * auxk_loss(self, pre, err.detach(), dead)
         if c.arch == "gated":  # the gate alone reconstructs through the frozen decoder
             aux = (torch.relu(pre) @ self.decoder.detach() + skip.detach() - y).pow(2).sum(-1).mean()

@@ -21,7 +21,15 @@ from pathlib import Path
 
 from sae.config import SAEConfig, TrainConfig, sparsity_field
 from sae.distributed import context
-from sae.engine import Engine, check_resources, init_matrix, init_sample, initial_sae, read_checkpoint
+from sae.engine import (
+    Engine,
+    check_resources,
+    data_scale,
+    init_matrix,
+    init_sample,
+    initial_sae,
+    read_checkpoint,
+)
 from sae.ensemble import Ensemble
 from sae.model import SparseAutoencoder
 from sae.sources import BatchSource
@@ -64,22 +72,27 @@ def sweep_engine(
     if "prefixes" in fields:  # a list, as the checkpoint's JSON gives it back (resume compares the two)
         fields["prefixes"] = list(fields["prefixes"])
 
-    def cell(n: int, l1: float) -> SAEConfig:
-        return SAEConfig(**fields, dict_size=n, **{coef: l1})
+    sigma = None  # the data's scale, for coefficients left to follow it (SAEConfig.resolve_scale)
 
-    width = cell(dict_sizes[0], l1s[0]).data_width  # d_in, or a transcoder's d_in + d_out
+    def cell(n: int, l1: float) -> SAEConfig:
+        c = SAEConfig(**fields, dict_size=n, **{coef: l1})
+        return c if sigma is None else c.resolve_scale(sigma)
+
+    first = cell(dict_sizes[0], l1s[0])
+    width = first.data_width  # d_in, or a transcoder's d_in + d_out
     if source.d is not None and source.d != width:
         raise ValueError(f"data dimension {source.d} does not match the SAE's rows, {width} wide")
     for n in dict_sizes:
         check_resources(cell(n, l1s[0]), config, n_sae=len(l1s))
+    sample = None  # drawn once, read by every member (and on resume where σ needs it)
+    if not resume or not first.scale_free:
+        sample = init_sample(first, config, source)
+    if not first.scale_free:
+        sigma = data_scale(first, sample)
     if resume:
         groups = [Ensemble([SparseAutoencoder(cell(n, l1)).to(config.device) for l1 in l1s]) for n in dict_sizes]
     else:
-        first = cell(dict_sizes[0], l1s[0])
-        sample, matrix = (
-            init_sample(first, config, source),
-            init_matrix(first, source),
-        )  # drawn once, read by every member
+        matrix = init_matrix(first, source)
         groups = [Ensemble([initial_sae(cell(n, l1), config, sample, matrix) for l1 in l1s]) for n in dict_sizes]
     labels = [[f"{coef}={l1:g} n={n}" for l1 in l1s] for n in dict_sizes]
     record = {"sweep": {"l1s": list(l1s), "dict_sizes": list(dict_sizes), "sae": fields}, "data": data_record}

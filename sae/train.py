@@ -18,6 +18,7 @@ from sae.engine import (
     Engine,
     check_resources,
     check_same_store,
+    data_scale,
     init_matrix,
     init_sample,
     initial_sae,
@@ -89,6 +90,9 @@ class Trainer:
                 else f" (a g-SAE's rows are [x, J rows], {self.sae_config.data_width} wide)"
             )
             raise ValueError(f"data dimension {source.d} does not match the SAE's d_in={self.sae_config.d_in}{rows}")
+        if self._checkpoint is None and self.start is None and not self.sae_config.scale_free:
+            sample = init_sample(self.sae_config, self.config, source)
+            self.sae_config = self.sae_config.resolve_scale(data_scale(self.sae_config, sample))
         if self._checkpoint is None and self.start is not None:
             if self.start.config != self.sae_config:
                 raise ValueError("the SAE to start from has another configuration than the run's")

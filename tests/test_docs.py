@@ -233,6 +233,12 @@ def check_spliced(name: str, d_in: int, dict_size: int, kind: str) -> Callable[[
     return check
 
 
+def check_digits_kl(d: Path, out: str) -> None:
+    run = _sae_run(d / "conv2-sae-kl", 32, 128)
+    assert run["train"]["loss"] == "kl" and run["data"]["start"].endswith("conv2-sae")
+    assert "end to end (kl)" in out
+
+
 def check_minilm_pairs(d: Path, out: str) -> None:
     manifest = _store(d / "minilm-mlp1", 384, gradients=False)
     assert manifest["pairs"] == {"layer": "blocks.1.hook_mlp_out", "width": 384} and manifest["rows"] == 50_000
@@ -291,6 +297,7 @@ DIGITS_SAE = (
     "polylens sae train --data digits-conv2 --dict-size 128 --samples 200000 --out conv2-sae"
 )
 SAE_L6 = "polylens sae train --data gpt2-l6 --arch topk --k 32 --dict-size 24576 --out sae-l6"
+DIGITS_KL = "polylens sae train --data digits-conv2 --finetune conv2-sae --loss kl --samples 200000 --out conv2-sae-kl"
 CACHE_PAIRS = (
     "polylens cache --model minilm-l6 --layer blocks.1.hook_resid_mid --pair-layer blocks.1.hook_mlp_out "
     "--input corpus:english --tokens 50000 --out minilm-mlp1"
@@ -344,6 +351,10 @@ CASES: dict[str, Case] = {
         check_spliced("conv2-spliced.json", 32, 128, "classes"), needs=(DIGITS_SAE,)
     ),
     CACHE_GPT2: Case(check_gpt2_store, extra=GPT2),
+    DIGITS_KL: Case(check_digits_kl, needs=(DIGITS_SAE,)),
+    "polylens sae eval conv2-sae-kl --model digits --layer conv2 --json conv2-kl-spliced.json": Case(
+        check_spliced("conv2-kl-spliced.json", 32, 128, "classes"), needs=(DIGITS_KL,)
+    ),
     CACHE_PAIRS: Case(check_minilm_pairs),
     TRANSCODER: Case(check_minilm_transcoder, needs=(CACHE_PAIRS,)),
     "polylens sae eval minilm-tc1 --model minilm-l6 --layer blocks.1.hook_resid_mid --input corpus:english --n 50 "

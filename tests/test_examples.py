@@ -19,6 +19,8 @@ SMALL_ARGS = {
     "trained_vs_twin.py": ["--out", "twin", "--quick"],
     "sae_controls.py": ["--model", "digits", "--layer", "conv2", "--train", "60", "--eval", "30", "--dict-size", "64"]
     + ["--k", "4", "--samples", "4096", "--out", "controls.json"],
+    "e2e_vs_mse.py": ["--train", "60", "--eval", "30", "--dict-size", "64", "--samples", "4096"]
+    + ["--e2e-samples", "2048", "--out", "e2e.json"],
 }
 
 

@@ -184,6 +184,8 @@ def test_kernel_equals_autograd(arch, kw, sparse):
     k = fused_backward_(sae, x, dead, sparse=sparse)
     assert float(k.loss) == pytest.approx(float(out.loss), rel=1e-12)
     assert float(k.mse) == pytest.approx(float(out.mse), rel=1e-12)
+    if arch in ("jumprelu", "matryoshka"):
+        assert float(k.aux) > 0  # AuxK on the dead latents, in both routes
     assert torch.equal(k.acts != 0, out.acts != 0) and torch.allclose(k.acts, out.acts.detach(), atol=1e-12)
     for n, p in sae.named_parameters():
         assert torch.allclose(p.grad, want[n], atol=1e-12), n
@@ -243,7 +245,36 @@ def test_resume_ends_with_the_same_weights(tmp_path, arch):
     resumed = Trainer.resume(tmp_path, n_samples=64 * 20).fit(data).sae_
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
-    assert load_sae(tmp_path).config == sc
+    assert load_sae(tmp_path).config == full.config and full.config.scale_free
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+def test_coefficients_left_unset_follow_the_datas_scale(arch):
+    """None coefficients are set from σ, the data's RMS per dimension, when training starts: scaling the
+    data by c scales JumpReLU's l0 by c², its bandwidth and threshold by c, the gated L1 by c; the
+    resolved values are what the trained SAE's config records."""
+    from sae.config import AUTO
+    from sae.engine import data_scale
+
+    data = _sharkey()
+    x = data.sample(8192, torch.Generator().manual_seed(5))
+    sigma = float(((x - x.mean(0)).pow(2).sum(1).mean() / x.shape[1]).sqrt())
+    assert data_scale(SAEConfig(d_in=32, dict_size=8), x) == pytest.approx(sigma)
+    got = {}
+    for c in (1.0, 10.0):
+        tc = TrainConfig(n_samples=64 * 3, batch_size=64, warmup_steps=1, seed=0, init_samples=8192)
+        got[c] = train(SAEConfig(d_in=32, dict_size=16, arch=arch), tc, x * c).sae_.config
+    if arch == "jumprelu":
+        assert got[1.0].l0 == pytest.approx(AUTO["l0"] * sigma**2, rel=1e-5)
+        assert got[1.0].bandwidth == pytest.approx(AUTO["bandwidth"] * sigma, rel=1e-5)
+        assert got[10.0].l0 == pytest.approx(100 * got[1.0].l0, rel=1e-5)
+        assert got[10.0].threshold_init == pytest.approx(10 * got[1.0].threshold_init, rel=1e-5)
+    else:
+        assert got[1.0].l1 == pytest.approx(AUTO["gated_l1"] * sigma, rel=1e-5)
+        assert got[10.0].l1 == pytest.approx(10 * got[1.0].l1, rel=1e-5)
+    assert SAEConfig(d_in=4, dict_size=8, arch="relu").l1 == 0.1  # ReLU keeps its fixed default
+    fixed = SAEConfig(d_in=4, dict_size=8, arch=arch, l0=0.5, bandwidth=0.1, threshold_init=0.2, l1=0.7)
+    assert fixed.resolve_scale(3.0) == fixed  # given coefficients stay as given
 
 
 def test_a_jumprelu_sweep_sets_each_members_l0_and_matches_its_single_run():

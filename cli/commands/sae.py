@@ -69,7 +69,7 @@ def _sae_fields(args) -> dict:
     if getattr(args, "dict_size", None) is not None:  # sweep sizes come from --ratios
         fields["dict_size"] = args.dict_size
     for name in ("l1", "orth", *(("l0",) if "l0" in fields else ())):
-        if fields[name] < 0:
+        if fields[name] is not None and fields[name] < 0:
             raise ValueError(f"--{name}={fields[name]} must be >= 0")
     return fields
 
@@ -397,7 +397,7 @@ def _option(group, flag: str, fields: dict, help: str, field: str | None = None,
 
 
 def _add_model_and_training(p) -> None:
-    from sae.config import ARCHS, DECODER_NORMS, INITS, LOSSES, RESAMPLE_TARGETS, SAEConfig, TrainConfig
+    from sae.config import ARCHS, AUTO, DECODER_NORMS, INITS, LOSSES, RESAMPLE_TARGETS, SAEConfig, TrainConfig
 
     d = SAEConfig.__dataclass_fields__
     t = TrainConfig.__dataclass_fields__
@@ -423,10 +423,17 @@ def _add_model_and_training(p) -> None:
         g,
         "--bandwidth",
         d,
-        "jumprelu: width of the threshold's straight-through kernel (default {default})",
+        f"jumprelu: width of the threshold's straight-through kernel (default {AUTO['bandwidth']:g} x sigma, the "
+        "data's RMS per dimension)",
         type=float,
     )
-    _option(g, "--threshold-init", d, "jumprelu: initial threshold of every latent (default {default})", type=float)
+    _option(
+        g,
+        "--threshold-init",
+        d,
+        f"jumprelu: initial threshold of every latent (default {AUTO['threshold_init']:g} x sigma)",
+        type=float,
+    )
     _option(g, "--init", d, "initialisation scheme (default {default}; svd: the layer's weight matrix)", choices=INITS)
     g.add_argument(
         "--init-matrix",
@@ -515,7 +522,7 @@ def _add_model_and_training(p) -> None:
 
 
 def register(sub) -> None:
-    from sae.config import SAEConfig
+    from sae.config import AUTO, RELU_L1, SAEConfig
 
     p = sub.add_parser(
         "sae",
@@ -547,14 +554,15 @@ def register(sub) -> None:
         "--l1",
         type=float,
         default=l1,
-        help=f"L1 coefficient (relu, gated; default {l1}: soft threshold ~l1/2 with unit decoder rows)",
+        help=f"L1 coefficient (relu, gated; soft threshold ~l1/2 with unit decoder rows); default: {RELU_L1} for relu, "
+        f"{AUTO['gated_l1']:g} x sigma for gated, sigma the data's RMS per dimension",
     )
-    l0 = SAEConfig.__dataclass_fields__["l0"].default
     t.add_argument(
         "--l0",
         type=float,
-        default=l0,
-        help=f"L0 coefficient (jumprelu; default {l0}: a latent must remove more than l0 of squared error)",
+        default=None,
+        help="L0 coefficient (jumprelu: a latent must remove more than l0 of squared error); default "
+        f"{AUTO['l0']:g} x sigma^2, sigma the data's RMS per dimension",
     )
     _add_model_and_training(t)
     t.set_defaults(handler=run_train)
