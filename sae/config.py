@@ -33,14 +33,15 @@ AUXK_ARCHS = ("topk", "batchtopk", "gsae", "matryoshka", "jumprelu")
 latents (pre-activations all below their threshold) otherwise get no gradient at all."""
 BATCH_THRESHOLD_ARCHS = ("batchtopk", "matryoshka")
 """Rules that choose k·batch activations per batch in training and keep the EMA threshold θ for inference."""
-AUTO = {"l0": 5.0, "bandwidth": 0.3, "threshold_init": 0.6, "gated_l1": 1.25}
+AUTO = {"l0": 5.0, "bandwidth": 0.3, "threshold_init": 0.6, "l1": 1.25}
 """The scale-following defaults of the coefficients left None (``SAEConfig.resolve_scale``), in units
 of σ, the data's RMS per dimension (√(E‖x − mean‖² / d)): JumpReLU's ``l0`` = 5σ², ``bandwidth`` =
-0.3σ, ``threshold_init`` = 0.6σ, the gated SAE's ``l1`` = 1.25σ. On Sharkey's data (σ 0.080) they
-give 0.032, 0.024, 0.048 and 0.100; on SAELens's suite of magnitude-1 features, 4 a dimension
-(σ 0.226), 0.26, 0.068, 0.14 and 0.28 (docs/sae.md has what they were measured against)."""
-RELU_L1 = 0.1
-"""The ReLU SAE's fixed default L1 (Sharkey's data; the documented ReLU numbers use it)."""
+0.3σ, ``threshold_init`` = 0.6σ, the ReLU and gated SAEs' ``l1`` = 1.25σ. On Sharkey's data (σ
+0.080) they give 0.032, 0.024, 0.048 and 0.100 (the L1 of 0.1 the Sharkey replication uses); on
+SAELens's suite of magnitude-1 features, 4 a dimension (σ 0.226), 0.26, 0.068, 0.14 and 0.28
+(docs/sae.md has what they were measured against)."""
+L1_ARCHS = ("relu", "gated")
+"""Rules whose sparsity is the L1 coefficient ``l1``."""
 MATRYOSHKA_MIN_PREFIX = 16
 """The default Matryoshka ladder halves the dictionary size while the prefix keeps at least this many latents."""
 
@@ -83,8 +84,8 @@ class SAEConfig:
     l1: float | None = None
     """L1 coefficient (relu; gated: on the gate's ReLU pre-activations), on Σ|a| summed over
     latents. With unit-norm decoder rows a latent is soft-thresholded at about l1/2 in activation
-    units. None: ``RELU_L1`` (0.1, which suits the Sharkey data, coefficients U[0, 1)) for relu;
-    for gated 1.25σ, set from the data when training starts (``AUTO``)."""
+    units. None: 1.25σ, set from the data when training starts (``AUTO``; 0.100 on the Sharkey data,
+    coefficients U[0, 1)); the k rules and JumpReLU do not read it."""
     k: int = 5
     """Active latents per sample for topk / batchtopk / matryoshka (batchtopk, matryoshka: on average)."""
     l0: float | None = None
@@ -166,8 +167,8 @@ class SAEConfig:
             raise ValueError(f"init={self.init!r} is unknown; choose one of {', '.join(INITS)}")
         if self.decoder_norm not in DECODER_NORMS:
             raise ValueError(f"decoder_norm={self.decoder_norm!r} is unknown; choose one of {', '.join(DECODER_NORMS)}")
-        if self.l1 is None and self.arch != "gated":
-            self.l1 = RELU_L1
+        if self.l1 is None and self.arch not in L1_ARCHS:
+            self.l1 = 0.0  # not read by this rule
         for name in ("l1", "l0", "orth", "aux_coef", "init_noise"):
             v = getattr(self, name)
             if v is None and name in ("l1", "l0"):
@@ -223,7 +224,7 @@ class SAEConfig:
                 "vary; give --l1 / --l0 / --bandwidth / --threshold-init yourself"
             )
         auto = {"l0": AUTO["l0"] * sigma**2, "bandwidth": AUTO["bandwidth"] * sigma}
-        auto |= {"threshold_init": AUTO["threshold_init"] * sigma, "l1": AUTO["gated_l1"] * sigma}
+        auto |= {"threshold_init": AUTO["threshold_init"] * sigma, "l1": AUTO["l1"] * sigma}
         wanted = ("l0", "bandwidth", "threshold_init") if self.arch == "jumprelu" else ("l1",)
         fill = {k: auto[k] for k in wanted if getattr(self, k) is None}
         return dataclasses.replace(self, **fill) if fill else self

@@ -293,3 +293,31 @@ def test_the_logit_sketch_estimates_the_jacobian_second_moment_without_bias():
     )  # batch-size free
     exact = parse_target("logits", (1, 10), is_text=False, has_labels=False)
     assert not exact.sketched and exact.columns == 10 and "all 10 logits" in exact.describe()
+
+
+def test_the_frozen_decoder_control_reports_directions_of_its_random_start(digits):
+    """``--controls``: the activations' SAE with its decoder frozen at its random start, measured like a
+    method under ``controls`` (after the other keys; absent unless asked for): its directions are rows
+    of that start, which the seed alone sets."""
+    from polylens.models import load_model
+    from sae.config import SAEConfig, TrainConfig
+    from sae.engine import initial_sae
+
+    adapter = load_model("digits")
+    inputs = adapter.default_inputs(60)
+    opts = LayerSAEOptions(steps=60, controls=True)
+    res = compare_layer(adapter, "relu1", inputs, target="logits", k=4, sae=opts, seed=3)
+    out = res.to_json()
+    assert list(out)[-3:] == ["methods", "agreement", "controls"] and list(out["controls"]) == ["sae_frozen_decoder"]
+    assert "sae_frozen_decoder" not in out["agreement"]["methods"]
+    c = out["controls"]["sae_frozen_decoder"]
+    assert c["n_directions"] == 4 and 0 <= c["activation_variance"] <= 1 + 1e-9
+    width = res.width
+    n, k = 4 * width, max(2, min(32, width // 8))
+    start = initial_sae(
+        SAEConfig(d_in=width, dict_size=n, arch="topk", k=k), TrainConfig(seed=3), torch.zeros(2, width)
+    )
+    cos = np.abs(res.directions["sae_frozen_decoder"] @ start.decoder.detach().double().numpy().T)
+    assert np.allclose(cos.max(1), 1.0, atol=1e-6)  # each is one of the frozen random rows
+    trained = np.abs(res.directions["sae"] @ start.decoder.detach().double().numpy().T)
+    assert trained.max(1).min() < 0.99  # the trained SAE's rows moved away from the start

@@ -248,10 +248,10 @@ def test_resume_ends_with_the_same_weights(tmp_path, arch):
     assert load_sae(tmp_path).config == full.config and full.config.scale_free
 
 
-@pytest.mark.parametrize("arch", ["jumprelu", "gated"])
+@pytest.mark.parametrize("arch", ["jumprelu", "gated", "relu"])
 def test_coefficients_left_unset_follow_the_datas_scale(arch):
     """None coefficients are set from σ, the data's RMS per dimension, when training starts: scaling the
-    data by c scales JumpReLU's l0 by c², its bandwidth and threshold by c, the gated L1 by c; the
+    data by c scales JumpReLU's l0 by c², its bandwidth and threshold by c, the ReLU and gated L1 by c; the
     resolved values are what the trained SAE's config records."""
     from sae.config import AUTO
     from sae.engine import data_scale
@@ -270,9 +270,9 @@ def test_coefficients_left_unset_follow_the_datas_scale(arch):
         assert got[10.0].l0 == pytest.approx(100 * got[1.0].l0, rel=1e-5)
         assert got[10.0].threshold_init == pytest.approx(10 * got[1.0].threshold_init, rel=1e-5)
     else:
-        assert got[1.0].l1 == pytest.approx(AUTO["gated_l1"] * sigma, rel=1e-5)
+        assert got[1.0].l1 == pytest.approx(AUTO["l1"] * sigma, rel=1e-5)
         assert got[10.0].l1 == pytest.approx(10 * got[1.0].l1, rel=1e-5)
-    assert SAEConfig(d_in=4, dict_size=8, arch="relu").l1 == 0.1  # ReLU keeps its fixed default
+    assert SAEConfig(d_in=4, dict_size=8, arch="relu").l1 is None  # ReLU's L1 follows the data too
     fixed = SAEConfig(d_in=4, dict_size=8, arch=arch, l0=0.5, bandwidth=0.1, threshold_init=0.2, l1=0.7)
     assert fixed.resolve_scale(3.0) == fixed  # given coefficients stay as given
 

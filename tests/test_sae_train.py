@@ -126,7 +126,8 @@ def test_auxk_trains_the_latents_topk_starves():
 def test_data_sources_tensor_numpy_path_and_iterator_agree(tmp_path):
     x = torch.randn(256, 5)
     np.save(tmp_path / "x.npy", x.numpy())
-    sc, tc = SAEConfig(d_in=5, dict_size=6), TrainConfig(n_samples=64 * 6, batch_size=64, seed=2)
+    # l1 given: an iterator's scale-following default would come from its first batch, the array's from all its rows
+    sc, tc = SAEConfig(d_in=5, dict_size=6, l1=0.1), TrainConfig(n_samples=64 * 6, batch_size=64, seed=2)
     a = train(sc, tc, x).sae_
     b = train(sc, tc, x.numpy()).sae_
     c = train(sc, tc, tmp_path / "x.npy").sae_

@@ -77,7 +77,7 @@ def run(args) -> int:
     from cli.flags import given
 
     typed = given(args)
-    for dest in ("weights", "random_weights", "device", "activation", "ablation"):
+    for dest in ("weights", "random_weights", "device", "activation", "ablation", "controls"):
         if dest in typed:
             raise ValueError(f"--{dest.replace('_', '-')} applies to --model, not to --setup (a toy trained here)")
     if args.setup not in ("x2", "superposition"):
@@ -166,6 +166,12 @@ def register(sub) -> None:
     s = p.add_argument_group("SAE methods (toys: ReLU+L1 on the hidden activations; --model: TopK SAEs)")
     s.add_argument("--no-sae", action="store_true", help="leave the SAEs out")
     s.add_argument(
+        "--controls",
+        action="store_true",
+        help="--model: also train the activations' SAE with its random decoder frozen (only the encoder trained) "
+        "and report it under controls (the other control is the model's --random-weights twin)",
+    )
+    s.add_argument(
         "--sae-dict",
         type=int,
         help="dictionary size (toys: 2 x max(ground-truth count, width); --model: 4 x the layer width)",
@@ -200,9 +206,10 @@ def format_layer_table(result: dict) -> str:
         head,
         "-" * len(head),
     ]
-    for name, m in result["methods"].items():
+    for name, m in (*result["methods"].items(), *result.get("controls", {}).items()):
         ab = m["ablation"]
         drop = ab["accuracy_drop"]
+        name = "sae frozen dec." if name == "sae_frozen_decoder" else name  # the control (CONTROLS)
         lines.append(
             f"{name:<16}{m['n_directions']:>4}{m['activation_variance']:>15.4f}{m['gradient_energy']:>14.4f}"
             f"{ab[key][-1]:>12.4g}" + (f"{drop[-1]:>14.4f}" if drop else "")
@@ -253,7 +260,10 @@ def run_model_layer(args) -> int:
         k=args.sae_k,
         enabled=not args.no_sae,
         steps=scaled(LayerSAEOptions.steps if args.sae_steps is None else args.sae_steps),
+        controls=args.controls,
     )
+    if args.controls and args.no_sae:
+        raise ValueError("--controls trains the SAE's frozen-decoder control: drop --no-sae")
     if args.k is None:
         from polylens.capture import capture
         from polylens.rows import rows_of

@@ -522,7 +522,7 @@ def _add_model_and_training(p) -> None:
 
 
 def register(sub) -> None:
-    from sae.config import AUTO, RELU_L1, SAEConfig
+    from sae.config import AUTO, SAEConfig
 
     p = sub.add_parser(
         "sae",
@@ -554,8 +554,8 @@ def register(sub) -> None:
         "--l1",
         type=float,
         default=l1,
-        help=f"L1 coefficient (relu, gated; soft threshold ~l1/2 with unit decoder rows); default: {RELU_L1} for relu, "
-        f"{AUTO['gated_l1']:g} x sigma for gated, sigma the data's RMS per dimension",
+        help="L1 coefficient (relu, gated; soft threshold ~l1/2 with unit decoder rows); default "
+        f"{AUTO['l1']:g} x sigma, sigma the data's RMS per dimension (0.1 on the default sharkey data)",
     )
     t.add_argument(
         "--l0",

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field, fields
 from cli.experiments.sae_methods import LayerSAEOptions, train_topk_sae
 
 METHODS = ("activation_pca", "gradient_pca", "lib", "sae", "gradient_sae", "gsae", "random")
+CONTROLS = ("sae_frozen_decoder",)
+"""Controls measured beside the methods (the JSON's ``controls``, not in the agreement matrix): the
+activations' SAE with its random initial decoder frozen, only the encoder trained (Korznikov et al.
+2026), ranked as the SAE is. The random-weights twin is the other control: ``--random-weights``."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +40,14 @@ class LayerComparison:
     """Per method: n_directions, activation_variance, gradient_energy and the ablation curve."""
     agreement: dict
     """``{"methods": names, "mmcs": matrix}``: sign-invariant MMCS of each method against each other's."""
+    controls: dict = field(default_factory=dict)
+    """The same per control (``CONTROLS``), when asked for (``LayerSAEOptions.controls``); in the JSON only then."""
     directions: dict = field(default_factory=dict, repr=False, compare=False)
     """Each method's top-k directions ``[m, d]`` (not serialised)."""
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "directions"}
+        skip = {"directions"} | ({"controls"} if not self.controls else set())
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 def _check_eval_mode(module) -> None:
@@ -106,6 +113,8 @@ def layer_directions(A, J, k: int, seed: int, sae: LayerSAEOptions | None = Laye
     - sae: latents by E[f_i²] (each latent's energy in the reconstruction; unit decoder rows);
     - gradient_sae: by E[c_i²] over the Jacobian rows;
     - gsae: by E[f_i · ‖J d_i‖], the g-SAE's own ranking (activation × gradient reach);
+    - sae_frozen_decoder (a control, ``CONTROLS``, with ``sae.controls``): as sae, its decoder frozen
+      at its random start;
     - random: ``k`` Gaussian directions (seed ``seed``).
     """
     import torch
@@ -126,6 +135,9 @@ def layer_directions(A, J, k: int, seed: int, sae: LayerSAEOptions | None = Laye
         c = J.shape[1]
         s = train_topk_sae(As, d, sae, seed)
         found["sae"] = _ranked(s, As, lambda f, x: f.pow(2), k)
+        if sae.controls:
+            s = train_topk_sae(As, d, sae, seed, freeze_decoder=True)
+            found["sae_frozen_decoder"] = _ranked(s, As, lambda f, x: f.pow(2), k)
         G = Js.reshape(-1, d)
         s = train_topk_sae(G, d, sae, seed, learn_b_dec=False)
         found["gradient_sae"] = _ranked(s, G, lambda f, x: f.pow(2), k)
@@ -203,7 +215,7 @@ def compare_layer(
     directions = layer_directions(A, J, k, seed, sae)
     ks = ablation_ks(k)
     mean = A.double().mean(0).numpy()
-    methods = {}
+    measured = {}
     for name, D in directions.items():
         m_ks = [j for j in ks if j <= D.shape[0]] or [D.shape[0]]
         var, grad = subspace_shares(D, A, J, m_ks)
@@ -221,13 +233,14 @@ def compare_layer(
             batch_size=batch_size,
             embedding=embedding,
         )
-        methods[name] = {
+        measured[name] = {
             "n_directions": int(D.shape[0]),
             "activation_variance": var[-1],
             "gradient_energy": grad[-1],
             "ablation": curve | {"activation_variance": var, "gradient_energy": grad},
         }
-    names, matrix = agreement(directions)
+    methods = {name: m for name, m in measured.items() if name not in CONTROLS}
+    names, matrix = agreement({name: D for name, D in directions.items() if name not in CONTROLS})
     return LayerComparison(
         model=adapter.name,
         layer=layer,
@@ -240,6 +253,7 @@ def compare_layer(
         ablation=ablation,
         seed=seed,
         methods=methods,
+        controls={name: m for name, m in measured.items() if name in CONTROLS},
         agreement={"methods": names, "mmcs": matrix},
         directions=directions,
     )

@@ -48,6 +48,8 @@ class LayerSAEOptions:
     steps: int = 2000
     """Adam steps of batch 256 (lr 3e-3) over the captured rows."""
     enabled: bool = True
+    controls: bool = False
+    """Also train the SAE's frozen-random-decoder control (``compare_layer.CONTROLS``)."""
 
 
 def train_topk_sae(
@@ -59,6 +61,7 @@ def train_topk_sae(
     arch: str = "topk",
     learn_b_dec: bool = True,
     grad_columns: int = 1,
+    freeze_decoder: bool = False,
 ):
     """A TopK SAE (or with ``arch="gsae"`` a g-SAE, whose rows are ``[x, J rows]``) of width ``d`` on ``rows``."""
     n = opts.dict_size or 4 * d
@@ -73,4 +76,5 @@ def train_topk_sae(
         k=min(k, n),
         learn_b_dec=learn_b_dec,
         grad_columns=grad_columns,
+        freeze_decoder=freeze_decoder,
     )
