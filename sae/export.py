@@ -264,6 +264,8 @@ def _check(cfg: dict, tensors: dict[str, Tensor], folder: Path) -> tuple[str, in
         d_out = int(cfg["d_out"]) if transcoder else 0
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{where} lacks a valid d_in/d_sae{'/d_out' if transcoder else ''} ({err})") from None
+    if transcoder and d_out < 1:
+        raise ValueError(f"{where}: d_out={d_out} must be a positive integer for a transcoder")
     if transcoder and cfg.get("apply_b_dec_to_input", False):
         raise ValueError(f"{where}: a transcoder with apply_b_dec_to_input true is not SAELens's; it cannot be read")
     d = d_out or d_in

@@ -214,3 +214,27 @@ def test_transcoder_bad_input_is_one_line_and_writes_nothing(paired_store, tmp_p
         code, _, err = run(capsys, "cache", "--layer", "fc1", "--pair-layer", pair, "--n", "20", "--out", out)
         assert code == 2 and says in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_a_saelens_transcoder_folder_we_cannot_represent_is_refused_in_one_line(tmp_path):
+    from sae.export import export_saelens, import_saelens
+
+    sae = SparseAutoencoder(SAEConfig(d_in=6, d_out=4, dict_size=8, arch="relu", skip=True))
+    export_saelens(sae, tmp_path / "ok")
+    back = import_saelens(tmp_path / "ok")
+    assert back.config.d_out == 4 and back.config.skip and torch.equal(back.W_skip, sae.W_skip)
+    cfg = json.loads((tmp_path / "ok" / "cfg.json").read_text())
+    for change, says in (
+        ({"d_out": 0}, "d_out=0"),
+        ({"d_out": 5}, r"needs \(8, 5\)"),
+        ({"apply_b_dec_to_input": True}, "apply_b_dec"),
+    ):
+        bad = tmp_path / f"bad{len(says)}"
+        bad.mkdir()
+        (bad / "sae_weights.safetensors").write_bytes((tmp_path / "ok" / "sae_weights.safetensors").read_bytes())
+        (bad / "cfg.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match=says):
+            import_saelens(bad)
+    with pytest.raises(ValueError, match="no topk transcoder"):
+        export_saelens(SparseAutoencoder(SAEConfig(d_in=6, d_out=4, dict_size=8, arch="topk", k=2)), tmp_path / "t")
+    assert not (tmp_path / "t").exists()
