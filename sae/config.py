@@ -16,7 +16,7 @@ DEAD_WINDOW = {
     "topk": 100_000,
     "batchtopk": 100_000,
     "gsae": 100_000,
-    "jumprelu": 100_000,
+    "jumprelu": 20_000,
     "gated": 1_000_000,
     "matryoshka": 100_000,
 }
@@ -287,9 +287,10 @@ class TrainConfig:
     """Seeds the initialisation, the batch order and resampling."""
     dead_window: int | None = None
     """A latent is dead when it has not fired for this many samples. None: ``DEAD_WINDOW`` for the
-    architecture, 1,000,000 for ReLU (dead latents are resampled, rarely) and 100,000 for TopK /
-    BatchTopK, whose AuxK loss acts on dead latents every step: with a 1 M window AuxK would start
-    too late in a run of a few million samples (docs/sae.md gives the measured counts)."""
+    architecture, 1,000,000 for ReLU (dead latents are resampled, rarely) and gated, 100,000 for TopK /
+    BatchTopK / Matryoshka, whose AuxK loss acts on dead latents every step: with a 1 M window AuxK
+    would start too late in a run of a few million samples, and 20,000 for JumpReLU, whose AuxK then
+    also reaches latents that fire too rarely to be seen (docs/sae.md gives the measured counts)."""
 
     def window(self, arch: str) -> int:
         """The dead-latent window in samples for an SAE of ``arch``."""

@@ -502,8 +502,8 @@ def _add_model_and_training(p) -> None:
         "--dead-window",
         type=int,
         default=None,
-        help="samples without firing that make a latent dead (default 1000000 for relu, jumprelu and gated, 100000 "
-        "for topk, batchtopk and matryoshka)",
+        help="samples without firing that make a latent dead (default 1000000 for relu and gated, 100000 for topk, "
+        "batchtopk and matryoshka, 20000 for jumprelu)",
     )
     _option(
         h,
