@@ -253,7 +253,7 @@ class Engine:
         self.record = dict(record or {})
         if config.resample_every and any(g.config.freeze_decoder for g in groups):
             raise ValueError("resample_every re-initialises decoder rows; a frozen decoder (freeze_decoder) takes 0")
-        if objective is not None and (config.resample_every or (ctx or Context()).world > 1):
+        if objective is not None and (config.resample_every or self.ctx.world > 1):
             raise ValueError(
                 f"--loss {config.loss} runs the model in one process and does not resample: "
                 "drop --resample-every and torchrun"

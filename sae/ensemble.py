@@ -188,10 +188,10 @@ class Ensemble(nn.Module):
         for name in self.names:
             getattr(self, name).grad = None
         losses, mses, l0s, fired = [], [], [], []
+        device = self.W_enc.device.type
         with torch.enable_grad():
             total = 0.0
             for e in range(self.size):
-                device = self.W_enc.device.type
                 with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
                     if objective is None:
                         out = self.member_forward(e, x, dead[e])

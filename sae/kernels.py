@@ -138,8 +138,10 @@ def sae_loss_and_grads(
     l1v = torch.as_tensor(l1, dtype=W_dec.dtype, device=W_dec.device).expand(E)
     jump = (pre, theta, bandwidth) if arch == "jumprelu" else None
     segments = _segments(prefixes, n) if arch == "matryoshka" else None
-    post = torch.relu(pre) if arch == "jumprelu" else pre  # (the k rules' pre is ReLU'd already)
-    args = (arch, decoder_norm, aux_coef, aux_k, (dead, post) if use_aux else None, jump, segments)
+    auxk = None
+    if use_aux:  # AuxK reads ReLU(pre): the k rules' pre is ReLU'd already, JumpReLU's is not
+        auxk = (dead, torch.relu(pre) if arch == "jumprelu" else pre)
+    args = (arch, decoder_norm, aux_coef, aux_k, auxk, jump, segments)
     if bool(on_sparse.all()) or not bool(on_sparse.any()):  # one path for the whole stack
         parts = [_rest(xc, acts, topk_vals, topk_idx, W_enc, W_dec, l1v, bool(on_sparse[0]), *args)]
         members = [None]
